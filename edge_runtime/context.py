@@ -1,0 +1,159 @@
+"""The integer context model that picks an entropy table for every wavelet coefficient.
+
+It runs identically on the encoder and the decoder, on any CPU: every quantity is an
+integer computed with numpy int64 arithmetic, so no float rounding can flip a table
+index (DESIGN.md, Determinism).
+
+Coding order. Subbands go coarse to fine: LL, then for each level from the coarsest,
+the horizontal (cH), vertical (cV) and diagonal (cD) details. Each subband is coded in
+three vectorized passes over a 2×2 polyphase split:
+  phase 0: (even row, even col)  context: parent neighbourhood, siblings
+  phase 1: (odd, odd)            + the 4 diagonal neighbours (all phase 0)
+  phase 2: the rest              + the 4 direct neighbours (all phase 0 or 1)
+Neighbours across the subband border are mirrored (reflect without repeating the edge
+sample), which keeps the row/column parity, so a mirrored neighbour is always one that
+is already decoded.
+
+Features are integer magnitude codes g(v) = round(16·log2(1 + |v|)) looked up in a
+table. The table index of a coefficient is
+    k = clip((w · f + 2**(SHIFT-1)) >> SHIFT, 0, num_scales - 1)
+with integer weights w per (level, orientation, phase) group and f = (1, parent,
+parent 3×3 mean, sibling 1, sibling 2, spatial sum, spatial max).
+The LL subband is coded around an integer prediction (the mean of its decoded
+neighbours), with the neighbours' spread as the feature.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SHIFT = 12
+NUM_FEATURES = 7
+_G_MAX = 1 << 20
+_G = np.round(16.0 * np.log2(1.0 + np.arange(_G_MAX + 1, dtype=np.float64))).astype(np.int64)
+ORIENTATIONS = ("H", "V", "D")
+
+
+def mag_code(v: np.ndarray) -> np.ndarray:
+    """Integer magnitude code g(|v|) = round(16·log2(1+|v|)), clipped at 2**20."""
+    return _G[np.minimum(np.abs(v), _G_MAX)]
+
+
+def phase_masks(shape) -> list[np.ndarray]:
+    r = (np.arange(shape[0]) % 2)[:, None]
+    c = (np.arange(shape[1]) % 2)[None, :]
+    p0 = (r == 0) & (c == 0)
+    p1 = (r == 1) & (c == 1)
+    return [p0, p1, ~(p0 | p1)]
+
+
+def _shifted(a: np.ndarray, dr: int, dc: int) -> np.ndarray:
+    """a[i+dr, j+dc] with mirrored borders (parity-preserving), for |dr|, |dc| <= 1."""
+    if a.shape[0] < 2 or a.shape[1] < 2:
+        padded = np.pad(a, 1, mode="edge")
+    else:
+        padded = np.pad(a, 1, mode="reflect")
+    return padded[1 + dr:1 + dr + a.shape[0], 1 + dc:1 + dc + a.shape[1]]
+
+
+_DIAG = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+_DIRECT = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+
+def spatial_features(known_codes: np.ndarray, phase: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum and max of the magnitude codes of the already-decoded neighbours of each position."""
+    if phase == 0:
+        z = np.zeros_like(known_codes)
+        return z, z
+    offs = _DIAG if phase == 1 else _DIRECT
+    nb = np.stack([_shifted(known_codes, dr, dc) for dr, dc in offs])
+    return nb.sum(0), nb.max(0)
+
+
+def parent_features(parent_codes: np.ndarray | None, shape) -> tuple[np.ndarray, np.ndarray]:
+    """The parent's code and the mean code of its 3×3 neighbourhood, upsampled to `shape`."""
+    if parent_codes is None:
+        z = np.zeros(shape, dtype=np.int64)
+        return z, z
+    nb = sum(_shifted(parent_codes, dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)) // 9
+    up = lambda a: np.repeat(np.repeat(a, 2, 0), 2, 1)[:shape[0], :shape[1]]
+    p, n = up(parent_codes), up(nb)
+    if p.shape != tuple(shape):  # parent smaller than expected (odd sizes): pad by edge
+        p = np.pad(p, ((0, shape[0] - p.shape[0]), (0, shape[1] - p.shape[1])), mode="edge")
+        n = np.pad(n, ((0, shape[0] - n.shape[0]), (0, shape[1] - n.shape[1])), mode="edge")
+    return p, n
+
+
+@dataclass
+class ContextWeights:
+    """Integer weights: detail[level-1, orientation, phase, feature] and ll[phase, 2]."""
+
+    detail: np.ndarray   # (levels, 3, 3, NUM_FEATURES) int64
+    ll: np.ndarray       # (3, 2) int64: bias and spread weight per LL phase
+
+    def __post_init__(self):
+        self.detail = np.asarray(self.detail, dtype=np.int64)
+        self.ll = np.asarray(self.ll, dtype=np.int64)
+        if self.detail.ndim != 4 or self.detail.shape[1:] != (3, 3, NUM_FEATURES):
+            raise ValueError(f"detail weights must be (levels, 3, 3, {NUM_FEATURES}), got {self.detail.shape}")
+        if self.ll.shape != (3, 2):
+            raise ValueError(f"LL weights must be (3, 2), got {self.ll.shape}")
+
+    @property
+    def levels(self) -> int:
+        return self.detail.shape[0]
+
+
+def table_index(features: np.ndarray, w: np.ndarray, num_scales: int) -> np.ndarray:
+    """k = clip((w·f + 2**(SHIFT-1)) >> SHIFT, 0, num_scales-1), all in int64."""
+    acc = features.astype(np.int64) @ w.astype(np.int64)
+    return np.clip((acc + (1 << (SHIFT - 1))) >> SHIFT, 0, num_scales - 1)
+
+
+def detail_features(q: np.ndarray, phase: int, known: np.ndarray, parent: np.ndarray | None,
+                    siblings: list[np.ndarray]) -> np.ndarray:
+    """Feature matrix (n, NUM_FEATURES) for the positions of `phase` in detail subband q.
+
+    `known` marks the positions of q already decoded; `siblings` are the already decoded
+    subbands of the same level (0, 1 or 2 of them), `parent` the same-orientation subband
+    one level coarser (None at the coarsest level).
+    """
+    mask = phase_masks(q.shape)[phase]
+    codes = np.where(known, mag_code(q), 0)
+    sp_sum, sp_max = spatial_features(codes, phase)
+    par, par_nb = parent_features(None if parent is None else mag_code(parent), q.shape)
+    sib = [mag_code(s) for s in siblings] + [np.zeros(q.shape, np.int64)] * (2 - len(siblings))
+    cols = [np.ones(q.shape, np.int64), par, par_nb, sib[0], sib[1], sp_sum, sp_max]
+    return np.stack([c[mask] for c in cols], axis=1)
+
+
+def ll_prediction(q: np.ndarray, phase: int, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer prediction and neighbour-spread code for the LL positions of `phase`."""
+    mask = phase_masks(q.shape)[phase]
+    if phase == 0:
+        n = int(mask.sum())
+        return np.zeros(n, np.int64), np.zeros(n, np.int64)
+    offs = _DIAG if phase == 1 else _DIRECT
+    vals = np.where(known, q, 0)
+    nb = np.stack([_shifted(vals, dr, dc) for dr, dc in offs])
+    pred = np.floor_divide(nb.sum(0) + 2, 4)
+    spread = mag_code(nb.max(0) - nb.min(0))
+    return pred[mask], spread[mask]
+
+
+def ll_index(spread: np.ndarray, phase: int, w: ContextWeights, num_scales: int) -> np.ndarray:
+    f = np.stack([np.ones_like(spread), spread], axis=1)
+    return table_index(f, w.ll[phase], num_scales)
+
+
+def iterate_passes(subbands: list):
+    """Yield (band, level, orientation) in coding order: ('LL', L, None), then details coarse to fine.
+
+    `subbands` is [LL, (H_L, V_L, D_L), ..., (H_1, V_1, D_1)] (pywt wavedec2 order).
+    """
+    levels = len(subbands) - 1
+    yield 0, levels, None
+    for i in range(1, levels + 1):
+        for o in range(3):
+            yield i, levels - i + 1, o

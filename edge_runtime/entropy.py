@@ -1,0 +1,237 @@
+"""Entropy coding of integer symbols with fixed integer tables, through constriction's range coder.
+
+Every table is an integer frequency vector summing to 2**PRECISION over an alphabet of
+``2*T + 2`` symbols: the values ``-T..T`` followed by one escape symbol. Values beyond
+±T are coded as the escape plus an Exp-Golomb payload (sign, exponent, mantissa), each
+part coded with a fixed uniform model, in vectorized calls.
+
+Symbols are coded in groups: all symbols that share a table are coded in one call,
+tables in ascending order. The decoder rebuilds the same groups because the table
+indices come from the deterministic integer context model (edge_runtime.context).
+Tables are built once (by the exporter, or by ``laplace_tables``) and stored as
+integers; they are never recomputed from floats at decode time.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+try:  # constriction's package layout exposes submodules as attributes only
+    import constriction
+    _stream = constriction.stream
+except ImportError as exc:  # pragma: no cover
+    raise ImportError("edge_runtime needs the 'constriction' package: pip install constriction") from exc
+
+PRECISION = 24
+_ESC_EXP_MAX = 40
+
+
+class EntropyTables:
+    """The integer probability tables of one entropy model, plus cached coder models."""
+
+    def __init__(self, freqs: list[np.ndarray], tails: np.ndarray):
+        if len(freqs) != len(tails):
+            raise ValueError("one tail half-width per table is needed")
+        self.freqs = [np.asarray(f, dtype=np.int64) for f in freqs]
+        self.tails = np.asarray(tails, dtype=np.int64)
+        for k, f in enumerate(self.freqs):
+            if f.ndim != 1 or len(f) != 2 * self.tails[k] + 2:
+                raise ValueError(f"table {k}: expected {2 * self.tails[k] + 2} entries, found {f.shape}")
+            if f.min() < 1 or f.sum() != (1 << PRECISION):
+                raise ValueError(f"table {k}: frequencies must be >= 1 and sum to 2**{PRECISION}")
+        self._models = [None] * len(self.freqs)
+        self._log2p = [np.log2(f / float(1 << PRECISION)) for f in self.freqs]
+
+    @property
+    def num_tables(self) -> int:
+        return len(self.freqs)
+
+    def model(self, k: int):
+        if self._models[k] is None:
+            p = self.freqs[k].astype(np.float64) / float(1 << PRECISION)
+            self._models[k] = _stream.model.Categorical(p, perfect=False)
+        return self._models[k]
+
+    # -- serialization (stored inside the model bundle's tables.npz) --
+    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        lengths = np.array([len(f) for f in self.freqs], dtype=np.int64)
+        return {prefix + "freqs": np.concatenate(self.freqs).astype(np.uint32),
+                prefix + "lengths": lengths, prefix + "tails": self.tails}
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str = "") -> "EntropyTables":
+        flat = np.asarray(arrays[prefix + "freqs"], dtype=np.int64)
+        lengths = np.asarray(arrays[prefix + "lengths"], dtype=np.int64)
+        if lengths.sum() != len(flat):
+            raise ValueError("entropy tables: lengths do not match the frequency data")
+        return cls(np.split(flat, np.cumsum(lengths)[:-1]), arrays[prefix + "tails"])
+
+    # -- rate estimate, exactly what the coder will spend up to its few bytes of overhead --
+    def bits(self, symbols: np.ndarray, indices: np.ndarray) -> float:
+        symbols = np.asarray(symbols, dtype=np.int64).ravel()
+        indices = np.asarray(indices, dtype=np.int64).ravel()
+        total = 0.0
+        for k in np.unique(indices):
+            s = symbols[indices == k]
+            t = int(self.tails[k])
+            esc = np.abs(s) > t
+            idx = np.where(esc, 2 * t + 1, s + t)
+            total -= float(self._log2p[k][idx].sum())
+            if esc.any():
+                total += float(_escape_bits(np.abs(s[esc]) - t - 1).sum()) + esc.sum()
+        return total
+
+
+def _escape_bits(excess: np.ndarray) -> np.ndarray:
+    """Exp-Golomb payload size: exponent symbol (6 bits uniform) + mantissa bits."""
+    e = np.floor(np.log2(excess.astype(np.float64) + 1)).astype(np.int64)
+    return 6 + e
+
+
+def _split_escape(excess: np.ndarray):
+    v = excess.astype(np.int64) + 1
+    e = np.zeros_like(v)
+    while True:  # bit length, vectorized; at most 40 rounds
+        more = (v >> (e + 1)) > 0
+        if not more.any():
+            break
+        e += more
+    mant = v - (np.int64(1) << e)
+    return e, mant
+
+
+def laplace_tables(num_scales: int, scale_min: float, scale_max: float, deadzone: float,
+                   tail_mass: float = 1e-9) -> EntropyTables:
+    """Tables of a Laplacian quantized by a deadzone quantizer, scales on a geometric grid.
+
+    With rounding offset r = 0.5 - deadzone, symbol 0 covers |c| < (1 - r) steps and
+    symbol k > 0 covers [k - r, k + 1 - r) steps. Built once in float64 and stored as
+    integers.
+    """
+    r = 0.5 - deadzone
+    scales = scale_grid(num_scales, scale_min, scale_max)
+    freqs, tails = [], []
+    for s in scales:
+        t = int(np.clip(np.ceil(s * -np.log(tail_mass) + 2), 2, 4096))
+        k = np.arange(1, t + 1, dtype=np.float64)
+        p_pos = 0.5 * (np.exp(-(k - r) / s) - np.exp(-(k + 1 - r) / s))
+        p0 = 1.0 - np.exp(-(1 - r) / s)
+        p_esc = max(np.exp(-(t + 1 - r) / s), 1e-12)
+        p = np.concatenate([p_pos[::-1], [p0], p_pos, [p_esc]])
+        freqs.append(quantize_pmf(p))
+        tails.append(t)
+    return EntropyTables(freqs, np.array(tails))
+
+
+def scale_grid(num_scales: int, scale_min: float, scale_max: float) -> np.ndarray:
+    return np.exp(np.linspace(np.log(scale_min), np.log(scale_max), num_scales))
+
+
+def quantize_pmf(p: np.ndarray) -> np.ndarray:
+    """Integer frequencies >= 1 summing to 2**PRECISION, close to p (largest-remainder rule)."""
+    p = np.asarray(p, dtype=np.float64)
+    p = p / p.sum()
+    total = 1 << PRECISION
+    spare = total - len(p)
+    if spare < 0:
+        raise ValueError("alphabet larger than the coder precision")
+    raw = p * spare
+    f = np.floor(raw).astype(np.int64)
+    rest = spare - int(f.sum())
+    if rest > 0:
+        order = np.argsort(-(raw - f), kind="stable")
+        f[order[:rest]] += 1
+    return f + 1
+
+
+class Encoder:
+    """Accumulates groups of symbols into one range-coded stream."""
+
+    def __init__(self, tables: EntropyTables):
+        self.tables = tables
+        self._enc = _stream.queue.RangeEncoder()
+        self._uniform64 = _stream.model.Uniform(64)
+
+    def encode(self, symbols: np.ndarray, indices: np.ndarray) -> None:
+        symbols = np.asarray(symbols, dtype=np.int64).ravel()
+        indices = np.asarray(indices, dtype=np.int64).ravel()
+        if symbols.shape != indices.shape:
+            raise ValueError("one table index per symbol is needed")
+        escapes = []
+        for k in np.unique(indices):
+            s = symbols[indices == k]
+            t = int(self.tables.tails[k])
+            esc = np.abs(s) > t
+            idx = np.where(esc, 2 * t + 1, s + t).astype(np.int32)
+            self._enc.encode(idx, self.tables.model(int(k)))
+            if esc.any():
+                escapes.append((s[esc], np.full(int(esc.sum()), t + 1, dtype=np.int64)))
+        if escapes:
+            vals = np.concatenate([v for v, _ in escapes])
+            base = np.concatenate([b for _, b in escapes])
+            self._encode_escapes(vals, base)
+
+    def _encode_escapes(self, v: np.ndarray, base: np.ndarray) -> None:
+        sign = (v < 0).astype(np.int32)
+        e, mant = _split_escape(np.abs(v) - base)
+        if e.max() >= _ESC_EXP_MAX:
+            raise ValueError("coefficient too large for the escape code")
+        self._enc.encode(sign, _stream.model.Uniform(2))
+        self._enc.encode(e.astype(np.int32), self._uniform64)
+        for n in np.unique(e):
+            if n == 0:
+                continue
+            m = mant[e == n]
+            # mantissas of up to 40 bits, sent as a high part and a 20-bit low part
+            if n > 20:
+                self._enc.encode((m >> 20).astype(np.int32), _stream.model.Uniform(1 << (int(n) - 20)))
+            self._enc.encode((m & ((1 << 20) - 1)).astype(np.int32), _stream.model.Uniform(1 << min(int(n), 20)))
+
+    def getvalue(self) -> bytes:
+        return self._enc.get_compressed().tobytes()
+
+
+class Decoder:
+    """Decodes groups in the order the encoder wrote them."""
+
+    def __init__(self, tables: EntropyTables, data: bytes):
+        self.tables = tables
+        if len(data) % 4:
+            raise ValueError("entropy-coded data must be a whole number of 32-bit words")
+        words = np.frombuffer(data, dtype=np.uint32).copy()
+        self._dec = _stream.queue.RangeDecoder(words)
+        self._uniform64 = _stream.model.Uniform(64)
+
+    def decode(self, indices: np.ndarray) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64).ravel()
+        out = np.zeros(indices.shape, dtype=np.int64)
+        esc_pos, esc_tail = [], []
+        for k in np.unique(indices):
+            where = np.flatnonzero(indices == k)
+            t = int(self.tables.tails[k])
+            idx = self._dec.decode(self.tables.model(int(k)), len(where)).astype(np.int64)
+            out[where] = idx - t
+            esc = idx == 2 * t + 1
+            if esc.any():
+                esc_pos.append(where[esc])
+                esc_tail.append(np.full(int(esc.sum()), t + 1, dtype=np.int64))
+        if esc_pos:
+            pos = np.concatenate(esc_pos)
+            out[pos] = self._decode_escapes(np.concatenate(esc_tail))
+        return out
+
+    def _decode_escapes(self, base: np.ndarray) -> np.ndarray:
+        n = len(base)
+        sign = self._dec.decode(_stream.model.Uniform(2), n).astype(np.int64)
+        e = self._dec.decode(self._uniform64, n).astype(np.int64)
+        mant = np.zeros(n, dtype=np.int64)
+        for b in np.unique(e):
+            if b == 0:
+                continue
+            sel = np.flatnonzero(e == b)
+            hi = 0
+            if b > 20:
+                hi = self._dec.decode(_stream.model.Uniform(1 << (int(b) - 20)), len(sel)).astype(np.int64)
+            lo = self._dec.decode(_stream.model.Uniform(1 << min(int(b), 20)), len(sel)).astype(np.int64)
+            mant[sel] = (hi << 20) | lo
+        mag = (np.int64(1) << e) + mant - 1 + base
+        return np.where(sign == 1, -mag, mag)

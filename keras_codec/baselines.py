@@ -1,0 +1,374 @@
+"""Classical baseline codecs (JPEG 2000, JPEG XL, JPEG-LS) through imagecodecs.
+
+One small interface, :class:`ClassicalCodec`, with a subclass per codec; every
+measurement returns the same row::
+
+    {codec, param, n_bytes, bpp, psnr, psnr_bitdepth, ssim, max_abs_err,
+     encode_s, decode_s[, ms_ssim]}
+
+``n_bytes`` is the length of the real codestreams, headers included; metrics
+follow :mod:`keras_codec.metrics`. ``param`` is the codec's quality knob
+(None = lossless):
+
+- JPEG 2000 (OpenJPEG, raw J2K codestream): ``param`` is OpenJPEG's fixed-
+  quality target, a PSNR in dB relative to 2**precision - 1, coded with the
+  irreversible 9/7 wavelet; lossless uses the reversible 5/3 wavelet.
+- JPEG XL (libjxl, effort 7): ``param`` is the Butteraugli distance.
+- JPEG-LS (CharLS): ``param`` is NEAR, the maximum absolute error.
+
+Pixel conventions, applied identically when encoding and decoding:
+
+- planes are 2-D uint8, uint16 or int16 arrays; a signed plane is shifted to
+  unsigned by adding 2**(bits_stored - 1) before coding and shifted back after
+  (bits_stored defaults to the dtype's width, so int16 is offset by 32768);
+- the precision declared to the codec is ``bits_stored`` when given, otherwise
+  the fewest bits that hold the plane's (shifted) values; this only changes
+  efficiency, never the decoded values;
+- (rows, cols, samples) and (frames, rows, cols, samples) images are coded one
+  2-D plane at a time and their byte counts summed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from keras_codec import metrics
+
+__all__ = [
+    "ClassicalCodec",
+    "JPEG2000",
+    "JPEGLS",
+    "JPEGXL",
+    "at_psnr",
+    "lossless_bpp",
+    "measure",
+    "rd_curve",
+]
+
+DEFAULT_PSNR_TARGETS = (40.0, 42.5, 45.0, 47.5, 50.0, 52.5, 55.0)
+DEFAULT_NEAR_VALUES = (0, 1, 2, 4, 8, 16, 32)
+
+
+def _bits_stored(dtype, bits_stored):
+    width = np.dtype(dtype).itemsize * 8
+    if bits_stored is None:
+        return width
+    bits = int(bits_stored)
+    if not 1 <= bits <= width:
+        raise ValueError(f"bits_stored must be between 1 and {width} for {np.dtype(dtype)}, got {bits_stored}")
+    return bits
+
+
+class ClassicalCodec:
+    """A classical image codec coding one 2-D integer plane to bytes and back.
+
+    Subclasses implement ``_encode(plane, param, precision)`` on an unsigned
+    plane and ``_decode(data)``; this class handles signed input and checks.
+    ``param_worst``/``param_best`` bound the quality search of :func:`at_psnr`
+    (``log_param`` searches on a log scale, ``integer_param`` on integers).
+    """
+
+    name = "classical"
+    lossless = True
+    param_worst: float = 0.0
+    param_best: float = 1.0
+    log_param = False
+    integer_param = False
+    sweep_params = False  # rd_curve: list explicit params instead of PSNR targets
+
+    def encode(self, plane, param=None, bits_stored=None):
+        """Code a 2-D integer plane; ``param=None`` codes it losslessly."""
+        plane = np.asarray(plane)
+        if plane.ndim != 2:
+            raise ValueError(f"{self.name} codes 2-D planes, got shape {plane.shape}")
+        if plane.dtype not in (np.uint8, np.uint16, np.int16):
+            raise ValueError(f"{self.name} codes uint8, uint16 or int16 planes, got {plane.dtype}")
+        bits = _bits_stored(plane.dtype, bits_stored)
+        values = plane.astype(np.int64)
+        if plane.dtype.kind == "i":
+            values += 1 << (bits - 1)
+        if values.size and (values.min() < 0 or values.max() >= 1 << bits):
+            raise ValueError(
+                f"pixel values {plane.min()}..{plane.max()} do not fit bits_stored={bits}; "
+                "pass the image's BitsStored or leave it unset"
+            )
+        unsigned = values.astype(np.uint8 if plane.dtype == np.uint8 else np.uint16)
+        if bits_stored is None:
+            precision = max(int(unsigned.max()).bit_length(), 1) if unsigned.size else 1
+        else:
+            precision = bits
+        if param is None and not self.lossless:
+            raise ValueError(f"{self.name} has no lossless mode; pass a quality parameter")
+        return bytes(self._encode(np.ascontiguousarray(unsigned), param, precision))
+
+    def decode(self, data, dtype=np.uint16, bits_stored=None):
+        """Decode bytes from :meth:`encode` back to a plane of ``dtype`` (the original's dtype and bits_stored)."""
+        dtype = np.dtype(dtype)
+        bits = _bits_stored(dtype, bits_stored)
+        plane = np.asarray(self._decode(data)).astype(np.int64)
+        if plane.ndim != 2:
+            raise ValueError(f"{self.name} decoded a {plane.ndim}-D array; expected one 2-D plane")
+        if dtype.kind == "i":
+            plane -= 1 << (bits - 1)
+        info = np.iinfo(dtype)
+        return np.clip(plane, info.min, info.max).astype(dtype)
+
+    def _encode(self, plane, param, precision):
+        raise NotImplementedError
+
+    def _decode(self, data):
+        raise NotImplementedError
+
+    def param_at(self, u):
+        """The parameter at position u in [0, 1] of the search range (0 = worst quality)."""
+        lo, hi = self.param_worst, self.param_best
+        if self.log_param:
+            p = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+        else:
+            p = lo + u * (hi - lo)
+        return int(round(p)) if self.integer_param else float(p)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class JPEG2000(ClassicalCodec):
+    """JPEG 2000 (OpenJPEG) raw J2K codestream; lossy by a fixed-quality PSNR target in dB."""
+
+    name = "jpeg2000"
+    param_worst = 1.0
+    param_best = 160.0
+
+    def __init__(self, resolutions=6):
+        self.resolutions = resolutions
+
+    def _encode(self, plane, param, precision):
+        import imagecodecs
+
+        if param is None:
+            return imagecodecs.jpeg2k_encode(
+                plane, codecformat="J2K", reversible=True, bitspersample=precision, resolutions=self.resolutions
+            )
+        level = float(param)
+        if not 1.0 <= level <= 1000.0:
+            raise ValueError(f"JPEG 2000 quality must be a PSNR target in 1..1000 dB, got {param}")
+        return imagecodecs.jpeg2k_encode(
+            plane,
+            level,
+            codecformat="J2K",
+            reversible=False,
+            bitspersample=precision,
+            resolutions=self.resolutions,
+        )
+
+    def _decode(self, data):
+        import imagecodecs
+
+        return imagecodecs.jpeg2k_decode(data)
+
+
+class JPEGXL(ClassicalCodec):
+    """JPEG XL (libjxl); lossy by Butteraugli distance (searched on a log scale), or lossless."""
+
+    name = "jpegxl"
+    param_worst = 25.0
+    param_best = 0.01  # libjxl's smallest lossy distance
+    log_param = True
+
+    def __init__(self, effort=7):
+        self.effort = effort
+
+    def _encode(self, plane, param, precision):
+        import imagecodecs
+
+        if plane.dtype == np.uint16:
+            precision = min(max(precision, 9), 16)  # imagecodecs takes 9..16 bits for uint16
+        if param is None:
+            return imagecodecs.jpegxl_encode(plane, lossless=True, effort=self.effort, bitspersample=precision)
+        return imagecodecs.jpegxl_encode(
+            plane, distance=float(param), lossless=False, effort=self.effort, bitspersample=precision
+        )
+
+    def _decode(self, data):
+        import imagecodecs
+
+        return imagecodecs.jpegxl_decode(data)
+
+
+class JPEGLS(ClassicalCodec):
+    """JPEG-LS (CharLS); near-lossless with NEAR = max absolute error (0 = lossless).
+
+    imagecodecs declares the dtype's full width (8 or 16 bits) to CharLS, so
+    the precision argument is unused here.
+    """
+
+    name = "jpegls"
+    param_worst = 255  # CharLS bounds NEAR by min(255, MAXVAL / 2)
+    param_best = 0
+    integer_param = True
+    sweep_params = True
+
+    def _encode(self, plane, param, precision):
+        import imagecodecs
+
+        near = 0 if param is None else int(param)
+        if near < 0:
+            raise ValueError(f"JPEG-LS NEAR must be >= 0, got {param}")
+        near = min(near, 255, (1 << (plane.dtype.itemsize * 8)) // 2 - 1)
+        return imagecodecs.jpegls_encode(plane, level=near)
+
+    def _decode(self, data):
+        import imagecodecs
+
+        return imagecodecs.jpegls_decode(data)
+
+
+def _geometry(image):
+    image = np.asarray(image)
+    if image.ndim == 2:
+        return image[None, :, :, None]
+    if image.ndim == 3:
+        return image[None]
+    if image.ndim == 4:
+        return image
+    raise ValueError(f"expected (rows, cols), (rows, cols, samples) or (frames, rows, cols, samples), got {image.shape}")
+
+
+def _roundtrip(codec, image, param, bits_stored):
+    """Code every plane; return (decoded image, n_bytes, encode seconds, decode seconds)."""
+    image = np.asarray(image)
+    stack = _geometry(image)
+    frames, _, _, samples = stack.shape
+    t0 = time.perf_counter()
+    streams = [
+        codec.encode(np.ascontiguousarray(stack[f, :, :, s]), param, bits_stored)
+        for f in range(frames)
+        for s in range(samples)
+    ]
+    t1 = time.perf_counter()
+    decoded = np.empty_like(stack)
+    for i, data in enumerate(streams):
+        decoded[i // samples, :, :, i % samples] = codec.decode(data, image.dtype, bits_stored)
+    t2 = time.perf_counter()
+    return decoded.reshape(image.shape), sum(len(s) for s in streams), t1 - t0, t2 - t1
+
+
+def measure(codec, image, param=None, bits_stored=None, with_ms_ssim=False, repeats=1):
+    """Code an image with one parameter and return its row.
+
+    With ``repeats`` > 1 the times are the median of that many runs after one
+    warm-up run (DESIGN.md's timing rule asks for at least 5).
+    """
+    image = np.asarray(image)
+    bits = _bits_stored(image.dtype, bits_stored)
+    if repeats > 1:
+        _roundtrip(codec, image, param, bits_stored)
+    runs = [_roundtrip(codec, image, param, bits_stored) for _ in range(max(int(repeats), 1))]
+    decoded, n_bytes = runs[0][0], runs[0][1]
+    row = {
+        "codec": codec.name,
+        "param": param,
+        "n_bytes": int(n_bytes),
+        "bpp": metrics.bpp(n_bytes, image.size),
+        "psnr": metrics.psnr(image, decoded),
+        "psnr_bitdepth": metrics.psnr_bitdepth(image, decoded, bits),
+        "ssim": metrics.ssim(image, decoded),
+        "max_abs_err": metrics.max_abs_error(image, decoded),
+        "encode_s": float(np.median([r[2] for r in runs])),
+        "decode_s": float(np.median([r[3] for r in runs])),
+    }
+    if with_ms_ssim:
+        row["ms_ssim"] = metrics.ms_ssim(image, decoded)
+    return row
+
+
+def at_psnr(codec, image, target_psnr, tol=0.05, bits_stored=None, with_ms_ssim=False, max_iter=40):
+    """Row of the smallest file whose dynamic-range PSNR is >= ``target_psnr``.
+
+    Bisects the codec's quality parameter (JPEG 2000's PSNR target, JPEG XL's
+    log distance, JPEG-LS's NEAR), keeping the worst-quality setting that still
+    meets the target. The search stops once a setting lands in
+    [target, target + tol] dB, when the parameter bracket is narrower than
+    1e-4 of its range (adjacent integers for NEAR), or after ``max_iter``
+    steps; of every setting tried that meets the target, the one with the
+    fewest bytes is returned. Raises ValueError when even the best quality
+    setting misses the target.
+    """
+    image = np.asarray(image)
+    tried = {}
+
+    def trial(u):
+        p = codec.param_at(u)
+        if p not in tried:
+            decoded, n_bytes, _, _ = _roundtrip(codec, image, p, bits_stored)
+            tried[p] = (metrics.psnr(image, decoded), n_bytes)
+        return tried[p][0] >= target_psnr, tried[p][0]
+
+    ok_best, best_psnr = trial(1.0)
+    if not ok_best:
+        raise ValueError(
+            f"{codec.name} reaches only {best_psnr:.2f} dB at its best lossy setting "
+            f"({codec.param_at(1.0)}), below the {target_psnr} dB target; use lossless coding"
+        )
+    lo, hi = 0.0, 1.0
+    ok_worst, _ = trial(0.0)
+    if not ok_worst:
+        for _ in range(max_iter):
+            if codec.integer_param:
+                if abs(codec.param_at(hi) - codec.param_at(lo)) <= 1:
+                    break
+            elif hi - lo < 1e-4:
+                break
+            mid = 0.5 * (lo + hi)
+            ok, value = trial(mid)
+            if ok:
+                hi = mid
+                if value <= target_psnr + tol:
+                    break
+            else:
+                lo = mid
+    feasible = [(n, p) for p, (value, n) in tried.items() if value >= target_psnr]
+    _, param = min(feasible, key=lambda t: t[0])
+    return measure(codec, image, param, bits_stored, with_ms_ssim)
+
+
+def rd_curve(
+    codec,
+    image,
+    psnr_targets=DEFAULT_PSNR_TARGETS,
+    near_values=DEFAULT_NEAR_VALUES,
+    bits_stored=None,
+    with_ms_ssim=False,
+):
+    """Rate-distortion rows: one per PSNR target, or one per NEAR value for JPEG-LS.
+
+    Targets the codec cannot reach with lossy coding are skipped.
+    """
+    if codec.sweep_params:
+        return [measure(codec, image, p, bits_stored, with_ms_ssim) for p in near_values]
+    rows = []
+    for target in psnr_targets:
+        try:
+            rows.append(at_psnr(codec, image, target, bits_stored=bits_stored, with_ms_ssim=with_ms_ssim))
+        except ValueError:
+            continue
+    return rows
+
+
+def lossless_bpp(image, bits_stored=None, codecs=None):
+    """Lossless bpp of JPEG-LS, JPEG 2000 and JPEG XL by codec name, checking each round trip is exact."""
+    image = np.asarray(image)
+    codecs = codecs if codecs is not None else (JPEGLS(), JPEG2000(), JPEGXL())
+    result = {}
+    for codec in codecs:
+        decoded, n_bytes, _, _ = _roundtrip(codec, image, None, bits_stored)
+        if not np.array_equal(decoded, image):
+            raise RuntimeError(
+                f"{codec.name} lossless round trip is not exact (max error "
+                f"{metrics.max_abs_error(image, decoded)}); the imagecodecs build may be broken"
+            )
+        result[codec.name] = metrics.bpp(n_bytes, image.size)
+    return result
