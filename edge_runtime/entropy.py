@@ -80,6 +80,23 @@ class EntropyTables:
                 total += float(_escape_bits(np.abs(s[esc]) - t - 1).sum()) + esc.sum()
         return total
 
+    def symbol_bits(self, symbols: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        """Per-symbol code length in bits (escapes included), same order as `symbols`."""
+        symbols = np.asarray(symbols, dtype=np.int64)
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty(symbols.shape, dtype=np.float64)
+        for k in np.unique(indices):
+            sel = indices == k
+            s = symbols[sel]
+            t = int(self.tails[k])
+            esc = np.abs(s) > t
+            b = -self._log2p[k][np.where(esc, 2 * t + 1, s + t)]
+            if esc.any():
+                b[esc] += 1 + _escape_bits(np.abs(s[esc]) - t - 1)
+            out[sel] = b
+        return out
+
+
 
 def _escape_bits(excess: np.ndarray) -> np.ndarray:
     """Exp-Golomb payload size: exponent symbol (6 bits uniform) + mantissa bits."""
@@ -186,6 +203,10 @@ class Encoder:
                 self._enc.encode((m >> 20).astype(np.int32), _stream.model.Uniform(1 << (int(n) - 20)))
             self._enc.encode((m & ((1 << 20) - 1)).astype(np.int32), _stream.model.Uniform(1 << min(int(n), 20)))
 
+    def encode_uniform(self, values: np.ndarray, size: int) -> None:
+        """Values in 0..size-1, each with probability 1/size (side information)."""
+        self._enc.encode(np.asarray(values, np.int32), _stream.model.Uniform(size))
+
     def getvalue(self) -> bytes:
         return self._enc.get_compressed().tobytes()
 
@@ -218,6 +239,9 @@ class Decoder:
             pos = np.concatenate(esc_pos)
             out[pos] = self._decode_escapes(np.concatenate(esc_tail))
         return out
+
+    def decode_uniform(self, n: int, size: int) -> np.ndarray:
+        return self._dec.decode(_stream.model.Uniform(size), n).astype(np.int64)
 
     def _decode_escapes(self, base: np.ndarray) -> np.ndarray:
         n = len(base)

@@ -1,6 +1,10 @@
 """Entropy coding of one plane's quantized wavelet subbands: context model + range coder.
 
 Stream layout (little-endian): int32 LL mean, then the range coder's 32-bit words.
+Inside the range-coded data, every pass starts with two table-index offsets chosen by
+the encoder for this image (each a uniform 6-bit symbol): one added to every index of
+the pass, one added on top where the whole context is zero (flat background, where a
+trained model's guess is least certain). Then the pass's symbols follow, grouped by table.
 The geometry (subband shapes) is not in this stream: the container records the plane
 size and the decomposition, from which both sides derive the shapes.
 """
@@ -13,6 +17,10 @@ import numpy as np
 from edge_runtime import context as ctx
 from edge_runtime.entropy import Decoder, Encoder, EntropyTables
 
+OFFSET_ALL = (-32, 31)
+OFFSET_ZERO = (-48, 15)
+_CAP = 64
+
 
 class CodingModel:
     """What both sides need to code subbands: integer context weights and integer tables."""
@@ -20,6 +28,7 @@ class CodingModel:
     def __init__(self, weights: ctx.ContextWeights, tables: EntropyTables):
         self.weights = weights
         self.tables = tables
+        self._cost = None
 
     @property
     def num_scales(self) -> int:
@@ -29,26 +38,31 @@ class CodingModel:
         lv = min(level, self.weights.levels) - 1
         return self.weights.detail[lv, orientation, phase]
 
+    def cost_matrix(self) -> np.ndarray:
+        """Bits of |symbol| = 0.._CAP-1 (the last column: a typical large value) under every table."""
+        if self._cost is None:
+            s = np.arange(_CAP)
+            s[-1] = 4 * _CAP
+            self._cost = np.stack([self.tables.symbol_bits(s, np.full(_CAP, k)) for k in range(self.num_scales)])
+        return self._cost
+
 
 def _walk(subbands, model: CodingModel, visit):
-    """Drive the coding order; `visit(values_or_None, indices, pred, band_key, mask)` codes one pass.
+    """Drive the coding order; `visit(key, indices, pred, mask, zero_ctx)` codes one pass.
 
-    `visit` returns the decoded (or given) values of the pass, so the same walk serves
+    `visit` returns the (decoded or given) values of the pass, so the same walk serves
     the encoder (values known up front) and the decoder (values appear pass by pass).
     """
     levels = len(subbands) - 1
-    decoded = [None] * (levels + 1)
-    decoded[0] = np.zeros_like(subbands[0])
-    for i in range(1, levels + 1):
-        decoded[i] = tuple(np.zeros_like(b) for b in subbands[i])
-    # LL
+    decoded = [np.zeros_like(subbands[0])] + [tuple(np.zeros_like(b) for b in subbands[i])
+                                              for i in range(1, levels + 1)]
     ll = decoded[0]
     known = np.zeros(ll.shape, bool)
     for phase in range(3):
         mask = ctx.phase_masks(ll.shape)[phase]
         pred, spread = ctx.ll_prediction(ll, phase, known)
         idx = ctx.ll_index(spread, phase, model.weights, model.num_scales)
-        ll[mask] = visit(("LL", phase), idx, pred, mask, 0)
+        ll[mask] = visit(("LL", phase), idx, pred, mask, np.zeros(idx.shape, bool))
         known |= mask
     for i in range(1, levels + 1):
         level = levels - i + 1
@@ -62,35 +76,93 @@ def _walk(subbands, model: CodingModel, visit):
                 mask = ctx.phase_masks(band.shape)[phase]
                 f = ctx.detail_features(band, phase, known, parent, siblings)
                 idx = ctx.table_index(f, model.detail_w(level, o, phase), model.num_scales)
-                band[mask] = visit((level, o, phase), idx, None, mask, f)
+                zero_ctx = ~f[:, 1:].any(axis=1)
+                band[mask] = visit((level, o, phase), idx, None, mask, zero_ctx)
                 known |= mask
     return decoded
-
-
-def encode_subbands(subbands, model: CodingModel) -> bytes:
-    """Code [LL, (H, V, D) coarse→fine] integer subbands into bytes."""
-    subbands = [np.asarray(subbands[0], np.int64)] + [tuple(np.asarray(b, np.int64) for b in s)
-                                                      for s in subbands[1:]]
-    mean = int(np.round(subbands[0].mean())) if subbands[0].size else 0
-    src = [subbands[0] - mean] + subbands[1:]
-    enc = Encoder(model.tables)
-    state = {"band": None}
-
-    def visit(key, idx, pred, mask, _f):
-        vals = _source_band(src, key)[mask]
-        enc.encode(vals - (pred if pred is not None else 0), idx)
-        return vals
-
-    _walk(src, model, visit)
-    return struct.pack("<i", mean) + enc.getvalue()
 
 
 def _source_band(src, key):
     if key[0] == "LL":
         return src[0]
     level, o, _ = key
-    levels = len(src) - 1
-    return src[levels - level + 1][o]
+    return src[len(src) - level][o]
+
+
+def _adjust(idx, zero_ctx, o_all, o_zero, num_scales):
+    return np.clip(idx + o_all + np.where(zero_ctx, o_zero, 0), 0, num_scales - 1)
+
+
+def choose_offsets(symbols, idx, zero_ctx, model: CodingModel) -> tuple[int, int]:
+    """The two offsets that minimise the pass's estimated bits (histogram over table × |symbol|)."""
+    k_count = model.num_scales
+    cost = model.cost_matrix()
+    mag = np.minimum(np.abs(symbols), _CAP - 1)
+
+    def best(sel, base_shift, lo, hi):
+        if not sel.any():
+            return 0
+        hist = np.bincount(idx[sel] * _CAP + mag[sel], minlength=k_count * _CAP).reshape(k_count, _CAP)
+        rows = np.nonzero(hist.sum(1))[0]
+        h = hist[rows]
+        offs = np.arange(lo, hi + 1)
+        tgt = np.clip(rows[None, :] + base_shift + offs[:, None], 0, k_count - 1)  # (n_off, n_rows)
+        bits = (cost[tgt] * h[None]).sum(axis=(1, 2))
+        return int(offs[np.argmin(bits)]) if bits.min() < bits[offs == 0][0] else 0
+
+    o_all = best(np.ones(len(idx), bool), 0, *OFFSET_ALL)
+    o_zero = best(zero_ctx, o_all, *OFFSET_ZERO)
+    return o_all, o_zero
+
+
+def _prepare(subbands):
+    subbands = [np.array(subbands[0], np.int64)] + [tuple(np.array(b, np.int64) for b in s) for s in subbands[1:]]
+    mean = int(np.round(subbands[0].mean())) if subbands[0].size else 0
+    return [subbands[0] - mean] + subbands[1:], mean
+
+
+def encode_subbands(subbands, model: CodingModel, *, coeffs=None, lam: float = 0.0,
+                    bias: float = 0.0, rdo_out: list | None = None) -> bytes:
+    """Code [LL, (H, V, D) coarse→fine] integer subbands into bytes.
+
+    With `coeffs` (the unquantized detail coefficients in quantizer steps, same layout)
+    and `lam` > 0, each detail coefficient may be lowered by one step toward zero when
+    that saves more rate than it costs in distortion (rate-distortion optimized
+    quantization, decided pass by pass with the exact table each coefficient is coded
+    with). The decoder is unchanged. `rdo_out`, if given, receives the final subbands.
+    """
+    src, mean = _prepare(subbands)
+    enc = Encoder(model.tables)
+
+    def visit(key, idx, pred, mask, zero_ctx):
+        band = _source_band(src, key)
+        vals = band[mask]
+        p = pred if pred is not None else 0
+        o_all, o_zero = choose_offsets(vals - p, idx, zero_ctx, model)
+        idx = _adjust(idx, zero_ctx, o_all, o_zero, model.num_scales)
+        if coeffs is not None and lam > 0 and key[0] != "LL":
+            vals = _rdo_pass(vals, _source_band(coeffs, key)[mask], idx, model.tables, lam, bias)
+            band[mask] = vals
+        enc.encode_uniform([o_all - OFFSET_ALL[0], o_zero - OFFSET_ZERO[0]], 64)
+        enc.encode(vals - p, idx)
+        return vals
+
+    _walk(src, model, visit)
+    if rdo_out is not None:
+        rdo_out[:] = [src[0] + mean] + src[1:]
+    return struct.pack("<i", mean) + enc.getvalue()
+
+
+def _rdo_pass(q: np.ndarray, x: np.ndarray, idx: np.ndarray, tables, lam: float, bias: float) -> np.ndarray:
+    nz = q != 0
+    if not nz.any():
+        return q
+    alt = q - np.sign(q)
+    deq = lambda v: np.sign(v) * (np.abs(v) + bias)
+    d0 = (x - deq(q)) ** 2
+    d1 = (x - deq(alt)) ** 2
+    better = nz & (d1 + lam * tables.symbol_bits(alt, idx) < d0 + lam * tables.symbol_bits(q, idx))
+    return np.where(better, alt, q)
 
 
 def decode_subbands(data: bytes, shapes, model: CodingModel):
@@ -101,7 +173,9 @@ def decode_subbands(data: bytes, shapes, model: CodingModel):
     template = [np.zeros(shapes[0], np.int64)] + [tuple(np.zeros(s, np.int64) for s in lv) for lv in shapes[1:]]
     dec = Decoder(model.tables, data[4:])
 
-    def visit(_key, idx, pred, _mask, _f):
+    def visit(_key, idx, pred, _mask, zero_ctx):
+        o = dec.decode_uniform(2, 64)
+        idx = _adjust(idx, zero_ctx, int(o[0]) + OFFSET_ALL[0], int(o[1]) + OFFSET_ZERO[0], model.num_scales)
         v = dec.decode(idx)
         return v + (pred if pred is not None else 0)
 
@@ -111,24 +185,39 @@ def decode_subbands(data: bytes, shapes, model: CodingModel):
 
 
 def collect(subbands, model: CodingModel):
-    """Every pass's (key, features, symbols) for fitting the context weights; no coding."""
-    subbands = [np.asarray(subbands[0], np.int64)] + [tuple(np.asarray(b, np.int64) for b in s)
-                                                      for s in subbands[1:]]
-    mean = int(np.round(subbands[0].mean())) if subbands[0].size else 0
-    src = [subbands[0] - mean] + subbands[1:]
+    """Every pass's (key, features, symbols, indices) for fitting the context weights; no coding."""
+    src, _mean = _prepare(subbands)
     rows = []
 
-    def visit(key, idx, pred, mask, f):
+    def visit(key, idx, pred, mask, _zero):
         vals = _source_band(src, key)[mask]
-        sym = vals - (pred if pred is not None else 0)
-        rows.append((key, f, sym, idx))
+        rows.append((key, None, vals - (pred if pred is not None else 0), idx))
         return vals
 
+    # features are recomputed here (the walk only hands out indices)
+    levels = len(src) - 1
     _walk(src, model, visit)
-    return rows
+    out = []
+    for key, _f, sym, idx in rows:
+        f = None
+        if key[0] != "LL":
+            level, o, phase = key
+            i = levels - level + 1
+            band = src[i][o]
+            known = np.zeros(band.shape, bool)
+            for ph in range(phase):
+                known |= ctx.phase_masks(band.shape)[ph]
+            parent = src[i - 1][o] if i > 1 else None
+            f = ctx.detail_features(band, phase, known, parent, [src[i][s] for s in range(o)])
+        out.append((key, f, sym, idx))
+    return out
 
 
 def estimate_bits(subbands, model: CodingModel) -> float:
-    """Bits the coder will spend (the range coder adds at most a few words), header included."""
-    rows = collect(subbands, model)
-    return 32 + sum(model.tables.bits(sym, idx) for _k, _f, sym, idx in rows)
+    """Bits of the stream with the encoder's offsets (the coder adds at most a few words)."""
+    total = 32.0
+    for key, f, sym, idx in collect(subbands, model):
+        zero = ~f[:, 1:].any(axis=1) if f is not None else np.zeros(len(idx), bool)
+        o_all, o_zero = choose_offsets(sym, idx, zero, model)
+        total += 12 + model.tables.bits(sym, _adjust(idx, zero, o_all, o_zero, model.num_scales))
+    return total

@@ -31,6 +31,43 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from keras_codec.config import CodecConfig, named
+
+    cfg = CodecConfig.from_json(open(args.config).read()) if args.config.endswith(".json") else named(args.config)
+    if args.lmbda is not None:
+        cfg = cfg.replace(**{"train.lmbda": args.lmbda})
+    cfg = cfg.replace(**{"train.seed": args.seed})
+    print(cfg.to_json())
+    if cfg.name == "default":
+        from keras_codec.fit_default import fit_default
+
+        res = fit_default(cfg, args.out, seed=args.seed)
+        print(f"bundle written to {args.out}: model id {res['model_id'][:16]}..., "
+              f"{res['planes']} planes, {res['wall_seconds']:.1f} s")
+        return 0
+    from keras_codec.train_paper import train_paper
+
+    res = train_paper(cfg, args.out, steps=args.steps)
+    print(res)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from keras_codec.evaluate import evaluate_bundle
+
+    qualities = [int(q) for q in args.qualities.split(",")] if args.qualities else None
+    res = evaluate_bundle(args.model, folder=args.dir, qualities=qualities, out_dir=args.out)
+    print(f"model {res['model_id'][:16]}...  wrote {args.out}/eval.csv and {args.out}/rd_curves.png")
+    return 0
+
+
+def _default_model() -> str:
+    from edge_runtime.bundle import default_bundle_path
+
+    return str(default_bundle_path())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from keras_codec import __version__
 
@@ -42,6 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--split", choices=["train", "test"], default=None)
     c.set_defaults(func=_cmd_corpus)
 
+    t = sub.add_parser("train", help="train a model (default: fit the context model and write a bundle)")
+    t.add_argument("--config", default="default", help="'default', 'paper' or a config .json")
+    t.add_argument("--lmbda", type=float, default=None)
+    t.add_argument("--steps", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, help="run / bundle directory")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="rate-distortion of a model bundle against JPEG 2000")
+    e.add_argument("--model", default=None, help="bundle directory (default: the shipped one)")
+    e.add_argument("--dir", default=None, help="a folder of images instead of the test split")
+    e.add_argument("--qualities", default=None, help="comma-separated quality levels (default 1..12)")
+    e.add_argument("--out", default="out/eval")
+    e.set_defaults(func=_cmd_eval)
+
     d = sub.add_parser("demo", help="the main job on the shipped model and the sample corpus")
     d.add_argument("--dir", default=None, help="a folder of your own images instead of the test split")
     d.set_defaults(func=_cmd_demo)
@@ -50,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "model", "x") is None:
+        args.model = _default_model()
     try:
         return args.func(args)
     except (ValueError, OSError, RuntimeError) as exc:

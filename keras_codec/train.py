@@ -155,17 +155,78 @@ def _check_stages(out_dir: str, plan, restored_step: int, write: bool) -> None:
         _write_atomic(path, json.dumps([list(s) for s in plan]) + "\n")
 
 
-def _read_csv_tail(path: str, restored_step: int) -> float:
-    """Drop rows logged after the restored checkpoint; return the wall time reached so far."""
-    if not os.path.exists(path):
-        return 0.0
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= restored_step]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, CSV_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    return float(rows[-1]["wall_s"]) if rows else 0.0
+class _RunLog:
+    """Window means of the step metrics, written to log.csv, TensorBoard and stdout by the chief."""
+
+    def __init__(self, out_dir: str, restored_step: int, total_steps: int, write: bool, progress: bool):
+        self.csv_path = os.path.join(out_dir, "log.csv")
+        self.total, self.write, self.progress = total_steps, write, progress
+        self.wall_offset = self._truncate_csv(restored_step) if write else 0.0
+        self.writer = tf.summary.create_file_writer(os.path.join(out_dir, "tb")) if write else None
+        self.t0 = time.perf_counter()
+        self.done, self.skipped, self.patches = 0, 0, 0.0
+        self.last = {}
+        self._reset(self.t0)
+
+    def _truncate_csv(self, restored_step: int) -> float:
+        """Drop rows logged after the restored checkpoint; return the wall time reached so far."""
+        rows = []
+        if os.path.exists(self.csv_path):
+            with open(self.csv_path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= restored_step]
+        with open(self.csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, CSV_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        return float(rows[-1]["wall_s"]) if rows else 0.0
+
+    def _reset(self, now: float) -> None:
+        self.sums, self.n, self.window_patches, self.window_t = {}, 0, 0.0, now
+
+    def add(self, terms: dict, ok: bool, patches: float) -> None:
+        self.done += 1
+        self.patches += patches
+        self.window_patches += patches
+        if ok:
+            self.n += 1
+            for k, v in terms.items():
+                self.sums[k] = self.sums.get(k, 0.0) + float(v)
+        else:
+            self.skipped += 1
+
+    def flush(self, step: int, stage: str) -> None:
+        now = time.perf_counter()
+        means = {k: v / max(self.n, 1) for k, v in self.sums.items()}
+        rate = self.window_patches / max(now - self.window_t, 1e-9)
+        self.last = {**means, "patches_per_s": rate}
+        self._reset(now)
+        if not self.write:
+            return
+        row = {"step": step, "stage": stage, "wall_s": f"{self.wall_offset + now - self.t0:.3f}",
+               "patches_per_s": f"{rate:.2f}", "skipped": self.skipped}
+        row.update({k: f"{means[k]:.6g}" for k in ("loss", "bpp", "mse", "psnr") if k in means})
+        with open(self.csv_path, "a", newline="") as f:
+            csv.DictWriter(f, CSV_FIELDS).writerow(row)
+        with self.writer.as_default(step=step):
+            for k, v in means.items():
+                tf.summary.scalar(k, v)
+            tf.summary.scalar("patches_per_s", rate)
+            tf.summary.scalar("skipped", self.skipped)
+        if self.progress:
+            eta = (self.total - step) * (now - self.t0) / max(self.done, 1)
+            line = f"step {step}/{self.total} [{stage}]"
+            line += f" loss {means['loss']:.4g}" if "loss" in means else ""
+            line += f" bpp {means['bpp']:.3f}" if "bpp" in means else ""
+            line += f" psnr {means['psnr']:.1f} dB" if "psnr" in means else ""
+            print(f"{line} {rate:.1f} patches/s eta {_fmt_eta(eta)}", flush=True)
+
+    def summary(self, step: int, replicas: int) -> dict:
+        if self.writer is not None:
+            self.writer.flush()
+        elapsed = time.perf_counter() - self.t0
+        return {**self.last, "step": step, "steps_done": self.done, "wall_s": elapsed,
+                "patches_per_s": self.patches / elapsed if self.done else 0.0,
+                "skipped": self.skipped, "replicas": replicas}
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -294,13 +355,7 @@ def train(build_fn: Callable[[CodecConfig], tf.keras.Model], config: CodecConfig
         start = int(step_var.numpy())
         _check_stages(out_dir, plan, start, write=chief)
 
-        csv_path = os.path.join(out_dir, "log.csv")
-        wall_offset = _read_csv_tail(csv_path, start) if chief else 0.0
-        writer = tf.summary.create_file_writer(os.path.join(out_dir, "tb")) if chief else None
-        if chief and not os.path.exists(csv_path):
-            with open(csv_path, "w", newline="") as f:
-                csv.DictWriter(f, CSV_FIELDS).writeheader()
-
+        runlog = _RunLog(out_dir, start, steps, write=chief, progress=progress)
         if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
             dataset = dataset_fn(None)
         else:
@@ -318,38 +373,8 @@ def train(build_fn: Callable[[CodecConfig], tf.keras.Model], config: CodecConfig
                     iterator = None
             raise ValueError("dataset_fn returned a dataset without a single batch")
 
-        step, skipped, bad_run, done, total_patches = start, 0, 0, 0, 0.0
-        t0 = time.perf_counter()
-        window = {"sums": {}, "n": 0, "patches": 0.0, "t": t0}
-        last = {}
-
-        def log_window(stage):
-            n = max(window["n"], 1)
-            means = {k: v / n for k, v in window["sums"].items()}
-            now = time.perf_counter()
-            rate = window["patches"] / max(now - window["t"], 1e-9)
-            wall = wall_offset + now - t0
-            if chief:
-                row = {"step": step, "stage": stage, "wall_s": f"{wall:.3f}", "patches_per_s": f"{rate:.2f}",
-                       "skipped": skipped}
-                row.update({k: f"{means[k]:.6g}" for k in ("loss", "bpp", "mse", "psnr") if k in means})
-                with open(csv_path, "a", newline="") as f:
-                    csv.DictWriter(f, CSV_FIELDS).writerow(row)
-                with writer.as_default(step=step):
-                    for k, v in means.items():
-                        tf.summary.scalar(k, v)
-                    tf.summary.scalar("patches_per_s", rate)
-                    tf.summary.scalar("skipped", skipped)
-                if progress:
-                    eta = (steps - step) * (now - t0) / max(done, 1)
-                    line = f"step {step}/{steps} [{stage}]"
-                    line += "".join(f" {k} {means[k]:{f}}" for k, f in (("loss", ".4g"), ("bpp", ".3f")) if k in means)
-                    line += f" psnr {means['psnr']:.1f} dB" if "psnr" in means else ""
-                    print(f"{line} {rate:.1f} patches/s eta {_fmt_eta(eta)}", flush=True)
-            last.clear()
-            last.update(means, patches_per_s=rate)
-            window.update(sums={}, n=0, patches=0.0, t=now)
-
+        step, bad_run = start, 0
+        saved = start if latest else None
         for name, first_step, end_step in plan:
             if step >= end_step:
                 continue
@@ -368,40 +393,29 @@ def train(build_fn: Callable[[CodecConfig], tf.keras.Model], config: CodecConfig
                     shutil.rmtree(write_dir, ignore_errors=True)
 
             train_step = _make_train_step(strategy, model, opt, var_list, tc.clip_norm)
-            saved = step
             while step < end_step:
                 terms, ok, patches = train_step(next_batch())
                 step += 1
-                done += 1
-                window["patches"] += float(patches)
-                total_patches += float(patches)
-                if bool(ok):
-                    bad_run = 0
-                    window["n"] += 1
-                    for k, v in terms.items():
-                        window["sums"][k] = window["sums"].get(k, 0.0) + float(v)
-                else:
-                    skipped += 1
-                    bad_run += 1
-                    log.warning("step %d [%s] skipped: loss %s, gradients or loss not finite (%d in a row)",
+                ok = bool(ok)
+                runlog.add(terms, ok, float(patches))
+                bad_run = 0 if ok else bad_run + 1
+                if not ok:
+                    log.warning("step %d [%s] skipped: non-finite loss (%s) or gradients, %d in a row",
                                 step, name, float(terms["loss"]), bad_run)
                     if bad_run >= max_bad_steps:
+                        kept = f"the checkpoint of step {saved} is intact" if saved is not None else "no checkpoint"
                         raise RuntimeError(
-                            f"training in {out_dir} stopped at step {step} [{name}]: {bad_run} steps in a row "
-                            f"had a non-finite loss or gradients; resume from the last checkpoint with a lower "
-                            f"learning rate (now {tc.learning_rate}) or clip_norm (now {tc.clip_norm})")
+                            f"training in {out_dir} stopped at step {step} [{name}]: {bad_run} steps in a row had "
+                            f"a non-finite loss or gradients ({kept}); look for the source (a log or division by "
+                            f"zero in rd_terms, bad input), or train with a lower train.learning_rate (now "
+                            f"{tc.learning_rate}) or train.clip_norm (now {tc.clip_norm}) in a new out_dir")
                 if step % log_every == 0 or step == steps:
-                    log_window(name)
+                    runlog.flush(step, name)
                 if step % ckpt_every == 0 or step == steps:
                     save()
                     saved = step
             if saved != step:
                 save()
-        if writer is not None:
-            writer.flush()
-        elapsed = time.perf_counter() - t0
-        return {**last, "step": step, "steps_done": done, "wall_s": elapsed,
-                "patches_per_s": total_patches / elapsed if done else 0.0,
-                "skipped": skipped, "replicas": strategy.num_replicas_in_sync}
+        return runlog.summary(step, strategy.num_replicas_in_sync)
     finally:
         tf.keras.mixed_precision.set_global_policy(previous_policy)

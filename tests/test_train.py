@@ -92,26 +92,25 @@ def test_consecutive_nan_steps_abort(tmp_path):
 
 
 def test_stages_train_only_their_variables(tmp_path):
-    initial = {}
+    models, initial = [], []
 
     def build(config):
         model = ToyCodec(config)
         model.rd_terms(tf.zeros((1, 32, 32, 1)), training=False)
-        initial.update({v.name: v.numpy() for v in model.trainable_variables})
+        initial.append([v.numpy() for v in model.trainable_variables])
+        models.append(model)
         return model
 
     stages = [("entropy", 3), ("joint", 3)]
     run(tmp_path, 3, build_fn=build, stages=stages, log_every=1)
-    entropy = tf.train.load_checkpoint(str(tmp_path / "ckpt" / "ckpt-3"))
-    names = {k for k in entropy.get_variable_to_shape_map() if k.startswith("model/") and "OPTIMIZER" not in k}
-    changed = {k for k in names if k != "model/calls/.ATTRIBUTES/VARIABLE_VALUE"
-               and not any(np.array_equal(entropy.get_tensor(k), v) for v in initial.values())}
-    assert changed == {"model/log_scale/.ATTRIBUTES/VARIABLE_VALUE"}
+    changed = [v.name for v, v0 in zip(models[0].trainable_variables, initial[0])
+               if not np.array_equal(v.numpy(), v0)]
+    assert changed == [models[0].log_scale.name]
 
-    run(tmp_path, 6, stages=stages, log_every=1)
-    joint = tf.train.load_checkpoint(str(tmp_path / "ckpt" / "ckpt-6"))
-    kernel = next(k for k in names if "kernel" in k)
-    assert not np.array_equal(entropy.get_tensor(kernel), joint.get_tensor(kernel))
+    after_entropy = [v.numpy() for v in models[0].trainable_variables]
+    run(tmp_path, 6, build_fn=build, stages=stages, log_every=1)
+    after_joint = [v.numpy() for v in models[1].trainable_variables]
+    assert not any(np.array_equal(a, b) for a, b in zip(after_entropy, after_joint))
     assert [r["stage"] for r in csv_rows(tmp_path)] == ["entropy"] * 3 + ["joint"] * 3
 
 
@@ -120,10 +119,11 @@ def test_mixed_precision_runs_on_cpu(tmp_path):
     config = CONFIG.replace(**{"train.mixed_precision": True})
     result = run(tmp_path, 4, config=config, build_fn=lambda c: models.append(ToyCodec(c)) or models[-1])
     assert result["steps_done"] == 4 and np.isfinite(result["loss"])
-    assert models[0].encoder.layers[0].compute_dtype == "float16"
-    assert isinstance(models[0].encoder.layers[0].kernel.dtype, tf.dtypes.DType)
-    assert models[0].encoder.layers[0].kernel.dtype == tf.float32
+    conv = models[0].encoder.layers[0]
+    assert conv.compute_dtype == "float16" and conv.kernel.dtype == tf.float32
     assert tf.keras.mixed_precision.global_policy().name == "float32"
+    names = [n for n, _ in tf.train.list_variables(str(tmp_path / "ckpt"))]
+    assert "optimizer/loss_scale/current_loss_scale/.ATTRIBUTES/VARIABLE_VALUE" in names
     assert run(tmp_path, 6, config=config)["steps_done"] == 2
 
 

@@ -1,0 +1,87 @@
+"""Model bundle: a directory with manifest.json, the integer context model, the integer tables
+and (once exported) the TFLite graphs. Its model id is the SHA-256 of those files.
+
+    manifest.json   format version, config, quality table, levels, tile size, training run
+    context.npz     integer context weights (detail, ll)
+    tables.npz      integer entropy tables (freqs, lengths, tails)
+    *.tflite        analysis / synthesis graphs (optional; the workstation may use Keras instead)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.context import ContextWeights
+from edge_runtime.entropy import EntropyTables
+from edge_runtime.subband_coder import CodingModel
+
+BUNDLE_FORMAT = 1
+_HASHED = ("manifest.json", "context.npz", "tables.npz", "encoder.tflite", "hyper_decoder.tflite", "decoder.tflite")
+
+
+class InvalidBundleError(ValueError):
+    """A model bundle that is missing files or does not parse."""
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    coding: CodingModel
+    model_id: bytes
+    files: dict = field(default_factory=dict)
+
+    @property
+    def wavelet(self) -> dict:
+        return self.manifest["config"]["wavelet"]
+
+
+def model_id_of(folder: Path) -> bytes:
+    h = hashlib.sha256()
+    for name in _HASHED:
+        p = folder / name
+        if p.exists():
+            h.update(name.encode() + b"\0")
+            h.update(p.read_bytes())
+    return h.digest()
+
+
+def save_bundle(folder, manifest: dict, weights: ContextWeights, tables: EntropyTables,
+                extra_files: dict | None = None) -> bytes:
+    """Write a bundle directory and return its model id."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {"format": BUNDLE_FORMAT, **manifest}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    np.savez_compressed(folder / "context.npz", detail=weights.detail, ll=weights.ll)
+    np.savez_compressed(folder / "tables.npz", **tables.to_arrays())
+    for name, data in (extra_files or {}).items():
+        (folder / name).write_bytes(data)
+    return model_id_of(folder)
+
+
+def load_bundle(folder) -> Bundle:
+    folder = Path(folder)
+    if not (folder / "manifest.json").is_file():
+        raise InvalidBundleError(f"{folder}: not a model bundle (no manifest.json)")
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        with np.load(folder / "context.npz") as z:
+            weights = ContextWeights(detail=z["detail"], ll=z["ll"])
+        with np.load(folder / "tables.npz") as z:
+            tables = EntropyTables.from_arrays(z)
+    except (OSError, KeyError, ValueError) as exc:
+        raise InvalidBundleError(f"{folder}: damaged model bundle: {exc}") from exc
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise InvalidBundleError(f"{folder}: bundle format {manifest.get('format')}, this runtime reads {BUNDLE_FORMAT}")
+    files = {n: folder / n for n in _HASHED if (folder / n).exists()}
+    return Bundle(folder, manifest, CodingModel(weights, tables), model_id_of(folder), files)
+
+
+def default_bundle_path() -> Path:
+    """The bundle shipped inside edge_runtime, so `edge-codec` works right after install."""
+    return Path(__file__).resolve().parent / "models" / "default"

@@ -1,0 +1,146 @@
+"""Image <-> .kcd stream for the wavelet codec: the one encoder and decoder both sides call.
+
+The wavelet transforms come from a `transforms` object with `analysis(plane, levels)` and
+`synthesis(bands, levels)`: TFLite graphs on the edge, the Keras layers on the workstation.
+Everything else (normalization, quantization, context model, entropy coding, container) is
+here, in numpy, so both sides produce and read the same bytes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from data.image import Image
+from edge_runtime import bitstream as bs
+from edge_runtime.subband_coder import CodingModel, decode_subbands, encode_subbands
+
+QUALITY_LEVELS = tuple(range(1, 13))
+_STEP_K = np.sqrt(12.0) * 0.75
+
+
+def nominal_psnr(quality: int) -> float:
+    """Quality q aims at about 34 + 2q dB PSNR over the plane's dynamic range."""
+    if quality not in QUALITY_LEVELS:
+        raise ValueError(f"quality must be in {QUALITY_LEVELS[0]}..{QUALITY_LEVELS[-1]}, got {quality}")
+    return 34.0 + 2.0 * quality
+
+
+def quantizer_step(quality: int) -> float:
+    """Quantizer step in normalized units ([0, 1] = the plane's dynamic range)."""
+    return float(_STEP_K * 10.0 ** (-nominal_psnr(quality) / 20.0))
+
+
+def levels_for(rows: int, cols: int, max_levels: int) -> int:
+    """As deep as keeps the coarsest band at least about 8 samples on its short side."""
+    return int(max(1, min(max_levels, np.floor(np.log2(max(min(rows, cols), 2) / 8.0)))))
+
+
+def padded_shape(rows: int, cols: int, levels: int) -> tuple[int, int]:
+    m = 1 << levels
+    return -(-rows // m) * m, -(-cols // m) * m
+
+
+def deadzone_quantize(x: np.ndarray, deadzone: float) -> np.ndarray:
+    """sign(x)·floor(|x| + 0.5 − deadzone): rounding with a widened zero bin."""
+    return (np.sign(x) * np.floor(np.abs(x) + 0.5 - deadzone)).astype(np.int64)
+
+
+def dequantize(q: np.ndarray, bias: float) -> np.ndarray:
+    return np.sign(q) * (np.abs(q) + bias)
+
+
+def _band_shapes(rows: int, cols: int, levels: int) -> list:
+    shapes = [(rows >> levels, cols >> levels)]
+    for lv in range(levels, 0, -1):
+        s = (rows >> lv, cols >> lv)
+        shapes.append((s, s, s))
+    return shapes
+
+
+class PlaneCoder:
+    """Codes one normalized 2-D plane (a tile) at a quality level."""
+
+    def __init__(self, params: dict, coding: CodingModel, transforms):
+        self.p = params
+        self.coding = coding
+        self.transforms = transforms
+
+    def levels(self, rows: int, cols: int) -> int:
+        return levels_for(rows, cols, int(self.p["levels"]))
+
+    def encode(self, x: np.ndarray, quality: int) -> bytes:
+        rows, cols = x.shape
+        levels = self.levels(rows, cols)
+        pr, pc = padded_shape(rows, cols, levels)
+        xp = np.pad(x, ((0, pr - rows), (0, pc - cols)), mode="symmetric").astype(np.float32)
+        step = quantizer_step(quality)
+        bands = self.transforms.analysis(xp, levels)
+        scaled = [bands[0] / step] + [tuple(b / step for b in trio) for trio in bands[1:]]
+        dz = float(self.p["deadzone"])
+        q = [np.round(scaled[0]).astype(np.int64)] + [tuple(deadzone_quantize(b, dz) for b in trio)
+                                                      for trio in scaled[1:]]
+        return encode_subbands(q, self.coding, coeffs=scaled, lam=float(self.p["rdo_lambda"]),
+                               bias=float(self.p["recon_bias"]))
+
+    def decode(self, data: bytes, rows: int, cols: int, quality: int) -> np.ndarray:
+        levels = self.levels(rows, cols)
+        pr, pc = padded_shape(rows, cols, levels)
+        q = decode_subbands(data, _band_shapes(pr, pc, levels), self.coding)
+        step = quantizer_step(quality)
+        bias = float(self.p["recon_bias"])
+        bands = [q[0].astype(np.float32) * step] + [tuple((dequantize(b, bias) * step).astype(np.float32)
+                                                          for b in trio) for trio in q[1:]]
+        y = self.transforms.synthesis(bands, levels)
+        return y[:rows, :cols]
+
+
+def _planes(image: Image):
+    for f in range(image.frames):
+        for s in range(image.samples):
+            yield image.pixels[f, :, :, s]
+
+
+def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: int,
+                 tile: int = 2048, metadata: bytes | None = None) -> bytes:
+    """Image -> .kcd bytes (every frame and sample plane, tile by tile)."""
+    norm, streams = [], []
+    grid = bs.tile_grid(image.rows, image.cols, tile, tile)
+    for plane in _planes(image):
+        lo, hi = int(plane.min()), int(plane.max())
+        norm.append((lo, hi))
+        scale = float(max(hi - lo, 1))
+        for r0, r1, c0, c1 in grid:
+            x = (plane[r0:r1, c0:c1].astype(np.float64) - lo) / scale
+            streams.append(coder.encode(x, quality))
+    header = bs.Header(model_id=model_id, rows=image.rows, cols=image.cols, frames=image.frames,
+                       samples=image.samples, bits_stored=image.bits_stored, signed=image.signed,
+                       dtype=image.pixels.dtype.name, photometric=image.photometric, quality=quality,
+                       max_error=-1, lossless=False, levels=int(coder.p["levels"]), tile_rows=tile,
+                       tile_cols=tile, norm=norm)
+    return bs.pack(header, streams, metadata)
+
+
+def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None) -> tuple[Image, bs.Header]:
+    """.kcd bytes -> Image (stored values, clipped to the stored range)."""
+    header, streams, _meta = bs.parse(data, source=source, expected_model_ids=model_ids)
+    dtype = np.dtype(header.dtype)
+    pixels = np.empty((header.frames, header.rows, header.cols, header.samples), dtype=dtype)
+    grid = bs.tile_grid(header.rows, header.cols, header.tile_rows, header.tile_cols)
+    if header.signed:
+        vmin, vmax = -(1 << (header.bits_stored - 1)), (1 << (header.bits_stored - 1)) - 1
+    else:
+        vmin, vmax = 0, (1 << header.bits_stored) - 1
+    i = 0
+    for p, (lo, hi) in enumerate(header.norm):
+        f, s = divmod(p, header.samples)
+        scale = float(max(hi - lo, 1))
+        for r0, r1, c0, c1 in grid:
+            try:
+                y = coder.decode(streams[i], r1 - r0, c1 - c0, header.quality)
+            except ValueError as exc:
+                raise bs.InvalidBitstreamError(f"{source or '<stream>'}: tile {i} does not decode: {exc}") from exc
+            i += 1
+            v = np.round(y.astype(np.float64) * scale + lo)
+            pixels[f, r0:r1, c0:c1, s] = np.clip(v, max(lo, vmin), min(hi, vmax)).astype(dtype)
+    image = Image(pixels=pixels, bits_stored=header.bits_stored, signed=header.signed,
+                  photometric=header.photometric, source=source)
+    return image, header

@@ -1,0 +1,111 @@
+"""Fit the `default` model's context model on the train split and write its bundle.
+
+Stage 1 of training the default model: the integer context weights are fitted by
+maximum likelihood (keras_codec.context_fit) on the quantized wavelet coefficients of
+every train plane at several quality levels, then refitted once on the coefficients
+the rate-distortion optimized quantizer actually produces with the first fit.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+
+import numpy as np
+
+from edge_runtime import context as ctx
+from edge_runtime.bundle import save_bundle
+from edge_runtime.codec import PlaneCoder, deadzone_quantize, levels_for, padded_shape, quantizer_step
+from edge_runtime.entropy import laplace_tables
+from edge_runtime.subband_coder import CodingModel, collect, encode_subbands
+from keras_codec.config import CodecConfig
+from keras_codec.context_fit import default_ll_weights, fit_weights
+
+FIT_QUALITIES = (1, 3, 5, 7, 9, 11, 12)
+MAX_SIDE = 1024
+MAX_FRAMES = 2
+
+
+def coder_params(config: CodecConfig, rdo_lambda: float = 0.12) -> dict:
+    w = config.wavelet
+    return {"levels": w.levels, "deadzone": w.deadzone, "recon_bias": w.recon_bias, "rdo_lambda": rdo_lambda,
+            "num_scales": w.num_scales, "scale_min": w.scale_min, "scale_max": w.scale_max,
+            "wavelet": w.wavelet, "mode": w.mode}
+
+
+def train_planes(seed: int = 0, max_side: int = MAX_SIDE):
+    """(name, normalized float plane) for the train split: every sample, up to MAX_FRAMES frames,
+    a centred crop of at most max_side × max_side."""
+    from data.corpus import corpus, load
+
+    out = []
+    for item in corpus("train"):
+        img = load(item)
+        for f in range(min(img.frames, MAX_FRAMES)):
+            for s in range(img.samples):
+                p = img.pixels[f, :, :, s].astype(np.float64)
+                r0 = max(0, (p.shape[0] - max_side) // 2)
+                c0 = max(0, (p.shape[1] - max_side) // 2)
+                p = p[r0:r0 + max_side, c0:c0 + max_side]
+                lo, hi = p.min(), p.max()
+                if hi <= lo:
+                    continue
+                out.append((f"{item.name}[{f},{s}]", ((p - lo) / (hi - lo)).astype(np.float32)))
+    return out
+
+
+def _samples(planes, transforms, params, coding, rdo: bool):
+    rows_all = []
+    for _name, x in planes:
+        levels = levels_for(*x.shape, params["levels"])
+        pr, pc = padded_shape(*x.shape, levels)
+        xp = np.pad(x, ((0, pr - x.shape[0]), (0, pc - x.shape[1])), mode="symmetric")
+        bands = transforms.analysis(xp, levels)
+        for q in FIT_QUALITIES:
+            step = quantizer_step(q)
+            scaled = [bands[0] / step] + [tuple(b / step for b in t) for t in bands[1:]]
+            qb = [np.round(scaled[0]).astype(np.int64)] + [tuple(deadzone_quantize(b, params["deadzone"])
+                                                                 for b in t) for t in scaled[1:]]
+            if rdo:
+                fin = []
+                encode_subbands(qb, coding, coeffs=scaled, lam=params["rdo_lambda"],
+                                bias=params["recon_bias"], rdo_out=fin)
+                qb = fin
+            rows_all.append(collect(qb, coding))
+    return rows_all
+
+
+def fit_default(config: CodecConfig, out_dir, *, seed: int = 0, progress=print) -> dict:
+    """Fit the context model on the train split and write the bundle to out_dir."""
+    from keras_codec.models.wavelet import WaveletTransforms
+
+    t0 = time.time()
+    params = coder_params(config)
+    w = config.wavelet
+    tables = laplace_tables(w.num_scales, w.scale_min, w.scale_max, w.deadzone)
+    levels_max = 8
+    init = ctx.ContextWeights(np.zeros((levels_max, 3, 3, ctx.NUM_FEATURES), np.int64),
+                              default_ll_weights(w.num_scales, w.scale_min, w.scale_max))
+    init.detail[..., 0] = (w.num_scales // 2) << ctx.SHIFT
+    transforms = WaveletTransforms(config.wavelet, postfilter=None)
+    planes = train_planes(seed)
+    progress(f"fit: {len(planes)} train planes, qualities {FIT_QUALITIES}")
+    weights = fit_weights(_samples(planes, transforms, params, CodingModel(init, tables), rdo=False),
+                          levels_max, w.num_scales, w.scale_min, w.scale_max, w.deadzone)
+    progress(f"fit: first pass done in {time.time() - t0:.1f} s; refitting on RDO-quantized coefficients")
+    weights = fit_weights(_samples(planes, transforms, params, CodingModel(weights, tables), rdo=True),
+                          levels_max, w.num_scales, w.scale_min, w.scale_max, w.deadzone)
+    wall = time.time() - t0
+    progress(f"fit: done in {wall:.1f} s")
+    manifest = {
+        "config": config.to_dict(),
+        "codec": params,
+        "quality_levels": list(range(1, 13)),
+        "tile": 2048,
+        "training": {"stage": "context-fit", "seed": seed, "split": "train",
+                     "planes": [n for n, _ in planes], "fit_qualities": list(FIT_QUALITIES),
+                     "wall_seconds": round(wall, 1), "python": platform.python_version(),
+                     "command": "keras-codec train --config default --out <dir>"},
+    }
+    model_id = save_bundle(out_dir, manifest, weights, tables)
+    return {"model_id": model_id.hex(), "wall_seconds": wall, "planes": len(planes)}
