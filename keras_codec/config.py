@@ -11,13 +11,13 @@ class WaveletConfig:
     """The `default` hybrid model: a wavelet codec at initialization, refined by training."""
 
     wavelet: str = "cdf97"          # "cdf97" lossy, "legall53" reversible (lossless mode)
-    levels: int = 5                 # upper bound; small images use fewer (see model.levels_for)
+    levels: int = 7                 # upper bound; small images use fewer (see codec.levels_for)
     mode: str = "symmetric"         # boundary extension of the lifting DWT
     num_scales: int = 64            # entropy-model tables, indexed by the context model
     scale_min: float = 0.05         # Laplace scale of table 0, in quantizer steps
     scale_max: float = 512.0        # Laplace scale of the last table
     deadzone: float = 0.2           # rounding offset 0.5 - deadzone toward zero
-    recon_bias: float = 0.0         # decoder reconstruction point inside a nonzero bin
+    recon_bias: float = 0.18        # decoder reconstruction point inside a nonzero bin (fitted on train images)
     refine_channels: int = 0        # learned residual transform on subbands (0 = off)
     postfilter_channels: int = 16   # learned residual post-filter width (0 = off)
     postfilter_layers: int = 3

@@ -7,6 +7,7 @@ PNG of the rate-distortion curves.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import time
 from pathlib import Path
 
@@ -22,7 +23,10 @@ def workstation_coder(bundle):
     from keras_codec.models.wavelet import WaveletTransforms
 
     cfg = CodecConfig.from_dict(bundle.manifest["config"])
-    return PlaneCoder(bundle.manifest["codec"], bundle.coding, WaveletTransforms(cfg.wavelet))
+    params = bundle.manifest["codec"]
+    names = params.get("transforms", [cfg.wavelet.wavelet])
+    transforms = {n: WaveletTransforms(dataclasses.replace(cfg.wavelet, wavelet=n)) for n in names}
+    return PlaneCoder(params, bundle.coding, transforms)
 
 
 def evaluation_images(folder=None):

@@ -16,8 +16,8 @@ import numpy as np
 from edge_runtime import context as ctx
 from edge_runtime.bundle import save_bundle
 from edge_runtime.codec import PlaneCoder, deadzone_quantize, levels_for, padded_shape, quantizer_step
-from edge_runtime.entropy import laplace_tables
-from edge_runtime.subband_coder import CodingModel, collect, encode_subbands
+from edge_runtime.entropy import EntropyTables, laplace_tables, quantize_pmf
+from edge_runtime.subband_coder import CodingModel, choose_offsets, collect, encode_subbands
 from keras_codec.config import CodecConfig
 from keras_codec.context_fit import default_ll_weights, fit_weights
 
@@ -28,7 +28,7 @@ MAX_FRAMES = 2
 
 def coder_params(config: CodecConfig, rdo_lambda: float = 0.12) -> dict:
     w = config.wavelet
-    return {"levels": w.levels, "deadzone": w.deadzone, "recon_bias": w.recon_bias, "rdo_lambda": rdo_lambda,
+    return {"transforms": [w.wavelet, "haar"] if w.wavelet != "haar" else ["haar"], "levels": w.levels, "deadzone": w.deadzone, "recon_bias": w.recon_bias, "rdo_lambda": rdo_lambda,
             "num_scales": w.num_scales, "scale_min": w.scale_min, "scale_max": w.scale_max,
             "wavelet": w.wavelet, "mode": w.mode}
 
@@ -75,7 +75,38 @@ def _samples(planes, transforms, params, coding, rdo: bool):
     return rows_all
 
 
-def fit_default(config: CodecConfig, out_dir, *, seed: int = 0, progress=print) -> dict:
+def learn_tables(samples, coding: CodingModel, prior_weight: float = 0.02) -> EntropyTables:
+    """Tables from the train data: per table index, the symmetrized histogram of the symbols coded
+    with it, mixed with the Laplace table (weight `prior_weight`, so unseen values keep a sane cost)."""
+    base = coding.tables
+    hists = [np.zeros(len(f), np.float64) for f in base.freqs]
+    for rows in samples:
+        for key, f, sym, idx in rows:
+            if f is not None:  # indices under the final weights
+                idx = ctx.table_index(f, coding.detail_w(*key), coding.num_scales)
+            zero = ~f[:, 1:].any(axis=1) if f is not None else np.zeros(len(idx), bool)
+            o_all, o_zero = choose_offsets(sym, idx, zero, coding)
+            k_adj = np.clip(idx + o_all + np.where(zero, o_zero, 0), 0, coding.num_scales - 1)
+            for k in np.unique(k_adj):
+                s = sym[k_adj == k]
+                t = int(base.tails[k])
+                pos = np.where(np.abs(s) > t, 2 * t + 1, s + t)
+                hists[k] += np.bincount(pos, minlength=2 * t + 2)
+    freqs = []
+    for k, h in enumerate(hists):
+        t = int(base.tails[k])
+        core = h[:2 * t + 1]
+        core = 0.5 * (core + core[::-1])
+        h = np.concatenate([core, h[2 * t + 1:]])
+        prior = base.freqs[k] / float(base.freqs[k].sum())
+        n = h.sum()
+        p = prior if n == 0 else (h + prior_weight * n * prior + 1e-3 * prior) / (n * (1 + prior_weight))
+        freqs.append(quantize_pmf(p))
+    return EntropyTables(freqs, base.tails)
+
+
+def fit_default(config: CodecConfig, out_dir, *, seed: int = 0, learned_tables: bool = True,
+                progress=print) -> dict:
     """Fit the context model on the train split and write the bundle to out_dir."""
     from keras_codec.models.wavelet import WaveletTransforms
 
@@ -93,8 +124,11 @@ def fit_default(config: CodecConfig, out_dir, *, seed: int = 0, progress=print) 
     weights = fit_weights(_samples(planes, transforms, params, CodingModel(init, tables), rdo=False),
                           levels_max, w.num_scales, w.scale_min, w.scale_max, w.deadzone)
     progress(f"fit: first pass done in {time.time() - t0:.1f} s; refitting on RDO-quantized coefficients")
-    weights = fit_weights(_samples(planes, transforms, params, CodingModel(weights, tables), rdo=True),
-                          levels_max, w.num_scales, w.scale_min, w.scale_max, w.deadzone)
+    samples = _samples(planes, transforms, params, CodingModel(weights, tables), rdo=True)
+    weights = fit_weights(samples, levels_max, w.num_scales, w.scale_min, w.scale_max, w.deadzone)
+    if learned_tables:
+        progress("fit: learning the tables from the train symbols")
+        tables = learn_tables(samples, CodingModel(weights, tables))
     wall = time.time() - t0
     progress(f"fit: done in {wall:.1f} s")
     manifest = {
@@ -102,7 +136,7 @@ def fit_default(config: CodecConfig, out_dir, *, seed: int = 0, progress=print) 
         "codec": params,
         "quality_levels": list(range(1, 13)),
         "tile": 2048,
-        "training": {"stage": "context-fit", "seed": seed, "split": "train",
+        "training": {"stage": "context-fit", "learned_tables": learned_tables, "seed": seed, "split": "train",
                      "planes": [n for n, _ in planes], "fit_qualities": list(FIT_QUALITIES),
                      "wall_seconds": round(wall, 1), "python": platform.python_version(),
                      "command": "keras-codec train --config default --out <dir>"},

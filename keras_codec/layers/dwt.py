@@ -20,8 +20,10 @@ Boundary modes:
   coefficients, so its multi-level output differs from this (critically
   sampled) one.
 
-The layers use only strided slices, concat, stack, reshape and scalar
-multiply-adds, so they convert to TFLite builtin ops.
+The layers use only strided slices, concat, depth_to_space and scalar
+multiply-adds, so they convert to TFLite builtin ops, and need no static H and
+W: a graph traced with input spec ``(1, None, None, C)`` runs at any size that
+is a multiple of ``2**levels`` (only C must be static).
 """
 
 from __future__ import annotations
@@ -30,8 +32,6 @@ import math
 from dataclasses import dataclass
 
 import tensorflow as tf
-
-from keras_codec.layers.dct import check_nhwc_shape
 
 __all__ = ["DWT2D", "IDWT2D", "WAVELETS", "MODES", "PYWT_NAMES"]
 
@@ -85,7 +85,9 @@ def _next(s: tf.Tensor, axis: int, mode: str) -> tf.Tensor:
     """``s[i+1]`` along ``axis``, extended past the end.
 
     Periodic: ``s[n] = s[0]``. Whole-sample symmetric: ``x[N] = x[N-2]``, and
-    ``x[N-2]`` is the last even sample, so ``s[n] = s[n-1]``.
+    ``x[N-2]`` is the last even sample, so ``s[n] = s[n-1]``. Both formulas give
+    ``s`` itself when ``n = 1`` (the first slice is then empty), so they also
+    hold when ``n`` is unknown at trace time.
     """
     if s.shape[axis] == 1:
         return s
@@ -97,7 +99,8 @@ def _prev(d: tf.Tensor, axis: int, mode: str) -> tf.Tensor:
     """``d[i-1]`` along ``axis``, extended before the start.
 
     Periodic: ``d[-1] = d[n-1]``. Whole-sample symmetric: ``x[-1] = x[1]``, the
-    first odd sample, so ``d[-1] = d[0]``.
+    first odd sample, so ``d[-1] = d[0]``. As in :func:`_next`, ``n = 1`` needs
+    no special case.
     """
     if d.shape[axis] == 1:
         return d
@@ -125,16 +128,12 @@ def _analysis_1d(x, lifting: _Lifting, axis: int, mode: str):
 
 
 def _synthesis_1d(s, d, lifting: _Lifting, axis: int, mode: str):
-    """Inverse of :func:`_analysis_1d`: undo the scaling and the steps in reverse."""
+    """Inverse of :func:`_analysis_1d` without the final interleave: (even, odd) samples."""
     s = s * (1.0 / lifting.scale_s)
     d = d * (1.0 / lifting.scale_d)
     for step in reversed(lifting.steps):
         s, d = _step(s, d, step, axis, mode, -1.0)
-    # Interleave: stack on a new axis after `axis`, then merge the two.
-    shape = s.shape.as_list()
-    shape[0] = -1
-    shape[axis] *= 2
-    return tf.reshape(tf.stack([s, d], axis=axis + 1), shape)
+    return s, d
 
 
 def _analysis_2d(x, lifting, mode):
@@ -149,11 +148,44 @@ def _analysis_2d(x, lifting, mode):
 
 
 def _synthesis_2d(approx, details, lifting, mode):
+    """One 2-D level back, on the four polyphase components, interleaved once at the end.
+
+    The W-axis inverse gives the even and odd columns of [low_h, high_h]; the H-axis
+    inverse runs on even and odd columns together (it acts on each column alone) and
+    gives the even and odd rows. ``depth_to_space`` then puts channel block
+    ``2 * row_parity + col_parity`` at that position of each 2x2 block: no reshape
+    with computed shapes, so H and W may be unknown at trace time.
+    """
     c = approx.shape[-1]
-    s = tf.concat([approx, details[..., :c]], axis=-1)
-    d = details[..., c:]
-    x = _synthesis_1d(s, d, lifting, axis=2, mode=mode)
-    return _synthesis_1d(x[..., :c], x[..., c:], lifting, axis=1, mode=mode)
+    s = tf.concat([approx, details[..., :c]], axis=-1)  # [LL, HL]
+    d = details[..., c:]  # [LH, HH]
+    even_w, odd_w = _synthesis_1d(s, d, lifting, axis=2, mode=mode)  # each [low_h, high_h]
+    low_h = tf.concat([even_w[..., :c], odd_w[..., :c]], axis=-1)
+    high_h = tf.concat([even_w[..., c:], odd_w[..., c:]], axis=-1)
+    even_h, odd_h = _synthesis_1d(low_h, high_h, lifting, axis=1, mode=mode)  # each [even col, odd col]
+    return tf.nn.depth_to_space(tf.concat([even_h, odd_h], axis=-1), 2)
+
+
+def _check_nhwc(name: str, input_shape, multiple: int, levels: int) -> tf.TensorShape:
+    """An NHWC shape with static C; H and W may be unknown (``None``) at trace time,
+    and when known must be multiples of ``multiple``."""
+    shape = tf.TensorShape(input_shape)
+    shown = tuple(shape.as_list()) if shape.rank is not None else "<unknown rank>"
+    if shape.rank != 4:
+        raise ValueError(f"{name} expects NHWC input (batch, H, W, C); got shape {shown}.")
+    _, h, w, c = shape.as_list()
+    if c is None:
+        raise ValueError(f"{name} needs a static number of channels C; got shape {shown}.")
+    if (h is not None and h % multiple) or (w is not None and w % multiple):
+        raise ValueError(
+            f"{name} needs H and W that are multiples of {multiple} (2**levels with levels={levels}); "
+            f"got shape {shown}. Pad the image to a multiple of {multiple} first."
+        )
+    return shape
+
+
+def _times(n, f):
+    return None if n is None else n * f
 
 
 def _check_args(name, wavelet, levels, mode):
@@ -188,13 +220,12 @@ class DWT2D(_WaveletLayer):
     ``[approx_L (B, H/2^L, W/2^L, C), details_L (.., 3C), ..., details_1
     (B, H/2, W/2, 3C)]``, where a details tensor is the channel concat of
     (cH, cV, cD), each with the C input channels. H and W must be multiples of
-    ``2**levels``. See the module docstring for the modes.
+    ``2**levels``; they may be unknown at trace time (input spec ``(1, None, None,
+    C)``), and are then not checked: pad first. See the module docstring for the modes.
     """
 
     def _check(self, input_shape):
-        return check_nhwc_shape(
-            type(self).__name__, input_shape, 2**self.levels, f"2**levels with levels={self.levels}"
-        )
+        return _check_nhwc(type(self).__name__, input_shape, 2**self.levels, self.levels)
 
     def build(self, input_shape):
         self._check(input_shape)
@@ -211,11 +242,15 @@ class DWT2D(_WaveletLayer):
 
     def compute_output_shape(self, input_shape):
         b, h, w, c = self._check(input_shape).as_list()
+
+        def div(n, f):
+            return None if n is None else n // f
+
         f = 2**self.levels
-        shapes = [tf.TensorShape((b, h // f, w // f, c))]
+        shapes = [tf.TensorShape((b, div(h, f), div(w, f), c))]
         for level in range(self.levels, 0, -1):
             f = 2**level
-            shapes.append(tf.TensorShape((b, h // f, w // f, 3 * c)))
+            shapes.append(tf.TensorShape((b, div(h, f), div(w, f), 3 * c)))
         return shapes
 
 
@@ -237,14 +272,16 @@ class IDWT2D(_WaveletLayer):
                 f"[approx, details_{self.levels}, ..., details_1] as DWT2D returns; got shapes {found}."
             )
         _, h, w, c = shapes[0].as_list()
-        if h is None or w is None or c is None:
-            raise ValueError(f"{name} needs static H, W and C; got shapes {found}.")
+        if c is None:
+            raise ValueError(f"{name} needs a static number of channels C; got shapes {found}.")
         for i, s in enumerate(shapes[1:]):
             f = 2**i
-            if s.as_list()[1:] != [h * f, w * f, 3 * c]:
+            # Unknown (None) H or W on either side is checked at run time by the ops themselves.
+            expected = [_times(h, f), _times(w, f), 3 * c]
+            if any(a is not None and b is not None and a != b for a, b in zip(s.as_list()[1:], expected)):
                 raise ValueError(
                     f"{name}: details {i + 1} (level {self.levels - i}) should have shape "
-                    f"(batch, {h * f}, {w * f}, {3 * c}) to match approx {tuple(shapes[0].as_list())}; "
+                    f"(batch, {_times(h, f)}, {_times(w, f)}, {3 * c}) to match approx {tuple(shapes[0].as_list())}; "
                     f"got shapes {found}."
                 )
         return shapes
@@ -265,4 +302,4 @@ class IDWT2D(_WaveletLayer):
         shapes = self._check(input_shape)
         b, h, w, c = shapes[0].as_list()
         f = 2**self.levels
-        return tf.TensorShape((b, h * f, w * f, c))
+        return tf.TensorShape((b, _times(h, f), _times(w, f), c))

@@ -40,19 +40,126 @@ def join_details(bands: list) -> list:
     return out
 
 
-def build_postfilter(config: WaveletConfig, name: str = "postfilter") -> tf.keras.Model | None:
-    """Residual CNN on the reconstruction; its last layer starts at zero (identity filter)."""
-    if config.postfilter_channels <= 0 or config.postfilter_layers <= 0:
+POSTFILTER_FILE = "postfilter.npz"
+
+
+def postfilter_arch(config: WaveletConfig, channels: int | None = None, layers: int | None = None,
+                    input_scaling: str = "step") -> dict | None:
+    """The architecture dict recorded in a bundle manifest (`postfilter.architecture`); None = off."""
+    c = int(config.postfilter_channels if channels is None else channels)
+    n = int(config.postfilter_layers if layers is None else layers)
+    if c <= 0 or n <= 0:
         return None
-    x_in = tf.keras.Input(shape=(None, None, 1))
-    h = x_in
-    for i in range(config.postfilter_layers - 1):
-        h = tf.keras.layers.Conv2D(config.postfilter_channels, 3, padding="same", activation="relu",
-                                   name=f"{name}_conv{i}")(h)
-    r = tf.keras.layers.Conv2D(1, 3, padding="same", kernel_initializer="zeros", bias_initializer="zeros",
-                               name=f"{name}_out")(h)
-    out = tf.keras.layers.Add(name=f"{name}_add")([x_in, r])
-    return tf.keras.Model(x_in, out, name=name)
+    if n < 2:
+        raise ValueError(f"the post-filter needs at least 2 conv layers, got {n}")
+    if input_scaling not in ("step", "none"):
+        raise ValueError(f"input_scaling must be 'step' or 'none', got {input_scaling!r}")
+    return {"kind": "step_residual_cnn", "channels": c, "layers": n, "kernel": 3,
+            "input_scaling": input_scaling, "macs_per_pixel": postfilter_macs(c, n)}
+
+
+def postfilter_macs(channels: int, layers: int, kernel: int = 3) -> int:
+    """Multiply-accumulates per output pixel: 1 -> C -> ... -> C -> 1 convolutions, plus the step scaling."""
+    k2 = kernel * kernel
+    return k2 * channels + (layers - 2) * k2 * channels * channels + k2 * channels + 2
+
+
+@tf.keras.utils.register_keras_serializable(package="keras_codec")
+class ZeroMeanConv2D(tf.keras.layers.Conv2D):
+    """Conv2D whose kernels sum to zero (per output channel): blind to the plane's local mean.
+
+    At export the kernel minus its mean is a plain Conv2D kernel, so it costs nothing extra.
+    """
+
+    def effective_kernel(self):
+        return self.kernel - tf.reduce_mean(self.kernel, axis=(0, 1, 2), keepdims=True)
+
+    def convolution_op(self, inputs, kernel):
+        return super().convolution_op(inputs, kernel - tf.reduce_mean(kernel, axis=(0, 1, 2), keepdims=True))
+
+
+@tf.keras.utils.register_keras_serializable(package="keras_codec")
+class StepResidualFilter(tf.keras.layers.Layer):
+    """y + s·g(y/s, log10 s): a residual CNN that works in quantizer-step units.
+
+    Inputs: the decoded plane y (B, H, W, 1) in normalized units and log10 of the quantizer
+    step s (B, 1). The plane is divided by s (with `input_scaling="step"`), so quantization
+    noise is O(1) at every quality; the first kernels sum to zero, so the plane's absolute
+    level (up to 1/s ≈ 300 at the finest step) never reaches the ReLUs; log10 s shifts the
+    first layer's biases (a step-dependent threshold, free at inference); the correction is
+    multiplied back by s. The last layer starts at zero: an untrained filter is the identity.
+    """
+
+    def __init__(self, channels: int = 12, layers: int = 3, input_scaling: str = "step", **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.n_layers, self.input_scaling = int(channels), int(layers), input_scaling
+        first = ZeroMeanConv2D if input_scaling == "step" else tf.keras.layers.Conv2D
+        self.conv_in = first(self.channels, 3, padding="same", name="conv0")
+        self.step_bias = tf.keras.layers.Dense(self.channels, kernel_initializer="zeros", name="step_bias")
+        self.hidden = [tf.keras.layers.Conv2D(self.channels, 3, padding="same", activation="relu", name=f"conv{i}")
+                       for i in range(1, self.n_layers - 1)]
+        self.conv_out = tf.keras.layers.Conv2D(1, 3, padding="same", kernel_initializer="zeros",
+                                               bias_initializer="zeros", name="out")
+
+    def call(self, inputs):
+        y, log_step = inputs
+        s = tf.reshape(tf.pow(tf.constant(10.0, y.dtype), tf.cast(log_step, y.dtype)), [-1, 1, 1, 1])
+        u = y / s if self.input_scaling == "step" else y
+        h = self.conv_in(u) + self.step_bias(tf.cast(log_step, y.dtype))[:, None, None, :]
+        h = tf.nn.relu(h)
+        for layer in self.hidden:
+            h = layer(h)
+        return y + s * self.conv_out(h)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "layers": self.n_layers,
+                "input_scaling": self.input_scaling}
+
+
+def build_postfilter(config: WaveletConfig, name: str = "postfilter", *, arch: dict | None = None
+                     ) -> tf.keras.Model | None:
+    """The decoder post-filter, inputs [plane (B, H, W, 1), log10 step (B, 1)] -> plane; None when off.
+
+    `arch` (a bundle manifest's `postfilter.architecture`) overrides the config's width and depth.
+    Its last layer starts at zero, so an untrained filter is the identity.
+    """
+    arch = arch or postfilter_arch(config)
+    if arch is None:
+        return None
+    plane = tf.keras.Input(shape=(None, None, 1), name="plane")
+    log_step = tf.keras.Input(shape=(1,), name="log_step")
+    out = StepResidualFilter(arch["channels"], arch["layers"], arch.get("input_scaling", "step"),
+                             name="filter")([plane, log_step])
+    return tf.keras.Model([plane, log_step], out, name=name)
+
+
+def save_postfilter(model: tf.keras.Model, path) -> None:
+    """Weights as a numpy archive (w0, w1, ... in `model.get_weights()` order): no TensorFlow needed to read."""
+    np.savez(path, **{f"w{i}": w for i, w in enumerate(model.get_weights())})
+
+
+def load_postfilter(bundle, wavelet: str | None = None) -> tf.keras.Model | None:
+    """The trained post-filter of a loaded bundle (edge_runtime.bundle.Bundle), or None.
+
+    None when the manifest has no `postfilter` entry or when `wavelet` names another
+    transform than the one the filter was trained behind.
+    """
+    from keras_codec.config import CodecConfig
+
+    entry = bundle.manifest.get("postfilter")
+    if not entry:
+        return None
+    if wavelet is not None and wavelet != entry.get("wavelet", wavelet):
+        return None
+    path = bundle.path / entry.get("file", POSTFILTER_FILE)
+    if not path.is_file():
+        raise FileNotFoundError(f"{bundle.path}: the manifest lists a post-filter but {path.name} is missing")
+    cfg = CodecConfig.from_dict(bundle.manifest["config"]).wavelet
+    model = build_postfilter(cfg, arch=entry["architecture"])
+    with np.load(path) as z:
+        weights = [z[f"w{i}"] for i in range(len(z.files))]
+    model.set_weights(weights)
+    return model
 
 
 def build_functional_codec(config: WaveletConfig, rows: int, cols: int, levels: int,
@@ -60,8 +167,9 @@ def build_functional_codec(config: WaveletConfig, rows: int, cols: int, levels: 
     """The whole codec as one Keras functional model on a (rows, cols) plane.
 
     With `step` None quantization is off and the model is the identity up to float
-    precision (exact lifting pair, zero post-filter). With a step it rounds every
-    coefficient to the step grid (straight-through gradient), as used in training.
+    precision (exact lifting pair, zero post-filter; a post-filter then gets the finest
+    quality's step). With a step it rounds every coefficient to the step grid
+    (straight-through gradient), as used in training.
     """
     x_in = tf.keras.Input(shape=(rows, cols, 1), name="plane")
     bands = DWT2D(config.wavelet, levels, config.mode, name="analysis")(x_in)
@@ -70,8 +178,25 @@ def build_functional_codec(config: WaveletConfig, rows: int, cols: int, levels: 
         bands = [q(b) for b in bands]
     y = IDWT2D(config.wavelet, levels, config.mode, name="synthesis")(bands)
     if postfilter is not None:
-        y = postfilter(y)
+        s = step if step is not None else quantizer_step(QUALITY_LEVELS[-1])
+        log_step = BatchConstant(float(np.log10(s)), name="log_step")(y)
+        y = postfilter([y, log_step])
     return tf.keras.Model(x_in, y, name="default_codec")
+
+
+@tf.keras.utils.register_keras_serializable(package="keras_codec")
+class BatchConstant(tf.keras.layers.Layer):
+    """A (batch, 1) tensor filled with `value`, batched like its input."""
+
+    def __init__(self, value: float, **kwargs):
+        super().__init__(**kwargs)
+        self.value = float(value)
+
+    def call(self, x):
+        return tf.fill(tf.stack([tf.shape(x)[0], 1]), tf.constant(self.value, x.dtype))
+
+    def get_config(self):
+        return {**super().get_config(), "value": self.value}
 
 
 @tf.keras.utils.register_keras_serializable(package="keras_codec")
@@ -110,10 +235,11 @@ class WaveletTransforms:
         for lv in range(levels, 0, -1):
             specs.append(tf.TensorSpec((1, rows >> lv, cols >> lv, 3), tf.float32))
         pf = self.postfilter
+        specs.append(tf.TensorSpec((1, 1), tf.float32))  # log10 of the quantizer step
 
-        def run(*bands):
-            y = layer(list(bands))
-            return pf(y) if pf is not None else y
+        def run(*args):
+            y = layer(list(args[:-1]))
+            return pf([y, args[-1]]) if pf is not None else y
 
         return tf.function(run, input_signature=specs)
 
@@ -123,7 +249,13 @@ class WaveletTransforms:
         out = self._analysis(rows, cols, levels)(tf.constant(plane[None, :, :, None], tf.float32))
         return split_details([o.numpy() for o in out])
 
-    def synthesis(self, bands: list, levels: int) -> np.ndarray:
+    def synthesis(self, bands: list, levels: int, step: float | None = None) -> np.ndarray:
+        """Dequantized bands -> plane; the post-filter (if any) needs the quantizer `step`."""
+        if self.postfilter is not None and step is None:
+            raise ValueError("this WaveletTransforms has a post-filter, which needs the quantizer step: "
+                             "call synthesis(bands, levels, step=step)")
         rows, cols = bands[0].shape[0] << levels, bands[0].shape[1] << levels
-        y = self._synthesis(rows, cols, levels)(*[tf.constant(b) for b in join_details(bands)])
+        log_step = np.full((1, 1), np.log10(step) if step is not None else 0.0, np.float32)
+        y = self._synthesis(rows, cols, levels)(*[tf.constant(b) for b in join_details(bands)],
+                                               tf.constant(log_step))
         return y.numpy()[0, :, :, 0]

@@ -1,0 +1,217 @@
+"""File-level encode / decode / info / verify for the edge (what `edge-codec` runs), TensorFlow-free.
+
+    encode_file  DICOM / PNG / TIFF -> .kcd (the DICOM header, without pixel data, rides along)
+    decode_file  .kcd -> .dcm (identity kept, new SOP Instance UID, marked lossy) / .png / .tif
+    info         what a .kcd holds, from its header (no model needed)
+    verify       CRC, model id held by the bundle, and a full decode
+
+Outputs are written atomically (temporary file, fsync, move), never over an existing file
+unless `force`, and never over the input.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from data.image import InvalidImageError
+from data.readers import read_image
+from data.writers import write_dicom, write_png, write_tiff
+from edge_runtime import bitstream as bs
+from edge_runtime.bundle import Bundle, default_bundle_path, load_bundle
+from edge_runtime.codec import PlaneCoder, decode_image, encode_image
+from edge_runtime.tflite_runner import transforms_for_bundle
+
+__all__ = ["DEFAULT_QUALITY", "LOSSY_METHOD", "decode_file", "encode_file", "info", "load_codec", "verify"]
+
+DEFAULT_QUALITY = 8
+LOSSY_METHOD = "KERAS_CODEC"
+DECODE_SUFFIXES = (".dcm", ".dicom", ".png", ".tif", ".tiff")
+
+# DICOM elements left out of the metadata block: the pixels themselves (and their float forms).
+_PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
+
+
+def load_codec(bundle_path=None, kernels: str = "xnnpack", num_threads: int = 2) -> tuple[Bundle, PlaneCoder]:
+    """The bundle (default: the one shipped in edge_runtime/models/default) and a coder over its TFLite graphs.
+
+    `bundle_path` may also be an already loaded Bundle.
+    """
+    if isinstance(bundle_path, Bundle):
+        bundle = bundle_path
+    else:
+        bundle = load_bundle(default_bundle_path() if bundle_path is None else bundle_path)
+    transforms = transforms_for_bundle(bundle, kernels=kernels, num_threads=num_threads)
+    return bundle, PlaneCoder(bundle.manifest["codec"], bundle.coding, transforms)
+
+
+def _codec(bundle, kernels: str, data: bytes | None = None, source=None) -> tuple[Bundle, PlaneCoder]:
+    """Accept a loaded (Bundle, PlaneCoder) pair, a bundle path, or None (default bundle).
+
+    With a stream (`data`), its model id is checked against the bundle before the TFLite graphs
+    are loaded, so a stream from another model says so (not that the bundle lacks graphs).
+    """
+    if isinstance(bundle, tuple):
+        return bundle
+    b = load_bundle(default_bundle_path() if bundle is None else bundle)
+    if data is not None:
+        bs.parse(data, source=source, expected_model_ids=[b.model_id])
+    return load_codec(b, kernels=kernels)
+
+
+def _check_output(in_path: Path, out_path: Path, force: bool) -> None:
+    """Refuse to write over the input (even with force) or over an existing file without force."""
+    if out_path.exists() and (out_path.resolve() == in_path.resolve() or os.path.samefile(in_path, out_path)):
+        raise ValueError(f"{out_path}: is the input file; choose another output name")
+    if out_path.is_dir():
+        raise IsADirectoryError(f"{out_path}: is a folder; give a file name to write to")
+    if out_path.exists() and not force:
+        raise FileExistsError(f"{out_path}: already exists; use --force (force=True) to replace it")
+
+
+def dicom_metadata(dataset) -> bytes:
+    """The data set without pixel data and without file meta, as DICOM bytes (Explicit VR Little Endian)."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    for elem in dataset:
+        if int(elem.tag) not in _PIXEL_TAGS and elem.tag.group != 0x0002:
+            ds.add(elem)
+    last = None
+    for implicit in (False, True):
+        buf = io.BytesIO()
+        try:
+            pydicom.dcmwrite(buf, ds, implicit_vr=implicit, little_endian=True)
+            return buf.getvalue()
+        except Exception as exc:  # pydicom raises many kinds for odd elements
+            last = exc
+    raise InvalidImageError(getattr(dataset, "filename", None),
+                            f"its DICOM header cannot be re-encoded to keep it in the stream ({last})")
+
+
+def encode_file(in_path, out_path, quality: int = DEFAULT_QUALITY, bundle=None, force: bool = False,
+                kernels: str = "xnnpack") -> dict:
+    """Encode one image file to a .kcd file; returns a summary (bytes, bpp, ratio).
+
+    `bundle`: a bundle folder, a loaded (Bundle, PlaneCoder) pair, or None for the default.
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    if out_path.suffix.lower() != ".kcd":
+        raise ValueError(f"{out_path}: a keras_codec stream is written as .kcd; name the output *.kcd")
+    if not in_path.exists():
+        raise FileNotFoundError(f"{in_path}: no such file")
+    _check_output(in_path, out_path, force)
+    image = read_image(in_path)
+    metadata = dicom_metadata(image.dataset) if image.dataset is not None else None
+    b, coder = _codec(bundle, kernels)
+    data = encode_image(image, coder=coder, model_id=b.model_id, quality=int(quality),
+                        tile=int(b.manifest.get("tile", 2048)), metadata=metadata)
+    bs.atomic_write_bytes(out_path, data, overwrite=force)
+    pixel_bytes = _pixel_stream_bytes(data)
+    samples = image.rows * image.cols * image.frames * image.samples
+    return {"input": str(in_path), "output": str(out_path), "bytes": len(data), "pixel_bytes": pixel_bytes,
+            "bpp": 8.0 * pixel_bytes / samples, "ratio": _stored_bytes(image.pixels.dtype.itemsize, samples) / pixel_bytes,
+            "has_metadata": metadata is not None}
+
+
+def _stored_bytes(itemsize: int, samples: int) -> int:
+    return itemsize * samples
+
+
+def _pixel_stream_bytes(data: bytes, header=None, tiles=None) -> int:
+    """Bytes of the stream without its metadata block (DESIGN.md: bpp and CR exclude metadata)."""
+    if tiles is None:
+        header, tiles, _ = bs.parse(data)
+    return len(bs.pack(header, tiles, None))
+
+
+def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: str = "xnnpack") -> dict:
+    """Decode a .kcd file to DICOM (.dcm), PNG or TIFF, chosen by the output's extension."""
+    in_path, out_path = Path(in_path), Path(out_path)
+    suffix = out_path.suffix.lower()
+    if suffix not in DECODE_SUFFIXES:
+        raise ValueError(f"{out_path}: cannot tell the output format from {suffix or 'no extension'!r}; "
+                         f"use .dcm, .png or .tif")
+    if not in_path.is_file():
+        raise FileNotFoundError(f"{in_path}: no such file")
+    _check_output(in_path, out_path, force)
+    data = in_path.read_bytes()
+    header, tiles, metadata = bs.parse(data, source=in_path)  # CRC and structure before any model work
+    b, coder = _codec(bundle, kernels, data, in_path)
+    image, header = decode_image(data, coder=coder, model_ids=[b.model_id], source=in_path)
+    if suffix == ".png" and image.frames > 1:
+        raise ValueError(f"{out_path}: PNG holds one frame and this stream has {image.frames}; write .tif or .dcm")
+    if suffix in (".dcm", ".dicom"):
+        if metadata is not None:
+            image.dataset = _dataset_from_metadata(metadata, in_path)
+        pixel_bytes = _pixel_stream_bytes(data, header, tiles)
+        stored = _stored_bytes(image.pixels.dtype.itemsize, image.pixels.size)
+        if header.lossless:
+            write_dicom(out_path, image, overwrite=force)
+        else:
+            write_dicom(out_path, image, lossy=True, ratio=stored / pixel_bytes, method=LOSSY_METHOD,
+                        overwrite=force)
+    elif suffix == ".png":
+        write_png(out_path, image, overwrite=force)
+    else:
+        write_tiff(out_path, image, overwrite=force)
+    return {"input": str(in_path), "output": str(out_path), "rows": image.rows, "cols": image.cols,
+            "frames": image.frames, "samples": image.samples, "has_metadata": metadata is not None}
+
+
+def _dataset_from_metadata(metadata: bytes, source):
+    import pydicom
+
+    try:
+        return pydicom.dcmread(io.BytesIO(metadata), force=True)
+    except Exception as exc:
+        raise bs.InvalidBitstreamError(source, f"the metadata block is not a DICOM data set ({exc})") from None
+
+
+def info(path, bundle_path=None) -> dict:
+    """What the stream holds, from its header (CRC and structure checked; no model needed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    data = path.read_bytes()
+    header, tiles, metadata = bs.parse(data, source=path)
+    samples = header.rows * header.cols * header.frames * header.samples
+    pixel_bytes = _pixel_stream_bytes(data, header, tiles)
+    if header.lossless:
+        mode = "lossless"
+    elif header.error_bounded:
+        mode = f"max error {header.max_error}"
+    else:
+        mode = "lossy"
+    known, compared = None, default_bundle_path() if bundle_path is None else Path(bundle_path)
+    try:
+        known = load_bundle(compared).model_id == header.model_id
+    except (OSError, ValueError):
+        pass
+    itemsize = 1 if header.dtype in ("uint8", "int8") else 2
+    return {
+        "file": str(path), "rows": header.rows, "cols": header.cols, "frames": header.frames,
+        "samples": header.samples, "dtype": header.dtype, "bits_stored": header.bits_stored,
+        "signed": header.signed, "photometric": header.photometric, "model_id": header.model_id.hex(),
+        "model_known": known, "bundle": str(compared), "quality": header.quality, "mode": mode, "max_error": header.max_error,
+        "levels": header.levels, "tile": [header.tile_rows, header.tile_cols], "tiles": header.n_tiles,
+        "bytes": len(data), "pixel_bytes": pixel_bytes, "bpp": 8.0 * pixel_bytes / samples,
+        "ratio": itemsize * samples / pixel_bytes, "has_metadata": metadata is not None,
+        "metadata_bytes": len(metadata) if metadata is not None else 0,
+    }
+
+
+def verify(path, bundle=None, kernels: str = "xnnpack") -> dict:
+    """CRC, model id held by the bundle, and a full decode; raises InvalidBitstreamError on the first failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    data = path.read_bytes()
+    header, _, metadata = bs.parse(data, source=path)
+    b, coder = _codec(bundle, kernels, data, path)
+    image, _ = decode_image(data, coder=coder, model_ids=[b.model_id], source=path)
+    if metadata is not None:
+        _dataset_from_metadata(metadata, path)
+    return {"file": str(path), "crc": "ok", "model_id": header.model_id.hex(), "model_known": True,
+            "decoded": [image.frames, image.rows, image.cols, image.samples], "ok": True}
