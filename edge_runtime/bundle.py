@@ -20,7 +20,8 @@ from edge_runtime.entropy import EntropyTables
 from edge_runtime.subband_coder import CodingModel
 
 BUNDLE_FORMAT = 1
-_HASHED = ("manifest.json", "context.npz", "tables.npz", "encoder.tflite", "hyper_decoder.tflite", "decoder.tflite")
+_HASHED = ("manifest.json", "context.npz", "tables.npz", "postfilter.npz", "encoder.tflite", "hyper_decoder.tflite",
+           "decoder.tflite")
 
 
 class InvalidBundleError(ValueError):

@@ -40,9 +40,12 @@ def _cmd_train(args) -> int:
     cfg = cfg.replace(**{"train.seed": args.seed})
     print(cfg.to_json())
     if cfg.name == "default":
-        from keras_codec.fit_default import fit_default
+        from keras_codec.fit_default import fit_default, write_initial_bundle
 
-        res = fit_default(cfg, args.out, seed=args.seed)
+        if args.init_only:
+            res = write_initial_bundle(cfg, args.out)
+        else:
+            res = fit_default(cfg, args.out, seed=args.seed)
         print(f"bundle written to {args.out}: model id {res['model_id'][:16]}..., "
               f"{res['planes']} planes, {res['wall_seconds']:.1f} s")
         return 0
@@ -84,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lmbda", type=float, default=None)
     t.add_argument("--steps", type=int, default=0)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init-only", action="store_true", help="default: write the untrained (step 0) bundle")
     t.add_argument("--out", required=True, help="run / bundle directory")
     t.set_defaults(func=_cmd_train)
 

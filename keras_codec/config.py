@@ -19,7 +19,7 @@ class WaveletConfig:
     deadzone: float = 0.2           # rounding offset 0.5 - deadzone toward zero
     recon_bias: float = 0.18        # decoder reconstruction point inside a nonzero bin (fitted on train images)
     refine_channels: int = 0        # learned residual transform on subbands (0 = off)
-    postfilter_channels: int = 16   # learned residual post-filter width (0 = off)
+    postfilter_channels: int = 12   # learned residual post-filter width (0 = off)
     postfilter_layers: int = 3
 
 

@@ -105,6 +105,36 @@ def learn_tables(samples, coding: CodingModel, prior_weight: float = 0.02) -> En
     return EntropyTables(freqs, base.tails)
 
 
+def initial_weights(config: CodecConfig, levels_max: int = 8) -> ctx.ContextWeights:
+    """The untrained context rule, set by hand: log σ = ln 0.4 + ½·ln(1+|parent|) + mean ln(1+|neighbour|).
+
+    With Laplace tables this is the classical wavelet codec the default model starts from.
+    """
+    from keras_codec.context_fit import theta_to_int
+
+    w = config.wavelet
+    detail = np.zeros((levels_max, 3, 3, ctx.NUM_FEATURES), np.int64)
+    unit = np.log(2.0) / 16.0  # one magnitude-code step in natural-log units
+    for phase in range(3):
+        theta = np.zeros(ctx.NUM_FEATURES)
+        theta[0] = np.log(0.4)
+        theta[1] = 0.5 * unit if phase == 0 else 0.25 * unit
+        theta[5] = 0.0 if phase == 0 else unit / 4.0
+        detail[:, :, phase] = theta_to_int(theta, w.num_scales, w.scale_min, w.scale_max)
+    return ctx.ContextWeights(detail, default_ll_weights(w.num_scales, w.scale_min, w.scale_max))
+
+
+def write_initial_bundle(config: CodecConfig, out_dir) -> dict:
+    """Bundle of the untrained model (step 0): hand-set context rule, Laplace tables."""
+    w = config.wavelet
+    tables = laplace_tables(w.num_scales, w.scale_min, w.scale_max, w.deadzone)
+    manifest = {"config": config.to_dict(), "codec": coder_params(config), "quality_levels": list(range(1, 13)),
+                "tile": 2048, "training": {"stage": "initial (untrained)", "seed": 0,
+                                           "command": "keras-codec train --config default --init-only --out <dir>"}}
+    model_id = save_bundle(out_dir, manifest, initial_weights(config), tables)
+    return {"model_id": model_id.hex(), "wall_seconds": 0.0, "planes": 0}
+
+
 def fit_default(config: CodecConfig, out_dir, *, seed: int = 0, learned_tables: bool = True,
                 progress=print) -> dict:
     """Fit the context model on the train split and write the bundle to out_dir."""
