@@ -163,8 +163,10 @@ def quantize_pmf(p: np.ndarray) -> np.ndarray:
 class Encoder:
     """Accumulates groups of symbols into one range-coded stream."""
 
-    def __init__(self, tables: EntropyTables):
+    def __init__(self, tables: EntropyTables, track: bool = False):
         self.tables = tables
+        self.track = track
+        self.estimated_bits = 0.0  # the tables' code length of what was encoded (when tracking)
         self._enc = _stream.queue.RangeEncoder()
         self._uniform64 = _stream.model.Uniform(64)
 
@@ -173,6 +175,8 @@ class Encoder:
         indices = np.asarray(indices, dtype=np.int64).ravel()
         if symbols.shape != indices.shape:
             raise ValueError("one table index per symbol is needed")
+        if self.track:
+            self.estimated_bits += self.tables.bits(symbols, indices)
         escapes = []
         for k in np.unique(indices):
             s = symbols[indices == k]
@@ -205,7 +209,10 @@ class Encoder:
 
     def encode_uniform(self, values: np.ndarray, size: int) -> None:
         """Values in 0..size-1, each with probability 1/size (side information)."""
-        self._enc.encode(np.asarray(values, np.int32), _stream.model.Uniform(size))
+        values = np.asarray(values, np.int32)
+        self._enc.encode(values, _stream.model.Uniform(size))
+        if self.track:
+            self.estimated_bits += values.size * np.log2(size)
 
     def getvalue(self) -> bytes:
         return self._enc.get_compressed().tobytes()

@@ -122,17 +122,18 @@ def _prepare(subbands):
 
 
 def encode_subbands(subbands, model: CodingModel, *, coeffs=None, lam: float = 0.0,
-                    bias: float = 0.0, rdo_out: list | None = None) -> bytes:
+                    bias: float = 0.0, rdo_out: list | None = None, stats: dict | None = None) -> bytes:
     """Code [LL, (H, V, D) coarse→fine] integer subbands into bytes.
 
     With `coeffs` (the unquantized detail coefficients in quantizer steps, same layout)
     and `lam` > 0, each detail coefficient may be lowered by one step toward zero when
     that saves more rate than it costs in distortion (rate-distortion optimized
     quantization, decided pass by pass with the exact table each coefficient is coded
-    with). The decoder is unchanged. `rdo_out`, if given, receives the final subbands.
+    with). The decoder is unchanged. `rdo_out`, if given, receives the final subbands;
+    `stats`, if given, gets "estimated_bits": the model's code length of this stream.
     """
     src, mean = _prepare(subbands)
-    enc = Encoder(model.tables)
+    enc = Encoder(model.tables, track=stats is not None)
 
     def visit(key, idx, pred, mask, zero_ctx):
         band = _source_band(src, key)
@@ -150,6 +151,8 @@ def encode_subbands(subbands, model: CodingModel, *, coeffs=None, lam: float = 0
     _walk(src, model, visit)
     if rdo_out is not None:
         rdo_out[:] = [src[0] + mean] + src[1:]
+    if stats is not None:
+        stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + 32 + enc.estimated_bits
     return struct.pack("<i", mean) + enc.getvalue()
 
 

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="rate-distortion of a model bundle against JPEG 2000")
     e.add_argument("--model", default=None, help="bundle directory (default: the shipped one)")
     e.add_argument("--dir", default=None, help="a folder of images instead of the test split")
-    e.add_argument("--qualities", default=None, help="comma-separated quality levels (default 1..12)")
+    e.add_argument("--qualities", default=None, help="comma-separated quality levels (default: all levels)")
     e.add_argument("--out", default="out/eval")
     e.set_defaults(func=_cmd_eval)
 

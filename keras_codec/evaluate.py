@@ -58,17 +58,19 @@ def evaluate_bundle(bundle_path, *, folder=None, qualities=None, out_dir="out/ev
         ours, j2k = [], []
         for q in qualities:
             t0 = time.perf_counter()
-            data = encode_image(img, coder=coder, model_id=bundle.model_id, quality=q)
+            st = {}
+            data = encode_image(img, coder=coder, model_id=bundle.model_id, quality=q, stats=st)
             t1 = time.perf_counter()
             dec, _ = decode_image(data, coder=coder, model_ids=[bundle.model_id])
             t2 = time.perf_counter()
             m = metrics.evaluate(px, dec.pixels, len(data), img.bits_stored, 8 * px.dtype.itemsize)
-            row = {"image": name, "codec": "keras_codec", "quality": q, **m,
+            real_over_est = 8 * len(data) / st["estimated_bits"]
+            row = {"image": name, "codec": "keras_codec", "quality": q, **m, "real_over_estimate": real_over_est,
                    "encode_s": t1 - t0, "decode_s": t2 - t1}
             rows.append(row)
             ours.append((m["bpp"], m["psnr"]))
             progress(f"{name:36s} q{q:<2d} {m['bpp']:7.3f} bpp  {m['psnr']:6.2f} dB  ssim {m['ssim']:.4f}  "
-                     f"max err {m['max_abs_err']}")
+                     f"max err {m['max_abs_err']}  real/est bits {real_over_est:.4f}")
             if with_jpeg2000 and np.isfinite(m["psnr"]):
                 try:
                     r = at_psnr(JPEG2000(), _as_planes(px), m["psnr"], bits_stored=img.bits_stored)

@@ -15,13 +15,13 @@ import numpy as np
 
 from edge_runtime import context as ctx
 from edge_runtime.bundle import save_bundle
-from edge_runtime.codec import PlaneCoder, deadzone_quantize, levels_for, padded_shape, quantizer_step
+from edge_runtime.codec import QUALITY_LEVELS, PlaneCoder, deadzone_quantize, levels_for, padded_shape, quantizer_step
 from edge_runtime.entropy import EntropyTables, laplace_tables, quantize_pmf
 from edge_runtime.subband_coder import CodingModel, choose_offsets, collect, encode_subbands
 from keras_codec.config import CodecConfig
 from keras_codec.context_fit import default_ll_weights, fit_weights
 
-FIT_QUALITIES = (1, 3, 5, 7, 9, 11, 12)
+FIT_QUALITIES = (3, 6, 8, 10, 12, 14, 16)
 MAX_SIDE = 1024
 MAX_FRAMES = 2
 
@@ -128,7 +128,7 @@ def write_initial_bundle(config: CodecConfig, out_dir) -> dict:
     """Bundle of the untrained model (step 0): hand-set context rule, Laplace tables."""
     w = config.wavelet
     tables = laplace_tables(w.num_scales, w.scale_min, w.scale_max, w.deadzone)
-    manifest = {"config": config.to_dict(), "codec": coder_params(config), "quality_levels": list(range(1, 13)),
+    manifest = {"config": config.to_dict(), "codec": coder_params(config), "quality_levels": list(QUALITY_LEVELS),
                 "tile": 2048, "training": {"stage": "initial (untrained)", "seed": 0,
                                            "command": "keras-codec train --config default --init-only --out <dir>"}}
     model_id = save_bundle(out_dir, manifest, initial_weights(config), tables)
@@ -164,7 +164,7 @@ def fit_default(config: CodecConfig, out_dir, *, seed: int = 0, learned_tables: 
     manifest = {
         "config": config.to_dict(),
         "codec": params,
-        "quality_levels": list(range(1, 13)),
+        "quality_levels": list(QUALITY_LEVELS),
         "tile": 2048,
         "training": {"stage": "context-fit", "learned_tables": learned_tables, "seed": seed, "split": "train",
                      "planes": [n for n, _ in planes], "fit_qualities": list(FIT_QUALITIES),

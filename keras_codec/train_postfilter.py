@@ -5,7 +5,7 @@
 
 Training pairs come from the codec's own path, without entropy coding: clean [0, 1] patches of
 the train split (`data.pipeline.make_dataset`, rotations and mirrors, no resampling so the
-patches keep the sensor's own texture), a random quality 1..12 per patch, the forward DWT
+patches keep the sensor's own texture), a random quality level per patch, the forward DWT
 (the same DWT2D layer the coder uses, levels = levels_for(P, P, bundle levels)), division by
 the step, deadzone rounding with the bundle's `codec` parameters (plain rounding for LL, as
 the encoder does), dequantization with `recon_bias`, inverse DWT. The encoder's

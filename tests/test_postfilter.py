@@ -69,7 +69,7 @@ def test_tiny_postfilter_trains():
     @tf.function
     def step():
         with tf.GradientTape() as tape:
-            terms = model.rd_terms(x, training=False)  # qualities 1..12 in turn: a fixed objective
+            terms = model.rd_terms(x, training=False)  # every quality level in turn: a fixed objective
         opt.apply_gradients(zip(tape.gradient(terms["loss"], variables), variables))
         return terms
 
