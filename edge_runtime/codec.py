@@ -13,15 +13,15 @@ from data.image import Image
 from edge_runtime import bitstream as bs
 from edge_runtime.subband_coder import CodingModel, decode_subbands, encode_subbands
 
-QUALITY_LEVELS = tuple(range(1, 17))
+QUALITY_LEVELS = tuple(range(1, 21))
 _STEP_K = np.sqrt(12.0) * 0.75
 
 
 def nominal_psnr(quality: int) -> float:
-    """Quality q aims at about 24 + 2q dB PSNR over the plane's dynamic range (smooth images get more)."""
+    """Quality q aims at about 16 + 2q dB PSNR over the plane's dynamic range (smooth images get more)."""
     if quality not in QUALITY_LEVELS:
         raise ValueError(f"quality must be in {QUALITY_LEVELS[0]}..{QUALITY_LEVELS[-1]}, got {quality}")
-    return 24.0 + 2.0 * quality
+    return 16.0 + 2.0 * quality
 
 
 def quantizer_step(quality: int) -> float:
@@ -176,8 +176,10 @@ def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None)
         for r0, r1, c0, c1 in grid:
             try:
                 y = coder.decode(streams[i], r1 - r0, c1 - c0, header.quality)
-            except ValueError as exc:
-                raise bs.InvalidBitstreamError(f"{source or '<stream>'}: tile {i} does not decode: {exc}") from exc
+            except (ValueError, AssertionError, IndexError, OverflowError) as exc:
+                # constriction reports exhausted or inconsistent coded data with AssertionError
+                raise bs.InvalidBitstreamError(source, f"tile {i} does not decode ({exc or type(exc).__name__}); "
+                                                       "the stream is corrupt") from exc
             i += 1
             v = np.round(y.astype(np.float64) * scale + lo)
             pixels[f, r0:r1, c0:c1, s] = np.clip(v, max(lo, vmin), min(hi, vmax)).astype(dtype)

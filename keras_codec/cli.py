@@ -65,6 +65,13 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from export.tflite_export import main as export_main
+
+    argv = [args.model, "--quant", args.quant] + (["--out", args.out] if args.out else [])
+    return export_main(argv)
+
+
 def _default_model() -> str:
     from edge_runtime.bundle import default_bundle_path
 
@@ -97,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--qualities", default=None, help="comma-separated quality levels (default: all levels)")
     e.add_argument("--out", default="out/eval")
     e.set_defaults(func=_cmd_eval)
+
+    x = sub.add_parser("export", help="add TFLite encoder/decoder graphs to a model bundle")
+    x.add_argument("--model", default=None, help="bundle directory (default: the shipped one)")
+    x.add_argument("--quant", choices=["float32", "float16", "int8"], default="float32")
+    x.add_argument("--out", default=None, help="write a copy of the bundle here (default: in place)")
+    x.set_defaults(func=_cmd_export)
 
     d = sub.add_parser("demo", help="the main job on the shipped model and the sample corpus")
     d.add_argument("--dir", default=None, help="a folder of your own images instead of the test split")

@@ -21,7 +21,7 @@ from edge_runtime.subband_coder import CodingModel, choose_offsets, collect, enc
 from keras_codec.config import CodecConfig
 from keras_codec.context_fit import default_ll_weights, fit_weights
 
-FIT_QUALITIES = (3, 6, 8, 10, 12, 14, 16)
+FIT_QUALITIES = (3, 7, 10, 12, 14, 16, 18, 20)
 MAX_SIDE = 1024
 MAX_FRAMES = 2
 

@@ -1,0 +1,70 @@
+"""Short fuzz of the edge decode path: 300 mutated .kcd streams, many with their CRC recomputed.
+
+The long run is benchmarks/fuzz_bitstream.py (100,000 streams in worker processes); this is the
+same mutator and the same verdict, in-process and TensorFlow-free. Every stream must either
+decode to an image with its header's geometry or raise InvalidBitstreamError (other ValueError
+subclasses are the documented family and allowed); anything else, or more than 2 s of CPU for
+one stream, fails the test and names the stream index to replay.
+"""
+from __future__ import annotations
+
+import importlib.util
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+N_STREAMS = 300
+CPU_LIMIT_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def fuzz():
+    spec = importlib.util.spec_from_file_location("fuzz_bitstream", ROOT / "benchmarks" / "fuzz_bitstream.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def seeds(fuzz, codec):
+    return fuzz.make_seeds(codec)
+
+
+def test_seeds_decode_with_their_geometry(fuzz, codec, seeds):
+    for name, data in seeds:
+        status, detail = fuzz.check_stream(data, codec)
+        assert status == "ok", f"seed {name}: {detail}"
+
+
+def test_mutated_streams_decode_or_raise_invalid_bitstream(fuzz, codec, seeds, tmp_path):
+    def on_alarm(signum, frame):
+        raise TimeoutError("one stream ran for more than 20 s of wall time")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    failures, past_crc = [], 0
+    try:
+        for i in range(N_STREAMS):
+            data, seed_name, desc = fuzz.mutate(seeds, i, 0)
+            signal.alarm(20)
+            t0 = time.process_time()
+            try:
+                status, detail = fuzz.check_stream(data, codec, to_file=(i % 25 == 0), tmpdir=tmp_path)
+            except TimeoutError as exc:
+                status, detail = "failure", str(exc)
+            finally:
+                signal.alarm(0)
+            cpu = time.process_time() - t0
+            if status == "failure" or cpu > CPU_LIMIT_S:
+                sig = fuzz.failure_signature(detail) if status == "failure" else f"{cpu:.2f} s of CPU"
+                failures.append(f"#{i} ({seed_name}, {desc}): {sig}")
+            if not detail.startswith(("CRC mismatch", "not a keras_codec stream", "truncated")):
+                past_crc += 1
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    assert past_crc >= N_STREAMS // 3, f"only {past_crc} of {N_STREAMS} streams got past the CRC check"
+    assert not failures, (f"{len(failures)} of {N_STREAMS} fuzzed streams neither decoded nor raised "
+                          f"InvalidBitstreamError (replay one: benchmarks/fuzz_bitstream.py --index I):\n  "
+                          + "\n  ".join(failures[:15]))
