@@ -12,8 +12,9 @@ decode of one image including entropy coding and file I/O:
 
 Images: the 512x512 CT ``explicit_VR-UN.dcm`` and the 1760x1760 CR ``RG3_UNCR.dcm`` from the test
 split of ``data.corpus``. Peak memory: every (codec, image, encode|decode) measurement runs in a
-fresh child process; ``peak_rss_mib`` is that child's ``resource.getrusage(RUSAGE_SELF).ru_maxrss``
-(whole process: interpreter and imports included) and ``rss_base_mib`` its RSS just before the
+fresh (spawned) child process; ``peak_rss_mib`` is that child's peak RSS, VmHWM from /proc (whole
+process: interpreter and imports included; ``ru_maxrss`` is not used because Linux carries it
+over from the parent across fork+exec) and ``rss_base_mib`` its RSS just before the
 first run, after imports and model loading. The load average is printed and stored, since the
 machine may be busy.
 
@@ -30,7 +31,6 @@ import argparse
 import csv
 import multiprocessing as mp
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -48,10 +48,10 @@ COLUMNS = ("image", "size", "codec", "mode", "bpp", "psnr", "max_abs_err", "enco
            "rss_base_mib", "load1_start")
 
 
-def _rss_mib() -> float:
+def _rss_mib(key: str = "VmRSS") -> float:
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024.0
     return 0.0
 
@@ -70,7 +70,9 @@ def _child(conn, job: dict):
             t0 = time.perf_counter()
             run_once()
             times.append(time.perf_counter() - t0)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a spawned child would
+        # report the parent's RSS at fork time when that is larger than its own peak.
+        peak = _rss_mib("VmHWM")
         conn.send({"times": times, "peak_rss_mib": peak, "rss_base_mib": base})
     except BaseException as exc:  # noqa: BLE001 - reported by the parent
         import traceback
@@ -136,6 +138,10 @@ def _base_decode(job):
             n = int.from_bytes(blob[pos:pos + 4], "little")
             planes.append(codec.decode(blob[pos + 4:pos + 4 + n], ref.pixels.dtype, ref.bits_stored))
             pos += 4 + n
+        # clipped to the stored range (DESIGN.md): JPEG-LS NEAR>0 may overshoot MAXVAL = 2**16-1 by NEAR
+        lo, hi = (-(1 << (ref.bits_stored - 1)), (1 << (ref.bits_stored - 1)) - 1) if ref.signed else \
+            (0, (1 << ref.bits_stored) - 1)
+        planes = [np.clip(q, lo, hi).astype(q.dtype) for q in planes]
         px = np.stack(planes).reshape(ref.frames, ref.samples, ref.rows, ref.cols).transpose(0, 2, 3, 1)
         image = Image(pixels=np.ascontiguousarray(px), bits_stored=ref.bits_stored, signed=ref.signed,
                       photometric=ref.photometric, modality=ref.modality, dataset=ref.dataset)
@@ -306,7 +312,7 @@ def main(argv=None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     note = (f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end; ours: {args.threads} TFLite "
-            f"threads, baselines 1 thread; peak RSS = ru_maxrss of a fresh child per measurement")
+            f"threads, baselines 1 thread; peak RSS = VmHWM of a fresh child per measurement")
     plot(rows, out / "speed.png", f"bench_speed, {Path(args.bundle).name} q{args.quality}; {note}")
     print()
     print_table(rows)

@@ -79,7 +79,9 @@ MAGIC = b"KCD1"
 FORMAT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 MAX_PIXELS = 2 ** 31
-MAX_METADATA_BYTES = 64 * 2 ** 20
+MAX_TILE_SIDE = 4096
+"""Largest tile side coded (the encoder writes 2048), so a small stream cannot make one tile allocate gigabytes."""
+MAX_METADATA_BYTES = 8 * 2 ** 20
 """Largest decompressed metadata block accepted, so a zlib bomb cannot exhaust memory."""
 
 FLAG_LOSSLESS = 1 << 0
@@ -392,6 +394,9 @@ def _geometry_problem(h: Header, max_pixels: Optional[int]) -> Optional[str]:
         return f"bits stored {h.bits_stored} does not fit dtype {h.dtype} (1 to {_DTYPE_BITS[h.dtype]})"
     if h.tile_rows < 1 or h.tile_cols < 1:
         return f"tile size must be at least 1x1, found {h.tile_rows}x{h.tile_cols}"
+    if max(min(h.tile_rows, h.rows), min(h.tile_cols, h.cols)) > MAX_TILE_SIDE:
+        return (f"tiles of {min(h.tile_rows, h.rows)}x{min(h.tile_cols, h.cols)} samples; this decoder codes "
+                f"tiles of at most {MAX_TILE_SIDE}x{MAX_TILE_SIDE}")
     return None
 
 

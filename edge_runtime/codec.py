@@ -180,6 +180,11 @@ def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None)
                 # constriction reports exhausted or inconsistent coded data with AssertionError
                 raise bs.InvalidBitstreamError(source, f"tile {i} does not decode ({exc or type(exc).__name__}); "
                                                        "the stream is corrupt") from exc
+            except BaseException as exc:  # a Rust panic surfaces as pyo3's PanicException (a BaseException)
+                if type(exc).__name__ != "PanicException":
+                    raise
+                raise bs.InvalidBitstreamError(source, f"tile {i} does not decode (coder panic: {exc}); "
+                                                       "the stream is corrupt") from None
             i += 1
             v = np.round(y.astype(np.float64) * scale + lo)
             pixels[f, r0:r1, c0:c1, s] = np.clip(v, max(lo, vmin), min(hi, vmax)).astype(dtype)

@@ -254,6 +254,8 @@ class Decoder:
         n = len(base)
         sign = self._dec.decode(_stream.model.Uniform(2), n).astype(np.int64)
         e = self._dec.decode(self._uniform64, n).astype(np.int64)
+        if n and e.max() >= _ESC_EXP_MAX:  # never written by the encoder; Uniform(2**(e-20)) would panic in Rust
+            raise ValueError(f"escape exponent {int(e.max())} out of range (the encoder writes < {_ESC_EXP_MAX})")
         mant = np.zeros(n, dtype=np.int64)
         for b in np.unique(e):
             if b == 0:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-N_STREAMS = 300
+N_STREAMS = 600
 CPU_LIMIT_S = 2.0
 
 
