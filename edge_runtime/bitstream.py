@@ -384,6 +384,9 @@ def _geometry_problem(h: Header, max_pixels: Optional[int]) -> Optional[str]:
         return f"rows, cols and frames must be at least 1, found {h.rows}x{h.cols}, {h.frames} frame(s)"
     if h.samples not in (1, 3):
         return f"samples per pixel must be 1 or 3, found {h.samples}"
+    if (h.samples == 1) != h.photometric.startswith("MONOCHROME"):
+        return (f"photometric {h.photometric!r} does not fit {h.samples} sample(s) per pixel "
+                f"(1 sample: MONOCHROME1/2; 3 samples: RGB or YBR)")
     total = h.rows * h.cols * h.frames * h.samples
     if max_pixels is not None and total > max_pixels:
         return (f"absurd geometry: {h.rows}x{h.cols}, {h.frames} frame(s), {h.samples} sample(s) is "
