@@ -25,10 +25,14 @@ def _cmd_corpus(args) -> int:
 
 def _cmd_demo(args) -> int:
     from data.corpus import corpus, corpus_table
+    from keras_codec.demo import run_demo
 
-    print("keras_codec sample corpus (pydicom + pydicom-data):")
-    print(corpus_table(corpus()))
-    return 0
+    if args.dir is None:
+        print("keras_codec sample corpus (pydicom + pydicom-data):")
+        print(corpus_table(corpus()))
+        print()
+    rows = run_demo(args.dir, out_dir=args.out, quality=args.quality)
+    return 0 if rows else 1
 
 
 def _cmd_train(args) -> int:
@@ -113,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job on the shipped model and the sample corpus")
     d.add_argument("--dir", default=None, help="a folder of your own images instead of the test split")
+    d.add_argument("--quality", type=int, default=None, help="quality level (default: the edge default)")
+    d.add_argument("--out", default="out/demo")
     d.set_defaults(func=_cmd_demo)
     return p
 
