@@ -131,7 +131,8 @@ def _plot(path: Path, summary: dict) -> None:
             if len(pts):
                 ax.plot(pts[:, 0], pts[:, 1], style, ms=3, label=label)
         ax.set_title(f"{name}\nBD-rate {s['bd_rate_vs_jpeg2000']:+.1f} %", fontsize=8)
-        ax.set_xlabel("bpp")
+        ax.set_xscale("log")
+        ax.set_xlabel("bpp (log scale)")
         ax.set_ylabel("PSNR (dB, dynamic range)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

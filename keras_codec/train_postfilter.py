@@ -228,7 +228,8 @@ def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_o
                               "rdo": False, "split": "train"},
              "train_psnr": float(last.get("psnr", "nan")) if last else None,
              "command": f"python -m keras_codec.train_postfilter --bundle {bundle_dir} --out {out_dir} "
-                        f"--steps {steps} --seed {seed}"}
+                        f"--steps {steps} --seed {seed} --batch-size {batch_size} --channels {arch['channels']} "
+                        f"--layers {arch['layers']} --input-scaling {arch['input_scaling']} --lr {learning_rate}"}
     if measure:
         gain = measure_gain(bundle_dir, pf, progress=print if progress else (lambda *_: None))
         entry["measured_gain_db"] = {"images": gain["images"], "by_quality": gain["mean_gain_db"]}
