@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("output", metavar="OUT.kcd")
     enc.add_argument("--quality", "-q", type=int, default=DEFAULT_QUALITY, choices=QUALITY_LEVELS, metavar="Q",
                      help=f"{QUALITY_LEVELS[0]}..{QUALITY_LEVELS[-1]}, higher is better "
-                          f"(about 16 + 2Q dB; default {DEFAULT_QUALITY})")
+                          f"(about 12 + 2Q dB; default {DEFAULT_QUALITY})")
 
     dec = sub.add_parser("decode", parents=[common, bundle, force], help=".kcd -> DICOM/PNG/TIFF")
     dec.add_argument("input", metavar="IN.kcd")

@@ -13,15 +13,15 @@ from data.image import Image
 from edge_runtime import bitstream as bs
 from edge_runtime.subband_coder import CodingModel, decode_subbands, encode_subbands
 
-QUALITY_LEVELS = tuple(range(1, 21))
+QUALITY_LEVELS = tuple(range(1, 23))
 _STEP_K = np.sqrt(12.0) * 0.75
 
 
 def nominal_psnr(quality: int) -> float:
-    """Quality q aims at about 16 + 2q dB PSNR over the plane's dynamic range (smooth images get more)."""
+    """Quality q aims at about 12 + 2q dB PSNR over the plane's dynamic range (smooth images get more)."""
     if quality not in QUALITY_LEVELS:
         raise ValueError(f"quality must be in {QUALITY_LEVELS[0]}..{QUALITY_LEVELS[-1]}, got {quality}")
-    return 16.0 + 2.0 * quality
+    return 12.0 + 2.0 * quality
 
 
 def quantizer_step(quality: int) -> float:
@@ -63,8 +63,11 @@ class PlaneCoder:
     `synthesis(bands, levels)`. When the bundle lists several (`params["transforms"]`),
     the encoder codes the tile with each and keeps the one with the lower
     rate-distortion cost D/step² + λ·bits (CDF 9/7 wins on natural images, Haar on
-    piecewise-constant test patterns and graphics). A tile stream is one byte (the
-    transform's position in that list) followed by the subband stream.
+    piecewise-constant test patterns and graphics). Alternatives to the first transform
+    are tried only on tiles where at least `transform_gate` of the neighbouring pixel
+    pairs are equal (flat, synthetic content), which spares natural images the second
+    encode. A tile stream is one byte (the transform's position in that list) followed
+    by the subband stream.
     """
 
     def __init__(self, params: dict, coding: CodingModel, transforms):
@@ -103,8 +106,11 @@ class PlaneCoder:
         xp = np.pad(x, ((0, pr - rows), (0, pc - cols)), mode="symmetric").astype(np.float32)
         step = quantizer_step(quality)
         lam = float(self.p["rdo_lambda"])
+        names = self.names
+        if len(names) > 1 and _equal_pair_fraction(x) < float(self.p.get("transform_gate", 0.5)):
+            names = names[:1]
         best = None
-        for i, name in enumerate(self.names):
+        for i, name in enumerate(names):
             st = {} if stats is not None else None
             data, sse = self._encode_with(name, xp, levels, step, st)
             cost = sse + lam * 8 * len(data)
@@ -127,6 +133,14 @@ class PlaneCoder:
                                                           for b in trio) for trio in q[1:]]
         y = self.transforms[name].synthesis(bands, levels, step=step)
         return y[:rows, :cols]
+
+
+def _equal_pair_fraction(x: np.ndarray) -> float:
+    """Share of horizontally and vertically adjacent pixel pairs with identical values."""
+    h = x[:, 1:] == x[:, :-1]
+    v = x[1:, :] == x[:-1, :]
+    n = h.size + v.size
+    return float(h.sum() + v.sum()) / n if n else 0.0
 
 
 def _planes(image: Image):

@@ -24,7 +24,7 @@ from edge_runtime.tflite_runner import transforms_for_bundle
 
 __all__ = ["DEFAULT_QUALITY", "LOSSY_METHOD", "decode_file", "encode_file", "info", "load_codec", "verify"]
 
-DEFAULT_QUALITY = 15
+DEFAULT_QUALITY = 17
 LOSSY_METHOD = "KERAS_CODEC"
 DECODE_SUFFIXES = (".dcm", ".dicom", ".png", ".tif", ".tiff")
 

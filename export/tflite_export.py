@@ -373,12 +373,49 @@ def verify_export(bundle_dir, shapes=((64, 96), (128, 128)), seed: int = 0, step
     return report
 
 
+def test_split_report(bundle_dir, qualities=(12, 17), folder=None, progress=print) -> list[dict]:
+    """Keras against the exported TFLite graphs on real images: bpp and PSNR of the same streams.
+
+    Each test image (or each image under `folder`) is encoded by the workstation coder and by
+    the edge coder at each quality, and each stream decoded by both; the rows give the bpp of
+    both streams and the PSNR of the TFLite decode minus the Keras decode.
+    """
+    from edge_runtime.bundle import load_bundle
+    from edge_runtime.codec import decode_image, encode_image
+    from edge_runtime.runtime import load_codec
+    from keras_codec import metrics
+    from keras_codec.evaluate import evaluation_images, workstation_coder
+
+    bundle = load_bundle(bundle_dir)
+    keras_coder = workstation_coder(bundle)
+    _b, edge_coder = load_codec(bundle)
+    quant = bundle.manifest.get("tflite", {}).get("quantization", "float32")
+    rows = []
+    for name, img in evaluation_images(folder):
+        for q in qualities:
+            ref = encode_image(img, coder=keras_coder, model_id=bundle.model_id, quality=q)
+            out = encode_image(img, coder=edge_coder, model_id=bundle.model_id, quality=q)
+            p_ref = metrics.psnr(img.pixels, decode_image(ref, coder=keras_coder)[0].pixels)
+            p_out = metrics.psnr(img.pixels, decode_image(out, coder=edge_coder)[0].pixels)
+            n = img.pixels.size
+            row = {"image": name, "quality": q, "quant": quant, "bpp_keras": 8 * len(ref) / n,
+                   "bpp_tflite": 8 * len(out) / n, "psnr_keras": p_ref, "psnr_tflite": p_out,
+                   "same_stream": ref == out}
+            rows.append(row)
+            progress(f"{name:36s} q{q:<3d} {quant}: bpp {row['bpp_keras']:.4f} -> {row['bpp_tflite']:.4f}  "
+                     f"PSNR {p_ref:.3f} -> {p_out:.3f} dB ({p_out - p_ref:+.3f})"
+                     f"{'  identical stream' if ref == out else ''}")
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.tflite_export", description=__doc__.split("\n")[0])
     parser.add_argument("bundle", help="model bundle directory")
     parser.add_argument("--out", default=None, help="write a copy of the bundle here (default: in place)")
     parser.add_argument("--quant", choices=QUANT_MODES, default="float32")
     parser.add_argument("--no-verify", action="store_true")
+    parser.add_argument("--report", action="store_true",
+                        help="also code the test split with Keras and with TFLite and print the bpp/PSNR change")
     args = parser.parse_args(argv)
     try:
         section = export_transforms(args.bundle, args.out, quant=args.quant)
@@ -392,6 +429,8 @@ def main(argv=None) -> int:
     if not args.no_verify:
         report = verify_export(out)
         print(f"max |TFLite - Keras| = {report['max_abs_diff']:.3g}")
+    if args.report:
+        test_split_report(out)
     return 0
 
 

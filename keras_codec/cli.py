@@ -73,6 +73,7 @@ def _cmd_export(args) -> int:
     from export.tflite_export import main as export_main
 
     argv = [args.model, "--quant", args.quant] + (["--out", args.out] if args.out else [])
+    argv += ["--report"] if args.report else []
     return export_main(argv)
 
 
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--model", default=None, help="bundle directory (default: the shipped one)")
     x.add_argument("--quant", choices=["float32", "float16", "int8"], default="float32")
     x.add_argument("--out", default=None, help="write a copy of the bundle here (default: in place)")
+    x.add_argument("--report", action="store_true", help="print the bpp/PSNR change on the test split")
     x.set_defaults(func=_cmd_export)
 
     d = sub.add_parser("demo", help="the main job on the shipped model and the sample corpus")

@@ -21,14 +21,15 @@ from edge_runtime.subband_coder import CodingModel, choose_offsets, collect, enc
 from keras_codec.config import CodecConfig
 from keras_codec.context_fit import default_ll_weights, fit_weights
 
-FIT_QUALITIES = (3, 7, 10, 12, 14, 16, 18, 20)
+FIT_QUALITIES = (2, 5, 9, 12, 14, 16, 18, 20, 22)
 MAX_SIDE = 1024
 MAX_FRAMES = 2
 
 
 def coder_params(config: CodecConfig, rdo_lambda: float = 0.12) -> dict:
     w = config.wavelet
-    return {"transforms": [w.wavelet, "haar"] if w.wavelet != "haar" else ["haar"], "levels": w.levels, "deadzone": w.deadzone, "recon_bias": w.recon_bias, "rdo_lambda": rdo_lambda,
+    return {"transforms": [w.wavelet, "haar"] if w.wavelet != "haar" else ["haar"], "transform_gate": 0.5,
+            "levels": w.levels, "deadzone": w.deadzone, "recon_bias": w.recon_bias, "rdo_lambda": rdo_lambda,
             "num_scales": w.num_scales, "scale_min": w.scale_min, "scale_max": w.scale_max,
             "wavelet": w.wavelet, "mode": w.mode}
 
