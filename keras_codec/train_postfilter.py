@@ -180,7 +180,7 @@ def write_bundle_copy(bundle_dir, bundle_out, weights_path, entry: dict) -> Path
     """Copy `bundle_dir` to `bundle_out` with the post-filter weights and its manifest entry."""
     src, dst = Path(bundle_dir), Path(bundle_out)
     if dst.resolve() == src.resolve():
-        raise ValueError("write the bundle with the post-filter to a new directory; the lead promotes it")
+        raise ValueError("write the bundle with the post-filter to a new directory (--bundle-out), then promote it")
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
