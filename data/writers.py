@@ -31,7 +31,7 @@ import numpy as np
 
 from data.image import Image, InvalidImageError
 
-__all__ = ["write_image", "write_png", "write_tiff", "write_dicom", "DEFAULT_LOSSY_METHOD"]
+__all__ = ["write_image", "write_png", "write_tiff", "write_dicom", "atomic_write", "DEFAULT_LOSSY_METHOD"]
 
 DEFAULT_LOSSY_METHOD = "KERAS_CODEC"
 """Lossy Image Compression Method (0028,2114) recorded when none is given."""
@@ -80,7 +80,7 @@ def write_png(path, image: Image, frame: int = 0, *, overwrite: bool = False) ->
     ok, buf = cv2.imencode(".png", _to_cv(image.pixels[frame]))
     if not ok:
         raise InvalidImageError(path, "OpenCV could not encode this image as PNG")
-    _atomic_write(path, buf.tobytes(), overwrite)
+    atomic_write(path, buf.tobytes(), overwrite)
     return path
 
 
@@ -97,7 +97,7 @@ def write_tiff(path, image: Image, *, overwrite: bool = False) -> Path:
         ok, buf = cv2.imencodemulti(".tiff", pages)
     if not ok:
         raise InvalidImageError(path, "OpenCV could not encode this image as TIFF")
-    _atomic_write(path, np.asarray(buf).tobytes(), overwrite)
+    atomic_write(path, np.asarray(buf).tobytes(), overwrite)
     return path
 
 
@@ -131,7 +131,7 @@ def write_dicom(path, image: Image, *, lossy: bool = False, ratio: Optional[floa
         pydicom.dcmwrite(buf, ds, enforce_file_format=True)
     except Exception as e:
         raise InvalidImageError(path, f"the data set cannot be written as DICOM ({type(e).__name__}: {e})") from e
-    _atomic_write(path, buf.getvalue(), overwrite)
+    atomic_write(path, buf.getvalue(), overwrite)
     return path
 
 
@@ -154,7 +154,7 @@ def _to_cv(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame[:, :, ::-1])
 
 
-def _atomic_write(path: Path, data: bytes, overwrite: bool) -> None:
+def atomic_write(path: Path, data: bytes, overwrite: bool) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder, then move it into place."""
     path = Path(path)
     if path.is_dir():

@@ -60,7 +60,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from data.writers import _atomic_write
+from data.writers import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -253,7 +253,7 @@ def atomic_write_bytes(path, data: bytes, overwrite: bool = False) -> Path:
     An existing file raises FileExistsError unless ``overwrite``.
     """
     path = Path(path)
-    _atomic_write(path, bytes(data), overwrite)
+    atomic_write(path, bytes(data), overwrite)
     return path
 
 

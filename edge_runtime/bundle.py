@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +34,6 @@ class Bundle:
     manifest: dict
     coding: CodingModel
     model_id: bytes
-    files: dict = field(default_factory=dict)
-
-    @property
-    def wavelet(self) -> dict:
-        return self.manifest["config"]["wavelet"]
 
 
 def model_id_of(folder: Path) -> bytes:
@@ -79,8 +74,7 @@ def load_bundle(folder) -> Bundle:
         raise InvalidBundleError(f"{folder}: damaged model bundle: {exc}") from exc
     if manifest.get("format") != BUNDLE_FORMAT:
         raise InvalidBundleError(f"{folder}: bundle format {manifest.get('format')}, this runtime reads {BUNDLE_FORMAT}")
-    files = {n: folder / n for n in _HASHED if (folder / n).exists()}
-    return Bundle(folder, manifest, CodingModel(weights, tables), model_id_of(folder), files)
+    return Bundle(folder, manifest, CodingModel(weights, tables), model_id_of(folder))
 
 
 def default_bundle_path() -> Path:

@@ -39,6 +39,20 @@ def padded_shape(rows: int, cols: int, levels: int) -> tuple[int, int]:
     return -(-rows // m) * m, -(-cols // m) * m
 
 
+def pad_plane(x: np.ndarray, levels: int) -> np.ndarray:
+    """Mirror-pad a plane at the bottom and right to a multiple of 2**levels, as float32."""
+    pr, pc = padded_shape(*x.shape, levels)
+    return np.pad(x, ((0, pr - x.shape[0]), (0, pc - x.shape[1])), mode="symmetric").astype(np.float32)
+
+
+def quantize_bands(bands: list, step: float, deadzone: float) -> tuple[list, list]:
+    """Wavelet bands -> (bands in quantizer steps, integer bands): LL rounded, details deadzone-quantized."""
+    scaled = [bands[0] / step] + [tuple(b / step for b in trio) for trio in bands[1:]]
+    q = [np.round(scaled[0]).astype(np.int64)] + [tuple(deadzone_quantize(b, deadzone) for b in trio)
+                                                  for trio in scaled[1:]]
+    return scaled, q
+
+
 def deadzone_quantize(x: np.ndarray, deadzone: float) -> np.ndarray:
     """sign(x)·floor(|x| + 0.5 − deadzone): rounding with a widened zero bin."""
     return (np.sign(x) * np.floor(np.abs(x) + 0.5 - deadzone)).astype(np.int64)
@@ -84,12 +98,8 @@ class PlaneCoder:
         return levels_for(rows, cols, int(self.p["levels"]))
 
     def _encode_with(self, name: str, xp: np.ndarray, levels: int, step: float, stats=None):
-        bands = self.transforms[name].analysis(xp, levels)
-        scaled = [bands[0] / step] + [tuple(b / step for b in trio) for trio in bands[1:]]
-        dz = float(self.p["deadzone"])
+        scaled, q = quantize_bands(self.transforms[name].analysis(xp, levels), step, float(self.p["deadzone"]))
         bias = float(self.p["recon_bias"])
-        q = [np.round(scaled[0]).astype(np.int64)] + [tuple(deadzone_quantize(b, dz) for b in trio)
-                                                      for trio in scaled[1:]]
         final = []
         data = encode_subbands(q, self.coding, coeffs=scaled, lam=float(self.p["rdo_lambda"]), bias=bias,
                                rdo_out=final, stats=stats)
@@ -100,10 +110,8 @@ class PlaneCoder:
 
     def encode(self, x: np.ndarray, quality: int, stats: dict | None = None) -> bytes:
         """Tile stream of plane `x`; `stats` (optional) accumulates "estimated_bits" of what is written."""
-        rows, cols = x.shape
-        levels = self.levels(rows, cols)
-        pr, pc = padded_shape(rows, cols, levels)
-        xp = np.pad(x, ((0, pr - rows), (0, pc - cols)), mode="symmetric").astype(np.float32)
+        levels = self.levels(*x.shape)
+        xp = pad_plane(x, levels)
         step = quantizer_step(quality)
         lam = float(self.p["rdo_lambda"])
         names = self.names
@@ -178,11 +186,10 @@ def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None)
     header, streams, _meta = bs.parse(data, source=source, expected_model_ids=model_ids)
     dtype = np.dtype(header.dtype)
     pixels = np.empty((header.frames, header.rows, header.cols, header.samples), dtype=dtype)
+    image = Image(pixels=pixels, bits_stored=header.bits_stored, signed=header.signed,
+                  photometric=header.photometric, source=source)
+    vmin, vmax = image.value_range
     grid = bs.tile_grid(header.rows, header.cols, header.tile_rows, header.tile_cols)
-    if header.signed:
-        vmin, vmax = -(1 << (header.bits_stored - 1)), (1 << (header.bits_stored - 1)) - 1
-    else:
-        vmin, vmax = 0, (1 << header.bits_stored) - 1
     i = 0
     for p, (lo, hi) in enumerate(header.norm):
         f, s = divmod(p, header.samples)
@@ -202,6 +209,4 @@ def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None)
             i += 1
             v = np.round(y.astype(np.float64) * scale + lo)
             pixels[f, r0:r1, c0:c1, s] = np.clip(v, max(lo, vmin), min(hi, vmax)).astype(dtype)
-    image = Image(pixels=pixels, bits_stored=header.bits_stored, signed=header.signed,
-                  photometric=header.photometric, source=source)
     return image, header

@@ -65,21 +65,20 @@ class EntropyTables:
             raise ValueError("entropy tables: lengths do not match the frequency data")
         return cls(np.split(flat, np.cumsum(lengths)[:-1]), arrays[prefix + "tails"])
 
-    # -- rate estimate, exactly what the coder will spend up to its few bytes of overhead --
-    def bits(self, symbols: np.ndarray, indices: np.ndarray) -> float:
-        symbols = np.asarray(symbols, dtype=np.int64).ravel()
-        indices = np.asarray(indices, dtype=np.int64).ravel()
-        total = 0.0
-        for k in np.unique(indices):
-            s = symbols[indices == k]
-            t = int(self.tails[k])
-            esc = np.abs(s) > t
-            idx = np.where(esc, 2 * t + 1, s + t)
-            total -= float(self._log2p[k][idx].sum())
-            if esc.any():
-                total += float(_escape_bits(np.abs(s[esc]) - t - 1).sum()) + esc.sum()
-        return total
+    # -- where a symbol sits in table k: values -T..T, then the escape --
+    def positions(self, k: int, symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position in table k, escaped?) of each symbol."""
+        t = int(self.tails[k])
+        esc = np.abs(symbols) > t
+        return np.where(esc, 2 * t + 1, symbols + t), esc
 
+    def _group_bits(self, k: int, symbols: np.ndarray, pos: np.ndarray, esc: np.ndarray) -> np.ndarray:
+        b = -self._log2p[k][pos]
+        if esc.any():  # sign bit + Exp-Golomb payload
+            b[esc] += 1 + _escape_bits(np.abs(symbols[esc]) - int(self.tails[k]) - 1)
+        return b
+
+    # -- rate estimate, exactly what the coder will spend up to its few bytes of overhead --
     def symbol_bits(self, symbols: np.ndarray, indices: np.ndarray) -> np.ndarray:
         """Per-symbol code length in bits (escapes included), same order as `symbols`."""
         symbols = np.asarray(symbols, dtype=np.int64)
@@ -88,14 +87,11 @@ class EntropyTables:
         for k in np.unique(indices):
             sel = indices == k
             s = symbols[sel]
-            t = int(self.tails[k])
-            esc = np.abs(s) > t
-            b = -self._log2p[k][np.where(esc, 2 * t + 1, s + t)]
-            if esc.any():
-                b[esc] += 1 + _escape_bits(np.abs(s[esc]) - t - 1)
-            out[sel] = b
+            out[sel] = self._group_bits(k, s, *self.positions(k, s))
         return out
 
+    def bits(self, symbols: np.ndarray, indices: np.ndarray) -> float:
+        return float(self.symbol_bits(np.ravel(symbols), np.ravel(indices)).sum())
 
 
 def _escape_bits(excess: np.ndarray) -> np.ndarray:
@@ -175,17 +171,15 @@ class Encoder:
         indices = np.asarray(indices, dtype=np.int64).ravel()
         if symbols.shape != indices.shape:
             raise ValueError("one table index per symbol is needed")
-        if self.track:
-            self.estimated_bits += self.tables.bits(symbols, indices)
         escapes = []
         for k in np.unique(indices):
             s = symbols[indices == k]
-            t = int(self.tables.tails[k])
-            esc = np.abs(s) > t
-            idx = np.where(esc, 2 * t + 1, s + t).astype(np.int32)
-            self._enc.encode(idx, self.tables.model(int(k)))
+            pos, esc = self.tables.positions(k, s)
+            self._enc.encode(pos.astype(np.int32), self.tables.model(int(k)))
+            if self.track:
+                self.estimated_bits += float(self.tables._group_bits(k, s, pos, esc).sum())
             if esc.any():
-                escapes.append((s[esc], np.full(int(esc.sum()), t + 1, dtype=np.int64)))
+                escapes.append((s[esc], np.full(int(esc.sum()), int(self.tables.tails[k]) + 1, dtype=np.int64)))
         if escapes:
             vals = np.concatenate([v for v, _ in escapes])
             base = np.concatenate([b for _, b in escapes])

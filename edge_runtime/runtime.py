@@ -16,7 +16,7 @@ from pathlib import Path
 
 from data.image import InvalidImageError
 from data.readers import read_image
-from data.writers import write_dicom, write_png, write_tiff
+from data.writers import DEFAULT_LOSSY_METHOD, write_dicom, write_png, write_tiff
 from edge_runtime import bitstream as bs
 from edge_runtime.bundle import Bundle, default_bundle_path, load_bundle
 from edge_runtime.codec import PlaneCoder, decode_image, encode_image
@@ -25,7 +25,7 @@ from edge_runtime.tflite_runner import transforms_for_bundle
 __all__ = ["DEFAULT_QUALITY", "LOSSY_METHOD", "decode_file", "encode_file", "info", "load_codec", "verify"]
 
 DEFAULT_QUALITY = 17
-LOSSY_METHOD = "KERAS_CODEC"
+LOSSY_METHOD = DEFAULT_LOSSY_METHOD
 DECODE_SUFFIXES = (".dcm", ".dicom", ".png", ".tif", ".tiff")
 
 # DICOM elements left out of the metadata block: the pixels themselves (and their float forms).

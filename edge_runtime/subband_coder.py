@@ -48,7 +48,7 @@ class CodingModel:
 
 
 def _walk(subbands, model: CodingModel, visit):
-    """Drive the coding order; `visit(key, indices, pred, mask, zero_ctx)` codes one pass.
+    """Drive the coding order; `visit(key, indices, pred, mask, features)` codes one pass.
 
     `visit` returns the (decoded or given) values of the pass, so the same walk serves
     the encoder (values known up front) and the decoder (values appear pass by pass).
@@ -62,7 +62,7 @@ def _walk(subbands, model: CodingModel, visit):
         mask = ctx.phase_masks(ll.shape)[phase]
         pred, spread = ctx.ll_prediction(ll, phase, known)
         idx = ctx.ll_index(spread, phase, model.weights, model.num_scales)
-        ll[mask] = visit(("LL", phase), idx, pred, mask, np.zeros(idx.shape, bool))
+        ll[mask] = visit(("LL", phase), idx, pred, mask, None)
         known |= mask
     for i in range(1, levels + 1):
         level = levels - i + 1
@@ -76,8 +76,7 @@ def _walk(subbands, model: CodingModel, visit):
                 mask = ctx.phase_masks(band.shape)[phase]
                 f = ctx.detail_features(band, phase, known, parent, siblings)
                 idx = ctx.table_index(f, model.detail_w(level, o, phase), model.num_scales)
-                zero_ctx = ~f[:, 1:].any(axis=1)
-                band[mask] = visit((level, o, phase), idx, None, mask, zero_ctx)
+                band[mask] = visit((level, o, phase), idx, None, mask, f)
                 known |= mask
     return decoded
 
@@ -89,8 +88,20 @@ def _source_band(src, key):
     return src[len(src) - level][o]
 
 
-def _adjust(idx, zero_ctx, o_all, o_zero, num_scales):
+def zero_context(features: np.ndarray | None, n: int) -> np.ndarray:
+    """Positions whose whole context (every feature but the constant) is zero; none in LL (features None)."""
+    return np.zeros(n, bool) if features is None else ~features[:, 1:].any(axis=1)
+
+
+def adjust_indices(idx, zero_ctx, o_all, o_zero, num_scales):
+    """Table indices after a pass's two offsets (all positions / zero-context positions)."""
     return np.clip(idx + o_all + np.where(zero_ctx, o_zero, 0), 0, num_scales - 1)
+
+
+def coded_indices(symbols, idx, features, model: "CodingModel") -> np.ndarray:
+    """The indices the encoder codes a pass with: the context model's, moved by the chosen offsets."""
+    zero = zero_context(features, len(idx))
+    return adjust_indices(idx, zero, *choose_offsets(symbols, idx, zero, model), model.num_scales)
 
 
 def choose_offsets(symbols, idx, zero_ctx, model: CodingModel) -> tuple[int, int]:
@@ -135,12 +146,13 @@ def encode_subbands(subbands, model: CodingModel, *, coeffs=None, lam: float = 0
     src, mean = _prepare(subbands)
     enc = Encoder(model.tables, track=stats is not None)
 
-    def visit(key, idx, pred, mask, zero_ctx):
+    def visit(key, idx, pred, mask, f):
         band = _source_band(src, key)
         vals = band[mask]
         p = pred if pred is not None else 0
+        zero_ctx = zero_context(f, len(idx))
         o_all, o_zero = choose_offsets(vals - p, idx, zero_ctx, model)
-        idx = _adjust(idx, zero_ctx, o_all, o_zero, model.num_scales)
+        idx = adjust_indices(idx, zero_ctx, o_all, o_zero, model.num_scales)
         if coeffs is not None and lam > 0 and key[0] != "LL":
             vals = _rdo_pass(vals, _source_band(coeffs, key)[mask], idx, model.tables, lam, bias)
             band[mask] = vals
@@ -176,9 +188,10 @@ def decode_subbands(data: bytes, shapes, model: CodingModel):
     template = [np.zeros(shapes[0], np.int64)] + [tuple(np.zeros(s, np.int64) for s in lv) for lv in shapes[1:]]
     dec = Decoder(model.tables, data[4:])
 
-    def visit(_key, idx, pred, _mask, zero_ctx):
+    def visit(_key, idx, pred, _mask, f):
         o = dec.decode_uniform(2, 64)
-        idx = _adjust(idx, zero_ctx, int(o[0]) + OFFSET_ALL[0], int(o[1]) + OFFSET_ZERO[0], model.num_scales)
+        idx = adjust_indices(idx, zero_context(f, len(idx)), int(o[0]) + OFFSET_ALL[0], int(o[1]) + OFFSET_ZERO[0],
+                             model.num_scales)
         v = dec.decode(idx)
         return v + (pred if pred is not None else 0)
 
@@ -188,39 +201,25 @@ def decode_subbands(data: bytes, shapes, model: CodingModel):
 
 
 def collect(subbands, model: CodingModel):
-    """Every pass's (key, features, symbols, indices) for fitting the context weights; no coding."""
+    """Every pass's (key, features, symbols, indices) for fitting the context weights; no coding.
+
+    Features are None for the LL passes (coded around a prediction, not from features).
+    """
     src, _mean = _prepare(subbands)
     rows = []
 
-    def visit(key, idx, pred, mask, _zero):
+    def visit(key, idx, pred, mask, f):
         vals = _source_band(src, key)[mask]
-        rows.append((key, None, vals - (pred if pred is not None else 0), idx))
+        rows.append((key, f, vals - (pred if pred is not None else 0), idx))
         return vals
 
-    # features are recomputed here (the walk only hands out indices)
-    levels = len(src) - 1
     _walk(src, model, visit)
-    out = []
-    for key, _f, sym, idx in rows:
-        f = None
-        if key[0] != "LL":
-            level, o, phase = key
-            i = levels - level + 1
-            band = src[i][o]
-            known = np.zeros(band.shape, bool)
-            for ph in range(phase):
-                known |= ctx.phase_masks(band.shape)[ph]
-            parent = src[i - 1][o] if i > 1 else None
-            f = ctx.detail_features(band, phase, known, parent, [src[i][s] for s in range(o)])
-        out.append((key, f, sym, idx))
-    return out
+    return rows
 
 
 def estimate_bits(subbands, model: CodingModel) -> float:
     """Bits of the stream with the encoder's offsets (the coder adds at most a few words)."""
     total = 32.0
-    for key, f, sym, idx in collect(subbands, model):
-        zero = ~f[:, 1:].any(axis=1) if f is not None else np.zeros(len(idx), bool)
-        o_all, o_zero = choose_offsets(sym, idx, zero, model)
-        total += 12 + model.tables.bits(sym, _adjust(idx, zero, o_all, o_zero, model.num_scales))
+    for _key, f, sym, idx in collect(subbands, model):
+        total += 12 + model.tables.bits(sym, coded_indices(sym, idx, f, model))
     return total

@@ -64,7 +64,6 @@ def fit_weights(samples, levels: int, num_scales: int, scale_min: float, scale_m
                 deadzone: float, init: ctx.ContextWeights | None = None) -> ctx.ContextWeights:
     """Fit from `samples`, an iterable of subband_coder.collect() outputs (one per plane/quality)."""
     groups = defaultdict(lambda: ([], []))
-    ll_groups = defaultdict(lambda: ([], []))
     for rows in samples:
         for key, f, sym, _idx in rows:
             if key[0] == "LL":

@@ -7,7 +7,6 @@ the rate-distortion optimized quantizer actually produces with the first fit.
 """
 from __future__ import annotations
 
-import json
 import platform
 import time
 
@@ -15,9 +14,9 @@ import numpy as np
 
 from edge_runtime import context as ctx
 from edge_runtime.bundle import save_bundle
-from edge_runtime.codec import QUALITY_LEVELS, PlaneCoder, deadzone_quantize, levels_for, padded_shape, quantizer_step
+from edge_runtime.codec import QUALITY_LEVELS, levels_for, pad_plane, quantize_bands, quantizer_step
 from edge_runtime.entropy import EntropyTables, laplace_tables, quantize_pmf
-from edge_runtime.subband_coder import CodingModel, choose_offsets, collect, encode_subbands
+from edge_runtime.subband_coder import CodingModel, coded_indices, collect, encode_subbands
 from keras_codec.config import CodecConfig
 from keras_codec.context_fit import default_ll_weights, fit_weights
 
@@ -59,14 +58,9 @@ def _samples(planes, transforms, params, coding, rdo: bool):
     rows_all = []
     for _name, x in planes:
         levels = levels_for(*x.shape, params["levels"])
-        pr, pc = padded_shape(*x.shape, levels)
-        xp = np.pad(x, ((0, pr - x.shape[0]), (0, pc - x.shape[1])), mode="symmetric")
-        bands = transforms.analysis(xp, levels)
+        bands = transforms.analysis(pad_plane(x, levels), levels)
         for q in FIT_QUALITIES:
-            step = quantizer_step(q)
-            scaled = [bands[0] / step] + [tuple(b / step for b in t) for t in bands[1:]]
-            qb = [np.round(scaled[0]).astype(np.int64)] + [tuple(deadzone_quantize(b, params["deadzone"])
-                                                                 for b in t) for t in scaled[1:]]
+            scaled, qb = quantize_bands(bands, quantizer_step(q), params["deadzone"])
             if rdo:
                 fin = []
                 encode_subbands(qb, coding, coeffs=scaled, lam=params["rdo_lambda"],
@@ -85,14 +79,10 @@ def learn_tables(samples, coding: CodingModel, prior_weight: float = 0.02) -> En
         for key, f, sym, idx in rows:
             if f is not None:  # indices under the final weights
                 idx = ctx.table_index(f, coding.detail_w(*key), coding.num_scales)
-            zero = ~f[:, 1:].any(axis=1) if f is not None else np.zeros(len(idx), bool)
-            o_all, o_zero = choose_offsets(sym, idx, zero, coding)
-            k_adj = np.clip(idx + o_all + np.where(zero, o_zero, 0), 0, coding.num_scales - 1)
+            k_adj = coded_indices(sym, idx, f, coding)
             for k in np.unique(k_adj):
-                s = sym[k_adj == k]
-                t = int(base.tails[k])
-                pos = np.where(np.abs(s) > t, 2 * t + 1, s + t)
-                hists[k] += np.bincount(pos, minlength=2 * t + 2)
+                pos, _esc = base.positions(k, sym[k_adj == k])
+                hists[k] += np.bincount(pos, minlength=len(hists[k]))
     freqs = []
     for k, h in enumerate(hists):
         t = int(base.tails[k])

@@ -37,8 +37,8 @@ import tensorflow as tf
 
 from keras_codec.config import CodecConfig
 from keras_codec.layers import DWT2D, IDWT2D
-from keras_codec.models.wavelet import (POSTFILTER_FILE, QUALITY_LEVELS, build_postfilter, levels_for,
-                                        postfilter_arch, quantizer_step, save_postfilter)
+from edge_runtime.codec import QUALITY_LEVELS, levels_for, quantizer_step
+from keras_codec.models.wavelet import POSTFILTER_FILE, build_postfilter, postfilter_arch, save_postfilter
 from keras_codec.train import train
 
 __all__ = ["PostFilterTrainer", "train_postfilter", "measure_gain", "GAIN_IMAGES", "GAIN_QUALITIES"]

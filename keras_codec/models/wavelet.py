@@ -12,16 +12,13 @@ One model serves every rate: the quality level scales the quantizer step.
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import tensorflow as tf
 
 from keras_codec.config import WaveletConfig
 from keras_codec.layers import DWT2D, IDWT2D
 
-from edge_runtime.codec import (QUALITY_LEVELS, deadzone_quantize, dequantize, levels_for,  # noqa: F401
-                                nominal_psnr, padded_shape, quantizer_step)
+from edge_runtime.codec import QUALITY_LEVELS, quantizer_step
 
 
 def split_details(coeffs: list) -> list:
@@ -216,37 +213,39 @@ class QuantizeST(tf.keras.layers.Layer):
 
 
 class WaveletTransforms:
-    """Cached analysis / synthesis graphs per padded shape (static shapes keep TFLite simple)."""
+    """Analysis / synthesis graphs, one per decomposition depth, for planes of any (padded) size."""
 
     def __init__(self, config: WaveletConfig, postfilter: tf.keras.Model | None = None):
         self.config = config
         self.postfilter = postfilter
+        self._graphs = {}
 
-    @functools.lru_cache(maxsize=16)
-    def _analysis(self, rows, cols, levels):
-        layer = DWT2D(self.config.wavelet, levels, self.config.mode)
-        fn = tf.function(lambda x: layer(x), input_signature=[tf.TensorSpec((1, rows, cols, 1), tf.float32)])
-        return fn
+    def _analysis(self, levels: int):
+        key = ("analysis", levels)
+        if key not in self._graphs:
+            layer = DWT2D(self.config.wavelet, levels, self.config.mode)
+            self._graphs[key] = tf.function(layer, input_signature=[tf.TensorSpec((1, None, None, 1), tf.float32)])
+        return self._graphs[key]
 
-    @functools.lru_cache(maxsize=16)
-    def _synthesis(self, rows, cols, levels):
-        layer = IDWT2D(self.config.wavelet, levels, self.config.mode)
-        specs = [tf.TensorSpec((1, rows >> levels, cols >> levels, 1), tf.float32)]
-        for lv in range(levels, 0, -1):
-            specs.append(tf.TensorSpec((1, rows >> lv, cols >> lv, 3), tf.float32))
-        pf = self.postfilter
-        specs.append(tf.TensorSpec((1, 1), tf.float32))  # log10 of the quantizer step
+    def _synthesis(self, levels: int):
+        key = ("synthesis", levels)
+        if key not in self._graphs:
+            layer = IDWT2D(self.config.wavelet, levels, self.config.mode)
+            specs = [tf.TensorSpec((1, None, None, 1), tf.float32)]
+            specs += [tf.TensorSpec((1, None, None, 3), tf.float32)] * levels
+            specs.append(tf.TensorSpec((1, 1), tf.float32))  # log10 of the quantizer step
+            pf = self.postfilter
 
-        def run(*args):
-            y = layer(list(args[:-1]))
-            return pf([y, args[-1]]) if pf is not None else y
+            def run(*args):
+                y = layer(list(args[:-1]))
+                return pf([y, args[-1]]) if pf is not None else y
 
-        return tf.function(run, input_signature=specs)
+            self._graphs[key] = tf.function(run, input_signature=specs)
+        return self._graphs[key]
 
     def analysis(self, plane: np.ndarray, levels: int) -> list:
         """2-D float plane (already padded) -> [LL, (H, V, D), ...] coarse to fine."""
-        rows, cols = plane.shape
-        out = self._analysis(rows, cols, levels)(tf.constant(plane[None, :, :, None], tf.float32))
+        out = self._analysis(levels)(tf.constant(plane[None, :, :, None], tf.float32))
         return split_details([o.numpy() for o in out])
 
     def synthesis(self, bands: list, levels: int, step: float | None = None) -> np.ndarray:
@@ -254,8 +253,7 @@ class WaveletTransforms:
         if self.postfilter is not None and step is None:
             raise ValueError("this WaveletTransforms has a post-filter, which needs the quantizer step: "
                              "call synthesis(bands, levels, step=step)")
-        rows, cols = bands[0].shape[0] << levels, bands[0].shape[1] << levels
         log_step = np.full((1, 1), np.log10(step) if step is not None else 0.0, np.float32)
-        y = self._synthesis(rows, cols, levels)(*[tf.constant(b) for b in join_details(bands)],
+        y = self._synthesis(levels)(*[tf.constant(b) for b in join_details(bands)],
                                                tf.constant(log_step))
         return y.numpy()[0, :, :, 0]
