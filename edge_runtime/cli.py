@@ -1,25 +1,46 @@
 """`edge-codec`: the TensorFlow-free command line for carts and tablets.
 
     edge-codec encode IN OUT.kcd [--quality Q] [--bundle B] [--force]
+    edge-codec encode DIR OUTDIR [--quality Q] [--jobs N] [--bundle B] [--force]
     edge-codec decode IN.kcd OUT.(dcm|png|tif) [--bundle B] [--force]
+    edge-codec decode DIR OUTDIR [--format dcm|png|tif] [--jobs N] [--bundle B] [--force]
     edge-codec info IN.kcd
     edge-codec verify IN.kcd [--bundle B]
 
 Every subcommand takes `--kernels xnnpack|reference` (TFLite's optimized or reference kernels).
 A bad file, an existing output or a bundle problem gives one line on stderr naming the file and
 exit status 1; the work is in edge_runtime.runtime.
+
+With a folder, every image (encode) or .kcd (decode) under it is coded into OUTDIR with the same
+layout, in N worker processes (default: one per CPU), skipping outputs that already exist unless
+--force; output names, resuming and the summary are described in edge_runtime.batch. A progress
+line goes to stderr (in place on a terminal, else every few seconds), each failure as one line;
+the summary goes to stdout and to OUTDIR/batch_summary.json. Exit status 1 if any file failed,
+130 on Ctrl-C (files in progress are finished first).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+
+_FORMAT_SUFFIXES = {"dcm": (".dcm", ".dicom"), "png": (".png",), "tif": (".tif", ".tiff")}
 
 EXIT_ERROR = 1
 EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+PROGRESS_EVERY = 5.0
+"""Seconds between progress lines when stderr is not a terminal."""
+
+ENCODE_OPTIONS = ("quality",)
+"""Encoding options set on the command line: runtime.encode_file keyword arguments, the same for one
+file and for a folder (add a new option's argument in build_parser and its name here)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     from edge_runtime import __version__
+    from edge_runtime.batch import FORMATS
     from edge_runtime.codec import QUALITY_LEVELS
     from edge_runtime.runtime import DEFAULT_QUALITY
 
@@ -30,22 +51,32 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--bundle", metavar="B", default=None,
                         help="model bundle folder (default: the one shipped in edge_runtime/models/default)")
     force = argparse.ArgumentParser(add_help=False)
-    force.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    force.add_argument("--force", action="store_true",
+                       help="replace OUT if it exists (folders: redo every file, even those already done)")
+    jobs = argparse.ArgumentParser(add_help=False)
+    jobs.add_argument("--jobs", "-j", type=_positive_int, default=None, metavar="N",
+                      help="folders: worker processes (default: one per CPU; 1 works in this process)")
 
     p = argparse.ArgumentParser(prog="edge-codec", description="keras_codec edge runtime (no TensorFlow)")
     p.add_argument("--version", action="version", version=f"edge-codec {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{encode,decode,info,verify}")
 
-    enc = sub.add_parser("encode", parents=[common, bundle, force], help="DICOM/PNG/TIFF -> .kcd")
-    enc.add_argument("input", metavar="IN")
-    enc.add_argument("output", metavar="OUT.kcd")
+    enc = sub.add_parser("encode", parents=[common, bundle, force, jobs],
+                         help="DICOM/PNG/TIFF -> .kcd (a file, or every image under a folder)")
+    enc.add_argument("input", metavar="IN", help="an image file, or a folder")
+    enc.add_argument("output", metavar="OUT.kcd", help="the .kcd to write, or the output folder when IN is a folder")
     enc.add_argument("--quality", "-q", type=int, default=DEFAULT_QUALITY, choices=QUALITY_LEVELS, metavar="Q",
                      help=f"{QUALITY_LEVELS[0]}..{QUALITY_LEVELS[-1]}, higher is better "
                           f"(about 12 + 2Q dB; default {DEFAULT_QUALITY})")
 
-    dec = sub.add_parser("decode", parents=[common, bundle, force], help=".kcd -> DICOM/PNG/TIFF")
-    dec.add_argument("input", metavar="IN.kcd")
-    dec.add_argument("output", metavar="OUT.(dcm|png|tif)")
+    dec = sub.add_parser("decode", parents=[common, bundle, force, jobs],
+                         help=".kcd -> DICOM/PNG/TIFF (a file, or every .kcd under a folder)")
+    dec.add_argument("input", metavar="IN.kcd", help="a .kcd file, or a folder")
+    dec.add_argument("output", metavar="OUT.(dcm|png|tif)",
+                     help="the file to write (format from its extension), or the output folder")
+    dec.add_argument("--format", choices=FORMATS, default=None,
+                     help="folders: write every file in this format (default: dcm for streams carrying a "
+                          "DICOM header, else tif for several frames, png for one)")
 
     inf = sub.add_parser("info", parents=[common, bundle], help="what a .kcd holds")
     inf.add_argument("input", metavar="IN.kcd")
@@ -53,6 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", parents=[common, bundle], help="CRC, model id and a full decode")
     ver.add_argument("input", metavar="IN.kcd")
     return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _encode_options(args) -> dict:
+    """The runtime.encode_file keyword arguments given on the command line (one file or a folder)."""
+    return {name: getattr(args, name) for name in ENCODE_OPTIONS if getattr(args, name, None) is not None}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -81,14 +127,108 @@ def _print_info(d: dict) -> None:
         print(f"{k + ':':10s} {v}")
 
 
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class _Progress:
+    """done/total, files/s, input MB/s and ETA on stderr: rewritten in place on a terminal, else a
+    line every PROGRESS_EVERY seconds; each failure as one line as it happens."""
+
+    def __init__(self, command: str, in_dir: str, stream=None):
+        self.command, self.in_dir, self.stream = command, in_dir, stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.width = 0
+        self.last = float("-inf") if self.tty else time.monotonic()  # a terminal shows the first file at once
+
+    def __call__(self, record: dict, snap: dict) -> None:
+        if record["status"] == "failed":
+            self._clear()
+            print(f"edge-codec {self.command}: failed: {os.path.join(self.in_dir, record['input'])}: "
+                  f"{record['reason']}", file=self.stream, flush=True)
+        now = time.monotonic()
+        last = snap["done"] == snap["total"]
+        if self.tty and (now - self.last >= 0.1 or last):
+            line = self.line(snap)
+            self.stream.write("\r" + line.ljust(self.width))
+            self.stream.flush()
+            self.last, self.width = now, len(line)
+        elif not self.tty and now - self.last >= PROGRESS_EVERY:
+            print(self.line(snap), file=self.stream, flush=True)
+            self.last = now
+
+    @staticmethod
+    def line(snap: dict) -> str:
+        eta = "--:--" if snap["eta"] is None else _duration(snap["eta"])
+        extra = ", ".join(f"{snap[k]} {k}" for k in ("skipped", "failed") if snap[k])
+        return (f"{snap['done']}/{snap['total']} files, {snap['files_per_second']:.1f} files/s, "
+                f"{snap['mb_per_second']:.1f} MB/s in, ETA {eta}" + (f" ({extra})" if extra else ""))
+
+    def _clear(self) -> None:
+        if self.tty and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.width = 0
+
+    def close(self) -> None:
+        if self.tty and self.width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.width = 0
+
+
+def _print_batch_summary(s: dict) -> None:
+    from edge_runtime.batch import MB, SUMMARY_NAME
+
+    workers = f"{s['worker_processes']} worker processes" if s["worker_processes"] else "in this process"
+    ratio = "n/a" if s["ratio"] is None else f"{s['ratio']:.2f}:1"
+    kinds = "original : coded" if s["command"] == "encode" else "decoded : coded"
+    print(f"{s['command']} {s['input_dir']} -> {s['output_dir']}: {s['total']} files: {s['ok']} ok, "
+          f"{s['skipped']} skipped, {s['failed']} failed" + (" (interrupted)" if s["interrupted"] else ""))
+    print(f"  {s['bytes_in'] / MB:.2f} MB in, {s['bytes_out'] / MB:.2f} MB out (files coded), "
+          f"ratio {ratio} ({kinds} file bytes)")
+    print(f"  {s['wall_seconds']:.2f} s wall, {s['files_per_second']:.2f} files/s, "
+          f"{s['mb_per_second']:.2f} MB/s in, {workers}")
+    if s["failures"]:
+        print("  failed:")
+        for f in s["failures"]:
+            print(f"    {os.path.join(s['input_dir'], f['input'])}: {f['reason']}")
+    print(f"  summary: {os.path.join(s['output_dir'], SUMMARY_NAME)}")
+
+
+def _run_folder(args) -> int:
+    from edge_runtime import batch
+
+    progress = _Progress(args.command, args.input)
+    common = dict(jobs=args.jobs, force=args.force, bundle=args.bundle, kernels=args.kernels, on_file=progress)
+    try:
+        if args.command == "encode":
+            s = batch.encode_folder(args.input, args.output, encode_options=_encode_options(args), **common)
+        else:
+            s = batch.decode_folder(args.input, args.output, fmt=args.format, **common)
+    finally:
+        progress.close()
+    _print_batch_summary(s)
+    if s["interrupted"]:
+        print(f"edge-codec {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_ERROR if s["failed"] else 0
+
+
 def _run(args) -> int:
     from edge_runtime import runtime
 
+    if args.command in ("encode", "decode") and os.path.isdir(args.input):
+        return _run_folder(args)
     if args.command == "encode":
-        r = runtime.encode_file(args.input, args.output, quality=args.quality, bundle=args.bundle,
+        r = runtime.encode_file(args.input, args.output, **_encode_options(args), bundle=args.bundle,
                                 force=args.force, kernels=args.kernels)
         print(f"{r['output']}: {r['bytes']} bytes, {r['bpp']:.3f} bpp, ratio {r['ratio']:.2f}:1")
     elif args.command == "decode":
+        suffix = os.path.splitext(args.output)[1].lower()
+        if args.format and suffix not in _FORMAT_SUFFIXES[args.format]:
+            raise ValueError(f"{args.output}: --format {args.format} but the name ends in {suffix or 'nothing'!r}; "
+                             f"for one file the format follows OUT's extension")
         r = runtime.decode_file(args.input, args.output, force=args.force, bundle=args.bundle,
                                 kernels=args.kernels)
         print(f"{r['output']}: {r['rows']} x {r['cols']}, {r['frames']} frame(s)")
@@ -118,7 +258,7 @@ def main(argv=None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"edge-codec {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # never a traceback: say what failed and where
         print(f"edge-codec {args.command}: internal error on {args.input}: {type(exc).__name__}: "
               f"{_one_line(exc)}", file=sys.stderr)

@@ -1,0 +1,440 @@
+"""Folder trees through the edge codec (what `edge-codec encode|decode DIR OUTDIR` runs), TensorFlow-free.
+
+    encode_folder  every image under DIR (data.readers.list_images) -> .kcd under OUTDIR
+    decode_folder  every *.kcd under DIR -> .dcm / .png / .tif under OUTDIR
+
+The relative layout is kept. Output names, per folder:
+
+- encode: ``x.dcm -> x.kcd`` (the image suffix is replaced; an extension-less DICOM ``IM0001``
+  gives ``IM0001.kcd``). When two images of one folder would get the same name (``x.dcm`` and
+  ``x.png``), each of them keeps its full name instead: ``x.dcm.kcd``, ``x.png.kcd``.
+- decode: the format is ``fmt`` when given, else chosen by the stream: ``dcm`` when it carries a
+  DICOM header, ``tif`` for several frames, ``png`` otherwise. ``x.kcd -> x.<fmt>``; a name that
+  already ends in an image suffix has it replaced, so ``x.dcm.kcd -> x.dcm`` (the inverse of the
+  clash rule above). When two streams would get the same name, each keeps its full name:
+  ``x.dcm.kcd -> x.dcm.png``, ``x.png.kcd -> x.png.png``.
+
+Names are compared ignoring case (as a Windows or macOS file system would); names that still
+clash (they differ only in case) are reported as failures, never written over each other.
+
+Resuming: an output that exists is skipped (outputs are written atomically, so an existing one is
+complete), except a .kcd that edge_runtime.bitstream.parse refuses, which is encoded again.
+``force`` re-does everything. Planning reads each existing .kcd output (encode) or each input
+stream (decode, for its format) once, in the calling process.
+
+Work runs in ``jobs`` worker processes ("spawn": each loads the codec once, after it starts, with
+one TFLite thread), or in this process when ``jobs`` is 1 or only one file is left to do. One bad
+file never stops the batch: it is recorded as failed with a one-line reason. A worker that dies
+(a crash, out of memory) costs only its file: the files it may have held are re-run one at a time
+at the end, and the one that kills its worker again is recorded as failed. Ctrl-C lets the files
+in progress finish (their outputs are complete), then stops: the summary says ``interrupted``.
+
+The summary (returned, and written atomically to ``OUTDIR/batch_summary.json``, replacing the
+previous run's) counts files ok / skipped / failed, bytes in and out and their ratio over the files
+coded, wall time, throughput (files and input MB, 10^6 bytes, per second over the files this run
+worked on), the failures with their reasons and one record per file.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+from collections import Counter, deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+from data.readers import list_images
+from edge_runtime import bitstream as bs
+from edge_runtime import runtime
+
+__all__ = ["FORMATS", "SUMMARY_NAME", "decode_folder", "default_jobs", "encode_folder"]
+
+SUMMARY_NAME = "batch_summary.json"
+FORMATS = ("dcm", "png", "tif")
+MB = 1e6
+_IMAGE_SUFFIXES = runtime.DECODE_SUFFIXES
+_RESERVED = ("in_path", "out_path", "bundle", "force", "kernels")
+_IN_FLIGHT_PER_JOB = 2  # tasks queued per worker: enough to keep it busy, few to lose on a crash
+
+OnFile = Callable[[dict, dict], None]
+"""Called after each file with its record (the summary's ``files`` entry) and a progress snapshot:
+done, total, ok, skipped, failed, elapsed (s), files_per_second and mb_per_second (files worked on
+this run), eta (s, or None before the first file is done)."""
+
+
+def default_jobs() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def encode_folder(in_dir, out_dir, *, encode_options: Optional[dict] = None, jobs: Optional[int] = None,
+                  force: bool = False, bundle=None, kernels: str = "xnnpack",
+                  on_file: Optional[OnFile] = None) -> dict:
+    """Encode every image under ``in_dir`` to ``out_dir`` (same layout); returns the summary.
+
+    ``encode_options`` are passed as keyword arguments to runtime.encode_file (``quality``, ...).
+    ``bundle``: a bundle folder, None for the default, or (with ``jobs=1`` only) a loaded
+    (Bundle, PlaneCoder) pair.
+    """
+    options = dict(encode_options or {})
+    clash = sorted(set(options) & set(_RESERVED))
+    if clash:
+        raise ValueError(f"encode_options cannot set {', '.join(clash)}: they are encode_folder's own arguments")
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    exclude = _check_folders(in_dir, out_dir)
+    files = [p for p in list_images(in_dir) if not _excluded(p, in_dir, exclude)]
+    return _run("encode", in_dir, out_dir, _plan(files, in_dir, out_dir, force, _encode_names, _kcd_complete),
+                options, jobs, bundle, kernels, on_file, {"encode_options": options})
+
+
+def decode_folder(in_dir, out_dir, *, fmt: Optional[str] = None, jobs: Optional[int] = None, force: bool = False,
+                  bundle=None, kernels: str = "xnnpack", on_file: Optional[OnFile] = None) -> dict:
+    """Decode every .kcd under ``in_dir`` to ``out_dir`` (same layout); returns the summary.
+
+    ``fmt``: "dcm", "png" or "tif" for every file, or None to choose per stream (module docstring).
+    """
+    if fmt is not None and fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)} (or None: chosen per stream), got {fmt!r}")
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    exclude = _check_folders(in_dir, out_dir)
+    files = _find_streams(in_dir, exclude)
+    formats, unreadable = {}, {}
+    for p in files:
+        if fmt is not None:
+            formats[p] = fmt
+            continue
+        try:
+            formats[p] = _stream_format(p)
+        except (ValueError, OSError) as exc:
+            unreadable[p] = _reason(exc, p)
+    plan = _plan([p for p in files if p in formats], in_dir, out_dir, force,
+                 lambda ps: _decode_names(ps, formats), lambda p: p.is_file())
+    plan.failed += [_record(p, in_dir, None, out_dir, "failed", reason=r) for p, r in unreadable.items()]
+    return _run("decode", in_dir, out_dir, plan, {}, jobs, bundle, kernels, on_file, {"format": fmt or "auto"})
+
+
+# ---- planning -----------------------------------------------------------------------------------
+
+@dataclass
+class _Task:
+    src: Path
+    dst: Path
+    overwrite: bool
+    record: dict  # filled in as the file is done
+
+
+@dataclass
+class _Plan:
+    tasks: list
+    skipped: list
+    failed: list
+
+
+def _check_folders(in_dir: Path, out_dir: Path) -> Optional[tuple]:
+    """Refuse folder pairs that would mix outputs with inputs; the parts of OUTDIR inside DIR, if it is."""
+    if not in_dir.exists():
+        raise FileNotFoundError(f"{in_dir}: no such folder")
+    if not in_dir.is_dir():
+        raise NotADirectoryError(f"{in_dir}: not a folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir}: is a file; IN is a folder, so OUT must be a folder (new or existing)")
+    src, dst = Path(os.path.realpath(in_dir)), Path(os.path.realpath(out_dir))
+    if src == dst:
+        raise ValueError(f"{out_dir}: is the input folder; write the outputs to another folder "
+                         f"(a new subfolder of it is fine)")
+    if dst in src.parents:
+        raise ValueError(f"{out_dir}: contains the input folder {in_dir}, so outputs could land among the inputs; "
+                         f"choose an output folder outside it (or a new subfolder of the input folder)")
+    return dst.relative_to(src).parts if src in dst.parents else None
+
+
+def _excluded(path: Path, root: Path, exclude: Optional[tuple]) -> bool:
+    """Whether ``path`` (found under ``root``) lies in the output folder ``exclude`` (parts relative to root)."""
+    return exclude is not None and path.relative_to(root).parts[:len(exclude)] == exclude
+
+
+def _find_streams(root: Path, exclude: Optional[tuple]) -> list:
+    """Every *.kcd under ``root`` (sorted), skipping hidden files and folders and the output folder."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and not _excluded(here / d, root, exclude)]
+        found += [here / n for n in filenames if not n.startswith(".") and n.lower().endswith(".kcd")]
+    return sorted(found)
+
+
+def _stream_format(path: Path) -> str:
+    header, _, metadata = bs.parse(path.read_bytes(), source=path)
+    return "dcm" if metadata is not None else "tif" if header.frames > 1 else "png"
+
+
+def _strip_image_suffix(name: str) -> str:
+    stem, suffix = os.path.splitext(name)
+    return stem if suffix.lower() in _IMAGE_SUFFIXES else name
+
+
+def _encode_names(paths: list) -> dict:
+    return _assign_names(paths, lambda p: Path(p.name).stem + ".kcd", lambda p: p.name + ".kcd")
+
+
+def _decode_names(paths: list, formats: dict) -> dict:
+    def base(p):
+        return p.name[:-len(".kcd")]
+    return _assign_names(paths, lambda p: f"{_strip_image_suffix(base(p))}.{formats[p]}",
+                         lambda p: f"{base(p)}.{formats[p]}")
+
+
+def _assign_names(paths: list, short, full) -> dict:
+    """Output name per input of one folder: ``short(p)`` unless that clashes, then ``full(p)``.
+
+    ``full`` never clashes with another ``full`` except by case, so this ends; what still clashes
+    maps to None.
+    """
+    names = {p: short(p) for p in paths}
+    while True:
+        counts = Counter(n.lower() for n in names.values())
+        clashing = [p for p in paths if counts[names[p].lower()] > 1 and names[p] != full(p)]
+        if not clashing:
+            return {p: (n if counts[n.lower()] == 1 else None) for p, n in names.items()}
+        for p in clashing:
+            names[p] = full(p)
+
+
+def _plan(files: list, in_dir: Path, out_dir: Path, force: bool, namer, complete) -> _Plan:
+    """Output path of each file, and whether it is to do, already done (skipped) or impossible."""
+    plan = _Plan([], [], [])
+    folders = {}
+    for p in files:
+        folders.setdefault(p.parent, []).append(p)
+    for folder, paths in folders.items():
+        names = namer(paths)
+        rel_folder = folder.relative_to(in_dir)
+        for p in paths:
+            if names[p] is None:
+                others = [q.name for q in paths if q != p and (names[q] is None)]
+                plan.failed.append(_record(p, in_dir, None, out_dir, "failed",
+                                           reason=f"its output name clashes with that of {', '.join(others)} "
+                                                  f"(names differing only in case); rename one"))
+                continue
+            dst = out_dir / rel_folder / names[p]
+            if dst.exists() and not force and complete(dst):
+                plan.skipped.append(_record(p, in_dir, dst, out_dir, "skipped", bytes_out=_size(dst)))
+            else:
+                plan.tasks.append(_Task(p, dst, dst.exists(), _record(p, in_dir, dst, out_dir, "ok")))
+    return plan
+
+
+def _kcd_complete(path: Path) -> bool:
+    try:
+        bs.parse(path.read_bytes(), source=path)
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _record(src: Path, in_dir: Path, dst: Optional[Path], out_dir: Path, status: str, **extra) -> dict:
+    return {"input": src.relative_to(in_dir).as_posix(),
+            "output": None if dst is None else dst.relative_to(out_dir).as_posix(),
+            "status": status, "bytes_in": _size(src), "bytes_out": 0, **extra}
+
+
+def _reason(exc: BaseException, src) -> str:
+    """One line saying why a file failed, without repeating its name."""
+    text = getattr(exc, "problem", None) or str(exc) or type(exc).__name__
+    if src is not None and text.startswith(f"{src}: "):
+        text = text[len(f"{src}: "):]
+    if not isinstance(exc, (ValueError, OSError, RuntimeError)):
+        text = f"internal error: {type(exc).__name__}: {text}"
+    return " ".join(text.split())
+
+
+# ---- running ------------------------------------------------------------------------------------
+
+class _Tally:
+    """Counts and rates so far; ``snapshot()`` is what ``on_file`` receives."""
+
+    def __init__(self, total: int, to_do: int):
+        self.total, self.to_do, self.t0 = total, to_do, time.monotonic()
+        self.status = Counter()
+        self.worked = self.worked_bytes = 0
+
+    def add(self, record: dict, worked: bool) -> None:
+        self.status[record["status"]] += 1
+        if worked:
+            self.worked += 1
+            self.worked_bytes += record["bytes_in"]
+
+    def snapshot(self) -> dict:
+        elapsed = time.monotonic() - self.t0
+        rate = self.worked / elapsed if elapsed > 0 else 0.0
+        return {"done": sum(self.status.values()), "total": self.total, "ok": self.status["ok"],
+                "skipped": self.status["skipped"], "failed": self.status["failed"], "elapsed": elapsed,
+                "files_per_second": rate, "mb_per_second": self.worked_bytes / MB / elapsed if elapsed > 0 else 0.0,
+                "eta": (self.to_do - self.worked) / rate if rate > 0 else None}
+
+
+def _run(kind: str, in_dir: Path, out_dir: Path, plan: _Plan, options: dict, jobs: Optional[int], bundle,
+         kernels: str, on_file: Optional[OnFile], settings: dict) -> dict:
+    jobs = default_jobs() if jobs is None else int(jobs)
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if isinstance(bundle, tuple) and jobs > 1 and len(plan.tasks) > 1:
+        raise ValueError("a loaded (Bundle, PlaneCoder) pair works only in this process (jobs=1); "
+                         "give the bundle folder to use worker processes")
+    t0 = time.monotonic()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    tally = _Tally(len(plan.tasks) + len(plan.skipped) + len(plan.failed), len(plan.tasks))
+    records = []
+
+    def finish(record: dict, worked: bool) -> None:
+        records.append(record)
+        tally.add(record, worked)
+        if on_file is not None:
+            on_file(record, tally.snapshot())
+
+    def done(task: _Task, result: dict) -> None:
+        finish({**task.record, **result}, worked=True)
+
+    interrupted = False
+    workers = min(jobs, len(plan.tasks))
+    try:
+        for record in plan.skipped + plan.failed:
+            finish(record, worked=False)
+        if workers <= 1:
+            codec = bundle if isinstance(bundle, tuple) else runtime.load_codec(bundle, kernels=kernels)
+            for task in plan.tasks:
+                done(task, _code_one(kind, codec, task.src, task.dst, task.overwrite, options))
+        else:
+            args = (kind, options)
+            biggest_first = sorted(plan.tasks, key=lambda t: -t.record["bytes_in"])  # no big file left for last
+            suspects = _run_pool(_work, args, biggest_first, workers, (bundle, kernels), done)
+            for task in suspects:  # alone, so a crash can only be this file's
+                if _run_pool(_work, args, [task], 1, (bundle, kernels), done):
+                    done(task, {"status": "failed", "reason": "the worker process died while coding it "
+                                                              "(a crash, or out of memory)"})
+    except KeyboardInterrupt:
+        interrupted = True
+    summary = _summary(kind, in_dir, out_dir, tally.total, records, time.monotonic() - t0, started, jobs, workers,
+                       settings, interrupted)
+    data = (json.dumps(summary, indent=1) + "\n").encode()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bs.atomic_write_bytes(out_dir / SUMMARY_NAME, data, overwrite=True)
+    return summary
+
+
+def _code_one(kind: str, codec, src: Path, dst: Path, overwrite: bool, options: dict) -> dict:
+    """Encode or decode one file; a failure becomes a record, never an exception."""
+    t0 = time.perf_counter()
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "encode":
+            r = runtime.encode_file(src, dst, bundle=codec, force=overwrite, **options)
+            extra = {"bpp": r["bpp"], "cr": r["ratio"]}
+        else:
+            runtime.decode_file(src, dst, bundle=codec, force=overwrite)
+            extra = {}
+        return {"status": "ok", "bytes_out": dst.stat().st_size, "seconds": time.perf_counter() - t0, **extra}
+    except Exception as exc:  # one bad file never stops the batch
+        return {"status": "failed", "reason": _reason(exc, src), "seconds": time.perf_counter() - t0}
+
+
+_worker_codec = None
+_worker_problem = None
+
+
+def _init_worker(bundle, kernels: str) -> None:
+    """Pool initializer: load the codec once per worker (in the worker: never share TFLite across a fork)."""
+    global _worker_codec, _worker_problem
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it lets running files finish
+    try:
+        _worker_codec = runtime.load_codec(bundle, kernels=kernels, num_threads=1)
+    except Exception as exc:
+        _worker_problem = " ".join((str(exc) or type(exc).__name__).split())
+
+
+def _work(kind: str, options: dict, src: Path, dst: Path, overwrite: bool) -> dict:
+    if _worker_codec is None:
+        return {"fatal": _worker_problem}
+    return _code_one(kind, _worker_codec, src, dst, overwrite, options)
+
+
+def _run_pool(work, args: tuple, tasks: list, jobs: int, initargs: tuple, done) -> list:
+    """Run ``work(*args, src, dst, overwrite)`` for each task in ``jobs`` spawned workers.
+
+    Returns the tasks that were in a worker, or queued for one, when a worker died: each of them
+    may be the cause. A worker whose codec failed to load stops the batch (RuntimeError).
+    """
+    ctx = multiprocessing.get_context("spawn")
+    queue, suspects = deque(tasks), []
+    while queue:
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=initargs) as pool:
+            running = {}
+            try:
+                while queue or running:
+                    while queue and len(running) < _IN_FLIGHT_PER_JOB * jobs:
+                        task = queue.popleft()
+                        running[pool.submit(work, *args, task.src, task.dst, task.overwrite)] = task
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    broken = any(isinstance(f.exception(), BrokenProcessPool) for f in finished)
+                    if broken:
+                        finished, _ = wait(running)  # a broken pool fails every pending call at once
+                    for f in finished:
+                        task = running.pop(f)
+                        if isinstance(f.exception(), BrokenProcessPool):
+                            suspects.append(task)
+                            continue
+                        result = f.result()
+                        if "fatal" in result:
+                            raise RuntimeError(result["fatal"])
+                        done(task, result)
+                    if broken:
+                        break  # start a new pool for the rest of the queue
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                for f, task in running.items():
+                    if f.done() and not f.cancelled() and f.exception() is None and "fatal" not in f.result():
+                        done(task, f.result())
+                raise
+    return suspects
+
+
+def _summary(kind: str, in_dir: Path, out_dir: Path, total: int, records: list, wall: float, started: str,
+             jobs: int, workers: int, settings: dict, interrupted: bool) -> dict:
+    """The batch in numbers (module docstring); ``ratio`` is uncompressed : compressed file bytes.
+
+    ``total`` counts the files found; after an interruption, ``files`` holds only those finished.
+    """
+    records = sorted(records, key=lambda r: r["input"])
+    count = Counter(r["status"] for r in records)
+    ok = [r for r in records if r["status"] == "ok"]
+    worked = [r for r in records if "seconds" in r]
+    bytes_in, bytes_out = sum(r["bytes_in"] for r in ok), sum(r["bytes_out"] for r in ok)
+    coded, plain = (bytes_out, bytes_in) if kind == "encode" else (bytes_in, bytes_out)
+    wall = max(wall, 1e-9)
+    return {
+        "command": kind, "input_dir": str(in_dir.resolve()), "output_dir": str(out_dir.resolve()), **settings,
+        "jobs": jobs, "worker_processes": workers if workers > 1 else 0, "started": started,
+        "interrupted": interrupted, "total": total, "ok": count["ok"], "skipped": count["skipped"],
+        "failed": count["failed"], "bytes_in": bytes_in, "bytes_out": bytes_out,
+        "ratio": round(plain / coded, 4) if coded else None, "wall_seconds": round(wall, 3),
+        "files_per_second": round(len(worked) / wall, 3),
+        "mb_per_second": round(sum(r["bytes_in"] for r in worked) / MB / wall, 3),
+        "failures": [{"input": r["input"], "reason": r["reason"]} for r in records if r["status"] == "failed"],
+        "files": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in records],
+    }

@@ -1,0 +1,204 @@
+"""`edge-codec encode|decode DIR OUTDIR`: layout, names, resuming, failures, workers, summary."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.readers import read_image
+from edge_runtime import batch, runtime
+from edge_runtime.cli import _Progress, main
+
+Q = "6"
+EXPECTED_KCD = {"ct.kcd", "sub/gray.dcm.kcd", "sub/gray.png.kcd"}  # gray.dcm and gray.png keep their full names
+
+
+@pytest.fixture
+def tree(tmp_path, synthetic_dcm) -> Path:
+    """ct.dcm, sub/gray.dcm + sub/gray.png (same stem), sub/deep/bad.dcm (text), notes.txt (not an image)."""
+    from data.image import Image
+    from data.writers import write_dicom, write_png
+
+    root = tmp_path / "in"
+    (root / "sub" / "deep").mkdir(parents=True)
+    shutil.copy(synthetic_dcm, root / "ct.dcm")
+    px = read_image(synthetic_dcm).pixels
+    write_dicom(root / "sub" / "gray.dcm", Image(pixels=px // 3, bits_stored=12, signed=False, modality="OT"))
+    write_png(root / "sub" / "gray.png", Image(pixels=(px // 16).astype(np.uint8), bits_stored=8, signed=False))
+    (root / "sub" / "deep" / "bad.dcm").write_text("not an image\n" * 20)
+    (root / "notes.txt").write_text("ignored")
+    return root
+
+
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _summary(folder: Path) -> dict:
+    return json.loads((folder / batch.SUMMARY_NAME).read_text())
+
+
+def _counts(s: dict) -> tuple:
+    return s["ok"], s["skipped"], s["failed"]
+
+
+def test_encode_decode_tree_resume_and_force(tree, tmp_path, bundle_path, codec, capsys):
+    out, dec = tmp_path / "out", tmp_path / "dec"
+    args = ["--bundle", str(bundle_path), "--jobs", "1"]
+    assert main(["encode", str(tree), str(out), "--quality", Q] + args) == 1
+    io_ = capsys.readouterr()
+    failed_lines = [ln for ln in io_.err.splitlines() if "failed:" in ln]
+    assert len(failed_lines) == 1 and "sub/deep/bad.dcm" in failed_lines[0] and "Traceback" not in io_.err
+    assert "3 ok, 0 skipped, 1 failed" in io_.out and "bad.dcm" in io_.out
+
+    kcd = {k: v for k, v in _files(out).items() if k.endswith(".kcd")}
+    assert set(kcd) == EXPECTED_KCD
+    for rel, name in (("ct.kcd", "ct.dcm"), ("sub/gray.dcm.kcd", "sub/gray.dcm"), ("sub/gray.png.kcd", "sub/gray.png")):
+        single = tmp_path / "single.kcd"
+        runtime.encode_file(tree / name, single, quality=int(Q), bundle=codec, force=True)
+        assert kcd[rel] == single.read_bytes(), rel
+    s = _summary(out)
+    assert _counts(s) == (3, 0, 1) and s["total"] == 4 and s["encode_options"] == {"quality": int(Q)}
+    assert [f["input"] for f in s["failures"]] == ["sub/deep/bad.dcm"] and "DICOM" in s["failures"][0]["reason"]
+    assert s["bytes_in"] == sum((tree / n).stat().st_size for n in ("ct.dcm", "sub/gray.dcm", "sub/gray.png"))
+    assert s["bytes_out"] == sum(len(v) for v in kcd.values())
+
+    # Decode: the format follows the stream (DICOM header -> .dcm), x.dcm.kcd -> x.dcm.
+    assert main(["decode", str(out), str(dec)] + args) == 0
+    assert set(_files(dec)) == {"ct.dcm", "sub/gray.dcm", "sub/gray.png", batch.SUMMARY_NAME}
+    for rel in ("ct", "sub/gray.dcm", "sub/gray.png"):
+        name = rel if "." in rel else rel + ".dcm"
+        single = tmp_path / ("single" + Path(name).suffix)
+        runtime.decode_file(out / (rel + ".kcd"), single, bundle=codec, force=True)
+        assert np.array_equal(read_image(dec / name).pixels, read_image(single).pixels), rel
+    assert (dec / "sub" / "gray.png").read_bytes() == single.read_bytes()
+    capsys.readouterr()
+
+    # A second run skips what is done (the bad file fails again); a broken .kcd is redone.
+    assert main(["encode", str(tree), str(out), "--quality", Q] + args) == 1
+    assert _counts(_summary(out)) == (0, 3, 1)
+    assert main(["decode", str(out), str(dec)] + args) == 0
+    assert _counts(_summary(dec)) == (0, 3, 0)
+    (out / "ct.kcd").write_bytes(kcd["ct.kcd"][:-10])
+    assert main(["encode", str(tree), str(out), "--quality", Q] + args) == 1
+    s = _summary(out)
+    assert _counts(s) == (1, 2, 1) and [f["input"] for f in s["files"] if f["status"] == "ok"] == ["ct.dcm"]
+    assert (out / "ct.kcd").read_bytes() == kcd["ct.kcd"]
+
+    # --force redoes everything, to the same bytes.
+    assert main(["encode", str(tree), str(out), "--quality", Q, "--force"] + args) == 1
+    assert _counts(_summary(out)) == (3, 0, 1)
+    assert {k: v for k, v in _files(out).items() if k.endswith(".kcd")} == kcd
+    assert not [p for p in out.rglob(".*")]  # no temporary files left
+
+
+def test_two_jobs_give_the_same_bytes_as_one(tree, tmp_path, bundle_path):
+    (tree / "sub" / "deep" / "bad.dcm").unlink()
+    one, two = tmp_path / "one", tmp_path / "two"
+    s1 = batch.encode_folder(tree, one, encode_options={"quality": int(Q)}, jobs=1, bundle=bundle_path)
+    s2 = batch.encode_folder(tree, two, encode_options={"quality": int(Q)}, jobs=2, bundle=bundle_path)
+    assert s2["worker_processes"] == 2 and _counts(s1) == _counts(s2) == (3, 0, 0)
+    f1, f2 = _files(one), _files(two)
+    f1.pop(batch.SUMMARY_NAME), f2.pop(batch.SUMMARY_NAME)
+    assert f1 == f2 and set(f1) == EXPECTED_KCD
+    d1, d2 = tmp_path / "d1", tmp_path / "d2"
+    batch.decode_folder(one, d1, fmt="tif", jobs=1, bundle=bundle_path)
+    batch.decode_folder(one, d2, fmt="tif", jobs=2, bundle=bundle_path)
+    # --format for all: gray.dcm.kcd and gray.png.kcd would both be gray.tif, so they keep full names.
+    assert set(_files(d1)) == set(_files(d2)) == {"ct.tif", "sub/gray.dcm.tif", "sub/gray.png.tif", batch.SUMMARY_NAME}
+    for rel in ("ct.tif", "sub/gray.dcm.tif", "sub/gray.png.tif"):
+        assert (d1 / rel).read_bytes() == (d2 / rel).read_bytes()
+
+
+def test_output_folder_inside_the_input_folder(tree, tmp_path, bundle_path, capsys):
+    args = ["--bundle", str(bundle_path), "--jobs", "1", "--quality", Q]
+    assert main(["encode", str(tree), str(tree)] + args) == 1
+    assert "is the input folder" in capsys.readouterr().err
+    assert main(["encode", str(tree / "sub"), str(tree)] + args) == 1
+    assert "contains the input folder" in capsys.readouterr().err
+    assert not list(tree.rglob("*.kcd")) and not (tree / batch.SUMMARY_NAME).exists()
+
+    inner = tree / "coded"
+    (inner / "old").mkdir(parents=True)
+    shutil.copy(tree / "sub" / "gray.png", inner / "old" / "stray.png")  # an image inside OUTDIR is not an input
+    (tree / "sub" / "deep" / "bad.dcm").unlink()
+    assert main(["encode", str(tree), str(inner)] + args) == 0
+    s = _summary(inner)
+    assert _counts(s) == (3, 0, 0) and not any("stray" in f["input"] for f in s["files"])
+    assert main(["decode", str(inner), str(inner / "dec"), "--bundle", str(bundle_path), "--jobs", "1"]) == 0
+    assert _counts(_summary(inner / "dec")) == (3, 0, 0)
+    assert main(["decode", str(inner), str(inner / "dec"), "--bundle", str(bundle_path), "--jobs", "1"]) == 0
+    assert _counts(_summary(inner / "dec")) == (0, 3, 0)
+
+
+def test_corrupt_stream_in_decode_and_interrupt(tree, tmp_path, bundle_path, codec):
+    (tree / "sub" / "deep" / "bad.dcm").unlink()
+    out = tmp_path / "out"
+    batch.encode_folder(tree, out, encode_options={"quality": int(Q)}, jobs=1, bundle=codec)
+    (out / "sub" / "zz.kcd").write_bytes(b"KCD1" + bytes(60))
+    s = batch.decode_folder(out, tmp_path / "dec", jobs=1, bundle=codec)
+    assert _counts(s) == (3, 0, 1) and s["failures"][0]["input"] == "sub/zz.kcd"
+    assert "CRC" in s["failures"][0]["reason"] or "stream" in s["failures"][0]["reason"]
+
+    seen = []
+
+    def stop_after_first(record, snap):
+        seen.append((record["status"], snap["done"], snap["total"]))
+        if record["status"] == "ok":
+            raise KeyboardInterrupt
+
+    s = batch.decode_folder(out, tmp_path / "dec2", jobs=1, bundle=codec, on_file=stop_after_first)
+    assert s["interrupted"] and _counts(s) == (1, 0, 1) and s["total"] == 4
+    assert seen[-1] == ("ok", 2, 4)  # the planned failure first, then the first decoded file of four
+    assert _summary(tmp_path / "dec2")["interrupted"] is True
+
+
+def test_bad_options_are_refused(tree, tmp_path, codec):
+    with pytest.raises(ValueError, match="force"):
+        batch.encode_folder(tree, tmp_path / "o", encode_options={"force": True}, bundle=codec)
+    with pytest.raises(ValueError, match="format"):
+        batch.decode_folder(tree, tmp_path / "o", fmt="jpg", bundle=codec)
+    with pytest.raises(ValueError, match="jobs=1"):
+        batch.encode_folder(tree, tmp_path / "o", jobs=2, bundle=codec)
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_line():
+    snap = {"done": 2, "total": 4, "ok": 1, "skipped": 0, "failed": 1, "elapsed": 2.0, "files_per_second": 1.0,
+            "mb_per_second": 0.5, "eta": 125.0}
+    tty = _Tty()
+    p = _Progress("encode", "in", stream=tty)
+    p({"status": "failed", "input": "a/b.dcm", "reason": "broken"}, snap)
+    p.close()
+    text = tty.getvalue()
+    assert f"failed: {os.path.join('in', 'a/b.dcm')}: broken\n" in text
+    assert "\r2/4 files, 1.0 files/s, 0.5 MB/s in, ETA 2:05 (1 failed)" in text and text.endswith("\n")
+    plain = io.StringIO()
+    p = _Progress("encode", "in", stream=plain)
+    p({"status": "ok", "input": "a.dcm"}, {**snap, "failed": 0})
+    assert plain.getvalue() == ""  # not a terminal: a line every few seconds, not per file
+
+
+def _die_on_crash(kind, options, src, dst, overwrite):
+    """Runs in a spawned worker (where batch._work is the real one): a file named crash* kills it."""
+    if Path(src).name.startswith("crash"):
+        os._exit(7)
+    return batch._work(kind, options, src, dst, overwrite)
+
+
+def test_a_dying_worker_costs_only_its_file(tree, tmp_path, bundle_path, monkeypatch):
+    (tree / "sub" / "deep" / "bad.dcm").unlink()
+    shutil.copy(tree / "ct.dcm", tree / "crash.dcm")
+    monkeypatch.setattr(batch, "_work", _die_on_crash)  # pickled by name: workers import this module
+    s = batch.encode_folder(tree, tmp_path / "out", encode_options={"quality": int(Q)}, jobs=2, bundle=bundle_path)
+    assert _counts(s) == (3, 0, 1) and s["failures"][0]["input"] == "crash.dcm"
+    assert "worker process died" in s["failures"][0]["reason"]
