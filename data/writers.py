@@ -102,11 +102,13 @@ def write_tiff(path, image: Image, *, overwrite: bool = False) -> Path:
 
 
 def write_dicom(path, image: Image, *, lossy: bool = False, ratio: Optional[float] = None,
-                method: Optional[str] = None, overwrite: bool = False) -> Path:
+                method: Optional[str] = None, overwrite: bool = False, mark_lossless: bool = False) -> Path:
     """Write ``image`` as an uncompressed DICOM file with a new SOP Instance UID.
 
     With ``lossy=True``, ``ratio`` (original size / compressed size) is
-    required and ``method`` defaults to :data:`DEFAULT_LOSSY_METHOD`.
+    required and ``method`` defaults to :data:`DEFAULT_LOSSY_METHOD`. With
+    ``mark_lossless=True`` (a lossless decode) Lossy Image Compression is set to
+    "00", unless the source already says "01" (once lossy, always lossy).
     """
     import pydicom
 
@@ -126,6 +128,8 @@ def write_dicom(path, image: Image, *, lossy: bool = False, ratio: Optional[floa
     _set_pixels(ds, image)
     if lossy:
         _mark_lossy(ds, ratio, method)
+    elif mark_lossless and str(ds.get("LossyImageCompression", "")).strip() != "01":
+        ds.LossyImageCompression = "00"
     buf = io.BytesIO()
     try:
         pydicom.dcmwrite(buf, ds, enforce_file_format=True)

@@ -4,7 +4,9 @@ and (once exported) the TFLite graphs. Its model id is the SHA-256 of those file
     manifest.json   format version, config, quality table, levels, tile size, training run
     context.npz     integer context weights (detail, ll)
     tables.npz      integer entropy tables (freqs, lengths, tails)
-    *.tflite        analysis / synthesis graphs (optional; the workstation may use Keras instead)
+    residual.npz    integer residual model of the error-bounded / lossless mode (optional)
+    *.tflite        analysis / synthesis graphs (optional; the workstation may use Keras instead);
+                    postfilter.tflite is an int8 bundle's full-integer post-filter
 """
 from __future__ import annotations
 
@@ -17,11 +19,12 @@ import numpy as np
 
 from edge_runtime.context import ContextWeights
 from edge_runtime.entropy import EntropyTables
+from edge_runtime.residual import RESIDUAL_FILE, ResidualModel
 from edge_runtime.subband_coder import CodingModel
 
 BUNDLE_FORMAT = 1
-_HASHED = ("manifest.json", "context.npz", "tables.npz", "postfilter.npz", "encoder.tflite", "hyper_decoder.tflite",
-           "decoder.tflite")
+_HASHED = ("manifest.json", "context.npz", "tables.npz", "residual.npz", "postfilter.npz", "encoder.tflite",
+           "hyper_decoder.tflite", "decoder.tflite", "postfilter.tflite")
 
 
 class InvalidBundleError(ValueError):
@@ -34,6 +37,7 @@ class Bundle:
     manifest: dict
     coding: CodingModel
     model_id: bytes
+    residual: ResidualModel | None = None
 
 
 def model_id_of(folder: Path) -> bytes:
@@ -70,11 +74,15 @@ def load_bundle(folder) -> Bundle:
             weights = ContextWeights(detail=z["detail"], ll=z["ll"])
         with np.load(folder / "tables.npz") as z:
             tables = EntropyTables.from_arrays(z)
+        residual = None
+        if (folder / RESIDUAL_FILE).is_file():
+            with np.load(folder / RESIDUAL_FILE) as z:
+                residual = ResidualModel.from_arrays(z)
     except (OSError, KeyError, ValueError) as exc:
         raise InvalidBundleError(f"{folder}: damaged model bundle: {exc}") from exc
     if manifest.get("format") != BUNDLE_FORMAT:
         raise InvalidBundleError(f"{folder}: bundle format {manifest.get('format')}, this runtime reads {BUNDLE_FORMAT}")
-    return Bundle(folder, manifest, CodingModel(weights, tables), model_id_of(folder))
+    return Bundle(folder, manifest, CodingModel(weights, tables), model_id_of(folder), residual)
 
 
 def default_bundle_path() -> Path:

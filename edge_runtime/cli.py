@@ -1,7 +1,8 @@
 """`edge-codec`: the TensorFlow-free command line for carts and tablets.
 
-    edge-codec encode IN OUT.kcd [--quality Q] [--bundle B] [--force]
-    edge-codec encode DIR OUTDIR [--quality Q] [--jobs N] [--bundle B] [--force]
+    edge-codec encode IN OUT.kcd [--quality Q | --max-error D | --target-psnr P | --target-bpp B]
+                                 [--bundle B] [--force]
+    edge-codec encode DIR OUTDIR [same options] [--jobs N]
     edge-codec decode IN.kcd OUT.(dcm|png|tif) [--bundle B] [--force]
     edge-codec decode DIR OUTDIR [--format dcm|png|tif] [--jobs N] [--bundle B] [--force]
     edge-codec info IN.kcd
@@ -33,7 +34,7 @@ EXIT_INTERRUPTED = 130
 PROGRESS_EVERY = 5.0
 """Seconds between progress lines when stderr is not a terminal."""
 
-ENCODE_OPTIONS = ("quality",)
+ENCODE_OPTIONS = ("quality", "max_error", "target_psnr", "target_bpp")
 """Encoding options set on the command line: runtime.encode_file keyword arguments, the same for one
 file and for a folder (add a new option's argument in build_parser and its name here)."""
 
@@ -65,9 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help="DICOM/PNG/TIFF -> .kcd (a file, or every image under a folder)")
     enc.add_argument("input", metavar="IN", help="an image file, or a folder")
     enc.add_argument("output", metavar="OUT.kcd", help="the .kcd to write, or the output folder when IN is a folder")
-    enc.add_argument("--quality", "-q", type=int, default=DEFAULT_QUALITY, choices=QUALITY_LEVELS, metavar="Q",
-                     help=f"{QUALITY_LEVELS[0]}..{QUALITY_LEVELS[-1]}, higher is better "
+    how = enc.add_mutually_exclusive_group()
+    how.add_argument("--quality", "-q", type=int, default=None, choices=QUALITY_LEVELS, metavar="Q",
+                     help=f"lossy, {QUALITY_LEVELS[0]}..{QUALITY_LEVELS[-1]}, higher is better "
                           f"(about 12 + 2Q dB; default {DEFAULT_QUALITY})")
+    how.add_argument("--max-error", type=_non_negative_int, default=None, metavar="D",
+                     help="every pixel within D stored units of the original (0: lossless), checked before writing")
+    how.add_argument("--target-psnr", type=float, default=None, metavar="P",
+                     help="the lowest quality reaching P dB (beyond the finest level: an error bound)")
+    how.add_argument("--target-bpp", type=float, default=None, metavar="B",
+                     help="the highest quality within B bits per sample (beyond the finest level: an error bound)")
 
     dec = sub.add_parser("decode", parents=[common, bundle, force, jobs],
                          help=".kcd -> DICOM/PNG/TIFF (a file, or every .kcd under a folder)")
@@ -96,6 +104,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def _encode_options(args) -> dict:
     """The runtime.encode_file keyword arguments given on the command line (one file or a folder)."""
     return {name: getattr(args, name) for name in ENCODE_OPTIONS if getattr(args, name, None) is not None}
@@ -117,7 +135,8 @@ def _print_info(d: dict) -> None:
         ("geometry", f"{d['rows']} x {d['cols']}, {d['frames']} frame(s), {d['samples']} sample(s)"),
         ("pixels", f"{d['dtype']}, {d['bits_stored']} bits stored, {d['photometric']}"),
         ("model id", f"{d['model_id']} (known: {known})"),
-        ("quality", f"{d['quality']} ({d['mode']})"),
+        ("mode", f"lossy, quality {d['quality']}" if d["mode"] == "lossy" else
+         f"{d['mode']} (every pixel within {d['max_error']} of the original; base quality per tile)"),
         ("coding", f"up to {d['levels']} wavelet levels, tiles {d['tile'][0]} x {d['tile'][1]} ({d['tiles']} in all)"),
         ("bytes", f"{d['bytes']} ({d['pixel_bytes']} pixel stream)"),
         ("bpp", f"{d['bpp']:.4f} (ratio {d['ratio']:.2f}:1)"),
@@ -223,7 +242,9 @@ def _run(args) -> int:
     if args.command == "encode":
         r = runtime.encode_file(args.input, args.output, **_encode_options(args), bundle=args.bundle,
                                 force=args.force, kernels=args.kernels)
-        print(f"{r['output']}: {r['bytes']} bytes, {r['bpp']:.3f} bpp, ratio {r['ratio']:.2f}:1")
+        how = f"quality {r['quality']}" if r["mode"] == "lossy" else r["mode"]
+        reached = f", PSNR {r['psnr']:.2f} dB (target {r['target']})" if "target" in r else ""
+        print(f"{r['output']}: {r['bytes']} bytes, {r['bpp']:.3f} bpp, ratio {r['ratio']:.2f}:1, {how}{reached}")
     elif args.command == "decode":
         suffix = os.path.splitext(args.output)[1].lower()
         if args.format and suffix not in _FORMAT_SUFFIXES[args.format]:

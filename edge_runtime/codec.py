@@ -7,26 +7,51 @@ here, in numpy, so both sides produce and read the same bytes.
 """
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 from data.image import Image
 from edge_runtime import bitstream as bs
+from edge_runtime import exact_dwt
+from edge_runtime import residual as res
 from edge_runtime.subband_coder import CodingModel, decode_subbands, encode_subbands
 
 QUALITY_LEVELS = tuple(range(1, 23))
+BASE_QUALITIES = tuple(range(1, 31))
+"""Base qualities of error-bounded tiles: the lossy levels and finer ones (up to about 72 dB)."""
+SEARCH_START = (14, 20, 26)
+SEARCH_SIDE = 256
 _STEP_K = np.sqrt(12.0) * 0.75
 
 
 def nominal_psnr(quality: int) -> float:
     """Quality q aims at about 12 + 2q dB PSNR over the plane's dynamic range (smooth images get more)."""
-    if quality not in QUALITY_LEVELS:
+    if quality not in BASE_QUALITIES:
         raise ValueError(f"quality must be in {QUALITY_LEVELS[0]}..{QUALITY_LEVELS[-1]}, got {quality}")
     return 12.0 + 2.0 * quality
 
 
+# √12·0.75·10^(−(12+2q)/20) for q = 1..30, written out bit for bit: a libm `pow` may round
+# differently on another CPU, and the error-bounded mode needs the same base on every decoder.
+_STEPS = tuple(float.fromhex(h) for h in (
+    '0x1.0969ac9c0f6e6p-1', '0x1.a5a655c123504p-2', '0x1.4eeda4f717a87p-2',
+    '0x1.0a0b02501c79ap-2', '0x1.a6a6a3f8fe48ap-3', '0x1.4fb93c30f996cp-3',
+    '0x1.0aacba15f707ap-3', '0x1.a7a78dfd583b6p-4', '0x1.50854f2c3d223p-4',
+    '0x1.0b4ed4293c000p-4', '0x1.a8a9142ce57d6p-5', '0x1.5151de341c403p-5',
+    '0x1.0bf150c5ac86cp-5', '0x1.a9ab36e693f5cp-6', '0x1.521ee993fea08p-6',
+    '0x1.0c9430272e121p-6', '0x1.aaadf6898b3fbp-7', '0x1.52ec719779c91p-7',
+    '0x1.0d377289ca81cp-7', '0x1.abb153752cccdp-8', '0x1.53ba768a5130fp-8',
+    '0x1.0ddb1829b0338p-8', '0x1.acb54e09140adp-9', '0x1.5488f8b8765e3p-9',
+    '0x1.0e7f2143321a0p-9', '0x1.adb9e6a516835p-10', '0x1.5557f86e08ffdp-10',
+    '0x1.0f238e12c7d41p-10', '0x1.aebf1da94402dp-11', '0x1.562775f7570a4p-11',
+))
+
+
 def quantizer_step(quality: int) -> float:
-    """Quantizer step in normalized units ([0, 1] = the plane's dynamic range)."""
-    return float(_STEP_K * 10.0 ** (-nominal_psnr(quality) / 20.0))
+    """Quantizer step in normalized units ([0, 1] = the plane's dynamic range): √12·0.75·10^(−PSNR/20)."""
+    nominal_psnr(quality)  # validates
+    return _STEPS[quality - 1]
 
 
 def levels_for(rows: int, cols: int, max_levels: int) -> int:
@@ -82,11 +107,18 @@ class PlaneCoder:
     pairs are equal (flat, synthetic content), which spares natural images the second
     encode. A tile stream is one byte (the transform's position in that list) followed
     by the subband stream.
+
+    Error-bounded tiles (`encode_bounded`, max error D >= 0, D = 0 lossless) are a base
+    tile stream plus the residual (edge_runtime.residual) against the base as
+    `decode_exact` reconstructs it: numpy float64 lifting without the post-filter, the
+    same bits on every CPU. Their stream is: uint8 base quality, uint32 divisor g, uint32
+    base length (little-endian), the base tile stream, the residual's range-coded words.
     """
 
-    def __init__(self, params: dict, coding: CodingModel, transforms):
+    def __init__(self, params: dict, coding: CodingModel, transforms, residual: res.ResidualModel | None = None):
         self.p = params
         self.coding = coding
+        self.residual = residual
         if not isinstance(transforms, dict):
             transforms = {params.get("wavelet", "cdf97"): transforms}
         self.transforms = transforms
@@ -128,10 +160,9 @@ class PlaneCoder:
             stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + 8 + best[2]["estimated_bits"]
         return best[1]
 
-    def decode(self, data: bytes, rows: int, cols: int, quality: int) -> np.ndarray:
+    def _decode_bands(self, data: bytes, rows: int, cols: int, quality: int):
         if len(data) < 1 or data[0] >= len(self.names):
             raise ValueError("tile stream names an unknown transform")
-        name = self.names[data[0]]
         levels = self.levels(rows, cols)
         pr, pc = padded_shape(rows, cols, levels)
         q = decode_subbands(data[1:], _band_shapes(pr, pc, levels), self.coding)
@@ -139,8 +170,83 @@ class PlaneCoder:
         bias = float(self.p["recon_bias"])
         bands = [q[0].astype(np.float32) * step] + [tuple((dequantize(b, bias) * step).astype(np.float32)
                                                           for b in trio) for trio in q[1:]]
+        return self.names[data[0]], levels, bands, step
+
+    def decode(self, data: bytes, rows: int, cols: int, quality: int) -> np.ndarray:
+        name, levels, bands, step = self._decode_bands(data, rows, cols, quality)
         y = self.transforms[name].synthesis(bands, levels, step=step)
         return y[:rows, :cols]
+
+    def decode_exact(self, data: bytes, rows: int, cols: int, quality: int) -> np.ndarray:
+        """The plane without the post-filter, through the float64 numpy lifting: bit-reproducible."""
+        name, levels, bands, _step = self._decode_bands(data, rows, cols, quality)
+        y = exact_dwt.synthesis(bands, levels, name, self.p.get("mode", "symmetric"))
+        return y[:rows, :cols]
+
+    def _residual_model(self) -> res.ResidualModel:
+        if self.residual is None:
+            raise ValueError("this model bundle has no residual model (residual.npz), so it cannot code with "
+                             "a max error or losslessly; use a bundle made by keras-codec train")
+        return self.residual
+
+    def encode_bounded(self, x: np.ndarray, lo: int, hi: int, max_error: int, quality: int | None = None,
+                       stats: dict | None = None) -> bytes:
+        """Tile stream of integer tile `x` (values in [lo, hi]) within `max_error` of it.
+
+        Values are first divided by the greatest common divisor g of x - lo (8-bit data
+        stored in 16 bits, palettes: g = 256 or 257), with the bound D // g. The base
+        quality is `quality`, or with None the one search_base_quality finds.
+        """
+        x = np.asarray(x, np.int64)
+        g = max(int(np.gcd.reduce((x - lo).ravel())), 1) if x.size else 1
+        u, top, d = (x - lo) // g, (hi - lo) // g, int(max_error) // g
+        if quality is None:
+            quality = self.search_base_quality(u, top, d)
+        st = {} if stats is not None else None
+        base_stream, body = self._bounded_body(u, top, d, quality, st)
+        if stats is not None:
+            stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + 72 + st["estimated_bits"]
+        return struct.pack("<BII", quality, g, len(base_stream)) + base_stream + body
+
+    def _bounded_body(self, u: np.ndarray, top: int, d: int, quality: int, stats=None) -> tuple[bytes, bytes]:
+        """(base tile stream, residual stream) of integer tile u in [0, top] within d."""
+        model = self._residual_model()
+        base_stream = self.encode(u / float(max(top, 1)), quality, stats=stats)
+        base = res.reconstruct_base(self.decode_exact(base_stream, *u.shape, quality), 0, top)
+        return base_stream, res.encode_residual(res.quantize(u - base, d), base, d, model, stats=stats)
+
+    def search_base_quality(self, u: np.ndarray, top: int, d: int) -> int:
+        """The base quality giving the shortest stream, on a central crop of at most SEARCH_SIDE².
+
+        Coarse to fine over BASE_QUALITIES: SEARCH_START, then ±3, then ±1 around the best so
+        far (the size is close to unimodal in the quality): at most 7 trial encodes.
+        """
+        r0, c0 = max(0, (u.shape[0] - SEARCH_SIDE) // 2), max(0, (u.shape[1] - SEARCH_SIDE) // 2)
+        crop = u[r0:r0 + SEARCH_SIDE, c0:c0 + SEARCH_SIDE]
+        sizes = {}
+
+        def size(q):
+            if q not in sizes:
+                sizes[q] = sum(map(len, self._bounded_body(crop, top, d, q))) if q in BASE_QUALITIES else np.inf
+            return sizes[q]
+
+        best = min(SEARCH_START, key=size)
+        for delta in (3, 1):
+            best = min((best - delta, best, best + delta), key=size)
+        return best
+
+    def decode_bounded(self, data: bytes, rows: int, cols: int, lo: int, hi: int, max_error: int) -> np.ndarray:
+        """Inverse of encode_bounded: the integer tile, every pixel within `max_error` of the original."""
+        model = self._residual_model()
+        if len(data) < 9:
+            raise ValueError("error-bounded tile stream shorter than its 9-byte header")
+        q, g, n = struct.unpack_from("<BII", data, 0)
+        if q not in BASE_QUALITIES or not 1 <= g <= max(hi - lo, 1) or n > len(data) - 9:
+            raise ValueError(f"error-bounded tile header (quality {q}, divisor {g}, base length {n}) is inconsistent")
+        top, d = (hi - lo) // g, int(max_error) // g
+        base = res.reconstruct_base(self.decode_exact(data[9:9 + n], rows, cols, q), 0, top)
+        u = res.dequantize(base, res.decode_residual(data[9 + n:], base, d, model), d, 0, top)
+        return lo + g * u
 
 
 def _equal_pair_fraction(x: np.ndarray) -> float:
@@ -157,13 +263,21 @@ def _planes(image: Image):
             yield image.pixels[f, :, :, s]
 
 
-def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: int,
-                 tile: int = 2048, metadata: bytes | None = None, stats: dict | None = None) -> bytes:
+def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: int | None,
+                 tile: int = 2048, metadata: bytes | None = None, stats: dict | None = None,
+                 max_error: int | None = None) -> bytes:
     """Image -> .kcd bytes (every frame and sample plane, tile by tile).
 
-    `stats` (optional) receives "estimated_bits": the model's code length of the tile
-    streams, to compare with the real size.
+    `max_error` D (stored units, >= 0) codes every tile within D of the original (D = 0:
+    lossless); its base quality is `quality`, or with None the one the encoder finds
+    best for each tile (PlaneCoder.search_base_quality). `stats` (optional) receives "estimated_bits": the model's code length of
+    the tile streams, to compare with the real size.
     """
+    bounded = max_error is not None
+    if bounded and (int(max_error) != max_error or max_error < 0):
+        raise ValueError(f"max error must be an integer >= 0, got {max_error}")
+    if not bounded and quality is None:
+        raise ValueError("a quality level is needed unless coding with a max error")
     norm, streams = [], []
     grid = bs.tile_grid(image.rows, image.cols, tile, tile)
     for plane in _planes(image):
@@ -171,12 +285,16 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
         norm.append((lo, hi))
         scale = float(max(hi - lo, 1))
         for r0, r1, c0, c1 in grid:
-            x = (plane[r0:r1, c0:c1].astype(np.float64) - lo) / scale
-            streams.append(coder.encode(x, quality, stats=stats))
+            if bounded:
+                streams.append(coder.encode_bounded(plane[r0:r1, c0:c1], lo, hi, int(max_error), quality, stats))
+            else:
+                x = (plane[r0:r1, c0:c1].astype(np.float64) - lo) / scale
+                streams.append(coder.encode(x, quality, stats=stats))
     header = bs.Header(model_id=model_id, rows=image.rows, cols=image.cols, frames=image.frames,
                        samples=image.samples, bits_stored=image.bits_stored, signed=image.signed,
-                       dtype=image.pixels.dtype.name, photometric=image.photometric, quality=quality,
-                       max_error=-1, lossless=False, levels=int(coder.p["levels"]), tile_rows=tile,
+                       dtype=image.pixels.dtype.name, photometric=image.photometric,
+                       quality=0 if bounded else quality, max_error=int(max_error) if bounded else -1,
+                       lossless=bounded and max_error == 0, levels=int(coder.p["levels"]), tile_rows=tile,
                        tile_cols=tile, norm=norm)
     return bs.pack(header, streams, metadata)
 
@@ -194,9 +312,14 @@ def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None)
     for p, (lo, hi) in enumerate(header.norm):
         f, s = divmod(p, header.samples)
         scale = float(max(hi - lo, 1))
+        lo_c, hi_c = max(lo, vmin), min(hi, vmax)
         for r0, r1, c0, c1 in grid:
             try:
-                y = coder.decode(streams[i], r1 - r0, c1 - c0, header.quality)
+                if header.error_bounded:
+                    v = coder.decode_bounded(streams[i], r1 - r0, c1 - c0, lo_c, hi_c, header.max_error)
+                else:
+                    v = np.round(coder.decode(streams[i], r1 - r0, c1 - c0, header.quality).astype(np.float64)
+                                 * scale + lo)
             except (ValueError, AssertionError, IndexError, OverflowError) as exc:
                 # constriction reports exhausted or inconsistent coded data with AssertionError
                 raise bs.InvalidBitstreamError(source, f"tile {i} does not decode ({exc or type(exc).__name__}); "
@@ -207,6 +330,5 @@ def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None)
                 raise bs.InvalidBitstreamError(source, f"tile {i} does not decode (coder panic: {exc}); "
                                                        "the stream is corrupt") from None
             i += 1
-            v = np.round(y.astype(np.float64) * scale + lo)
-            pixels[f, r0:r1, c0:c1, s] = np.clip(v, max(lo, vmin), min(hi, vmax)).astype(dtype)
+            pixels[f, r0:r1, c0:c1, s] = np.clip(v, lo_c, hi_c).astype(dtype)
     return image, header

@@ -14,15 +14,18 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
+
 from data.image import InvalidImageError
 from data.readers import read_image
 from data.writers import DEFAULT_LOSSY_METHOD, write_dicom, write_png, write_tiff
 from edge_runtime import bitstream as bs
 from edge_runtime.bundle import Bundle, default_bundle_path, load_bundle
-from edge_runtime.codec import PlaneCoder, decode_image, encode_image
+from edge_runtime.codec import QUALITY_LEVELS, PlaneCoder, decode_image, encode_image
 from edge_runtime.tflite_runner import transforms_for_bundle
 
-__all__ = ["DEFAULT_QUALITY", "LOSSY_METHOD", "decode_file", "encode_file", "info", "load_codec", "verify"]
+__all__ = ["DEFAULT_QUALITY", "LOSSY_METHOD", "choose_operating_point", "decode_file", "encode_file", "info",
+           "load_codec", "psnr", "verify"]
 
 DEFAULT_QUALITY = 17
 LOSSY_METHOD = DEFAULT_LOSSY_METHOD
@@ -42,7 +45,7 @@ def load_codec(bundle_path=None, kernels: str = "xnnpack", num_threads: int = 2)
     else:
         bundle = load_bundle(default_bundle_path() if bundle_path is None else bundle_path)
     transforms = transforms_for_bundle(bundle, kernels=kernels, num_threads=num_threads)
-    return bundle, PlaneCoder(bundle.manifest["codec"], bundle.coding, transforms)
+    return bundle, PlaneCoder(bundle.manifest["codec"], bundle.coding, transforms, bundle.residual)
 
 
 def _codec(bundle, kernels: str, data: bytes | None = None, source=None) -> tuple[Bundle, PlaneCoder]:
@@ -90,13 +93,22 @@ def dicom_metadata(dataset) -> bytes:
                             f"its DICOM header cannot be re-encoded to keep it in the stream ({last})")
 
 
-def encode_file(in_path, out_path, quality: int = DEFAULT_QUALITY, bundle=None, force: bool = False,
-                kernels: str = "xnnpack") -> dict:
-    """Encode one image file to a .kcd file; returns a summary (bytes, bpp, ratio).
+def encode_file(in_path, out_path, quality: int | None = None, bundle=None, force: bool = False,
+                kernels: str = "xnnpack", max_error: int | None = None, target_psnr: float | None = None,
+                target_bpp: float | None = None) -> dict:
+    """Encode one image file to a .kcd file; returns a summary (bytes, bpp, ratio, what was chosen).
 
-    `bundle`: a bundle folder, a loaded (Bundle, PlaneCoder) pair, or None for the default.
+    At most one of: `quality` (lossy, default DEFAULT_QUALITY), `max_error` (every pixel within
+    D stored units; 0 = lossless), `target_psnr` / `target_bpp` (rate control: see
+    choose_operating_point). An error-bounded stream is decoded and checked pixel by pixel
+    before it is written. `bundle`: a bundle folder, a loaded (Bundle, PlaneCoder) pair, or
+    None for the default.
     """
     in_path, out_path = Path(in_path), Path(out_path)
+    given = [n for n, v in (("quality", quality), ("max error", max_error), ("target PSNR", target_psnr),
+                            ("target bpp", target_bpp)) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"choose one of quality, max error, target PSNR and target bpp (got {', '.join(given)})")
     if out_path.suffix.lower() != ".kcd":
         raise ValueError(f"{out_path}: a keras_codec stream is written as .kcd; name the output *.kcd")
     if not in_path.exists():
@@ -105,14 +117,118 @@ def encode_file(in_path, out_path, quality: int = DEFAULT_QUALITY, bundle=None, 
     image = read_image(in_path)
     metadata = dicom_metadata(image.dataset) if image.dataset is not None else None
     b, coder = _codec(bundle, kernels)
-    data = encode_image(image, coder=coder, model_id=b.model_id, quality=int(quality),
-                        tile=int(b.manifest.get("tile", 2048)), metadata=metadata)
+    tile = int(b.manifest.get("tile", 2048))
+
+    def encode(q, d):
+        return encode_image(image, coder=coder, model_id=b.model_id, quality=q, tile=tile, metadata=metadata,
+                            max_error=d)
+
+    if target_psnr is not None or target_bpp is not None:
+        point = choose_operating_point(image, encode, coder, target_psnr=target_psnr, target_bpp=target_bpp)
+        data = point.pop("data")
+    else:
+        if max_error is None and quality is None:
+            quality = DEFAULT_QUALITY
+        data = encode(None if max_error is not None else int(quality), max_error)
+        point = {}
+    if max_error is not None or point.get("max_error") is not None:
+        _check_bound(image, data, coder, b, in_path)
     bs.atomic_write_bytes(out_path, data, overwrite=force)
+    header, _, _ = bs.parse(data)
     pixel_bytes = _pixel_stream_bytes(data)
     samples = image.rows * image.cols * image.frames * image.samples
     return {"input": str(in_path), "output": str(out_path), "bytes": len(data), "pixel_bytes": pixel_bytes,
             "bpp": 8.0 * pixel_bytes / samples, "ratio": _stored_bytes(image.pixels.dtype.itemsize, samples) / pixel_bytes,
-            "has_metadata": metadata is not None}
+            "has_metadata": metadata is not None, "mode": _mode(header),
+            "quality": header.quality if not header.error_bounded else None,
+            "max_error": header.max_error if header.error_bounded else None, **point}
+
+
+def _mode(header) -> str:
+    if header.lossless:
+        return "lossless"
+    return f"max error {header.max_error}" if header.error_bounded else "lossy"
+
+
+def _check_bound(image, data: bytes, coder, b, source) -> None:
+    """Decode what is about to be written and check every pixel against the bound (never write a broken promise)."""
+    decoded, header = decode_image(data, coder=coder, model_ids=[b.model_id])
+    err = int(np.abs(decoded.pixels.astype(np.int64) - image.pixels.astype(np.int64)).max())
+    if err > header.max_error:
+        raise RuntimeError(f"{source}: the coded stream decodes with max error {err} > {header.max_error}; "
+                           "nothing was written")
+
+
+def psnr(original: np.ndarray, decoded: np.ndarray) -> float:
+    """PSNR over the original's dynamic range (DESIGN.md's protocol), inf when exact."""
+    a, b = original.astype(np.float64), decoded.astype(np.float64)
+    mse = float(np.mean((a - b) ** 2))
+    r = max(float(a.max() - a.min()), 1.0)
+    return float("inf") if mse == 0 else 10.0 * np.log10(r * r / mse)
+
+
+BOUND_STEPS = (0, 1, 2, 4, 8, 16, 32, 64)
+"""Error bounds rate control tries beyond the finest lossy quality (largest bound first for a PSNR target)."""
+
+
+def choose_operating_point(image, encode, coder, target_psnr: float | None = None,
+                           target_bpp: float | None = None) -> dict:
+    """Rate control: the quality level, or beyond the finest one the error bound, that meets the target.
+
+    target PSNR P: the lowest quality whose decoded PSNR is >= P (bisection over the levels);
+    if even the finest falls short, the largest bound D in BOUND_STEPS whose PSNR is >= P
+    (D = 0, lossless, always is). target bpp B: the highest quality whose bpp is <= B; if
+    even the finest is below B, the smallest bound that fits in B bits per sample. Returns
+    {"data", "quality", "max_error", "psnr", "bpp", "target"}; ValueError when unreachable.
+    `encode(quality, max_error)` gives the stream.
+    """
+    if (target_psnr is None) == (target_bpp is None):
+        raise ValueError("give exactly one of target PSNR and target bpp")
+    samples = image.pixels.size
+    tried = {}
+
+    def point(q, d):
+        if (q, d) not in tried:
+            data = encode(q, d)
+            decoded, _ = decode_image(data, coder=coder)
+            tried[(q, d)] = {"data": data, "quality": q, "max_error": d,
+                             "psnr": psnr(image.pixels, decoded.pixels),
+                             "bpp": 8.0 * _pixel_stream_bytes(data) / samples}
+        return tried[(q, d)]
+
+    if target_psnr is not None:
+        ok = lambda r: r["psnr"] >= target_psnr
+        target = {"psnr": float(target_psnr)}
+    else:
+        if target_bpp <= 0:
+            raise ValueError(f"target bpp must be > 0, got {target_bpp}")
+        ok = lambda r: r["bpp"] <= target_bpp
+        target = {"bpp": float(target_bpp)}
+    levels = list(QUALITY_LEVELS)
+    if target_psnr is not None:
+        if ok(point(levels[-1], None)):  # lowest level meeting the PSNR
+            lo, hi = 0, len(levels) - 1
+            while lo < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if ok(point(levels[mid], None)) else (mid + 1, hi)
+            return {**point(levels[lo], None), "target": target}
+        for d in sorted(BOUND_STEPS, reverse=True):
+            if ok(point(None, d)):
+                return {**point(None, d), "target": target}
+    else:
+        if not ok(point(levels[0], None)):
+            raise ValueError(f"cannot reach {target_bpp} bpp: the lowest quality needs {point(levels[0], None)['bpp']:.3f}")
+        if not ok(point(levels[-1], None)):  # highest level within the budget
+            lo, hi = 0, len(levels) - 1
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if ok(point(levels[mid], None)) else (lo, mid - 1)
+            return {**point(levels[lo], None), "target": target}
+        for d in sorted(BOUND_STEPS):
+            if ok(point(None, d)):
+                return {**point(None, d), "target": target}
+        return {**point(levels[-1], None), "target": target}
+    raise ValueError(f"cannot reach {target_psnr} dB")  # unreachable: D = 0 is lossless
 
 
 def _stored_bytes(itemsize: int, samples: int) -> int:
@@ -148,7 +264,7 @@ def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: st
         pixel_bytes = _pixel_stream_bytes(data, header, tiles)
         stored = _stored_bytes(image.pixels.dtype.itemsize, image.pixels.size)
         if header.lossless:
-            write_dicom(out_path, image, overwrite=force)
+            write_dicom(out_path, image, overwrite=force, mark_lossless=True)
         else:
             write_dicom(out_path, image, lossy=True, ratio=stored / pixel_bytes, method=LOSSY_METHOD,
                         overwrite=force)
@@ -178,12 +294,7 @@ def info(path, bundle_path=None) -> dict:
     header, tiles, metadata = bs.parse(data, source=path)
     samples = header.rows * header.cols * header.frames * header.samples
     pixel_bytes = _pixel_stream_bytes(data, header, tiles)
-    if header.lossless:
-        mode = "lossless"
-    elif header.error_bounded:
-        mode = f"max error {header.max_error}"
-    else:
-        mode = "lossy"
+    mode = _mode(header)
     known, compared = None, default_bundle_path() if bundle_path is None else Path(bundle_path)
     try:
         known = load_bundle(compared).model_id == header.model_id

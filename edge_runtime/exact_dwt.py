@@ -1,0 +1,122 @@
+"""The lifting wavelet transforms in numpy float64, bit-reproducible on every CPU.
+
+The error-bounded and lossless modes code a residual against a base reconstruction, so
+encoder and decoder must compute that base to the last bit. TFLite kernels may not
+(XNNPACK and the reference kernels differ in summation order and FMA use), but a numpy
+float64 lifting does: every step is one elementwise multiply and one elementwise add
+(separate ufuncs, never fused), and IEEE 754 rounds each of them the same way everywhere.
+
+The conventions are those of keras_codec.layers.DWT2D / IDWT2D (same lifting constants,
+final scalings, whole-sample symmetric or periodic extension, band order
+[LL, (H, V, D) coarsest, ..., (H, V, D) finest]), so the bands the TFLite encoder
+produces invert here to the plane they came from, up to float32 rounding.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["WAVELETS", "analysis", "synthesis"]
+
+_A, _B, _G, _D = -1.586134342059924, -0.052980118572961, 0.882911075530934, 0.443506852043971
+_K = 1.230174104914001
+_SQRT2 = float(np.sqrt(2.0))
+
+# (steps, scale_s, scale_d); a step ("d", c, pair) is d[i] += c*(s[i] + s[i+1]) (pair) or c*s[i],
+# ("s", c, pair) is s[i] += c*(d[i-1] + d[i]) or c*d[i].
+_LIFTINGS = {
+    "haar": ((("d", -1.0, False), ("s", 0.5, False)), _SQRT2, -1.0 / _SQRT2),
+    "legall53": ((("d", -0.5, True), ("s", 0.25, True)), _SQRT2, -1.0 / _SQRT2),
+    "cdf97": ((("d", _A, True), ("s", _B, True), ("d", _G, True), ("s", _D, True)), _SQRT2 / _K, -_K / _SQRT2),
+}
+WAVELETS = tuple(_LIFTINGS)
+
+
+def _next(s: np.ndarray, mode: str) -> np.ndarray:
+    """s[i+1] along axis 0; symmetric: s[n] = s[n-1], periodic: s[n] = s[0]."""
+    tail = s[:1] if mode == "periodization" else s[-1:]
+    return np.concatenate([s[1:], tail], axis=0)
+
+
+def _prev(d: np.ndarray, mode: str) -> np.ndarray:
+    """d[i-1] along axis 0; symmetric: d[-1] = d[0], periodic: d[-1] = d[n-1]."""
+    head = d[-1:] if mode == "periodization" else d[:1]
+    return np.concatenate([head, d[:-1]], axis=0)
+
+
+def _lift(s, d, step, mode, sign):
+    target, c, pair = step
+    c = sign * c
+    if target == "d":
+        src = np.add(s, _next(s, mode)) if pair else s
+        return s, np.add(d, np.multiply(c, src))
+    src = np.add(d, _prev(d, mode)) if pair else d
+    return np.add(s, np.multiply(c, src)), d
+
+
+def _analysis_1d(x, lifting, mode):
+    steps, scale_s, scale_d = lifting
+    s, d = x[0::2], x[1::2]
+    for step in steps:
+        s, d = _lift(s, d, step, mode, 1.0)
+    return np.multiply(s, scale_s), np.multiply(d, scale_d)
+
+
+def _synthesis_1d(s, d, lifting, mode):
+    steps, scale_s, scale_d = lifting
+    s = np.multiply(s, 1.0 / scale_s)
+    d = np.multiply(d, 1.0 / scale_d)
+    for step in reversed(steps):
+        s, d = _lift(s, d, step, mode, -1.0)
+    out = np.empty((s.shape[0] + d.shape[0],) + s.shape[1:], np.float64)
+    out[0::2], out[1::2] = s, d
+    return out
+
+
+def _lifting(wavelet: str):
+    if wavelet not in _LIFTINGS:
+        raise ValueError(f"unknown wavelet {wavelet!r}; expected one of {WAVELETS}")
+    return _LIFTINGS[wavelet]
+
+
+def analysis(plane: np.ndarray, levels: int, wavelet: str = "cdf97", mode: str = "symmetric") -> list:
+    """2-D plane (sides multiples of 2**levels) -> [LL, (H, V, D) coarsest, ..., finest]."""
+    lifting = _lifting(wavelet)
+    x = np.asarray(plane, np.float64)
+    details = []
+    for _ in range(levels):
+        low_h, high_h = _analysis_1d(x, lifting, mode)            # along rows (H axis)
+        ll, cv = (a.T for a in _analysis_1d(low_h.T, lifting, mode))   # along columns (W axis)
+        ch, cd = (a.T for a in _analysis_1d(high_h.T, lifting, mode))
+        details.append((ch, cv, cd))
+        x = ll
+    return [x] + details[::-1]
+
+
+def synthesis(bands: list, levels: int, wavelet: str = "cdf97", mode: str = "symmetric") -> np.ndarray:
+    """Inverse of :func:`analysis`, in float64: the same bits on every machine."""
+    lifting = _lifting(wavelet)
+    x = np.asarray(bands[0], np.float64)
+    for ch, cv, cd in bands[1:levels + 1]:
+        low_h = _synthesis_1d(x.T, np.asarray(cv, np.float64).T, lifting, mode).T
+        high_h = _synthesis_1d(np.asarray(ch, np.float64).T, np.asarray(cd, np.float64).T, lifting, mode).T
+        x = _synthesis_1d(low_h, high_h, lifting, mode)
+    return x
+
+
+class ExactTransforms:
+    """A PlaneCoder transform (`analysis` / `synthesis`) in numpy: no TFLite, no post-filter.
+
+    Slower than the bundle's graphs; used where bit-reproducibility matters more than speed
+    and in tests that need any plane size without TFLite.
+    """
+
+    def __init__(self, wavelet: str = "cdf97", mode: str = "symmetric"):
+        _lifting(wavelet)
+        self.wavelet, self.mode = wavelet, mode
+
+    def analysis(self, plane: np.ndarray, levels: int) -> list:
+        b = analysis(plane, levels, self.wavelet, self.mode)
+        return [b[0].astype(np.float32)] + [tuple(x.astype(np.float32) for x in trio) for trio in b[1:]]
+
+    def synthesis(self, bands: list, levels: int, step: float | None = None) -> np.ndarray:
+        return synthesis(bands, levels, self.wavelet, self.mode).astype(np.float32)

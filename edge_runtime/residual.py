@@ -1,0 +1,222 @@
+"""Error-bounded and lossless coding: the residual against a base reconstruction.
+
+With a bound D (stored pixel units, D = 0 is lossless) the encoder codes a plane at some
+base quality with the wavelet codec, reconstructs it exactly as the decoder will (numpy
+float64 lifting, edge_runtime.exact_dwt, rounded to the integer grid: ``base``), and
+codes the residual ``r = x - base`` quantized with step ``s = 2D + 1``:
+
+    e = sign(r) * floor((|r| + D) / s)        x' = clip(base + s * e, lo, hi)
+
+so |x - x'| <= D on every pixel by construction (clipping to the plane's own [lo, hi],
+which holds x, only moves x' closer).
+
+The residual e is coded like a wavelet subband, in three vectorized polyphase passes
+(edge_runtime.context). In passes 1 and 2 the symbol coded is e minus an integer
+prediction from the already-decoded neighbours of the pass (diagonal, then direct):
+    pred = (c · Σ neighbours + 2**(PRED_SHIFT+1)) >> (PRED_SHIFT + 2),  c = 16·(k − 8)
+where the encoder picks k in 0..31 per pass (least squares on the pass, rounded) and
+sends it first, as a uniform 5-bit symbol: how correlated the residual of a base is
+depends on the image and on the base quality. Each symbol gets a table index from an
+integer context model:
+    k = clip((w · f + 2**(SHIFT-1)) >> SHIFT, 0, num_scales - 1)
+with f = (1, activity sum, activity max, spatial sum, spatial max): the magnitude codes
+(context.mag_code) of the base's absolute differences to its 4 direct neighbours (in
+units of s; sum and max), and of the already-decoded residual neighbours (diagonal ones
+in pass 1, direct ones in pass 2). Every pass starts with the same two 6-bit index
+offsets as the subband passes (all positions / zero-context positions), chosen by the
+encoder. The tables are Laplacians through a uniform quantizer (no deadzone).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_runtime import context as ctx
+from edge_runtime.entropy import Decoder, Encoder, EntropyTables
+from edge_runtime.subband_coder import (OFFSET_ALL, OFFSET_ZERO, CodingModel, adjust_indices, choose_offsets,
+                                        zero_context)
+
+__all__ = ["NUM_FEATURES", "PRED_SHIFT", "ResidualModel", "decode_residual", "dequantize", "encode_residual",
+           "choose_prediction", "features", "neighbour_sum", "prediction", "quantize", "reconstruct_base"]
+
+NUM_FEATURES = 5
+PRED_SHIFT = 8
+RESIDUAL_FILE = "residual.npz"
+
+
+@dataclass
+class ResidualModel:
+    """Integer weights (NUM_PASSES × NUM_FEATURES) and the integer tables of the residual."""
+
+    weights: np.ndarray
+    tables: EntropyTables
+
+    def __post_init__(self):
+        self.weights = np.asarray(self.weights, dtype=np.int64)
+        if self.weights.shape != (NUM_PASSES, NUM_FEATURES):
+            raise ValueError(f"residual weights must be ({NUM_PASSES}, {NUM_FEATURES}), got {self.weights.shape}")
+        self.coding = CodingModel(None, self.tables)  # offsets' cost matrix and table count
+
+    def to_arrays(self) -> dict:
+        return {"weights": self.weights, **self.tables.to_arrays("table_")}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "ResidualModel":
+        return cls(np.asarray(arrays["weights"]), EntropyTables.from_arrays(arrays, "table_"))
+
+
+def quantize(r: np.ndarray, max_error: int) -> np.ndarray:
+    """Residual (int64) -> symbols e with |r - (2D+1)·e| <= D."""
+    s = 2 * int(max_error) + 1
+    return np.sign(r) * ((np.abs(r) + int(max_error)) // s)
+
+
+def dequantize(base: np.ndarray, e: np.ndarray, max_error: int, lo: int, hi: int) -> np.ndarray:
+    return np.clip(base + (2 * int(max_error) + 1) * e, lo, hi)
+
+
+def reconstruct_base(y: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Normalized base plane (float64, [0, 1] = [lo, hi]) -> stored integers, clipped to [lo, hi]."""
+    scale = float(max(hi - lo, 1))
+    return np.clip(np.round(np.asarray(y, np.float64) * scale + lo), lo, hi).astype(np.int64)
+
+
+def _activity(base: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
+    diffs = np.stack([np.abs(base - ctx._shifted(base, dr, dc)) for dr, dc in ctx._DIRECT]) // s
+    return ctx.mag_code(diffs.sum(0)), ctx.mag_code(diffs.max(0))
+
+
+# The passes: (row modulus, col modulus, positions (r, c) of the pass within the modulus, neighbour
+# offsets already decoded). A 4x4 lattice first, then its centres, then the rest of the even
+# lattice, then odd-odd, then the rest: only 1/16 of the positions have no decoded neighbour.
+_D2 = tuple((2 * a, 2 * b) for a, b in ctx._DIAG)
+_N2 = tuple((2 * a, 2 * b) for a, b in ctx._DIRECT)
+PASSES = (
+    (((0, 0),), 4, ()),
+    (((2, 2),), 4, _D2),
+    (((0, 2), (2, 0)), 4, _N2),
+    (((1, 1),), 2, ctx._DIAG),
+    (((0, 1), (1, 0)), 2, ctx._DIRECT),
+)
+NUM_PASSES = len(PASSES)
+
+
+def pass_mask(shape, p: int) -> np.ndarray:
+    where, m, _ = PASSES[p]
+    r = (np.arange(shape[0]) % m)[:, None]
+    c = (np.arange(shape[1]) % m)[None, :]
+    mask = np.zeros(shape, bool)
+    for a, b in where:
+        mask |= (r == a) & (c == b)
+    if m == 4:  # the 4x4 passes cover the even lattice only
+        mask &= ((r % 2) == 0) & ((c % 2) == 0)
+    return mask
+
+
+def _shift(a: np.ndarray, dr: int, dc: int) -> np.ndarray:
+    """a[i+dr, j+dc], zero outside the plane."""
+    out = np.zeros_like(a)
+    h, w = a.shape
+    out[max(0, -dr):min(h, h - dr), max(0, -dc):min(w, w - dc)] = \
+        a[max(0, dr):min(h, h + dr), max(0, dc):min(w, w + dc)]
+    return out
+
+
+def _neighbours(a: np.ndarray, p: int) -> np.ndarray:
+    offs = PASSES[p][2]
+    return np.stack([_shift(a, dr, dc) for dr, dc in offs]) if offs else np.zeros((1,) + a.shape, a.dtype)
+
+
+def features(e_known: np.ndarray, known: np.ndarray, activity, p: int) -> np.ndarray:
+    """Feature matrix (n, NUM_FEATURES) for the positions of pass p (neighbours outside the plane count 0)."""
+    mask = pass_mask(e_known.shape, p)
+    nb = _neighbours(np.where(known, ctx.mag_code(e_known), 0), p)
+    cols = [np.ones(e_known.shape, np.int64), activity[0], activity[1], nb.sum(0), nb.max(0)]
+    return np.stack([c[mask] for c in cols], axis=1)
+
+
+def neighbour_sum(e_known: np.ndarray, p: int) -> np.ndarray:
+    """Sum of the already-decoded neighbours of pass p (zero for the first pass)."""
+    return _neighbours(e_known, p).sum(0)
+
+
+PRED_CODES = 32
+
+
+def prediction(nb_sum: np.ndarray, k: int) -> np.ndarray:
+    """The integer prediction with coefficient code k (c = 16·(k − 8) / 2**PRED_SHIFT)."""
+    c = 16 * (int(k) - 8)
+    return (c * nb_sum + (1 << (PRED_SHIFT + 1))) >> (PRED_SHIFT + 2)
+
+
+def choose_prediction(vals: np.ndarray, nb_sum: np.ndarray) -> int:
+    """The coefficient code k (0..PRED_CODES-1) nearest the least-squares fit of vals on nb_sum / 4."""
+    m = nb_sum.astype(np.float64) / 4.0
+    mm = float(m @ m)
+    c = float(vals.astype(np.float64) @ m) / mm if mm > 0 else 0.0
+    return int(np.clip(np.round(c * (1 << PRED_SHIFT) / 16.0) + 8, 0, PRED_CODES - 1))
+
+
+def _walk(base: np.ndarray, max_error: int, model: ResidualModel, visit) -> np.ndarray:
+    """NUM_PASSES passes; `visit(pass, indices, features, nb_sum)` returns the pass's residual values."""
+    activity = _activity(base, 2 * int(max_error) + 1)
+    e = np.zeros(base.shape, np.int64)
+    known = np.zeros(base.shape, bool)
+    for phase in range(NUM_PASSES):
+        mask = pass_mask(base.shape, phase)
+        f = features(e, known, activity, phase)
+        idx = ctx.table_index(f, model.weights[phase], model.coding.num_scales)
+        e[mask] = visit(phase, idx, f, neighbour_sum(np.where(known, e, 0), phase)[mask])
+        known |= mask
+    return e
+
+
+def encode_residual(e: np.ndarray, base: np.ndarray, max_error: int, model: ResidualModel,
+                    stats: dict | None = None) -> bytes:
+    """Range-coded residual symbols `e` (same shape as `base`)."""
+    enc = Encoder(model.tables, track=stats is not None)
+
+    def visit(phase, idx, f, nb):
+        vals = e[pass_mask(e.shape, phase)]
+        sym = vals
+        if phase > 0:
+            k = choose_prediction(vals, nb)
+            enc.encode_uniform([k], PRED_CODES)
+            sym = vals - prediction(nb, k)
+        zero = zero_context(f, len(idx))
+        o_all, o_zero = choose_offsets(sym, idx, zero, model.coding)
+        enc.encode_uniform([o_all - OFFSET_ALL[0], o_zero - OFFSET_ZERO[0]], 64)
+        enc.encode(sym, adjust_indices(idx, zero, o_all, o_zero, model.coding.num_scales))
+        return vals
+
+    _walk(base, max_error, model, visit)
+    if stats is not None:
+        stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + enc.estimated_bits
+    return enc.getvalue()
+
+
+def decode_residual(data: bytes, base: np.ndarray, max_error: int, model: ResidualModel) -> np.ndarray:
+    dec = Decoder(model.tables, data)
+
+    def visit(phase, idx, f, nb):
+        pred = prediction(nb, int(dec.decode_uniform(1, PRED_CODES)[0])) if phase > 0 else 0
+        o = dec.decode_uniform(2, 64)
+        sym = dec.decode(adjust_indices(idx, zero_context(f, len(idx)), int(o[0]) + OFFSET_ALL[0],
+                                        int(o[1]) + OFFSET_ZERO[0], model.coding.num_scales))
+        return sym + pred
+
+    return _walk(base, max_error, model, visit)
+
+
+def collect(e: np.ndarray, base: np.ndarray, max_error: int, model: ResidualModel) -> list:
+    """Every pass's (phase, features, symbols after the encoder's prediction) for fitting; no coding."""
+    rows = []
+
+    def visit(phase, idx, f, nb):
+        vals = e[pass_mask(e.shape, phase)]
+        rows.append((phase, f, vals - prediction(nb, choose_prediction(vals, nb)) if phase > 0 else vals))
+        return vals
+
+    _walk(base, max_error, model, visit)
+    return rows
