@@ -10,21 +10,24 @@ codes the residual ``r = x - base`` quantized with step ``s = 2D + 1``:
 so |x - x'| <= D on every pixel by construction (clipping to the plane's own [lo, hi],
 which holds x, only moves x' closer).
 
-The residual e is coded like a wavelet subband, in three vectorized polyphase passes
-(edge_runtime.context). In passes 1 and 2 the symbol coded is e minus an integer
-prediction from the already-decoded neighbours of the pass (diagonal, then direct):
+The residual e is coded in five vectorized passes over a polyphase split (PASSES): the
+4×4 lattice, its centres, the rest of the even lattice, the odd-odd positions, the rest;
+each pass sees the residuals of the passes before it. After the first pass the symbol
+coded is e minus an integer prediction from the pass's decoded neighbours:
     pred = (c · Σ neighbours + 2**(PRED_SHIFT+1)) >> (PRED_SHIFT + 2),  c = 16·(k − 8)
 where the encoder picks k in 0..31 per pass (least squares on the pass, rounded) and
-sends it first, as a uniform 5-bit symbol: how correlated the residual of a base is
+sends it first as a uniform 5-bit symbol: how correlated the residual of a base is
 depends on the image and on the base quality. Each symbol gets a table index from an
-integer context model:
+integer context model, as the subbands do (edge_runtime.context):
     k = clip((w · f + 2**(SHIFT-1)) >> SHIFT, 0, num_scales - 1)
-with f = (1, activity sum, activity max, spatial sum, spatial max): the magnitude codes
-(context.mag_code) of the base's absolute differences to its 4 direct neighbours (in
-units of s; sum and max), and of the already-decoded residual neighbours (diagonal ones
-in pass 1, direct ones in pass 2). Every pass starts with the same two 6-bit index
-offsets as the subband passes (all positions / zero-context positions), chosen by the
-encoder. The tables are Laplacians through a uniform quantizer (no deadzone).
+with one weight vector per pass and f = (1, activity sum, activity max, spatial sum,
+spatial max, local level): the magnitude codes (context.mag_code) of the base's absolute
+differences to its 4 direct neighbours (in units of s; sum and max), of the pass's
+decoded residual neighbours (sum and max), and the mean code of the decoded residuals in
+the 5×5 window. Every pass then sends the same two 6-bit index offsets as the subband
+passes (all positions / zero-context positions), chosen by the encoder. The tables are
+Laplacians through a uniform quantizer (no deadzone). Everything is int64 arithmetic:
+the same indices on every CPU.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ from edge_runtime.subband_coder import (OFFSET_ALL, OFFSET_ZERO, CodingModel, ad
 __all__ = ["NUM_FEATURES", "PRED_SHIFT", "ResidualModel", "decode_residual", "dequantize", "encode_residual",
            "choose_prediction", "features", "neighbour_sum", "prediction", "quantize", "reconstruct_base"]
 
-NUM_FEATURES = 5
+NUM_FEATURES = 6
 PRED_SHIFT = 8
 RESIDUAL_FILE = "residual.npz"
 
@@ -128,11 +131,23 @@ def _neighbours(a: np.ndarray, p: int) -> np.ndarray:
     return np.stack([_shift(a, dr, dc) for dr, dc in offs]) if offs else np.zeros((1,) + a.shape, a.dtype)
 
 
+def _box_sum(a: np.ndarray, radius: int) -> np.ndarray:
+    """Sum of `a` over the (2·radius+1)² window around each position (zero outside), via integral images."""
+    k = 2 * radius + 1
+    c = np.zeros((a.shape[0] + k, a.shape[1] + k), np.int64)
+    c[1:, 1:] = np.pad(a, radius).cumsum(0).cumsum(1)
+    h, w = a.shape
+    return c[k:k + h, k:k + w] - c[:h, k:k + w] - c[k:k + h, :w] + c[:h, :w]
+
+
 def features(e_known: np.ndarray, known: np.ndarray, activity, p: int) -> np.ndarray:
     """Feature matrix (n, NUM_FEATURES) for the positions of pass p (neighbours outside the plane count 0)."""
     mask = pass_mask(e_known.shape, p)
-    nb = _neighbours(np.where(known, ctx.mag_code(e_known), 0), p)
-    cols = [np.ones(e_known.shape, np.int64), activity[0], activity[1], nb.sum(0), nb.max(0)]
+    codes = np.where(known, ctx.mag_code(e_known), 0)
+    nb = _neighbours(codes, p)
+    # the mean code of the decoded residuals in the 5x5 window: the local noise level
+    local = _box_sum(codes, 2) // np.maximum(_box_sum(known.astype(np.int64), 2), 1)
+    cols = [np.ones(e_known.shape, np.int64), activity[0], activity[1], nb.sum(0), nb.max(0), local]
     return np.stack([c[mask] for c in cols], axis=1)
 
 

@@ -37,7 +37,7 @@ def residual_tables(params: dict):
 
 def initial_model(params: dict) -> res.ResidualModel:
     """Before fitting: σ ≈ 1 step everywhere, growing with the base's activity."""
-    theta = np.array([0.0, 0.0, 0.5, 0.0, 0.3]) / np.array([1.0] + [_CODE_UNITS] * 4)
+    theta = np.array([0.0, 0.0, 0.5, 0.0, 0.3, 0.0]) / np.array([1.0] + [_CODE_UNITS] * 5)
     w = theta_to_int(theta, int(params["num_scales"]), float(params["scale_min"]), float(params["scale_max"]))
     return res.ResidualModel(np.stack([w] * res.NUM_PASSES), residual_tables(params))
 
