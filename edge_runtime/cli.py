@@ -243,7 +243,11 @@ def _run(args) -> int:
         r = runtime.encode_file(args.input, args.output, **_encode_options(args), bundle=args.bundle,
                                 force=args.force, kernels=args.kernels)
         how = f"quality {r['quality']}" if r["mode"] == "lossy" else r["mode"]
-        reached = f", PSNR {r['psnr']:.2f} dB (target {r['target']})" if "target" in r else ""
+        reached = ""
+        if "target" in r:
+            t = r["target"]
+            reached = (f", PSNR {r['psnr']:.2f} dB (target {t['psnr']:g} dB)" if "psnr" in t
+                       else f", PSNR {r['psnr']:.2f} dB (target {t['bpp']:g} bpp)")
         print(f"{r['output']}: {r['bytes']} bytes, {r['bpp']:.3f} bpp, ratio {r['ratio']:.2f}:1, {how}{reached}")
     elif args.command == "decode":
         suffix = os.path.splitext(args.output)[1].lower()

@@ -183,3 +183,22 @@ def test_exact_dwt_is_an_exact_inverse():
         for mode in ("symmetric", "periodization"):
             y = exact_dwt.synthesis(exact_dwt.analysis(x, 3, w, mode), 3, w, mode)
             assert np.abs(y - x).max() < 1e-12, (w, mode)
+
+
+def test_cli_max_error_and_targets(bounded_codec, synthetic_dcm, tmp_path, capsys):
+    from edge_runtime.cli import main
+
+    b = str(bounded_codec[0].path)
+    out = tmp_path / "c.kcd"
+    assert main(["encode", str(synthetic_dcm), str(out), "--max-error", "2", "--bundle", b]) == 0
+    assert "max error 2" in capsys.readouterr().out
+    assert main(["info", str(out), "--bundle", b]) == 0
+    assert "max error 2 (every pixel within 2 of the original" in capsys.readouterr().out
+    assert main(["encode", str(synthetic_dcm), str(tmp_path / "l.kcd"), "--max-error", "0", "--bundle", b]) == 0
+    assert "lossless" in capsys.readouterr().out
+    assert main(["encode", str(synthetic_dcm), str(tmp_path / "t.kcd"), "--target-psnr", "40", "--bundle", b]) == 0
+    assert "(target 40 dB)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # one way of choosing the rate at a time
+        main(["encode", str(synthetic_dcm), str(tmp_path / "x.kcd"), "--quality", "5", "--max-error", "1"])
+    with pytest.raises(SystemExit):
+        main(["encode", str(synthetic_dcm), str(tmp_path / "x.kcd"), "--max-error", "-1"])
