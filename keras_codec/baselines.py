@@ -42,9 +42,12 @@ __all__ = [
     "JPEG2000",
     "JPEGLS",
     "JPEGXL",
+    "PSNRSearch",
+    "UnreachableTargetError",
     "at_psnr",
     "lossless_bpp",
     "measure",
+    "psnr_sweep",
     "rd_curve",
 ]
 
@@ -285,54 +288,138 @@ def measure(codec, image, param=None, bits_stored=None, with_ms_ssim=False, repe
     return row
 
 
-def at_psnr(codec, image, target_psnr, tol=0.05, bits_stored=None, with_ms_ssim=False, max_iter=40):
+class UnreachableTargetError(ValueError):
+    """A PSNR target above what the codec's best lossy setting reaches on this image."""
+
+
+class PSNRSearch:
+    """The quality settings of one codec tried on one image, shared by successive PSNR targets.
+
+    Every trial codes the image once and keeps a cheap row (``codec, param,
+    n_bytes, bpp, psnr, psnr_bitdepth, max_abs_err, encode_s, decode_s``, plus
+    ``ssim`` when ``with_ssim``); a later target starts from the bracket the
+    earlier trials already give, so a whole RD curve costs a few trials per
+    point. Every trial is itself a valid rate-distortion point (:attr:`rows`).
+    """
+
+    def __init__(self, codec, image, bits_stored=None, with_ssim=False):
+        self.codec = codec
+        self.image = np.asarray(image)
+        self.bits_stored = bits_stored
+        self.with_ssim = with_ssim
+        self._bits = _bits_stored(self.image.dtype, bits_stored)
+        self._rows = {}  # param -> row
+        self._psnr_at = {}  # search position u -> PSNR reached there
+
+    @property
+    def rows(self):
+        """Rows of every setting tried so far, fewest bytes first."""
+        return sorted(self._rows.values(), key=lambda r: (r["n_bytes"], -r["psnr"]))
+
+    def trial(self, u):
+        """Row of the setting at search position u in [0, 1] (0 = worst quality), coded once."""
+        p = self.codec.param_at(u)
+        if p not in self._rows:
+            decoded, n_bytes, t_enc, t_dec = _roundtrip(self.codec, self.image, p, self.bits_stored)
+            row = {
+                "codec": self.codec.name,
+                "param": p,
+                "n_bytes": int(n_bytes),
+                "bpp": metrics.bpp(n_bytes, self.image.size),
+                "psnr": metrics.psnr(self.image, decoded),
+                "psnr_bitdepth": metrics.psnr_bitdepth(self.image, decoded, self._bits),
+                "max_abs_err": metrics.max_abs_error(self.image, decoded),
+                "encode_s": t_enc,
+                "decode_s": t_dec,
+            }
+            if self.with_ssim:
+                row["ssim"] = metrics.ssim(self.image, decoded)
+            self._rows[p] = row
+        self._psnr_at[u] = self._rows[p]["psnr"]
+        return self._rows[p]
+
+    def _narrow(self, lo, hi):
+        if self.codec.integer_param:
+            return abs(self.codec.param_at(hi) - self.codec.param_at(lo)) <= 1
+        return hi - lo < 1e-4
+
+    def seek(self, target_psnr, tol=0.05, max_iter=40, interpolate=True):
+        """Row of the smallest file tried whose dynamic-range PSNR is >= ``target_psnr``.
+
+        Narrows the bracket [worst setting missing the target, best setting
+        meeting it] until a setting lands in [target, target + tol] dB, the
+        bracket is narrower than 1e-4 of the range (adjacent integers for
+        NEAR), or after ``max_iter`` steps. With ``interpolate`` the next
+        position is interpolated linearly in PSNR (aiming at target + tol/2),
+        falling back to bisection whenever that fails to halve the bracket;
+        otherwise it bisects. Raises ValueError when even the best quality
+        setting misses the target (:class:`UnreachableTargetError`).
+        """
+        best = self.trial(1.0)
+        if not best["psnr"] >= target_psnr:
+            raise UnreachableTargetError(
+                f"{self.codec.name} reaches only {best['psnr']:.2f} dB at its best lossy setting "
+                f"({best['param']}), below the {target_psnr} dB target; use lossless coding"
+            )
+        if not self.trial(0.0)["psnr"] >= target_psnr:
+            below = [u for u, v in self._psnr_at.items() if v < target_psnr]
+            lo = max(below)
+            hi = min(u for u, v in self._psnr_at.items() if v >= target_psnr and u > lo)
+            bisect = not interpolate
+            for _ in range(max_iter):
+                if self._narrow(lo, hi):
+                    break
+                width = hi - lo
+                p_lo, p_hi = self._psnr_at[lo], self._psnr_at[hi]
+                if bisect or not math.isfinite(p_hi) or not p_hi > p_lo:
+                    u, stepped = 0.5 * (lo + hi), "bisect"
+                else:
+                    u = lo + (target_psnr + 0.5 * tol - p_lo) / (p_hi - p_lo) * width
+                    u, stepped = min(max(u, lo + 0.02 * width), hi - 0.02 * width), "interpolate"
+                value = self.trial(u)["psnr"]
+                if value >= target_psnr:
+                    hi = u
+                    if value <= target_psnr + tol:
+                        break
+                else:
+                    lo = u
+                # an interpolation step that did not halve the bracket is followed by a bisection
+                bisect = not interpolate or (stepped == "interpolate" and hi - lo > 0.5 * width)
+        feasible = [r for r in self._rows.values() if r["psnr"] >= target_psnr]
+        return min(feasible, key=lambda r: r["n_bytes"])
+
+
+def at_psnr(codec, image, target_psnr, tol=0.05, bits_stored=None, with_ms_ssim=False, max_iter=40, search=None):
     """Row of the smallest file whose dynamic-range PSNR is >= ``target_psnr``.
 
-    Bisects the codec's quality parameter (JPEG 2000's PSNR target, JPEG XL's
-    log distance, JPEG-LS's NEAR), keeping the worst-quality setting that still
-    meets the target. The search stops once a setting lands in
-    [target, target + tol] dB, when the parameter bracket is narrower than
-    1e-4 of its range (adjacent integers for NEAR), or after ``max_iter``
-    steps; of every setting tried that meets the target, the one with the
-    fewest bytes is returned. Raises ValueError when even the best quality
-    setting misses the target.
+    Searches the codec's quality parameter (JPEG 2000's PSNR target, JPEG XL's
+    log distance, JPEG-LS's NEAR) with :meth:`PSNRSearch.seek`, keeping the
+    worst-quality setting that still meets the target, then measures it fully
+    (:func:`measure`). Pass a ``search`` (a :class:`PSNRSearch` of this codec
+    and image) to reuse the settings earlier targets tried. Raises ValueError
+    when even the best quality setting misses the target.
     """
-    image = np.asarray(image)
-    tried = {}
+    search = search if search is not None else PSNRSearch(codec, image, bits_stored)
+    row = search.seek(target_psnr, tol=tol, max_iter=max_iter)
+    return measure(codec, image, row["param"], bits_stored, with_ms_ssim)
 
-    def trial(u):
-        p = codec.param_at(u)
-        if p not in tried:
-            decoded, n_bytes, _, _ = _roundtrip(codec, image, p, bits_stored)
-            tried[p] = (metrics.psnr(image, decoded), n_bytes)
-        return tried[p][0] >= target_psnr, tried[p][0]
 
-    ok_best, best_psnr = trial(1.0)
-    if not ok_best:
-        raise ValueError(
-            f"{codec.name} reaches only {best_psnr:.2f} dB at its best lossy setting "
-            f"({codec.param_at(1.0)}), below the {target_psnr} dB target; use lossless coding"
-        )
-    lo, hi = 0.0, 1.0
-    ok_worst, _ = trial(0.0)
-    if not ok_worst:
-        for _ in range(max_iter):
-            if codec.integer_param:
-                if abs(codec.param_at(hi) - codec.param_at(lo)) <= 1:
-                    break
-            elif hi - lo < 1e-4:
-                break
-            mid = 0.5 * (lo + hi)
-            ok, value = trial(mid)
-            if ok:
-                hi = mid
-                if value <= target_psnr + tol:
-                    break
-            else:
-                lo = mid
-    feasible = [(n, p) for p, (value, n) in tried.items() if value >= target_psnr]
-    _, param = min(feasible, key=lambda t: t[0])
-    return measure(codec, image, param, bits_stored, with_ms_ssim)
+def psnr_sweep(codec, image, psnr_targets, tol=0.1, bits_stored=None, with_ssim=False, max_iter=40):
+    """Rate-distortion rows around the given PSNR targets: every setting tried while seeking each in turn.
+
+    One :class:`PSNRSearch` serves all targets, so a point costs a few trials;
+    each target gets a setting within ``tol`` dB above it (or the closest
+    bracket, e.g. adjacent NEAR values) and the settings around it. Targets the
+    codec cannot reach are skipped; an image the codec cannot code raises. Rows come
+    fewest bytes first.
+    """
+    search = PSNRSearch(codec, image, bits_stored, with_ssim=with_ssim)
+    for target in sorted(psnr_targets):
+        try:
+            search.seek(target, tol=tol, max_iter=max_iter)
+        except UnreachableTargetError:
+            continue
+    return search.rows
 
 
 def rd_curve(
@@ -349,10 +436,12 @@ def rd_curve(
     """
     if codec.sweep_params:
         return [measure(codec, image, p, bits_stored, with_ms_ssim) for p in near_values]
+    search = PSNRSearch(codec, image, bits_stored)
     rows = []
     for target in psnr_targets:
         try:
-            rows.append(at_psnr(codec, image, target, bits_stored=bits_stored, with_ms_ssim=with_ms_ssim))
+            rows.append(at_psnr(codec, image, target, bits_stored=bits_stored, with_ms_ssim=with_ms_ssim,
+                                search=search))
         except ValueError:
             continue
     return rows

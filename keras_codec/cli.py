@@ -69,6 +69,27 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    import shlex
+
+    from keras_codec.bench import run_bench
+
+    parts = ["keras-codec", "bench"] + [f"--model {shlex.quote(m)}" for m in args.models or []]
+    parts += [f"--dir {shlex.quote(args.dir)}"] if args.dir else []
+    parts += [f"--backend {args.backend}"] if args.backend != "auto" else []
+    parts += [f"--speed --runs {args.runs} --threads {args.threads}"] if args.speed else []
+    parts += [f"--speed-quality {args.speed_quality}"] if args.speed and args.speed_quality else []
+    parts += [f"--out {shlex.quote(args.out)}"] if args.out != "out/bench" else []
+    command = " ".join(parts)
+    res = run_bench(args.models, folder=args.dir, out_dir=args.out, backend=args.backend, speed=args.speed,
+                    runs=args.runs, threads=args.threads, speed_quality=args.speed_quality,
+                    progress=lambda s: print(s, flush=True), command=command)
+    print()
+    print(res["markdown"])
+    print(f"wrote {res['out_dir']}/results.md, points.csv, bd_rate.csv, lossless.csv and the RD curves (PNG)")
+    return 0 if res["results"] else 1
+
+
 def _cmd_export(args) -> int:
     from export.tflite_export import main as export_main
 
@@ -112,16 +133,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="add TFLite encoder/decoder graphs to a model bundle")
     x.add_argument("--model", default=None, help="bundle directory (default: the shipped one)")
-    x.add_argument("--quant", choices=["float32", "float16", "int8"], default="float32")
+    x.add_argument("--quant", choices=["float32", "float16", "int8"], default="float32",
+                   help="the learned post-filter's precision; the lifting transforms stay float32. int8: a "
+                        "full-integer postfilter.tflite calibrated on the train split, bit-identical across "
+                        "TFLite kernels (float16: float16 kernels)")
     x.add_argument("--out", default=None, help="write a copy of the bundle here (default: in place)")
-    x.add_argument("--report", action="store_true", help="print the bpp/PSNR change on the test split")
+    x.add_argument("--report", action="store_true",
+                   help="print, on the test split, the bpp/PSNR change of TFLite against Keras for float32, "
+                        "float16 and int8, the BD-rate of int8 against float32 and the bundle sizes (minutes)")
     x.set_defaults(func=_cmd_export)
 
     d = sub.add_parser("demo", help="the main job on the shipped model and the sample corpus")
     d.add_argument("--dir", default=None, help="a folder of your own images instead of the test split")
-    d.add_argument("--quality", type=int, default=None, help="quality level (default: the edge default)")
+    d.add_argument("--quality", type=int, default=None,
+                   help="quality of the written .kcd/.dcm files and first of the levels shown "
+                   "(default: the edge default)")
     d.add_argument("--out", default="out/demo")
     d.set_defaults(func=_cmd_demo)
+
+    b = sub.add_parser("bench", help="rate-distortion (and speed) of bundles against JPEG 2000, JPEG XL and JPEG-LS")
+    b.add_argument("--model", dest="models", action="append", default=None, metavar="BUNDLE",
+                   help="bundle directory; repeat to compare several (default: the shipped one)")
+    b.add_argument("--dir", default=None, help="a folder of images instead of the test split")
+    b.add_argument("--out", default="out/bench")
+    b.add_argument("--backend", choices=["auto", "edge", "keras"], default="auto",
+                   help="our transforms: the bundle's TFLite graphs (edge), the Keras layers, or edge when present")
+    b.add_argument("--speed", action="store_true",
+                   help="also time encode/decode file to file (median of --runs) and peak memory, in fresh processes")
+    b.add_argument("--runs", type=int, default=5, help="timed runs after a warm-up (>= 5)")
+    b.add_argument("--threads", type=int, default=2, help="TFLite threads for our codec")
+    b.add_argument("--speed-quality", type=int, default=None, help="our quality level in the speed report "
+                   "(default: the edge default)")
+    b.set_defaults(func=_cmd_bench)
     return p
 
 

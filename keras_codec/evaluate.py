@@ -1,19 +1,16 @@
 """`keras-codec eval`: rate-distortion of a model bundle against JPEG 2000 on the test split or a folder.
 
-Per image and quality: real .kcd bytes (bpp), PSNR, SSIM, max abs error; JPEG 2000 (OpenJPEG)
-searched to the same PSNR; BD-rate per image over 40-55 dB and the mean. Writes a CSV and a
-PNG of the rate-distortion curves.
+Per image and quality: real .kcd bytes (bpp), PSNR, SSIM, max abs error, coded with the Keras
+transform layers (the workstation side); JPEG 2000 (OpenJPEG) searched to the same PSNRs; BD-rate
+per image over 40-55 dB and the mean. Writes a CSV and a PNG of the rate-distortion curves.
+The measuring is :mod:`keras_codec.bench`'s; `keras-codec bench` adds JPEG XL, JPEG-LS and more.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import time
 from pathlib import Path
 
 import numpy as np
-
-from keras_codec import metrics
 
 
 def workstation_coder(bundle):
@@ -43,99 +40,39 @@ def evaluation_images(folder=None):
 
 def evaluate_bundle(bundle_path, *, folder=None, qualities=None, out_dir="out/eval", progress=print,
                     with_jpeg2000=True) -> dict:
-    from edge_runtime.bitstream import parse
-    from edge_runtime.bundle import load_bundle
-    from edge_runtime.codec import QUALITY_LEVELS, decode_image, encode_image
-    from keras_codec.baselines import JPEG2000, at_psnr
+    """Our codec (Keras transforms) at every quality level against JPEG 2000 searched to our PSNRs.
 
-    bundle = load_bundle(bundle_path)
-    coder = workstation_coder(bundle)
-    qualities = list(qualities or QUALITY_LEVELS)
+    The measuring is :func:`keras_codec.bench.compare_image`'s (the bench with one anchor and
+    the workstation coder); returns {"images": {name: {"bd_rate_vs_jpeg2000", "ours",
+    "jpeg2000"}}, "mean_bd_rate", "rows", "model_id"}.
+    """
+    from keras_codec import bench
+
+    codec = bench.OurCodec(bundle_path, backend="keras")
+    anchors = bench.classical_codecs(["jpeg2000"]) if with_jpeg2000 else []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, summary = [], {}
+    rows, summary, results = [], {}, []
     for name, img in evaluation_images(folder):
-        px = img.pixels
-        ours, j2k = [], []
-        for q in qualities:
-            t0 = time.perf_counter()
-            st = {}
-            data = encode_image(img, coder=coder, model_id=bundle.model_id, quality=q, stats=st)
-            t1 = time.perf_counter()
-            dec, _ = decode_image(data, coder=coder, model_ids=[bundle.model_id])
-            t2 = time.perf_counter()
-            m = metrics.evaluate(px, dec.pixels, len(data), img.bits_stored, 8 * px.dtype.itemsize)
-            # the entropy-coded payload (tile streams) against the model's estimate of it;
-            # the container header (geometry, normalization, tile table, CRC) is counted in bpp
-            payload = sum(len(t) for t in parse(data)[1])
-            real_over_est = 8 * payload / st["estimated_bits"]
-            row = {"image": name, "codec": "keras_codec", "quality": q, **m, "real_over_estimate": real_over_est,
-                   "encode_s": t1 - t0, "decode_s": t2 - t1}
-            rows.append(row)
-            ours.append((m["bpp"], m["psnr"]))
-            progress(f"{name:36s} q{q:<2d} {m['bpp']:7.3f} bpp  {m['psnr']:6.2f} dB  ssim {m['ssim']:.4f}  "
-                     f"max err {m['max_abs_err']}  real/est bits {real_over_est:.4f}")
-            if with_jpeg2000 and np.isfinite(m["psnr"]):
-                try:
-                    r = at_psnr(JPEG2000(), _as_planes(px), m["psnr"], bits_stored=img.bits_stored)
-                except ValueError:
-                    continue
-                rows.append({"image": name, "codec": "jpeg2000", "quality": q, "bpp": r["bpp"],
-                             "psnr": r["psnr"], "ssim": r.get("ssim"), "max_abs_err": r.get("max_abs_err"),
-                             "encode_s": r.get("encode_s"), "decode_s": r.get("decode_s")})
-                j2k.append((r["bpp"], r["psnr"]))
-        bd = float("nan")
-        if len(j2k) >= 2:
-            a, b = np.array(j2k), np.array(ours)
-            bd = metrics.bd_rate(a[:, 0], a[:, 1], b[:, 0], b[:, 1], 40.0, 55.0)
-        summary[name] = {"bd_rate_vs_jpeg2000": bd, "ours": ours, "jpeg2000": j2k}
+        def measure(c, q, name=name, img=img):
+            r = bench.our_point(c, img, q)
+            progress(f"{name:36s} q{q:<2d} {r['bpp']:7.3f} bpp  {r['psnr']:6.2f} dB  ssim {r['ssim']:.4f}  "
+                     f"max err {r['max_abs_err']}  real/est bits {r['real_over_estimate']:.4f}")
+            return r
+
+        res = bench.compare_image(name, img, [codec], anchors, levels=qualities, tol=0.05, with_ssim=True,
+                                  measure=measure, progress=lambda _: None)
+        results.append(res)
+        rows += res.rows()
+        bd = res.bd(codec.label, "jpeg2000")
+        summary[name] = {"bd_rate_vs_jpeg2000": bd,
+                         "ours": [(r["bpp"], r["psnr"]) for r in res.ours[codec.label]],
+                         "jpeg2000": [(r["bpp"], r["psnr"]) for r in bench.pareto(res.classical.get("jpeg2000", []))]}
         progress(f"{name}: BD-rate vs JPEG 2000 (40-55 dB) {bd:+.1f} %")
     finite = [v["bd_rate_vs_jpeg2000"] for v in summary.values() if np.isfinite(v["bd_rate_vs_jpeg2000"])]
     mean_bd = float(np.mean(finite)) if finite else float("nan")
     progress(f"mean BD-rate vs JPEG 2000 over {len(finite)} images: {mean_bd:+.1f} %")
-    _write_csv(out_dir / "eval.csv", rows)
-    _plot(out_dir / "rd_curves.png", summary)
-    return {"images": summary, "mean_bd_rate": mean_bd, "rows": rows, "model_id": bundle.model_id.hex()}
-
-
-def _as_planes(px: np.ndarray) -> np.ndarray:
-    """(frames, rows, cols, samples) -> what the baselines take: 2-D, (r, c, s) or (f, r, c, s)."""
-    if px.shape[0] == 1:
-        return px[0, :, :, 0] if px.shape[3] == 1 else px[0]
-    return px
-
-
-def _write_csv(path: Path, rows: list) -> None:
-    keys = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
-
-
-def _plot(path: Path, summary: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = max(len(summary), 1)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
-    for ax, (name, s) in zip(axes[0], summary.items()):
-        for key, label, style in (("ours", "keras_codec", "o-"), ("jpeg2000", "JPEG 2000", "s--")):
-            pts = np.array([p for p in s[key] if np.isfinite(p[1])])
-            if len(pts):
-                ax.plot(pts[:, 0], pts[:, 1], style, ms=3, label=label)
-        ax.set_title(f"{name}\nBD-rate {s['bd_rate_vs_jpeg2000']:+.1f} %", fontsize=8)
-        ax.set_xscale("log")
-        ax.set_xlabel("bpp (log scale)")
-        ax.set_ylabel("PSNR (dB, dynamic range)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    bench.write_csv(out_dir / "eval.csv", rows)
+    bench.plot_rd(out_dir / "rd_curves.png", [bench.image_panel(res, with_paper=False) for res in results],
+                  ncols=max(len(results), 1))
+    return {"images": summary, "mean_bd_rate": mean_bd, "rows": rows, "model_id": codec.model_id.hex()}
