@@ -98,6 +98,13 @@ def _cmd_export(args) -> int:
     return export_main(argv)
 
 
+def _cmd_edge(args) -> int:
+    """`keras-codec encode|decode ...` runs `edge-codec encode|decode ...`: one codec, one set of options."""
+    from edge_runtime.cli import main as edge_main
+
+    return edge_main([args.command] + list(args.args))
+
+
 def _default_model() -> str:
     from edge_runtime.bundle import default_bundle_path
 
@@ -142,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print, on the test split, the bpp/PSNR change of TFLite against Keras for float32, "
                         "float16 and int8, the BD-rate of int8 against float32 and the bundle sizes (minutes)")
     x.set_defaults(func=_cmd_export)
+
+    for name, what in (("encode", "image (or folder) -> .kcd: --quality, --max-error D (0 = lossless), "
+                                  "--target-psnr, --target-bpp"),
+                       ("decode", ".kcd (or folder) -> DICOM/PNG/TIFF")):
+        k = sub.add_parser(name, help=f"{what}; the edge runtime's, same options as edge-codec {name}",
+                           add_help=False)
+        k.add_argument("args", nargs=argparse.REMAINDER)
+        k.set_defaults(func=_cmd_edge)
 
     d = sub.add_parser("demo", help="the main job on the shipped model and the sample corpus")
     d.add_argument("--dir", default=None, help="a folder of your own images instead of the test split")

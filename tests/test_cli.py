@@ -32,3 +32,19 @@ def test_demo_on_a_folder_with_the_shipped_bundle(tmp_path, capsys):
 def test_bad_arguments_exit_nonzero(capsys):
     assert main(["eval", "--model", "/nonexistent/bundle"]) != 0
     assert "nonexistent" in capsys.readouterr().err
+
+
+def test_encode_and_decode_are_the_edge_runtime(tmp_path, capsys):
+    """keras-codec encode/decode take edge-codec's options, --max-error included."""
+    from pydicom.data import get_testdata_file
+
+    from data.readers import read_image
+
+    src = get_testdata_file("CT_small.dcm")
+    kcd, out = tmp_path / "ct.kcd", tmp_path / "ct.dcm"
+    assert main(["encode", src, str(kcd), "--max-error", "1"]) == 0
+    assert "max error 1" in capsys.readouterr().out
+    assert main(["decode", str(kcd), str(out)]) == 0
+    diff = read_image(out).pixels.astype(int) - read_image(src).pixels.astype(int)
+    assert abs(diff).max() <= 1
+    assert main(["encode", src, str(kcd)]) == 1  # exists: the edge runtime's error, exit status 1
