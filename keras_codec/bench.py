@@ -740,6 +740,8 @@ SECTIONS = [
     ("Speed", speed_section),
 ]
 """The report's sections in order: (title, function of a BenchContext returning markdown)."""
+SECTION_KEYS = ("rd", "lossless", "bounded", "speed")
+"""Short names of SECTIONS, in the same order (`keras-codec bench --only`)."""
 
 
 def run_bench(models=None, folder=None, out_dir="out/bench", *, backend: str = "auto", speed: bool = False,

@@ -80,9 +80,19 @@ def _cmd_bench(args) -> int:
     parts += [f"--speed --runs {args.runs} --threads {args.threads}"] if args.speed else []
     parts += [f"--speed-quality {args.speed_quality}"] if args.speed and args.speed_quality else []
     parts += [f"--out {shlex.quote(args.out)}"] if args.out != "out/bench" else []
+    parts += [f"--only {args.only}"] if args.only else []
     command = " ".join(parts)
+    sections = None
+    if args.only:
+        from keras_codec.bench import SECTION_KEYS, SECTIONS
+
+        wanted = args.only.split(",")
+        unknown = [w for w in wanted if w not in SECTION_KEYS]
+        if unknown:
+            raise ValueError(f"--only: unknown section {', '.join(unknown)}; choose from {', '.join(SECTION_KEYS)}")
+        sections = [sec for key, sec in zip(SECTION_KEYS, SECTIONS) if key in wanted]
     res = run_bench(args.models, folder=args.dir, out_dir=args.out, backend=args.backend, speed=args.speed,
-                    runs=args.runs, threads=args.threads, speed_quality=args.speed_quality,
+                    runs=args.runs, threads=args.threads, speed_quality=args.speed_quality, sections=sections,
                     progress=lambda s: print(s, flush=True), command=command)
     print()
     print(res["markdown"])
@@ -171,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundle directory; repeat to compare several (default: the shipped one)")
     b.add_argument("--dir", default=None, help="a folder of images instead of the test split")
     b.add_argument("--out", default="out/bench")
+    b.add_argument("--only", default=None, metavar="S[,S]",
+                   help="only these sections: rd, lossless, bounded, speed (default: all; speed needs --speed)")
     b.add_argument("--backend", choices=["auto", "edge", "keras"], default="auto",
                    help="our transforms: the bundle's TFLite graphs (edge), the Keras layers, or edge when present")
     b.add_argument("--speed", action="store_true",

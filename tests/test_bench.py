@@ -177,3 +177,12 @@ def test_classical_codec_that_cannot_take_an_image_is_a_note():
     res = bench.compare_image("tiny_int8", image, [], bench.classical_codecs(), progress=notes.append)
     assert res.classical == {} and len(res.notes) == 3
     assert all("left out" in n and "uint8, uint16 or int16" in n for n in res.notes)
+
+
+def test_only_picks_sections(tmp_path, capsys):
+    src = _folder(tmp_path / "in")
+    assert main(["bench", "--only", "nope", "--dir", str(src), "--out", str(tmp_path / "x")]) == 1
+    assert "unknown section nope" in capsys.readouterr().err
+    assert main(["bench", "--only", "lossless", "--dir", str(src), "--out", str(tmp_path / "o")]) == 0
+    text = (tmp_path / "o" / "results.md").read_text()
+    assert "## Lossless (classical codecs)" in text and "## Rate-distortion" not in text
