@@ -96,6 +96,9 @@ def _cmd_bench(args) -> int:
                     progress=lambda s: print(s, flush=True), command=command)
     print()
     print(res["markdown"])
+    if sections is not None:
+        print(f"wrote {res['out_dir']}/results.md and the CSV / PNG files of its sections")
+        return 0 if "\n## " in res["markdown"] else 1
     print(f"wrote {res['out_dir']}/results.md, points.csv, bd_rate.csv, lossless.csv and the RD curves (PNG)")
     return 0 if res["results"] else 1
 
