@@ -2,7 +2,8 @@
 
 Seeds are a few valid streams made with the TFLite test bundle (tests/edge/data/bundle) from
 small images: 32x40 12-bit, 40x56 16-bit signed with 2 frames, 40x56 8-bit RGB, and a 40x56
-12-bit one carrying a DICOM metadata block. Each fuzzed stream is one seed put through one or
+12-bit one carrying a DICOM metadata block; with a bundle that has a residual model (--bundle),
+also lossless and max-error-2 streams of the first two. Each fuzzed stream is one seed put through one or
 more mutations:
 
     bit flips, byte sets (interesting values), truncation, insertion, deletion, duplicated
@@ -101,15 +102,20 @@ def _metadata_for(image) -> bytes:
 
 
 def make_seeds(codec) -> list:
-    """[(name, bytes)] of valid streams made with `codec` = (Bundle, PlaneCoder)."""
+    """[(name, bytes)] of valid streams made with `codec` = (Bundle, PlaneCoder); when the bundle has a
+    residual model, also error-bounded ones (lossless and max error 2) of the first two images."""
     from edge_runtime.codec import encode_image
 
     bundle, coder = codec
     seeds = []
-    for name, image, with_meta in seed_images():
+    for i, (name, image, with_meta) in enumerate(seed_images()):
         meta = _metadata_for(image) if with_meta else None
         seeds.append((name, encode_image(image, coder=coder, model_id=bundle.model_id, quality=QUALITY,
                                          metadata=meta)))
+        if bundle.residual is not None and i < 2:
+            d = 2 * i
+            seeds.append((f"{name}, max error {d}", encode_image(image, coder=coder, model_id=bundle.model_id,
+                                                                 quality=None, max_error=d, metadata=meta)))
     return seeds
 
 

@@ -33,20 +33,46 @@ def seeds(fuzz, codec):
     return fuzz.make_seeds(codec)
 
 
+@pytest.fixture(scope="module")
+def bounded(tmp_path_factory, bundle_path):
+    """The test bundle plus the shipped residual model: its seeds include error-bounded streams."""
+    import shutil
+
+    from edge_runtime.bundle import default_bundle_path
+    from edge_runtime.residual import RESIDUAL_FILE
+    from edge_runtime.runtime import load_codec
+
+    folder = tmp_path_factory.mktemp("bundle") / "b"
+    shutil.copytree(bundle_path, folder)
+    shutil.copy(default_bundle_path() / RESIDUAL_FILE, folder / RESIDUAL_FILE)
+    return load_codec(folder)
+
+
 def test_seeds_decode_with_their_geometry(fuzz, codec, seeds):
     for name, data in seeds:
         status, detail = fuzz.check_stream(data, codec)
         assert status == "ok", f"seed {name}: {detail}"
 
 
+def test_error_bounded_streams_fuzzed(fuzz, bounded, tmp_path):
+    """Mutations of lossless / max-error streams (their own tile layout): decoded or InvalidBitstreamError."""
+    seeds = [s for s in fuzz.make_seeds(bounded) if "max error" in s[0]]
+    assert len(seeds) == 2
+    _fuzz(fuzz, bounded, seeds, tmp_path, N_STREAMS // 3)
+
+
 def test_mutated_streams_decode_or_raise_invalid_bitstream(fuzz, codec, seeds, tmp_path):
+    _fuzz(fuzz, codec, seeds, tmp_path, N_STREAMS)
+
+
+def _fuzz(fuzz, codec, seeds, tmp_path, n_streams):
     def on_alarm(signum, frame):
         raise TimeoutError("one stream ran for more than 20 s of wall time")
 
     old = signal.signal(signal.SIGALRM, on_alarm)
     failures, past_crc = [], 0
     try:
-        for i in range(N_STREAMS):
+        for i in range(n_streams):
             data, seed_name, desc = fuzz.mutate(seeds, i, 0)
             signal.alarm(20)
             t0 = time.process_time()
@@ -64,7 +90,7 @@ def test_mutated_streams_decode_or_raise_invalid_bitstream(fuzz, codec, seeds, t
                 past_crc += 1
     finally:
         signal.signal(signal.SIGALRM, old)
-    assert past_crc >= N_STREAMS // 3, f"only {past_crc} of {N_STREAMS} streams got past the CRC check"
-    assert not failures, (f"{len(failures)} of {N_STREAMS} fuzzed streams neither decoded nor raised "
+    assert past_crc >= n_streams // 3, f"only {past_crc} of {n_streams} streams got past the CRC check"
+    assert not failures, (f"{len(failures)} of {n_streams} fuzzed streams neither decoded nor raised "
                           f"InvalidBitstreamError (replay one: benchmarks/fuzz_bitstream.py --index I):\n  "
                           + "\n  ".join(failures[:15]))

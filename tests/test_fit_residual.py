@@ -1,0 +1,43 @@
+"""Fitting the residual model of the max-error mode: the tables re-estimated from the symbols code the planes
+they were fitted on in fewer bits than the Laplace tables, the model codes losslessly and round-trips
+through the bundle file."""
+from __future__ import annotations
+
+import numpy as np
+
+from edge_runtime import exact_dwt
+from edge_runtime import residual as res
+from edge_runtime.bundle import default_bundle_path, load_bundle
+from edge_runtime.codec import PlaneCoder
+from keras_codec.fit_residual import bits_per_pixel, collect_samples, fit_model, initial_model, residual_tables
+
+
+def _planes():
+    rng = np.random.default_rng(0)
+    r, c = np.mgrid[0:160, 0:176]
+    a = 2000 + 800 * np.sin(r / 9.0) * np.cos(c / 6.0) + rng.normal(0, 6, r.shape)
+    b = 100 + 60 * (np.hypot(r - 30, c - 40) < 20) + rng.normal(0, 2, r.shape)
+    return [("a", np.round(a).astype(np.int64)), ("b", np.round(b).astype(np.int64))]
+
+
+def test_fitted_tables_beat_laplace_and_the_model_codes_losslessly(tmp_path):
+    b = load_bundle(default_bundle_path())
+    p = b.manifest["codec"]
+    coder = PlaneCoder(p, b.coding, {n: exact_dwt.ExactTransforms(n, p["mode"]) for n in p["transforms"]})
+    planes = _planes()
+    model0 = initial_model(p)
+    groups = collect_samples(coder, planes, model0, bounds=(0, 2), progress=lambda *_: None)
+    model = fit_model(groups, p)
+    laplace = res.ResidualModel(model.weights, residual_tables(p))
+    before = bits_per_pixel(coder, planes, laplace, bounds=(0, 2))
+    after = bits_per_pixel(coder, planes, model, bounds=(0, 2))
+    assert all(after[d] < before[d] for d in before), (before, after)
+    coder.residual = model
+    x = planes[0][1]
+    data = coder.encode_bounded(x, int(x.min()), int(x.max()), 0)
+    np.testing.assert_array_equal(coder.decode_bounded(data, *x.shape, int(x.min()), int(x.max()), 0), x)
+    np.savez(tmp_path / res.RESIDUAL_FILE, **model.to_arrays())
+    with np.load(tmp_path / res.RESIDUAL_FILE) as z:
+        back = res.ResidualModel.from_arrays(z)
+    np.testing.assert_array_equal(back.weights, model.weights)
+    assert all(np.array_equal(x, y) for x, y in zip(back.tables.freqs, model.tables.freqs))
