@@ -112,7 +112,9 @@ class PlaneCoder:
     tile stream plus the residual (edge_runtime.residual) against the base as
     `decode_exact` reconstructs it: numpy float64 lifting without the post-filter, the
     same bits on every CPU. Their stream is: uint8 base quality, uint32 divisor g, uint32
-    base length (little-endian), the base tile stream, the residual's range-coded words.
+    base length (little-endian); when g = 0 (lossless tiles coded as indices into a table
+    of their values) uint32 count and count int32 values, increasing; then the base tile
+    stream and the residual's range-coded words.
     """
 
     def __init__(self, params: dict, coding: CodingModel, transforms, residual: res.ResidualModel | None = None):
@@ -194,19 +196,30 @@ class PlaneCoder:
         """Tile stream of integer tile `x` (values in [lo, hi]) within `max_error` of it.
 
         Values are first divided by the greatest common divisor g of x - lo (8-bit data
-        stored in 16 bits, palettes: g = 256 or 257), with the bound D // g. The base
-        quality is `quality`, or with None the one search_base_quality finds.
+        stored in 16 bits, palettes: g = 256 or 257), with the bound D // g. Lossless tiles
+        that use at most half of the values in their range (graphics, test patterns) are
+        also coded as indices into a table of the values present, and the shorter kept.
+        The base quality is `quality`, or with None the one search_base_quality finds.
         """
         x = np.asarray(x, np.int64)
         g = max(int(np.gcd.reduce((x - lo).ravel())), 1) if x.size else 1
-        u, top, d = (x - lo) // g, (hi - lo) // g, int(max_error) // g
-        if quality is None:
-            quality = self.search_base_quality(u, top, d)
-        st = {} if stats is not None else None
-        base_stream, body = self._bounded_body(u, top, d, quality, st)
+        candidates = [(g, (x - lo) // g, (hi - lo) // g, int(max_error) // g, b"")]
+        if max_error == 0 and x.size:
+            values, index = np.unique(x, return_inverse=True)
+            if len(values) <= ((hi - lo) // g + 1) // 2:
+                table = struct.pack("<I", len(values)) + values.astype("<i4").tobytes()
+                candidates.append((0, index.reshape(x.shape), len(values) - 1, 0, table))
+        best = None
+        for g, u, top, d, table in candidates:
+            q = self.search_base_quality(u, top, d) if quality is None else quality
+            st = {} if stats is not None else None
+            base_stream, body = self._bounded_body(u, top, d, q, st)
+            data = struct.pack("<BII", q, g, len(base_stream)) + table + base_stream + body
+            if best is None or len(data) < len(best[0]):
+                best = (data, st, len(table))
         if stats is not None:
-            stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + 72 + st["estimated_bits"]
-        return struct.pack("<BII", quality, g, len(base_stream)) + base_stream + body
+            stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + 72 + 8 * best[2] + best[1]["estimated_bits"]
+        return best[0]
 
     def _bounded_body(self, u: np.ndarray, top: int, d: int, quality: int, stats=None) -> tuple[bytes, bytes]:
         """(base tile stream, residual stream) of integer tile u in [0, top] within d."""
@@ -241,12 +254,25 @@ class PlaneCoder:
         if len(data) < 9:
             raise ValueError("error-bounded tile stream shorter than its 9-byte header")
         q, g, n = struct.unpack_from("<BII", data, 0)
-        if q not in BASE_QUALITIES or not 1 <= g <= max(hi - lo, 1) or n > len(data) - 9:
+        off, values = 9, None
+        if g == 0:  # indices into a table of values (lossless only)
+            count = struct.unpack_from("<I", data, 9)[0] if len(data) >= 13 else 0
+            if max_error != 0 or not 1 <= count <= max(hi - lo + 1, 1) or 13 + 4 * count > len(data):
+                raise ValueError(f"error-bounded tile value table ({count} values, max error {max_error}) is "
+                                 "inconsistent")
+            values = np.frombuffer(data, "<i4", count, 13).astype(np.int64)
+            if values[0] < lo or values[-1] > hi or np.any(np.diff(values) <= 0):
+                raise ValueError("error-bounded tile value table is not increasing within the plane's range")
+            off, top, d = 13 + 4 * count, count - 1, 0
+        elif g <= max(hi - lo, 1):
+            top, d = (hi - lo) // g, int(max_error) // g
+        else:
+            raise ValueError(f"error-bounded tile divisor {g} exceeds the plane's range {hi - lo}")
+        if q not in BASE_QUALITIES or n > len(data) - off:
             raise ValueError(f"error-bounded tile header (quality {q}, divisor {g}, base length {n}) is inconsistent")
-        top, d = (hi - lo) // g, int(max_error) // g
-        base = res.reconstruct_base(self.decode_exact(data[9:9 + n], rows, cols, q), 0, top)
-        u = res.dequantize(base, res.decode_residual(data[9 + n:], base, d, model), d, 0, top)
-        return lo + g * u
+        base = res.reconstruct_base(self.decode_exact(data[off:off + n], rows, cols, q), 0, top)
+        u = res.dequantize(base, res.decode_residual(data[off + n:], base, d, model), d, 0, top)
+        return values[u] if values is not None else lo + g * u
 
 
 def _equal_pair_fraction(x: np.ndarray) -> float:
@@ -270,8 +296,8 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
 
     `max_error` D (stored units, >= 0) codes every tile within D of the original (D = 0:
     lossless); its base quality is `quality`, or with None the one the encoder finds
-    best for each tile (PlaneCoder.search_base_quality). `stats` (optional) receives "estimated_bits": the model's code length of
-    the tile streams, to compare with the real size.
+    best for each tile (PlaneCoder.search_base_quality). `stats` (optional) receives
+    "estimated_bits": the model's code length of the tile streams, to compare with the real size.
     """
     bounded = max_error is not None
     if bounded and (int(max_error) != max_error or max_error < 0):

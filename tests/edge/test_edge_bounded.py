@@ -202,3 +202,25 @@ def test_cli_max_error_and_targets(bounded_codec, synthetic_dcm, tmp_path, capsy
         main(["encode", str(synthetic_dcm), str(tmp_path / "x.kcd"), "--quality", "5", "--max-error", "1"])
     with pytest.raises(SystemExit):
         main(["encode", str(synthetic_dcm), str(tmp_path / "x.kcd"), "--max-error", "-1"])
+
+
+def test_few_values_are_coded_as_a_table(exact_coder):
+    """A lossless tile using few of its range's values: indices into a value table, exact, and shorter."""
+    b, coder = exact_coder
+    rng = np.random.default_rng(8)
+    levels = np.array([0, 17, 40, 41, 90, 200, 255])
+    r, c = np.mgrid[0:48, 0:64]
+    idx = ((r // 8 + c // 11) % len(levels))
+    idx[rng.random(idx.shape) < 0.05] = 0  # some isolated dots
+    x = levels[idx]
+    image = Image(pixels=x.astype(np.uint8)[None, :, :, None], bits_stored=8, signed=False)
+    data, out, _ = _roundtrip(coder, b, image, 0)
+    np.testing.assert_array_equal(out.pixels, image.pixels)
+    _, tiles, _ = bs.parse(data)
+    assert tiles[0][1:5] == b"\0\0\0\0"  # divisor 0: the value table
+    plain = coder.encode_bounded(x, 0, 255, 1)  # a bound > 0 never uses the table
+    assert plain[1:5] != b"\0\0\0\0"
+    bad = bytearray(tiles[0])
+    bad[13:17] = (300).to_bytes(4, "little", signed=True)  # a table value outside [lo, hi]
+    with pytest.raises(ValueError, match="table"):
+        coder.decode_bounded(bytes(bad), 48, 64, 0, 255, 0)
