@@ -18,11 +18,38 @@ Kernels: ``"xnnpack"`` is TFLite's default (the XNNPACK delegate where it applie
 ``"reference"`` the portable reference kernels (``OpResolverType.BUILTIN_REF``), slower but
 the same on every CPU. Only the wavelet graphs run here; the table indices that entropy
 decoding depends on come from the integer context model in numpy (see DESIGN.md,
-Determinism), so a kernel choice can change a pixel by rounding at most, never the stream.
+Determinism), so a kernel choice can change a pixel by rounding at most, never the stream: a
+float post-filter can move a pixel by one (kernel libraries sum its convolutions in different
+orders); the int8 post-filter cannot.
+
+int8 bundles (a ``postfilter_int8`` entry in the manifest's ``tflite`` section): the decoder
+graph is the inverse DWT alone and the post-filter of one transform (``transform``) is a
+separate full-integer graph, ``postfilter.tflite``, signature ``postfilter``: input ``diff``
+(1, H+2, W+2, 3) int8, output ``correction`` (1, H, W, 1) int8, where H x W is the padded plane.
+Its float boundary is computed here, in numpy, with one rounding rule (round half to even,
+then saturate to [-128, 127]), so every decoder feeds it the same integers:
+
+- u = plane / step (float32), zero-padded by one sample before and two after each axis;
+- channels 0 and 1: the forward differences u[i, j+1] - u[i, j] and u[i+1, j] - u[i, j] for
+  i in -1..H, j in -1..W, divided by ``diff_scale`` (a power of two, so exactly), which is
+  the input tensor's scale (zero point 0): differences beyond 128 * diff_scale quantizer
+  steps saturate;
+- channel 2, everywhere: round((log10 step - ``log_step_offset``) * ``log_step_gain``); the
+  steps of the quality levels land on integers;
+- the filtered plane is plane + step * (correction - zero_point) * scale (float32), with the
+  output tensor's scale and zero point.
+
+Inside the graph every requantization multiplier is a power of two 2^-k (k >= 3) and every
+accumulator is 2 mod 4 (weights multiples of 4, biases 2 mod 4), so no product lies on or next
+to a rounding tie: double-rounding fixed point (the reference kernels), single rounding
+(optimized kernels) and float requantization (XNNPACK) all give the same integers
+(export/tflite_export.py builds the graph that way and checks it against exact integer
+arithmetic).
 """
 from __future__ import annotations
 
 import functools
+import math
 import re
 from pathlib import Path
 
@@ -30,12 +57,15 @@ import numpy as np
 
 from edge_runtime.bundle import InvalidBundleError
 
-__all__ = ["KERNELS", "MissingTFLiteError", "TFLiteTransforms", "interpreter_module", "tflite_paths",
+__all__ = ["KERNELS", "Int8PostFilter", "MissingTFLiteError", "TFLiteTransforms", "interpreter_module",
+           "log_step_code", "postfilter_input", "postfilter_output", "postfilter_spec", "tflite_paths",
            "transforms_for_bundle"]
 
 KERNELS = ("xnnpack", "reference")
 ENCODER_FILE = "encoder.tflite"
 DECODER_FILE = "decoder.tflite"
+POSTFILTER_FILE = "postfilter.tflite"
+POSTFILTER_SIGNATURE = "postfilter"
 
 
 class MissingTFLiteError(InvalidBundleError):
@@ -55,21 +85,38 @@ def interpreter_module():
     return mod
 
 
-def tflite_paths(bundle) -> dict:
-    """{"encoder": path, "decoder": path} of a loaded bundle; MissingTFLiteError when absent.
+def postfilter_spec(bundle) -> dict | None:
+    """The manifest's int8 post-filter entry (``tflite.postfilter_int8``), or None (a float bundle)."""
+    spec = (bundle.manifest.get("tflite") or {}).get("postfilter_int8")
+    if not spec:
+        return None
+    missing = [k for k in ("transform", "diff_scale", "log_step_offset", "log_step_gain") if k not in spec]
+    if missing:
+        raise InvalidBundleError(f"{bundle.path}: manifest.json tflite.postfilter_int8 lacks {', '.join(missing)}; "
+                                 f"re-run the int8 export (export/tflite_export.py --quant int8)")
+    return spec
 
-    The manifest's `tflite` section may name other files (`"encoder"` / `"decoder"` keys).
+
+def tflite_paths(bundle) -> dict:
+    """{"encoder": path, "decoder": path} of a loaded bundle, and "postfilter" for an int8 bundle;
+    MissingTFLiteError when a file is absent.
+
+    The manifest's `tflite` section may name other files (`"encoder"` / `"decoder"` keys, the
+    post-filter's `postfilter_int8.file`).
     """
     section = bundle.manifest.get("tflite") or {}
     paths = {}
     for role, default in (("encoder", ENCODER_FILE), ("decoder", DECODER_FILE)):
         name = section.get(role) if isinstance(section.get(role), str) else default
         paths[role] = Path(bundle.path) / name
+    spec = postfilter_spec(bundle)
+    if spec is not None:
+        paths["postfilter"] = Path(bundle.path) / spec.get("file", POSTFILTER_FILE)
     missing = [p.name for p in paths.values() if not p.is_file()]
     if missing:
         raise MissingTFLiteError(
             f"{bundle.path}: the bundle has no {' or '.join(missing)}, which the edge runtime needs: run the TFLite "
-            f"export on a workstation (export/tflite_export.py) to add encoder.tflite and decoder.tflite")
+            f"export on a workstation (export/tflite_export.py) to add {' and '.join(missing)}")
     return paths
 
 
@@ -78,7 +125,38 @@ def transforms_for_bundle(bundle, kernels: str = "xnnpack", num_threads: int = 2
     params = bundle.manifest["codec"]
     names = params.get("transforms", [params.get("wavelet", "cdf97")])
     paths = tflite_paths(bundle)
-    return {n: TFLiteTransforms(paths, n, kernels=kernels, num_threads=num_threads) for n in names}
+    spec = postfilter_spec(bundle)
+    return {n: TFLiteTransforms(paths, n, kernels=kernels, num_threads=num_threads,
+                                postfilter=spec if spec is not None and spec["transform"] == n else None)
+            for n in names}
+
+
+def postfilter_input(plane: np.ndarray, step: float, spec: dict) -> np.ndarray:
+    """The int8 post-filter's input (1, H+2, W+2, 3) for a padded plane (H, W): see the module docstring."""
+    rows, cols = plane.shape
+    inv = np.float32(1.0 / float(spec["diff_scale"]))
+    if float(inv) != 2.0 ** round(np.log2(float(inv))):
+        raise InvalidBundleError(f"post-filter diff_scale {spec['diff_scale']} is not a power of two")
+    u = np.zeros((rows + 3, cols + 3), np.float32)
+    u[1:rows + 1, 1:cols + 1] = np.asarray(plane, np.float32) / np.float32(step)
+    q = np.empty((1, rows + 2, cols + 2, 3), np.int8)
+    for ch, d in enumerate((u[:rows + 2, 1:] - u[:rows + 2, :-1], u[1:, :cols + 2] - u[:-1, :cols + 2])):
+        q[0, :, :, ch] = np.clip(np.rint(d * inv), -128, 127)
+    q[0, :, :, 2] = log_step_code(step, spec)
+    return q
+
+
+def log_step_code(step: float, spec: dict) -> int:
+    """The log-step channel's value: round((log10 step - offset) * gain), saturated to int8."""
+    v = (math.log10(float(step)) - float(spec["log_step_offset"])) * float(spec["log_step_gain"])
+    return int(np.clip(np.rint(v), -128, 127))
+
+
+def postfilter_output(plane: np.ndarray, step: float, correction: np.ndarray, scale: float,
+                      zero_point: int) -> np.ndarray:
+    """plane + step * dequantized correction, in float32 (correction (H, W) int8 in quantizer steps)."""
+    r = (np.asarray(correction, np.float32) - np.float32(zero_point)) * np.float32(scale)
+    return np.asarray(plane, np.float32) + np.float32(step) * r
 
 
 def _natural_key(name: str):
@@ -114,14 +192,61 @@ class _Signature:
                              f"a graph exported with static shapes only takes planes of its own size") from None
 
 
+class Int8PostFilter:
+    """The full-integer post-filter graph with its float boundary: ``pf(plane, step)`` -> filtered plane."""
+
+    def __init__(self, path, spec: dict, kernels: str = "xnnpack", num_threads: int = 2):
+        self.path, self.spec = Path(path), dict(spec)
+        if not self.path.is_file():
+            raise MissingTFLiteError(f"{self.path}: no such TFLite model: run the int8 export on a workstation "
+                                     f"(export/tflite_export.py --quant int8) to add it to the bundle")
+        self.kernels, self.num_threads = kernels, int(num_threads)
+        self._sig = None
+
+    def _signature(self) -> _Signature:
+        if self._sig is None:
+            interp = _interpreter(str(self.path.resolve()), self.path.stat().st_mtime_ns, self.kernels,
+                                  self.num_threads)
+            key = self.spec.get("signature", POSTFILTER_SIGNATURE)
+            if key not in interp.get_signature_list():
+                raise MissingTFLiteError(f"{self.path}: no signature {key!r}; re-run the int8 export")
+            sig = _Signature(interp, key, self.path)
+            if len(sig.inputs) != 1 or len(sig.outputs) != 1:
+                raise InvalidBundleError(f"{self.path}: signature {key} has {len(sig.inputs)} inputs and "
+                                         f"{len(sig.outputs)} outputs, expected one of each")
+            (d_in,), (d_out,) = sig.inputs.values(), sig.outputs.values()
+            scale, zero_point = d_in["quantization"]
+            if (d_in["dtype"] != np.int8 or d_out["dtype"] != np.int8 or len(d_in["shape"]) != 4
+                    or d_in["shape"][-1] != 3 or scale != float(self.spec["diff_scale"]) or zero_point != 0):
+                raise InvalidBundleError(
+                    f"{self.path}: signature {key} takes {d_in['dtype'].__name__} {list(d_in['shape'])} with scale "
+                    f"{scale}, zero point {zero_point}; expected int8 (1, H+2, W+2, 3) with the manifest's "
+                    f"diff_scale {self.spec['diff_scale']} and zero point 0")
+            self._sig = sig
+        return self._sig
+
+    def __call__(self, plane: np.ndarray, step: float) -> np.ndarray:
+        sig = self._signature()
+        (name_in,), (name_out,) = sig.inputs, sig.outputs
+        out = sig({name_in: postfilter_input(plane, step, self.spec)})
+        scale, zero_point = sig.outputs[name_out]["quantization"]
+        q = np.asarray(out[name_out])
+        if q.shape != (1,) + tuple(plane.shape) + (1,):
+            raise InvalidBundleError(f"{self.path}: the post-filter gives shape {q.shape} for a plane {plane.shape}")
+        return postfilter_output(plane, step, q[0, :, :, 0], scale, zero_point)
+
+
 class TFLiteTransforms:
     """`analysis(plane, levels)` / `synthesis(bands, levels, step)` over a bundle's TFLite graphs.
 
     `model_paths` is {"encoder": path, "decoder": path} (see :func:`tflite_paths`); `wavelet`
-    picks the signatures (``f"{wavelet}_L{levels}"``).
+    picks the signatures (``f"{wavelet}_L{levels}"``). `postfilter` (an int8 bundle's
+    ``postfilter_int8`` entry, with `model_paths["postfilter"]`) runs the int8 post-filter
+    after the decoder graph.
     """
 
-    def __init__(self, model_paths: dict, wavelet: str, kernels: str = "xnnpack", num_threads: int = 2):
+    def __init__(self, model_paths: dict, wavelet: str, kernels: str = "xnnpack", num_threads: int = 2,
+                 postfilter: dict | None = None):
         if kernels not in KERNELS:
             raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
         if int(num_threads) < 1:
@@ -133,6 +258,10 @@ class TFLiteTransforms:
                     f"{p}: no such TFLite model: run the TFLite export on a workstation "
                     f"(export/tflite_export.py) to add encoder.tflite and decoder.tflite to the bundle")
         self.wavelet, self.kernels, self.num_threads = wavelet, kernels, int(num_threads)
+        self.postfilter = None
+        if postfilter is not None:
+            path = model_paths.get("postfilter", Path(self.paths["decoder"]).parent / POSTFILTER_FILE)
+            self.postfilter = Int8PostFilter(path, postfilter, kernels=kernels, num_threads=num_threads)
         self._sigs = {}
 
     def _signature(self, role: str, levels: int) -> _Signature:
@@ -188,4 +317,5 @@ class TFLiteTransforms:
         if len(out) != 1:
             raise InvalidBundleError(f"{sig.path}: signature {sig.key} has {len(out)} outputs, expected 1")
         y = np.asarray(next(iter(out.values())))
-        return y.reshape(y.shape[1], y.shape[2])
+        y = y.reshape(y.shape[1], y.shape[2])
+        return self.postfilter(y, step) if self.postfilter is not None else y

@@ -1,5 +1,6 @@
 """TFLite export of the wavelet transforms: dynamic H, W, one signature per (transform, levels),
-builtin ops only, and TFLite = Keras to 1e-5."""
+builtin ops only, and TFLite = Keras to 1e-5; the int8 post-filter: an exact rewriting of the
+filter, a graph equal to exact integer arithmetic, the same pixels with every kernel library."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,7 @@ import tensorflow as tf
 from edge_runtime import context as ctx
 from edge_runtime.bundle import load_bundle, model_id_of, save_bundle
 from edge_runtime.entropy import laplace_tables
-from export.tflite_export import export_transforms, op_names, run_signature, verify_export
+from export.tflite_export import _postfilter_for, export_transforms, op_names, run_signature, verify_export
 from keras_codec.config import CodecConfig
 from keras_codec.layers import DWT2D, IDWT2D
 from keras_codec.models.wavelet import (WaveletTransforms, build_postfilter, join_details, postfilter_arch,
@@ -138,14 +139,129 @@ def test_export_with_postfilter_float32_and_float16(tmp_path):
     assert "DEQUANTIZE" in op_names(out / "decoder.tflite") and "DEQUANTIZE" not in op_names(src / "decoder.tflite")
 
 
-def test_int8_refused(tmp_path):
+def test_bad_quantization_requests(tmp_path):
     src = _tiny_bundle(tmp_path / "src")
-    with pytest.raises(ValueError, match="lifting"):
-        export_transforms(src, quant="int8")
+    with pytest.raises(ValueError, match="post-filter"):
+        export_transforms(src, tmp_path / "out", quant="int8")  # nothing learned to quantize
     with pytest.raises(ValueError, match="quantization"):
         export_transforms(src, quant="bf16")
     with pytest.raises(RuntimeError, match="export_transforms"):
         verify_export(src)
+
+
+def test_difference_form_of_the_postfilter_is_exact():
+    """The int8 graph's rewriting: a zero-mean conv on u = the valid conv of u's differences, and the
+    whole correction equals the Keras filter's (no rounding, no saturation here)."""
+    from edge_runtime.codec import quantizer_step
+    from keras_codec.models.wavelet import build_postfilter_correction, difference_kernel, postfilter_integer_form
+
+    rng = np.random.default_rng(4)
+    k = rng.standard_normal((3, 3, 1, 5)).astype(np.float32)
+    k -= k.mean(axis=(0, 1, 2), keepdims=True)
+    u = rng.standard_normal((9, 13)).astype(np.float32)
+    uz = np.pad(u, ((1, 2), (1, 2)))
+    d = np.stack([uz[:-1, 1:] - uz[:-1, :-1], uz[1:, :-1] - uz[:-1, :-1]], -1)
+    same = tf.nn.conv2d(u[None, :, :, None], k, 1, "SAME").numpy()
+    valid = tf.nn.conv2d(d[None], difference_kernel(k), 1, "VALID").numpy()
+    np.testing.assert_allclose(valid, same, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="sum to zero"):
+        difference_kernel(np.ones((3, 3, 1, 1), np.float32))
+
+    cfg = CodecConfig().wavelet
+    pf = build_postfilter(cfg, arch=postfilter_arch(cfg, channels=4, layers=3))
+    pf.set_weights([0.3 * rng.standard_normal(w.shape).astype(np.float32) for w in pf.get_weights()])
+    scale, offset, gain = 2.0 ** -5, -1.3, 120.0
+    core = build_postfilter_correction(postfilter_integer_form(pf, scale, offset, gain))
+    step = quantizer_step(9)
+    y = rng.random((16, 24)).astype(np.float32) * 0.3
+    uz = np.pad(y / step, ((1, 2), (1, 2)))
+    ls = np.full(uz[:-1, :-1].shape, (np.log10(step) - offset) * gain * scale, np.float32)
+    d = np.stack([uz[:-1, 1:] - uz[:-1, :-1], uz[1:, :-1] - uz[:-1, :-1], ls], -1)[None].astype(np.float32)
+    got = y + step * core(d).numpy()[0, :, :, 0]
+    expected = pf([y[None, :, :, None], np.array([[np.log10(step)]], np.float32)]).numpy()[0, :, :, 0]
+    np.testing.assert_allclose(got / step, expected / step, rtol=0, atol=1e-4)
+
+
+def _smooth_image(seed=5, shape=(48, 64)):
+    from data.image import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:shape[0], 0:shape[1]]
+    px = np.clip(2000 + 1500 * np.sin(x / 5.0) * np.cos(y / 7.0) + rng.normal(0, 30, x.shape), 0, 4095)
+    return Image(pixels=px.astype(np.uint16)[None, :, :, None], bits_stored=12, signed=False)
+
+
+def test_int8_postfilter_export_is_integer_and_deterministic(tmp_path):
+    """int8: float inverse DWT + a full-integer post-filter graph whose outputs are exact integer
+    arithmetic, so XNNPACK and the reference kernels decode real images to the same pixels."""
+    from pydicom.data import get_testdata_file
+
+    from data.readers import read_image
+    from edge_runtime.codec import decode_image, encode_image
+    from edge_runtime.runtime import load_codec
+    from edge_runtime.tflite_runner import TFLiteTransforms, postfilter_input, tflite_paths
+    from export.tflite_export import integer_reference, representative_planes
+    from keras_codec.models.wavelet import build_postfilter_correction, postfilter_integer_form
+
+    src = _tiny_bundle(tmp_path / "src", postfilter=True)
+    img = _smooth_image()
+    plane = img.pixels[0, :, :, 0] / 4095.0
+    rep = representative_planes(load_bundle(src), qualities=(6, 12, 18), planes=[plane, plane.T])
+    assert len(rep) == 6 and all(y.dtype == np.float32 and y.shape[0] % 8 == 0 for y, _ in rep)
+    out = tmp_path / "int8"
+    section = export_transforms(src, out, quant="int8", representative=rep)
+    entry = section["postfilter_int8"]
+    assert section["quantization"] == "int8" and section["postfilter"] == {"cdf97": True, "haar": False}
+    assert entry["file"] == "postfilter.tflite" and entry["transform"] == "cdf97"
+    assert entry["diff_scale"] == 2.0 ** -5 and entry["representative"] == {"given": 6}
+
+    # Graphs: the decoder is the float inverse DWT alone, the post-filter int8 convolutions only.
+    pf_model = (out / "postfilter.tflite").read_bytes()
+    assert op_names(pf_model) == {"CONV_2D"}
+    assert "CONV_2D" not in op_names(out / "decoder.tflite")
+    interp = _interpreter_class()(model_content=pf_model)
+    dtypes = {d["dtype"] for d in interp.get_tensor_details()}
+    assert dtypes <= {np.int8, np.int32}, dtypes
+    bundle = load_bundle(out)
+    id_int8 = bundle.model_id
+    (out / "postfilter.tflite").write_bytes(pf_model[:-1] + bytes([pf_model[-1] ^ 1]))
+    assert model_id_of(out) != id_int8  # the int8 graph is part of the model id
+    (out / "postfilter.tflite").write_bytes(pf_model)
+
+    report = verify_export(out, shapes=((32, 48),), step=0.05)
+    assert report["max_abs_diff"] <= TOL and report["postfilter_int8"]["equals_integer_reference"], report
+
+    # Real decoded images, both kernel libraries: the same pixels.
+    ct = read_image(get_testdata_file("CT_small.dcm"))
+    edges = {k: load_codec(out, kernels=k)[1] for k in ("xnnpack", "reference")}
+    for image in (img, ct):
+        for q in (8, 16):
+            data = encode_image(image, coder=edges["xnnpack"], model_id=id_int8, quality=q)
+            px = {k: decode_image(data, coder=c, model_ids=[id_int8])[0].pixels for k, c in edges.items()}
+            np.testing.assert_array_equal(px["xnnpack"], px["reference"])
+
+    # The graph on a real decoded plane equals exact integer arithmetic.
+    step = 0.02
+    plain = TFLiteTransforms(tflite_paths(bundle), "cdf97")
+    x = (ct.pixels[0, :, :, 0].astype(np.float64) - ct.pixels.min()) / np.ptp(ct.pixels)
+    bands = plain.analysis(x.astype(np.float32), 3)
+    bands = [np.round(bands[0] / step) * step] + [tuple(np.round(b / step) * step for b in t) for t in bands[1:]]
+    y = plain.synthesis(bands, 3, step=step)
+    q = postfilter_input(y, step, entry)
+    (r,) = run_signature(pf_model, "postfilter", [q])
+    np.testing.assert_array_equal(r, integer_reference(pf_model, q))
+    # ... and tracks the float filter it quantizes (same int8 input), within a few output steps.
+    core = build_postfilter_correction(postfilter_integer_form(
+        _postfilter_for(bundle, "cdf97"), entry["diff_scale"], entry["log_step_offset"], entry["log_step_gain"]))
+    r_float = core(q.astype(np.float32) * entry["diff_scale"]).numpy()
+    out_scale = entry["activation_scales"][-1]
+    err = np.abs(r.astype(np.float64) * out_scale - r_float)
+    # (this random filter's corrections reach 14 steps; measured: mean 0.9, 99th percentile 4.5 output steps)
+    assert err.mean() <= 1.5 * out_scale and np.percentile(err, 99) <= 8 * out_scale, (err.mean(), out_scale)
+
+    # Back to float32 in place: the int8 graph goes, so it no longer counts in the model id.
+    export_transforms(out, quant="float32")
+    assert not (out / "postfilter.tflite").exists() and "postfilter_int8" not in load_bundle(out).manifest["tflite"]
 
 
 def test_workstation_stream_decodes_identically_on_the_edge(tmp_path):

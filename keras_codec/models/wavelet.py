@@ -159,6 +159,81 @@ def load_postfilter(bundle, wavelet: str | None = None) -> tf.keras.Model | None
     return model
 
 
+def difference_kernel(kernel: np.ndarray) -> np.ndarray:
+    """A zero-mean 3x3 kernel (3, 3, 1, C) on a plane u -> the same filter (3, 3, 2, C) on u's differences.
+
+    With dx[i, j] = u[i, j+1] - u[i, j] and dy[i, j] = u[i+1, j] - u[i, j] taken on u zero-padded
+    by one sample before and two after each axis, a 'valid' convolution of [dx, dy] with the
+    result equals the 'same' (zero-padded) convolution of u with `kernel` at every pixel,
+    borders included. It exists because a kernel whose taps sum to zero vanishes at
+    z = (1, 1), so it is (1 - z1)·A + (1 - z2)·B; this is the minimum-norm solution. The int8
+    post-filter uses it: differences of u = plane/step have a small range, u itself does not.
+    """
+    kernel = np.asarray(kernel, np.float64)
+    if kernel.shape[:3] != (3, 3, 1):
+        raise ValueError(f"difference_kernel takes a (3, 3, 1, C) kernel, got {kernel.shape}")
+    # Row r of `basis`: the 4x4 footprint on u (offsets -1..2) of one tap of dx or dy.
+    basis = []
+    for a in range(3):
+        for b in range(3):
+            for ch in range(2):
+                e = np.zeros((4, 4))
+                e[a + ch, b + 1 - ch] += 1.0
+                e[a, b] -= 1.0
+                basis.append(e.ravel())
+    basis = np.array(basis).T
+    out = np.zeros((3, 3, 2, kernel.shape[-1]))
+    for c in range(kernel.shape[-1]):
+        target = np.zeros((4, 4))
+        target[:3, :3] = kernel[:, :, 0, c]
+        if abs(target.sum()) > 1e-6 * max(np.abs(target).max(), 1e-30):
+            raise ValueError(f"difference_kernel: channel {c} of the kernel does not sum to zero ({target.sum():.3g})")
+        sol = np.linalg.lstsq(basis, target.ravel(), rcond=None)[0]
+        out[:, :, :, c] = sol.reshape(3, 3, 2)
+    return out.astype(np.float32)
+
+
+def postfilter_integer_form(model: tf.keras.Model, diff_scale: float, log_step_offset: float,
+                            log_step_gain: float) -> list:
+    """The post-filter's correction as the int8 graph computes it, in float: [(kernel, bias), ...].
+
+    Input (B, H+2, W+2, 3): the differences of plane/step and the log-step channel of
+    `edge_runtime.tflite_runner.postfilter_input`, dequantized (times `diff_scale`). Output:
+    the correction g (B, H, W, 1) in quantizer steps; the filtered plane is plane + step·g.
+    The first convolution is 'valid' and the others 'same', ReLU after all but the last. The
+    step-dependent bias of the first layer enters through channel 2's centre tap. Equal to
+    the Keras filter (up to float rounding) while no difference exceeds 128·diff_scale steps.
+    """
+    layer = next((l for l in model.layers if isinstance(l, StepResidualFilter)), None)
+    if layer is None:
+        raise ValueError(f"{model.name}: not a post-filter built by build_postfilter (no StepResidualFilter)")
+    if layer.input_scaling != "step":
+        raise ValueError("the int8 post-filter needs a step-scaled, zero-mean first layer (input_scaling='step'); "
+                         f"this one has input_scaling={layer.input_scaling!r}")
+    k0 = layer.conv_in.effective_kernel().numpy()
+    w_step, b_step = (w.numpy() for w in (layer.step_bias.kernel, layer.step_bias.bias))
+    kernel = np.zeros((3, 3, 3, k0.shape[-1]), np.float32)
+    kernel[:, :, :2] = difference_kernel(k0)
+    kernel[1, 1, 2] = w_step[0] / (float(diff_scale) * float(log_step_gain))
+    bias = layer.conv_in.bias.numpy() + b_step + w_step[0] * float(log_step_offset)
+    layers = [(kernel, bias.astype(np.float32))]
+    layers += [tuple(np.asarray(w, np.float32) for w in h.get_weights()) for h in layer.hidden]
+    layers.append(tuple(np.asarray(w, np.float32) for w in layer.conv_out.get_weights()))
+    return layers
+
+
+def build_postfilter_correction(layers: list, name: str = "postfilter_correction") -> tf.keras.Model:
+    """Keras model of `postfilter_integer_form`'s layers: (B, H+2, W+2, 3) -> correction (B, H, W, 1)."""
+    x_in = tf.keras.Input((None, None, layers[0][0].shape[2]), name="diff")
+    x = x_in
+    for i, (kernel, bias) in enumerate(layers):
+        conv = tf.keras.layers.Conv2D(kernel.shape[-1], kernel.shape[:2], padding="valid" if i == 0 else "same",
+                                      activation=None if i == len(layers) - 1 else "relu", name=f"conv{i}")
+        x = conv(x)
+        conv.set_weights([kernel, bias])
+    return tf.keras.Model(x_in, x, name=name)
+
+
 def build_functional_codec(config: WaveletConfig, rows: int, cols: int, levels: int,
                            postfilter: tf.keras.Model | None = None, step: float | None = None) -> tf.keras.Model:
     """The whole codec as one Keras functional model on a (rows, cols) plane.
