@@ -192,6 +192,12 @@ class _Signature:
                              f"a graph exported with static shapes only takes planes of its own size") from None
 
 
+POSTFILTER_STRIP = 256
+"""Rows per post-filter run (a 2k x 2k plane in one run needed ~0.5 GB of TFLite scratch)."""
+POSTFILTER_HALO = 8
+"""Context rows above and below a strip; the graph's 3x3 layers see 3 rows each side."""
+
+
 class Int8PostFilter:
     """The full-integer post-filter graph with its float boundary: ``pf(plane, step)`` -> filtered plane."""
 
@@ -225,15 +231,25 @@ class Int8PostFilter:
             self._sig = sig
         return self._sig
 
-    def __call__(self, plane: np.ndarray, step: float) -> np.ndarray:
+    def __call__(self, plane: np.ndarray, step: float, strip: int = POSTFILTER_STRIP) -> np.ndarray:
+        """The filtered plane. Planes taller than `strip` rows run in strips of `strip` rows with
+        POSTFILTER_HALO rows of context on each side (more than the graph's receptive field), so
+        TFLite's scratch memory stays bounded; integer arithmetic makes the result the same bits."""
         sig = self._signature()
         (name_in,), (name_out,) = sig.inputs, sig.outputs
-        out = sig({name_in: postfilter_input(plane, step, self.spec)})
         scale, zero_point = sig.outputs[name_out]["quantization"]
-        q = np.asarray(out[name_out])
-        if q.shape != (1,) + tuple(plane.shape) + (1,):
-            raise InvalidBundleError(f"{self.path}: the post-filter gives shape {q.shape} for a plane {plane.shape}")
-        return postfilter_output(plane, step, q[0, :, :, 0], scale, zero_point)
+        x = postfilter_input(plane, step, self.spec)
+        rows = plane.shape[0]
+        q = np.empty(plane.shape, np.int8)
+        for r0 in range(0, rows, strip):
+            r1 = min(rows, r0 + strip)
+            a, b = max(0, r0 - POSTFILTER_HALO), min(rows, r1 + POSTFILTER_HALO)
+            out = np.asarray(sig({name_in: np.ascontiguousarray(x[:, a:b + 2])})[name_out])
+            if out.shape != (1, b - a, plane.shape[1], 1):
+                raise InvalidBundleError(f"{self.path}: the post-filter gives shape {out.shape} for rows "
+                                         f"{a}..{b} of a plane {plane.shape}")
+            q[r0:r1] = out[0, r0 - a:r1 - a, :, 0]
+        return postfilter_output(plane, step, q, scale, zero_point)
 
 
 class TFLiteTransforms:
