@@ -70,9 +70,48 @@ def pad_plane(x: np.ndarray, levels: int) -> np.ndarray:
     return np.pad(x, ((0, pr - x.shape[0]), (0, pc - x.shape[1])), mode="symmetric").astype(np.float32)
 
 
-def quantize_bands(bands: list, step: float, deadzone: float) -> tuple[list, list]:
-    """Wavelet bands -> (bands in quantizer steps, integer bands): LL rounded, details deadzone-quantized."""
-    scaled = [bands[0] / step] + [tuple(b / step for b in trio) for trio in bands[1:]]
+STEP_SCALE_BITS = 16
+"""Step multipliers are dyadic rationals k / 2**STEP_SCALE_BITS (see level_step_scales)."""
+
+
+def dyadic_scale(m: float) -> float:
+    """m rounded to a multiple of 2**-STEP_SCALE_BITS: exact in binary, the same double on every machine."""
+    m = float(m)
+    if not np.isfinite(m) or m <= 0:
+        raise ValueError(f"a step multiplier must be a finite number > 0, got {m}")
+    return max(round(m * (1 << STEP_SCALE_BITS)), 1) / float(1 << STEP_SCALE_BITS)
+
+
+def level_step_scales(params: dict, levels: int) -> list:
+    """Per-band step multipliers of a plane with `levels` levels, in band order [LL, level L, ..., level 1].
+
+    The bundle's optional codec param "level_step_scale" is a list indexed by level number:
+    entry 0 for the LL band (whatever the depth), entry i for the detail bands (H, V, D) of
+    level i, finest = 1. A shallow plane (a small tile, see levels_for) uses entries 0 and
+    1..L; a missing entry or a missing key is 1.0, which leaves the codec exactly as without
+    multipliers (step · 1.0 = step). Each multiplier m is rounded to a dyadic rational
+    (dyadic_scale); the band step is then quantizer_step(q) · m, one correctly rounded IEEE
+    product, so the decoder (TFLite and the exact float64 path the error-bounded mode relies
+    on) dequantizes to the same floats on every CPU.
+    """
+    table = params.get("level_step_scale") or []
+    if not isinstance(table, (list, tuple)):
+        raise ValueError(f"codec param level_step_scale must be a list of numbers, got {table!r}")
+    m = [dyadic_scale(v) for v in table]
+    at = lambda i: m[i] if i < len(m) else 1.0
+    return [at(0)] + [at(lv) for lv in range(levels, 0, -1)]
+
+
+def quantize_bands(bands: list, step: float, deadzone: float, scales=None) -> tuple[list, list]:
+    """Wavelet bands -> (bands in quantizer steps, integer bands): LL rounded, details deadzone-quantized.
+
+    `scales` (optional, from level_step_scales): per-band step multipliers, [LL, coarse..fine];
+    band i is quantized with step · scales[i], and its "bands in quantizer steps" are in units of that step.
+    """
+    steps = [step * s for s in scales] if scales is not None else [step] * len(bands)
+    if len(steps) != len(bands):
+        raise ValueError(f"{len(steps)} step multipliers for {len(bands)} bands")
+    scaled = [bands[0] / steps[0]] + [tuple(b / st for b in trio) for trio, st in zip(bands[1:], steps[1:])]
     q = [np.round(scaled[0]).astype(np.int64)] + [tuple(deadzone_quantize(b, deadzone) for b in trio)
                                                   for trio in scaled[1:]]
     return scaled, q
@@ -132,14 +171,21 @@ class PlaneCoder:
         return levels_for(rows, cols, int(self.p["levels"]))
 
     def _encode_with(self, name: str, xp: np.ndarray, levels: int, step: float, stats=None):
-        scaled, q = quantize_bands(self.transforms[name].analysis(xp, levels), step, float(self.p["deadzone"]))
+        scales = level_step_scales(self.p, levels)
+        scaled, q = quantize_bands(self.transforms[name].analysis(xp, levels), step, float(self.p["deadzone"]),
+                                   scales)
         bias = float(self.p["recon_bias"])
         final = []
+        # The RDO sees each band in its own step units, so its lambda is per band step²
+        # (lambda · m² in units of the base step): the coder takes one lambda for all bands.
         data = encode_subbands(q, self.coding, coeffs=scaled, lam=float(self.p["rdo_lambda"]), bias=bias,
                                rdo_out=final, stats=stats)
-        sse = float(((scaled[0] - final[0]) ** 2).sum())
-        for xs, qs in zip(scaled[1:], final[1:]):
-            sse += sum(float(((x - dequantize(qq, bias)) ** 2).sum()) for x, qq in zip(xs, qs))
+        # Squared error in units of the base step², each band weighted by (its step / base step)²,
+        # so that the transform choice in `encode` compares true D + lambda·R.
+        w = [s * s for s in scales]
+        sse = w[0] * float(((scaled[0] - final[0]) ** 2).sum())
+        for wi, xs, qs in zip(w[1:], scaled[1:], final[1:]):
+            sse += wi * sum(float(((x - dequantize(qq, bias)) ** 2).sum()) for x, qq in zip(xs, qs))
         return data, sse
 
     def encode(self, x: np.ndarray, quality: int, stats: dict | None = None) -> bytes:
@@ -170,8 +216,10 @@ class PlaneCoder:
         q = decode_subbands(data[1:], _band_shapes(pr, pc, levels), self.coding)
         step = quantizer_step(quality)
         bias = float(self.p["recon_bias"])
-        bands = [q[0].astype(np.float32) * step] + [tuple((dequantize(b, bias) * step).astype(np.float32)
-                                                          for b in trio) for trio in q[1:]]
+        # One band step per band (step · m, an exactly rounded double): the same floats on every CPU.
+        steps = [step * m for m in level_step_scales(self.p, levels)]
+        bands = [q[0].astype(np.float32) * steps[0]] + [tuple((dequantize(b, bias) * st).astype(np.float32)
+                                                              for b in trio) for trio, st in zip(q[1:], steps[1:])]
         return self.names[data[0]], levels, bands, step
 
     def decode(self, data: bytes, rows: int, cols: int, quality: int) -> np.ndarray:
