@@ -33,24 +33,31 @@ def coder_params(config: CodecConfig, rdo_lambda: float = 0.12) -> dict:
             "wavelet": w.wavelet, "mode": w.mode}
 
 
-def train_planes(seed: int = 0, max_side: int = MAX_SIDE):
-    """(name, normalized float plane) for the train split: every sample, up to MAX_FRAMES frames,
-    a centred crop of at most max_side × max_side."""
+def train_crops(max_side: int = MAX_SIDE, max_frames: int = MAX_FRAMES):
+    """(name, plane in stored integers (int64)) for the train split: every sample of up to `max_frames`
+    frames, a centred crop of at most max_side × max_side; constant crops left out."""
     from data.corpus import corpus, load
 
     out = []
     for item in corpus("train"):
         img = load(item)
-        for f in range(min(img.frames, MAX_FRAMES)):
+        for f in range(min(img.frames, max_frames)):
             for s in range(img.samples):
-                p = img.pixels[f, :, :, s].astype(np.float64)
-                r0 = max(0, (p.shape[0] - max_side) // 2)
-                c0 = max(0, (p.shape[1] - max_side) // 2)
+                p = img.pixels[f, :, :, s].astype(np.int64)
+                r0, c0 = max(0, (p.shape[0] - max_side) // 2), max(0, (p.shape[1] - max_side) // 2)
                 p = p[r0:r0 + max_side, c0:c0 + max_side]
-                lo, hi = p.min(), p.max()
-                if hi <= lo:
-                    continue
-                out.append((f"{item.name}[{f},{s}]", ((p - lo) / (hi - lo)).astype(np.float32)))
+                if p.max() > p.min():
+                    out.append((f"{item.name}[{f},{s}]", p))
+    return out
+
+
+def train_planes(seed: int = 0, max_side: int = MAX_SIDE):
+    """(name, normalized float plane) of train_crops: [0, 1] over each crop's own range."""
+    out = []
+    for name, p in train_crops(max_side):
+        p = p.astype(np.float64)
+        lo, hi = p.min(), p.max()
+        out.append((name, ((p - lo) / (hi - lo)).astype(np.float32)))
     return out
 
 

@@ -44,18 +44,9 @@ def initial_model(params: dict) -> res.ResidualModel:
 
 def train_integer_planes(max_side: int = MAX_SIDE):
     """(name, integer plane) of the train split: first frame, every sample, centred crop."""
-    from data.corpus import corpus, load
+    from keras_codec.fit_default import train_crops
 
-    out = []
-    for item in corpus("train"):
-        img = load(item)
-        for s in range(img.samples):
-            p = img.pixels[0, :, :, s].astype(np.int64)
-            r0, c0 = max(0, (p.shape[0] - max_side) // 2), max(0, (p.shape[1] - max_side) // 2)
-            p = p[r0:r0 + max_side, c0:c0 + max_side]
-            if p.max() > p.min():
-                out.append((f"{item.name}[{s}]", p))
-    return out
+    return train_crops(max_side, max_frames=1)
 
 
 def collect_samples(coder, planes, model, bounds=FIT_BOUNDS, progress=print) -> dict:

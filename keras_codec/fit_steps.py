@@ -39,20 +39,13 @@ MIN_GAIN = 0.02
 
 def fit_planes(max_side: int = CROP, max_frames: int = 2) -> list:
     """(name, plane in stored integers from 0, its dynamic range R) for the train split: centred crops of
-    at most max_side², every sample, up to max_frames frames (as keras_codec.fit_default.train_planes)."""
-    from data.corpus import corpus, load
+    at most max_side², every sample, up to max_frames frames (keras_codec.fit_default.train_crops)."""
+    from keras_codec.fit_default import train_crops
 
     out = []
-    for item in corpus("train"):
-        img = load(item)
-        for f in range(min(img.frames, max_frames)):
-            for s in range(img.samples):
-                p = img.pixels[f, :, :, s].astype(np.int64)
-                r0, c0 = max(0, (p.shape[0] - max_side) // 2), max(0, (p.shape[1] - max_side) // 2)
-                p = p[r0:r0 + max_side, c0:c0 + max_side]
-                lo, hi = int(p.min()), int(p.max())
-                if hi > lo:
-                    out.append((f"{item.name}[{f},{s}]", p - lo, hi - lo))
+    for name, p in train_crops(max_side, max_frames):
+        lo, hi = int(p.min()), int(p.max())
+        out.append((name, p - lo, hi - lo))
     return out
 
 
