@@ -136,6 +136,7 @@ def _print_info(d: dict) -> None:
         ("pixels", f"{d['dtype']}, {d['bits_stored']} bits stored, {d['photometric']}"),
         ("model id", f"{d['model_id']} (known: {known})"),
         ("mode", f"lossy, quality {d['quality']}" if d["mode"] == "lossy" else
+         "lossless (bit-exact; base quality per tile)" if d["mode"] == "lossless" else
          f"{d['mode']} (every pixel within {d['max_error']} of the original; base quality per tile)"),
         ("coding", f"up to {d['levels']} wavelet levels, tiles {d['tile'][0]} x {d['tile'][1]} ({d['tiles']} in all)"),
         ("bytes", f"{d['bytes']} ({d['pixel_bytes']} pixel stream)"),
