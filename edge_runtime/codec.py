@@ -269,11 +269,15 @@ class PlaneCoder:
             stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + 72 + 8 * best[2] + best[1]["estimated_bits"]
         return best[0]
 
+    def exact_base(self, u: np.ndarray, top: int, quality: int, stats=None) -> tuple[bytes, np.ndarray]:
+        """Base tile stream of integer tile u in [0, top] at `quality`, and the base as every decoder rebuilds it."""
+        base_stream = self.encode(u / float(max(top, 1)), quality, stats=stats)
+        return base_stream, res.reconstruct_base(self.decode_exact(base_stream, *u.shape, quality), 0, top)
+
     def _bounded_body(self, u: np.ndarray, top: int, d: int, quality: int, stats=None) -> tuple[bytes, bytes]:
         """(base tile stream, residual stream) of integer tile u in [0, top] within d."""
         model = self._residual_model()
-        base_stream = self.encode(u / float(max(top, 1)), quality, stats=stats)
-        base = res.reconstruct_base(self.decode_exact(base_stream, *u.shape, quality), 0, top)
+        base_stream, base = self.exact_base(u, top, quality, stats)
         return base_stream, res.encode_residual(res.quantize(u - base, d), base, d, model, stats=stats)
 
     def search_base_quality(self, u: np.ndarray, top: int, d: int) -> int:

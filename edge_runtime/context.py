@@ -48,7 +48,7 @@ def phase_masks(shape) -> list[np.ndarray]:
     return [p0, p1, ~(p0 | p1)]
 
 
-def _shifted(a: np.ndarray, dr: int, dc: int) -> np.ndarray:
+def shifted(a: np.ndarray, dr: int, dc: int) -> np.ndarray:
     """a[i+dr, j+dc] with mirrored borders (parity-preserving), for |dr|, |dc| <= 1."""
     if a.shape[0] < 2 or a.shape[1] < 2:
         padded = np.pad(a, 1, mode="edge")
@@ -57,8 +57,8 @@ def _shifted(a: np.ndarray, dr: int, dc: int) -> np.ndarray:
     return padded[1 + dr:1 + dr + a.shape[0], 1 + dc:1 + dc + a.shape[1]]
 
 
-_DIAG = ((-1, -1), (-1, 1), (1, -1), (1, 1))
-_DIRECT = ((-1, 0), (1, 0), (0, -1), (0, 1))
+DIAG = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+DIRECT = ((-1, 0), (1, 0), (0, -1), (0, 1))
 
 
 def spatial_features(known_codes: np.ndarray, phase: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,8 +66,8 @@ def spatial_features(known_codes: np.ndarray, phase: int) -> tuple[np.ndarray, n
     if phase == 0:
         z = np.zeros_like(known_codes)
         return z, z
-    offs = _DIAG if phase == 1 else _DIRECT
-    nb = np.stack([_shifted(known_codes, dr, dc) for dr, dc in offs])
+    offs = DIAG if phase == 1 else DIRECT
+    nb = np.stack([shifted(known_codes, dr, dc) for dr, dc in offs])
     return nb.sum(0), nb.max(0)
 
 
@@ -76,7 +76,7 @@ def parent_features(parent_codes: np.ndarray | None, shape) -> tuple[np.ndarray,
     if parent_codes is None:
         z = np.zeros(shape, dtype=np.int64)
         return z, z
-    nb = sum(_shifted(parent_codes, dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)) // 9
+    nb = sum(shifted(parent_codes, dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)) // 9
     up = lambda a: np.repeat(np.repeat(a, 2, 0), 2, 1)[:shape[0], :shape[1]]
     p, n = up(parent_codes), up(nb)
     if p.shape != tuple(shape):  # parent smaller than expected (odd sizes): pad by edge
@@ -134,9 +134,9 @@ def ll_prediction(q: np.ndarray, phase: int, known: np.ndarray) -> tuple[np.ndar
     if phase == 0:
         n = int(mask.sum())
         return np.zeros(n, np.int64), np.zeros(n, np.int64)
-    offs = _DIAG if phase == 1 else _DIRECT
+    offs = DIAG if phase == 1 else DIRECT
     vals = np.where(known, q, 0)
-    nb = np.stack([_shifted(vals, dr, dc) for dr, dc in offs])
+    nb = np.stack([shifted(vals, dr, dc) for dr, dc in offs])
     pred = np.floor_divide(nb.sum(0) + 2, 4)
     spread = mag_code(nb.max(0) - nb.min(0))
     return pred[mask], spread[mask]

@@ -15,20 +15,22 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["WAVELETS", "analysis", "synthesis"]
+__all__ = ["LIFTINGS", "WAVELETS", "ExactTransforms", "analysis", "synthesis"]
 
+# CDF 9/7 lifting constants (JPEG 2000, ISO/IEC 15444-1 Annex F).
 _A, _B, _G, _D = -1.586134342059924, -0.052980118572961, 0.882911075530934, 0.443506852043971
 _K = 1.230174104914001
 _SQRT2 = float(np.sqrt(2.0))
 
-# (steps, scale_s, scale_d); a step ("d", c, pair) is d[i] += c*(s[i] + s[i+1]) (pair) or c*s[i],
-# ("s", c, pair) is s[i] += c*(d[i-1] + d[i]) or c*d[i].
-_LIFTINGS = {
+LIFTINGS = {
     "haar": ((("d", -1.0, False), ("s", 0.5, False)), _SQRT2, -1.0 / _SQRT2),
     "legall53": ((("d", -0.5, True), ("s", 0.25, True)), _SQRT2, -1.0 / _SQRT2),
     "cdf97": ((("d", _A, True), ("s", _B, True), ("d", _G, True), ("s", _D, True)), _SQRT2 / _K, -_K / _SQRT2),
 }
-WAVELETS = tuple(_LIFTINGS)
+"""name -> (steps, scale_s, scale_d). A step ("d", c, pair) is d[i] += c*(s[i] + s[i+1]) (pair) or
+c*s[i]; ("s", c, pair) is s[i] += c*(d[i-1] + d[i]) or c*d[i]; then s *= scale_s, d *= scale_d.
+keras_codec.layers.DWT2D / IDWT2D use the same table."""
+WAVELETS = tuple(LIFTINGS)
 
 
 def _next(s: np.ndarray, mode: str) -> np.ndarray:
@@ -73,9 +75,9 @@ def _synthesis_1d(s, d, lifting, mode):
 
 
 def _lifting(wavelet: str):
-    if wavelet not in _LIFTINGS:
+    if wavelet not in LIFTINGS:
         raise ValueError(f"unknown wavelet {wavelet!r}; expected one of {WAVELETS}")
-    return _LIFTINGS[wavelet]
+    return LIFTINGS[wavelet]
 
 
 def analysis(plane: np.ndarray, levels: int, wavelet: str = "cdf97", mode: str = "symmetric") -> list:

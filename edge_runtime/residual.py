@@ -86,21 +86,21 @@ def reconstruct_base(y: np.ndarray, lo: int, hi: int) -> np.ndarray:
 
 
 def _activity(base: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
-    diffs = np.stack([np.abs(base - ctx._shifted(base, dr, dc)) for dr, dc in ctx._DIRECT]) // s
+    diffs = np.stack([np.abs(base - ctx.shifted(base, dr, dc)) for dr, dc in ctx.DIRECT]) // s
     return ctx.mag_code(diffs.sum(0)), ctx.mag_code(diffs.max(0))
 
 
 # The passes: (row modulus, col modulus, positions (r, c) of the pass within the modulus, neighbour
 # offsets already decoded). A 4x4 lattice first, then its centres, then the rest of the even
 # lattice, then odd-odd, then the rest: only 1/16 of the positions have no decoded neighbour.
-_D2 = tuple((2 * a, 2 * b) for a, b in ctx._DIAG)
-_N2 = tuple((2 * a, 2 * b) for a, b in ctx._DIRECT)
+_D2 = tuple((2 * a, 2 * b) for a, b in ctx.DIAG)
+_N2 = tuple((2 * a, 2 * b) for a, b in ctx.DIRECT)
 PASSES = (
     (((0, 0),), 4, ()),
     (((2, 2),), 4, _D2),
     (((0, 2), (2, 0)), 4, _N2),
-    (((1, 1),), 2, ctx._DIAG),
-    (((0, 1), (1, 0)), 2, ctx._DIRECT),
+    (((1, 1),), 2, ctx.DIAG),
+    (((0, 1), (1, 0)), 2, ctx.DIRECT),
 )
 NUM_PASSES = len(PASSES)
 

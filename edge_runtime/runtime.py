@@ -25,7 +25,7 @@ from edge_runtime.codec import QUALITY_LEVELS, PlaneCoder, decode_image, encode_
 from edge_runtime.tflite_runner import transforms_for_bundle
 
 __all__ = ["DEFAULT_QUALITY", "LOSSY_METHOD", "choose_operating_point", "decode_file", "encode_file", "info",
-           "load_codec", "psnr", "verify"]
+           "load_codec", "pixel_stream_bytes", "psnr", "verify"]
 
 DEFAULT_QUALITY = 17
 LOSSY_METHOD = DEFAULT_LOSSY_METHOD
@@ -123,19 +123,20 @@ def encode_file(in_path, out_path, quality: int | None = None, bundle=None, forc
         return encode_image(image, coder=coder, model_id=b.model_id, quality=q, tile=tile, metadata=metadata,
                             max_error=d)
 
-    if target_psnr is not None or target_bpp is not None:
-        point = choose_operating_point(image, encode, coder, target_psnr=target_psnr, target_bpp=target_bpp)
+    if target_psnr is not None or target_bpp is not None:  # every bounded point is checked as it is tried
+        point = choose_operating_point(image, encode, coder, target_psnr=target_psnr, target_bpp=target_bpp,
+                                       source=in_path)
         data = point.pop("data")
     else:
         if max_error is None and quality is None:
             quality = DEFAULT_QUALITY
         data = encode(None if max_error is not None else int(quality), max_error)
         point = {}
-    if max_error is not None or point.get("max_error") is not None:
-        _check_bound(image, data, coder, b, in_path)
+        if max_error is not None:
+            _check_bound(image, decode_image(data, coder=coder, model_ids=[b.model_id])[0], max_error, in_path)
     bs.atomic_write_bytes(out_path, data, overwrite=force)
-    header, _, _ = bs.parse(data)
-    pixel_bytes = _pixel_stream_bytes(data)
+    header, tiles, _ = bs.parse(data)
+    pixel_bytes = pixel_stream_bytes(data, header, tiles)
     samples = image.rows * image.cols * image.frames * image.samples
     return {"input": str(in_path), "output": str(out_path), "bytes": len(data), "pixel_bytes": pixel_bytes,
             "bpp": 8.0 * pixel_bytes / samples, "ratio": _stored_bytes(image.pixels.dtype.itemsize, samples) / pixel_bytes,
@@ -150,12 +151,11 @@ def _mode(header) -> str:
     return f"max error {header.max_error}" if header.error_bounded else "lossy"
 
 
-def _check_bound(image, data: bytes, coder, b, source) -> None:
-    """Decode what is about to be written and check every pixel against the bound (never write a broken promise)."""
-    decoded, header = decode_image(data, coder=coder, model_ids=[b.model_id])
+def _check_bound(image, decoded, max_error: int, source) -> None:
+    """Check every decoded pixel against the bound before the stream is written (never write a broken promise)."""
     err = int(np.abs(decoded.pixels.astype(np.int64) - image.pixels.astype(np.int64)).max())
-    if err > header.max_error:
-        raise RuntimeError(f"{source}: the coded stream decodes with max error {err} > {header.max_error}; "
+    if err > max_error:
+        raise RuntimeError(f"{source}: the coded stream decodes with max error {err} > {max_error}; "
                            "nothing was written")
 
 
@@ -172,7 +172,7 @@ BOUND_STEPS = (0, 1, 2, 4, 8, 16, 32, 64)
 
 
 def choose_operating_point(image, encode, coder, target_psnr: float | None = None,
-                           target_bpp: float | None = None) -> dict:
+                           target_bpp: float | None = None, source=None) -> dict:
     """Rate control: the quality level, or beyond the finest one the error bound, that meets the target.
 
     target PSNR P: the lowest quality whose decoded PSNR is >= P (bisection over the levels);
@@ -180,7 +180,8 @@ def choose_operating_point(image, encode, coder, target_psnr: float | None = Non
     (D = 0, lossless, always is). target bpp B: the highest quality whose bpp is <= B; if
     even the finest is below B, the smallest bound that fits in B bits per sample. Returns
     {"data", "quality", "max_error", "psnr", "bpp", "target"}; ValueError when unreachable.
-    `encode(quality, max_error)` gives the stream.
+    `encode(quality, max_error)` gives the stream; every error-bounded one is checked against
+    its bound on the decode that measures it.
     """
     if (target_psnr is None) == (target_bpp is None):
         raise ValueError("give exactly one of target PSNR and target bpp")
@@ -191,9 +192,11 @@ def choose_operating_point(image, encode, coder, target_psnr: float | None = Non
         if (q, d) not in tried:
             data = encode(q, d)
             decoded, _ = decode_image(data, coder=coder)
+            if d is not None:
+                _check_bound(image, decoded, d, source)
             tried[(q, d)] = {"data": data, "quality": q, "max_error": d,
                              "psnr": psnr(image.pixels, decoded.pixels),
-                             "bpp": 8.0 * _pixel_stream_bytes(data) / samples}
+                             "bpp": 8.0 * pixel_stream_bytes(data) / samples}
         return tried[(q, d)]
 
     if target_psnr is not None:
@@ -235,7 +238,7 @@ def _stored_bytes(itemsize: int, samples: int) -> int:
     return itemsize * samples
 
 
-def _pixel_stream_bytes(data: bytes, header=None, tiles=None) -> int:
+def pixel_stream_bytes(data: bytes, header=None, tiles=None) -> int:
     """Bytes of the stream without its metadata block (DESIGN.md: bpp and CR exclude metadata)."""
     if tiles is None:
         header, tiles, _ = bs.parse(data)
@@ -261,7 +264,7 @@ def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: st
     if suffix in (".dcm", ".dicom"):
         if metadata is not None:
             image.dataset = _dataset_from_metadata(metadata, in_path)
-        pixel_bytes = _pixel_stream_bytes(data, header, tiles)
+        pixel_bytes = pixel_stream_bytes(data, header, tiles)
         stored = _stored_bytes(image.pixels.dtype.itemsize, image.pixels.size)
         if header.lossless:
             write_dicom(out_path, image, overwrite=force, mark_lossless=True)
@@ -293,7 +296,7 @@ def info(path, bundle_path=None) -> dict:
     data = path.read_bytes()
     header, tiles, metadata = bs.parse(data, source=path)
     samples = header.rows * header.cols * header.frames * header.samples
-    pixel_bytes = _pixel_stream_bytes(data, header, tiles)
+    pixel_bytes = pixel_stream_bytes(data, header, tiles)
     mode = _mode(header)
     known, compared = None, default_bundle_path() if bundle_path is None else Path(bundle_path)
     try:

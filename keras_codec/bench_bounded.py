@@ -20,7 +20,7 @@ BOUNDS = (0, 1, 2, 4, 8)
 
 def _ours(model, image, d: int) -> dict:
     from edge_runtime.codec import encode_image
-    from edge_runtime.runtime import _pixel_stream_bytes
+    from edge_runtime.runtime import pixel_stream_bytes
 
     t0 = time.perf_counter()
     data = encode_image(image, coder=model.coder, model_id=model.model_id, quality=None, max_error=d,
@@ -31,7 +31,7 @@ def _ours(model, image, d: int) -> dict:
     err = metrics.max_abs_error(image.pixels, decoded.pixels)
     if err > d:
         raise RuntimeError(f"max error {err} > D = {d}: the bound is broken")
-    return {"bpp": metrics.bpp(_pixel_stream_bytes(data), image.pixels.size), "max_abs_err": err,
+    return {"bpp": metrics.bpp(pixel_stream_bytes(data), image.pixels.size), "max_abs_err": err,
             "psnr": metrics.psnr(image.pixels, decoded.pixels), "encode_s": t1 - t0, "decode_s": t2 - t1}
 
 

@@ -3,13 +3,13 @@
     python -m keras_codec.fit_residual --bundle B [--seed 0]
 
 For every train plane (a centred crop of at most MAX_SIDE²), every bound D in FIT_BOUNDS
-and base qualities spanning those the encoder picks (FIT_QUALITIES), the base is coded and reconstructed exactly as
-the codec does, and the residual symbols with their features are collected
-(edge_runtime.residual.collect). Per polyphase pass, log σ = θ·f of a Laplacian through a
-uniform quantizer is fitted by maximum likelihood (keras_codec.context_fit.fit_group)
-and mapped onto integer weights. The tables are the bundle's scale grid with no deadzone.
-Writes `residual.npz` into the bundle (its model id changes) and records the fit in the
-manifest's "residual" entry.
+and base qualities spanning those the encoder picks (FIT_QUALITIES), the base is coded
+and reconstructed exactly as the codec does (PlaneCoder.exact_base), and the residual
+symbols with their features are collected (edge_runtime.residual.collect). Per pass,
+log σ = θ·f of a Laplacian through a uniform quantizer is fitted by maximum likelihood
+(keras_codec.context_fit.fit_group) and mapped onto integer weights. The tables are the
+bundle's scale grid with no deadzone. Writes `residual.npz` into the bundle (its model id
+changes) and records the fit in the manifest's "residual" entry.
 """
 from __future__ import annotations
 
@@ -53,13 +53,11 @@ def collect_samples(coder, planes, model, bounds=FIT_BOUNDS, progress=print) -> 
     """{phase: (features list, symbols list)} over planes × bounds × base qualities."""
     groups = {p: ([], []) for p in range(res.NUM_PASSES)}
     for i, (name, x) in enumerate(planes):
-        lo, hi = int(x.min()), int(x.max())
-        xn = (x - lo) / float(hi - lo)
+        u = x - x.min()
         for q in FIT_QUALITIES:
-            stream = coder.encode(xn, q)
-            base = res.reconstruct_base(coder.decode_exact(stream, *x.shape, q), lo, hi)
+            _, base = coder.exact_base(u, int(u.max()), q)
             for d in bounds:
-                e = res.quantize(x - base, d)
+                e = res.quantize(u - base, d)
                 for phase, f, sym in res.collect(e, base, d, model):
                     groups[phase][0].append(f)
                     groups[phase][1].append(sym)
@@ -87,10 +85,9 @@ def bits_per_pixel(coder, planes, model, bounds=FIT_BOUNDS) -> dict:
         q = FIT_QUALITIES[len(FIT_QUALITIES) // 2]
         bits = npx = 0
         for _name, x in planes:
-            lo, hi = int(x.min()), int(x.max())
-            stream = coder.encode((x - lo) / float(hi - lo), q)
-            base = res.reconstruct_base(coder.decode_exact(stream, *x.shape, q), lo, hi)
-            bits += 8 * len(res.encode_residual(res.quantize(x - base, d), base, d, model))
+            u = x - x.min()
+            _, base = coder.exact_base(u, int(u.max()), q)
+            bits += 8 * len(res.encode_residual(res.quantize(u - base, d), base, d, model))
             npx += x.size
         out[str(d)] = round(bits / npx, 4)
     return out

@@ -163,7 +163,7 @@ def image_speed(name, path, *, bundle, quality: int, runs: int, threads: int, tm
     saying why, instead of stopping the benchmark.
     """
     from data.readers import read_image
-    from edge_runtime.runtime import _pixel_stream_bytes
+    from edge_runtime.runtime import pixel_stream_bytes
     from keras_codec import baselines, metrics
 
     path = Path(path)
@@ -179,7 +179,7 @@ def image_speed(name, path, *, bundle, quality: int, runs: int, threads: int, tm
                quality=quality, threads=threads, runs=runs)
     enc = measure(dict(job, kind="ours_encode"))
     dec = measure(dict(job, kind="ours_decode"))
-    n_bytes = _pixel_stream_bytes(Path(job["kcd"]).read_bytes())
+    n_bytes = pixel_stream_bytes(Path(job["kcd"]).read_bytes())
     decoded = read_image(job["dcm"]).pixels
     our_psnr = metrics.psnr(px, decoded)
     rows.append(_row(name, size, label, f"q{quality}", n_bytes, samples, our_psnr,

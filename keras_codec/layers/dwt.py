@@ -28,10 +28,11 @@ is a multiple of ``2**levels`` (only C must be static).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import tensorflow as tf
+
+from edge_runtime.exact_dwt import LIFTINGS
 
 __all__ = ["DWT2D", "IDWT2D", "WAVELETS", "MODES", "PYWT_NAMES"]
 
@@ -52,24 +53,12 @@ class _Lifting:
     scale_d: float
 
 
-# CDF 9/7 lifting constants (JPEG 2000, ISO/IEC 15444-1 Annex F).
-_A, _B, _G, _D = -1.586134342059924, -0.052980118572961, 0.882911075530934, 0.443506852043971
-_K = 1.230174104914001
-_SQRT2 = math.sqrt(2.0)
-
-# The final scalings make the coefficients equal PyWavelets' (its filters have
-# a DC gain of sqrt(2) and its high-pass has the opposite sign of the lifting
-# one); without them the lifting output is JPEG 2000's normalization.
-_LIFTINGS = {
-    "haar": _Lifting((("d", -1.0, False), ("s", 0.5, False)), _SQRT2, -1.0 / _SQRT2),
-    "legall53": _Lifting((("d", -0.5, True), ("s", 0.25, True)), _SQRT2, -1.0 / _SQRT2),
-    "cdf97": _Lifting(
-        (("d", _A, True), ("s", _B, True), ("d", _G, True), ("s", _D, True)),
-        _SQRT2 / _K,
-        -_K / _SQRT2,
-    ),
-}
-
+# The lifting factorizations (JPEG 2000, ISO/IEC 15444-1 Annex F, for CDF 9/7) are those of
+# edge_runtime.exact_dwt, the numpy float64 lifting the decoder of the error-bounded mode
+# runs: one table for both. Their final scalings make the coefficients equal PyWavelets'
+# (its filters have a DC gain of sqrt(2) and its high-pass has the opposite sign of the
+# lifting one); without them the lifting output is JPEG 2000's normalization.
+_LIFTINGS = {name: _Lifting(*spec) for name, spec in LIFTINGS.items()}
 WAVELETS = tuple(_LIFTINGS)
 MODES = ("periodization", "symmetric")
 PYWT_NAMES = {"haar": "haar", "legall53": "bior2.2", "cdf97": "bior4.4"}
