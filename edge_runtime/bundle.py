@@ -5,6 +5,7 @@ and (once exported) the TFLite graphs. Its model id is the SHA-256 of those file
     context.npz     integer context weights (detail, ll)
     tables.npz      integer entropy tables (freqs, lengths, tails)
     residual.npz    integer residual model of the error-bounded / lossless mode (optional)
+    refine.npz      learned lifting refinement of the wavelet (optional; manifest `refine`)
     *.tflite        analysis / synthesis graphs (optional; the workstation may use Keras instead);
                     postfilter.tflite is an int8 bundle's full-integer post-filter
 """
@@ -19,11 +20,13 @@ import numpy as np
 
 from edge_runtime.context import ContextWeights
 from edge_runtime.entropy import EntropyTables
+from edge_runtime.refine import REFINE_FILE, ExactRefinement
 from edge_runtime.residual import RESIDUAL_FILE, ResidualModel
 from edge_runtime.subband_coder import CodingModel
 
 BUNDLE_FORMAT = 1
-_HASHED = ("manifest.json", "context.npz", "tables.npz", "residual.npz", "postfilter.npz", "encoder.tflite",
+_HASHED = ("manifest.json", "context.npz", "tables.npz", "residual.npz", "postfilter.npz", "refine.npz",
+           "encoder.tflite",
            "hyper_decoder.tflite", "decoder.tflite", "postfilter.tflite")
 
 
@@ -38,6 +41,7 @@ class Bundle:
     coding: CodingModel
     model_id: bytes
     residual: ResidualModel | None = None
+    refine: ExactRefinement | None = None
 
 
 def model_id_of(folder: Path) -> bytes:
@@ -78,11 +82,16 @@ def load_bundle(folder) -> Bundle:
         if (folder / RESIDUAL_FILE).is_file():
             with np.load(folder / RESIDUAL_FILE) as z:
                 residual = ResidualModel.from_arrays(z)
-    except (OSError, KeyError, ValueError) as exc:
+        refine = None
+        entry = manifest.get("refine")
+        if entry:
+            refine = ExactRefinement.load(folder / entry.get("file", REFINE_FILE), int(entry["layers"]),
+                                          int(entry["max_levels"]), entry["wavelet"])
+    except (OSError, KeyError, ValueError, TypeError) as exc:
         raise InvalidBundleError(f"{folder}: damaged model bundle: {exc}") from exc
     if manifest.get("format") != BUNDLE_FORMAT:
         raise InvalidBundleError(f"{folder}: bundle format {manifest.get('format')}, this runtime reads {BUNDLE_FORMAT}")
-    return Bundle(folder, manifest, CodingModel(weights, tables), model_id_of(folder), residual)
+    return Bundle(folder, manifest, CodingModel(weights, tables), model_id_of(folder), residual, refine)
 
 
 def default_bundle_path() -> Path:

@@ -14,6 +14,7 @@ import numpy as np
 from data.image import Image
 from edge_runtime import bitstream as bs
 from edge_runtime import exact_dwt
+from edge_runtime import refine as exact_refine
 from edge_runtime import residual as res
 from edge_runtime.subband_coder import CodingModel, decode_subbands, encode_subbands
 
@@ -149,17 +150,19 @@ class PlaneCoder:
 
     Error-bounded tiles (`encode_bounded`, max error D >= 0, D = 0 lossless) are a base
     tile stream plus the residual (edge_runtime.residual) against the base as
-    `decode_exact` reconstructs it: numpy float64 lifting without the post-filter, the
-    same bits on every CPU. Their stream is: uint8 base quality, uint32 divisor g, uint32
+    `decode_exact` reconstructs it: numpy float64 lifting (and the bundle's learned lifting
+    refinement, `refine`, in float64) without the post-filter, the same bits on every CPU. Their stream is: uint8 base quality, uint32 divisor g, uint32
     base length (little-endian); when g = 0 (lossless tiles coded as indices into a table
     of their values) uint32 count and count int32 values, increasing; then the base tile
     stream and the residual's range-coded words.
     """
 
-    def __init__(self, params: dict, coding: CodingModel, transforms, residual: res.ResidualModel | None = None):
+    def __init__(self, params: dict, coding: CodingModel, transforms, residual: res.ResidualModel | None = None,
+                 refine: exact_refine.ExactRefinement | None = None):
         self.p = params
         self.coding = coding
         self.residual = residual
+        self.refine = refine
         if not isinstance(transforms, dict):
             transforms = {params.get("wavelet", "cdf97"): transforms}
         self.transforms = transforms
@@ -230,7 +233,11 @@ class PlaneCoder:
     def decode_exact(self, data: bytes, rows: int, cols: int, quality: int) -> np.ndarray:
         """The plane without the post-filter, through the float64 numpy lifting: bit-reproducible."""
         name, levels, bands, _step = self._decode_bands(data, rows, cols, quality)
-        y = exact_dwt.synthesis(bands, levels, name, self.p.get("mode", "symmetric"))
+        mode = self.p.get("mode", "symmetric")
+        if self.refine is not None and name == self.refine.wavelet:
+            y = exact_refine.synthesis(bands, levels, self.refine, name, mode)
+        else:
+            y = exact_dwt.synthesis(bands, levels, name, mode)
         return y[:rows, :cols]
 
     def _residual_model(self) -> res.ResidualModel:

@@ -45,7 +45,7 @@ def load_codec(bundle_path=None, kernels: str = "xnnpack", num_threads: int = 2)
     else:
         bundle = load_bundle(default_bundle_path() if bundle_path is None else bundle_path)
     transforms = transforms_for_bundle(bundle, kernels=kernels, num_threads=num_threads)
-    return bundle, PlaneCoder(bundle.manifest["codec"], bundle.coding, transforms, bundle.residual)
+    return bundle, PlaneCoder(bundle.manifest["codec"], bundle.coding, transforms, bundle.residual, bundle.refine)
 
 
 def _codec(bundle, kernels: str, data: bytes | None = None, source=None) -> tuple[Bundle, PlaneCoder]:

@@ -122,12 +122,20 @@ def _postfilter_for(bundle, name: str):
     return load_postfilter(bundle, wavelet=name)
 
 
-def _encoder_fn(cfg, levels: int):
+def _refinement_for(bundle, name: str):
+    from keras_codec.models.refine import load_refinement
+
+    return load_refinement(bundle, wavelet=name)
+
+
+def _encoder_fn(cfg, levels: int, refine=None):
     import tensorflow as tf
 
     from keras_codec.layers import DWT2D
 
     layer = DWT2D(cfg.wavelet, levels, cfg.mode)
+    if refine is not None:
+        layer = lambda x: refine.analysis(x, levels)  # noqa: E731
 
     @tf.function(input_signature=[tf.TensorSpec((1, None, None, 1), tf.float32, name="plane")])
     def encode(plane):
@@ -136,12 +144,14 @@ def _encoder_fn(cfg, levels: int):
     return encode, layer
 
 
-def _decoder_fn(cfg, levels: int, postfilter):
+def _decoder_fn(cfg, levels: int, postfilter, refine=None):
     import tensorflow as tf
 
     from keras_codec.layers import IDWT2D
 
     layer = IDWT2D(cfg.wavelet, levels, cfg.mode)
+    if refine is not None:
+        layer = lambda bands: refine.synthesis(bands, levels)  # noqa: E731
     specs = [tf.TensorSpec((1, None, None, 1), tf.float32, name=_band_name(0))]
     specs += [tf.TensorSpec((1, None, None, 3), tf.float32, name=_band_name(i)) for i in range(1, levels + 1)]
     specs.append(tf.TensorSpec((1,), tf.float32, name="step"))
@@ -165,7 +175,7 @@ def _convert(functions: dict, trackables: list, quant: str) -> bytes:
     import tensorflow as tf
 
     module = tf.Module()
-    module.keep = list(trackables)  # the post-filters, whose variables the functions capture
+    module.keep = list(trackables)  # the post-filters and refinements, whose variables the functions capture
     concrete = {k: f.get_concrete_function() for k, f in functions.items()}
     with tempfile.TemporaryDirectory() as tmp:
         tf.saved_model.save(module, tmp, signatures=concrete)
@@ -269,7 +279,7 @@ def export_transforms(bundle_dir, out_dir=None, quant: str = "float32", represen
     names = _transform_names(manifest)
     max_levels = _max_levels(manifest)
 
-    encoders, decoders, trackables, signatures, postfilters, models = {}, {}, [], {}, {}, {}
+    encoders, decoders, trackables, signatures, postfilters, models, refines = {}, {}, [], {}, {}, {}, []
     for name in names:
         cfg = _wavelet_config(manifest, name)
         pf = _postfilter_for(bundle, name)
@@ -278,11 +288,14 @@ def export_transforms(bundle_dir, out_dir=None, quant: str = "float32", represen
             models[name] = pf
         if pf is not None and quant != "int8":
             trackables.append(pf)
+        rf = _refinement_for(bundle, name)
+        if rf is not None:
+            refines.append(rf)
         for levels in range(1, max_levels + 1):
             key = signature_key(name, levels)
-            encoders[key], _ = _encoder_fn(cfg, levels)
+            encoders[key], _ = _encoder_fn(cfg, levels, rf)
             # int8: the decoder graph is the float inverse DWT alone; the filter is postfilter.tflite.
-            decoders[key], _ = _decoder_fn(cfg, levels, None if quant == "int8" else pf)
+            decoders[key], _ = _decoder_fn(cfg, levels, None if quant == "int8" else pf, rf)
             signatures[key] = {"transform": name, "levels": levels, "mode": cfg.mode, **_tensor_doc(levels)}
 
     int8_entry = int8_model = None
@@ -301,9 +314,9 @@ def export_transforms(bundle_dir, out_dir=None, quant: str = "float32", represen
         int8_model, int8_entry = _int8_postfilter(pf, planes, progress=progress)
         int8_entry = {"file": POSTFILTER_FILE, "transform": name, **int8_entry, "representative": source}
 
-    (out_dir / ENCODER_FILE).write_bytes(_convert(encoders, [], "float32"))
+    (out_dir / ENCODER_FILE).write_bytes(_convert(encoders, refines, "float32"))
     (out_dir / DECODER_FILE).write_bytes(
-        _convert(decoders, trackables, quant if quant == "float16" and any(postfilters.values()) else "float32"))
+        _convert(decoders, trackables + refines, quant if quant == "float16" and any(postfilters.values()) else "float32"))
     if int8_model is not None:
         (out_dir / POSTFILTER_FILE).write_bytes(int8_model)
     elif (out_dir / POSTFILTER_FILE).exists():
@@ -368,7 +381,8 @@ def representative_planes(bundle, qualities=REPRESENTATIVE_QUALITIES, crop: int 
 
     entry = bundle.manifest.get("postfilter") or {}
     name = entry.get("wavelet") or _transform_names(bundle.manifest)[0]
-    recorder = _Recorder(WaveletTransforms(_wavelet_config(bundle.manifest, name)))
+    recorder = _Recorder(WaveletTransforms(_wavelet_config(bundle.manifest, name),
+                                           refine=_refinement_for(bundle, name)))
     coder = PlaneCoder({**bundle.manifest["codec"], "transforms": [name]}, bundle.coding, {name: recorder})
     if planes is None:
         planes = _train_planes(progress)
@@ -722,8 +736,10 @@ def verify_export(bundle_dir, shapes=((64, 96), (128, 128)), seed: int = 0, step
         name, levels = sig["transform"], int(sig["levels"])
         if name not in keras:
             cfg = _wavelet_config(bundle.manifest, name)
-            keras[name] = WaveletTransforms(cfg, _postfilter_for(bundle, name))
-            plain[name] = WaveletTransforms(cfg) if int8 is not None and spec["transform"] == name else keras[name]
+            rf = _refinement_for(bundle, name)
+            keras[name] = WaveletTransforms(cfg, _postfilter_for(bundle, name), refine=rf)
+            plain[name] = (WaveletTransforms(cfg, refine=rf) if int8 is not None and spec["transform"] == name
+                           else keras[name])
         wt = keras[name]
         e_diff = d_diff = 0.0
         for rows, cols in shapes:

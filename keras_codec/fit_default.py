@@ -171,3 +171,35 @@ def fit_default(config: CodecConfig, out_dir, *, seed: int = 0, learned_tables: 
     }
     model_id = save_bundle(out_dir, manifest, weights, tables)
     return {"model_id": model_id.hex(), "wall_seconds": wall, "planes": len(planes)}
+
+
+def refit_context(bundle, *, seed: int = 0, progress=print) -> tuple:
+    """Context weights and tables refitted on the bundle's own (possibly refined) transform.
+
+    One maximum-likelihood pass on the RDO-quantized coefficients of every train plane at
+    FIT_QUALITIES, started from the bundle's weights, then tables learned from the symbols:
+    the second pass of fit_default. Returns (weights, tables, info).
+    """
+    import dataclasses
+
+    from keras_codec.models.refine import load_refinement
+    from keras_codec.models.wavelet import WaveletTransforms
+
+    t0 = time.time()
+    cfg = CodecConfig.from_dict(bundle.manifest["config"])
+    params = bundle.manifest["codec"]
+    w = cfg.wavelet
+    name = params.get("wavelet", w.wavelet)
+    transforms = WaveletTransforms(dataclasses.replace(w, wavelet=name), postfilter=None,
+                                   refine=load_refinement(bundle, name))
+    tables = laplace_tables(w.num_scales, w.scale_min, w.scale_max, w.deadzone)
+    planes = train_planes(seed)
+    progress(f"refit: {len(planes)} train planes, qualities {FIT_QUALITIES}")
+    samples = _samples(planes, transforms, params, CodingModel(bundle.coding.weights, tables), rdo=True)
+    weights = fit_weights(samples, bundle.coding.weights.levels, w.num_scales, w.scale_min, w.scale_max,
+                          w.deadzone)
+    tables = learn_tables(samples, CodingModel(weights, tables))
+    wall = time.time() - t0
+    progress(f"refit: done in {wall:.1f} s")
+    return weights, tables, {"seed": seed, "split": "train", "planes": len(planes),
+                             "fit_qualities": list(FIT_QUALITIES), "wall_seconds": round(wall, 1)}

@@ -54,12 +54,18 @@ def _tf_deadzone(x, deadzone):
 class PostFilterTrainer(tf.keras.Model):
     """The post-filter behind a simulated codec, honouring `keras_codec.train`'s rd_terms contract."""
 
-    def __init__(self, config: CodecConfig, arch: dict, deadzone: float, recon_bias: float, levels: int):
+    def __init__(self, config: CodecConfig, arch: dict, deadzone: float, recon_bias: float, levels: int,
+                 refine=None):
         super().__init__(name="postfilter_trainer")
         w = config.wavelet
         self.levels = levels_for(config.train.patch_size, config.train.patch_size, levels)
         self.dwt = DWT2D(w.wavelet, self.levels, w.mode)
         self.idwt = IDWT2D(w.wavelet, self.levels, w.mode)
+        if refine is not None:  # the bundle's learned lifting refinement, frozen
+            refine.trainable = False
+            self.dwt = lambda x: refine.analysis(x, self.levels)
+            self.idwt = lambda bands: refine.synthesis(bands, self.levels)
+        self.refine = refine
         self.deadzone, self.recon_bias = float(deadzone), float(recon_bias)
         self.steps_table = tf.constant([quantizer_step(q) for q in QUALITY_LEVELS], tf.float32)
         self.postfilter = build_postfilter(w, arch=arch)
@@ -112,13 +118,16 @@ def _training_config(manifest: dict, arch: dict, seed: int, batch_size: int, lea
     return dataclasses.replace(cfg, name="default", wavelet=wav, train=tr)
 
 
-def _trainer_for(config: CodecConfig, arch: dict) -> PostFilterTrainer:
+def _trainer_for(config: CodecConfig, arch: dict, refine=None, init=None) -> PostFilterTrainer:
     w = config.wavelet
-    return PostFilterTrainer(config, arch, w.deadzone, w.recon_bias, w.levels)
+    model = PostFilterTrainer(config, arch, w.deadzone, w.recon_bias, w.levels, refine)
+    if init is not None:  # start from these post-filter weights (a checkpoint, when there is one, overrides them)
+        model.postfilter.set_weights(init)
+    return model
 
 
-def _restore_postfilter(config: CodecConfig, arch: dict, out_dir: Path) -> tf.keras.Model:
-    model = _trainer_for(config, arch)
+def _restore_postfilter(config: CodecConfig, arch: dict, out_dir: Path, refine=None) -> tf.keras.Model:
+    model = _trainer_for(config, arch, refine)
     model.rd_terms(tf.zeros((1, config.train.patch_size, config.train.patch_size, 1)))
     latest = tf.train.latest_checkpoint(str(out_dir / "ckpt"))
     if latest is None:
@@ -134,6 +143,7 @@ def measure_gain(bundle_dir, postfilter, images=GAIN_IMAGES, qualities=GAIN_QUAL
     from edge_runtime.bundle import load_bundle
     from edge_runtime.codec import PlaneCoder, decode_image, encode_image
     from keras_codec import metrics
+    from keras_codec.models.refine import load_refinement
     from keras_codec.models.wavelet import WaveletTransforms
 
     bundle = load_bundle(bundle_dir)
@@ -144,7 +154,8 @@ def measure_gain(bundle_dir, postfilter, images=GAIN_IMAGES, qualities=GAIN_QUAL
 
     def coder(pf):
         return PlaneCoder(params, bundle.coding, {
-            n: WaveletTransforms(dataclasses.replace(cfg.wavelet, wavelet=n), postfilter=pf if n == trained_on else None)
+            n: WaveletTransforms(dataclasses.replace(cfg.wavelet, wavelet=n), postfilter=pf if n == trained_on else None,
+                                 refine=load_refinement(bundle, n))
             for n in names})
 
     plain, filtered = coder(None), coder(postfilter)
@@ -196,7 +207,8 @@ def write_bundle_copy(bundle_dir, bundle_out, weights_path, entry: dict) -> Path
 def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=None, channels: int = 12,
                      layers: int = 3, input_scaling: str = "step", batch_size: int = 8,
                      learning_rate: float = 1e-3, patch_size: int = 128, log_every: int = 100,
-                     ckpt_every: int = 500, measure: bool = True, progress: bool = True) -> dict:
+                     ckpt_every: int = 500, measure: bool = True, progress: bool = True,
+                     init_from_bundle: bool = False) -> dict:
     """Train (or resume) the post-filter in `out_dir`, save `<out_dir>/postfilter.npz`, optionally a bundle copy."""
     from data.pipeline import make_dataset
 
@@ -211,13 +223,25 @@ def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_o
                          f"resume with the same one or train into a new out_dir")
     arch_path.write_text(json.dumps(arch, sort_keys=True) + "\n")
     config = _training_config(manifest, arch, seed, batch_size, learning_rate, patch_size)
+    from edge_runtime.bundle import load_bundle
+    from keras_codec.models.refine import load_refinement
+    from keras_codec.models.wavelet import load_postfilter
+
+    bundle = load_bundle(bundle_dir)
+    refine = load_refinement(bundle, config.wavelet.wavelet)
+    init = None
+    if init_from_bundle:
+        pf0 = load_postfilter(bundle, config.wavelet.wavelet)
+        if pf0 is None or manifest["postfilter"]["architecture"] != arch:
+            raise ValueError(f"{bundle_dir}: --init-from-bundle needs a post-filter of the same architecture {arch}")
+        init = pf0.get_weights()
 
     def dataset_fn(ctx):
         return make_dataset(split="train", patch_size=patch_size, batch_size=batch_size, seed=seed, scale=None)
 
-    summary = train(lambda c: _trainer_for(c, arch), config, dataset_fn, str(out_dir), steps,
+    summary = train(lambda c: _trainer_for(c, arch, refine, init), config, dataset_fn, str(out_dir), steps,
                     log_every=log_every, ckpt_every=ckpt_every, progress=progress)
-    pf = _restore_postfilter(config, arch, out_dir)
+    pf = _restore_postfilter(config, arch, out_dir, refine)
     weights = out_dir / POSTFILTER_FILE
     save_postfilter(pf, weights)
     last = _last_log_row(out_dir)
@@ -229,7 +253,10 @@ def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_o
              "train_psnr": float(last.get("psnr", "nan")) if last else None,
              "command": f"python -m keras_codec.train_postfilter --bundle {bundle_dir} --out {out_dir} "
                         f"--steps {steps} --seed {seed} --batch-size {batch_size} --channels {arch['channels']} "
-                        f"--layers {arch['layers']} --input-scaling {arch['input_scaling']} --lr {learning_rate}"}
+                        f"--layers {arch['layers']} --input-scaling {arch['input_scaling']} --lr {learning_rate}"
+                        + (" --init-from-bundle" if init_from_bundle else "")}
+    if init_from_bundle:
+        entry["initialized_from"] = manifest["postfilter"].get("command", str(bundle_dir))
     if measure:
         gain = measure_gain(bundle_dir, pf, progress=print if progress else (lambda *_: None))
         entry["measured_gain_db"] = {"images": gain["images"], "by_quality": gain["mean_gain_db"]}
@@ -254,11 +281,14 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--no-measure", action="store_true")
+    ap.add_argument("--init-from-bundle", action="store_true",
+                    help="start from the bundle's own post-filter (fine-tuning after a transform change)")
     a = ap.parse_args(argv)
     t0 = time.time()
     res = train_postfilter(a.bundle, a.out, a.steps, a.seed, bundle_out=a.bundle_out, channels=a.channels,
                            layers=a.layers, input_scaling=a.input_scaling, batch_size=a.batch_size,
-                           learning_rate=a.lr, log_every=a.log_every, measure=not a.no_measure)
+                           learning_rate=a.lr, log_every=a.log_every, measure=not a.no_measure,
+                           init_from_bundle=a.init_from_bundle)
     print(json.dumps(res["entry"], indent=2, sort_keys=True))
     print(f"done in {time.time() - t0:.0f} s; weights {res['weights']}")
     return 0

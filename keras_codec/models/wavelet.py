@@ -288,24 +288,34 @@ class QuantizeST(tf.keras.layers.Layer):
 
 
 class WaveletTransforms:
-    """Analysis / synthesis graphs, one per decomposition depth, for planes of any (padded) size."""
+    """Analysis / synthesis graphs, one per decomposition depth, for planes of any (padded) size.
 
-    def __init__(self, config: WaveletConfig, postfilter: tf.keras.Model | None = None):
+    With `refine` (a LiftingRefinement) the transform pair is the refined one.
+    """
+
+    def __init__(self, config: WaveletConfig, postfilter: tf.keras.Model | None = None, refine=None):
         self.config = config
         self.postfilter = postfilter
+        self.refine = refine  # keras_codec.models.refine.LiftingRefinement or None
         self._graphs = {}
 
     def _analysis(self, levels: int):
         key = ("analysis", levels)
         if key not in self._graphs:
-            layer = DWT2D(self.config.wavelet, levels, self.config.mode)
+            if self.refine is not None:
+                layer = lambda x: self.refine.analysis(x, levels)
+            else:
+                layer = DWT2D(self.config.wavelet, levels, self.config.mode)
             self._graphs[key] = tf.function(layer, input_signature=[tf.TensorSpec((1, None, None, 1), tf.float32)])
         return self._graphs[key]
 
     def _synthesis(self, levels: int):
         key = ("synthesis", levels)
         if key not in self._graphs:
-            layer = IDWT2D(self.config.wavelet, levels, self.config.mode)
+            if self.refine is not None:
+                layer = lambda bands: self.refine.synthesis(bands, levels)
+            else:
+                layer = IDWT2D(self.config.wavelet, levels, self.config.mode)
             specs = [tf.TensorSpec((1, None, None, 1), tf.float32)]
             specs += [tf.TensorSpec((1, None, None, 3), tf.float32)] * levels
             specs.append(tf.TensorSpec((1, 1), tf.float32))  # log10 of the quantizer step
