@@ -61,7 +61,7 @@ def save_bundle(folder, manifest: dict, weights: ContextWeights, tables: Entropy
     folder.mkdir(parents=True, exist_ok=True)
     manifest = {"format": BUNDLE_FORMAT, **manifest}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    np.savez_compressed(folder / "context.npz", detail=weights.detail, ll=weights.ll)
+    np.savez_compressed(folder / "context.npz", **weights.to_arrays())
     np.savez_compressed(folder / "tables.npz", **tables.to_arrays())
     for name, data in (extra_files or {}).items():
         (folder / name).write_bytes(data)
@@ -75,7 +75,7 @@ def load_bundle(folder) -> Bundle:
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
         with np.load(folder / "context.npz") as z:
-            weights = ContextWeights(detail=z["detail"], ll=z["ll"])
+            weights = ContextWeights.from_arrays(z)
         with np.load(folder / "tables.npz") as z:
             tables = EntropyTables.from_arrays(z)
         residual = None

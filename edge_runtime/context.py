@@ -18,7 +18,8 @@ Features are integer magnitude codes g(v) = round(16·log2(1 + |v|)) looked up i
 table. The table index of a coefficient is
     k = clip((w · f + 2**(SHIFT-1)) >> SHIFT, 0, num_scales - 1)
 with integer weights w per (level, orientation, phase) group and f = (1, parent,
-parent 3×3 mean, sibling 1, sibling 2, spatial sum, spatial max).
+parent 3×3 mean, sibling 1, sibling 2, spatial sum, spatial max), plus, in a trained model,
+a small hidden layer of ReLU units over the same features (ContextWeights.group_index).
 The LL subband is coded around an integer prediction (the mean of its decoded
 neighbours), with the neighbours' spread as the feature.
 """
@@ -85,12 +86,24 @@ def parent_features(parent_codes: np.ndarray | None, shape) -> tuple[np.ndarray,
     return p, n
 
 
+HIDDEN_LIMIT = 1 << 40
+"""Bound on |hidden weight|, |hidden bias| and |output weight|: keeps every int64 sum far from overflow."""
+
+
 @dataclass
 class ContextWeights:
-    """Integer weights: detail[level-1, orientation, phase, feature] and ll[phase, 2]."""
+    """Integer weights: detail[level-1, orientation, phase, feature] and ll[phase, 2].
+
+    Optionally a hidden layer per (level, orientation, phase) group, the learned part of the
+    context network: hidden[..., j, :] (H units over the same features), hidden_bias[..., j]
+    and out[..., j]; see `group_index`. Without it (None) the index is linear in the features.
+    """
 
     detail: np.ndarray   # (levels, 3, 3, NUM_FEATURES) int64
     ll: np.ndarray       # (3, 2) int64: bias and spread weight per LL phase
+    hidden: np.ndarray | None = None       # (levels, 3, 3, H, NUM_FEATURES) int64
+    hidden_bias: np.ndarray | None = None  # (levels, 3, 3, H) int64
+    out: np.ndarray | None = None          # (levels, 3, 3, H) int64
 
     def __post_init__(self):
         self.detail = np.asarray(self.detail, dtype=np.int64)
@@ -99,10 +112,52 @@ class ContextWeights:
             raise ValueError(f"detail weights must be (levels, 3, 3, {NUM_FEATURES}), got {self.detail.shape}")
         if self.ll.shape != (3, 2):
             raise ValueError(f"LL weights must be (3, 2), got {self.ll.shape}")
+        parts = (self.hidden, self.hidden_bias, self.out)
+        if any(p is not None for p in parts):
+            if any(p is None for p in parts):
+                raise ValueError("the context model's hidden layer needs hidden, hidden_bias and out together")
+            self.hidden, self.hidden_bias, self.out = (np.asarray(p, dtype=np.int64) for p in parts)
+            lv, h = self.detail.shape[0], self.hidden.shape[3] if self.hidden.ndim == 5 else -1
+            if (self.hidden.shape != (lv, 3, 3, h, NUM_FEATURES) or self.hidden_bias.shape != (lv, 3, 3, h)
+                    or self.out.shape != (lv, 3, 3, h) or h < 1):
+                raise ValueError(f"hidden layer shapes {self.hidden.shape}, {self.hidden_bias.shape}, "
+                                 f"{self.out.shape} do not match detail weights {self.detail.shape}")
+            if max(int(np.abs(p).max()) for p in parts) > HIDDEN_LIMIT:
+                raise ValueError("hidden layer weights out of range")
 
     @property
     def levels(self) -> int:
         return self.detail.shape[0]
+
+    def to_arrays(self) -> dict:
+        out = {"detail": self.detail, "ll": self.ll}
+        if self.hidden is not None:
+            out.update(hidden=self.hidden, hidden_bias=self.hidden_bias, out=self.out)
+        return out
+
+    @classmethod
+    def from_arrays(cls, z) -> "ContextWeights":
+        extra = {k: z[k] for k in ("hidden", "hidden_bias", "out") if k in z}
+        return cls(detail=z["detail"], ll=z["ll"], **extra)
+
+    def group_index(self, features: np.ndarray, level: int, orientation: int, phase: int,
+                    num_scales: int) -> np.ndarray:
+        """Table index of every row of `features` for the group (level, orientation, phase).
+
+        Linear part acc = w·f; with a hidden layer, h_j = max(0, (a_j·f + b_j + 2**(SHIFT-1)) >> SHIFT)
+        and acc += Σ_j c_j·h_j; then k = clip((acc + 2**(SHIFT-1)) >> SHIFT, 0, num_scales-1).
+        All int64: the same index on every CPU.
+        """
+        lv = min(level, self.levels) - 1
+        w = self.detail[lv, orientation, phase]
+        if self.hidden is None:
+            return table_index(features, w, num_scales)
+        f = features.astype(np.int64)
+        acc = f @ w
+        pre = f @ self.hidden[lv, orientation, phase].T + self.hidden_bias[lv, orientation, phase]
+        h = np.maximum((pre + (1 << (SHIFT - 1))) >> SHIFT, 0)
+        acc = acc + h @ self.out[lv, orientation, phase]
+        return np.clip((acc + (1 << (SHIFT - 1))) >> SHIFT, 0, num_scales - 1)
 
 
 def table_index(features: np.ndarray, w: np.ndarray, num_scales: int) -> np.ndarray:

@@ -34,9 +34,9 @@ class CodingModel:
     def num_scales(self) -> int:
         return self.tables.num_tables
 
-    def detail_w(self, level: int, orientation: int, phase: int) -> np.ndarray:
-        lv = min(level, self.weights.levels) - 1
-        return self.weights.detail[lv, orientation, phase]
+    def detail_index(self, features: np.ndarray, level: int, orientation: int, phase: int) -> np.ndarray:
+        """Table indices of a detail pass (level, orientation, phase) from its feature rows."""
+        return self.weights.group_index(features, level, orientation, phase, self.num_scales)
 
     def cost_matrix(self) -> np.ndarray:
         """Bits of |symbol| = 0.._CAP-1 (the last column: a typical large value) under every table."""
@@ -75,7 +75,7 @@ def _walk(subbands, model: CodingModel, visit):
             for phase in range(3):
                 mask = ctx.phase_masks(band.shape)[phase]
                 f = ctx.detail_features(band, phase, known, parent, siblings)
-                idx = ctx.table_index(f, model.detail_w(level, o, phase), model.num_scales)
+                idx = model.detail_index(f, level, o, phase)
                 band[mask] = visit((level, o, phase), idx, None, mask, f)
                 known |= mask
     return decoded

@@ -52,6 +52,70 @@ def fit_group(features: np.ndarray, symbols: np.ndarray, deadzone: float, max_sa
     return res.x
 
 
+HIDDEN_SCALE = 256
+"""Hidden activations are integers in units of 1/HIDDEN_SCALE (natural-log units of the scale)."""
+MLP_STEPS = 400
+MLP_SAMPLES = 100_000
+MLP_MIN_SYMBOLS = 2000  # smaller groups (the coarsest levels) keep the linear model: a hidden layer overfits them
+
+
+def fit_group_mlp(features: np.ndarray, symbols: np.ndarray, deadzone: float, theta0: np.ndarray, hidden: int,
+                  seed: int = 0, steps: int = MLP_STEPS, max_samples: int = MLP_SAMPLES):
+    """A hidden layer on top of the linear fit: log σ = θ·f + Σ_j c_j·relu(v_j·f).
+
+    Maximum likelihood (the same exact deadzone-Laplace likelihood as fit_group), by Adam in
+    TensorFlow, started from the linear θ0 and c = 0 (so the start is the linear model).
+    `features` are in natural-log units (first column the constant 1). Returns (θ, V (H, F), c).
+    """
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    if len(symbols) > max_samples:
+        sel = rng.choice(len(symbols), max_samples, replace=False)
+        features, symbols = features[sel], symbols[sel]
+    f = tf.constant(features, tf.float32)
+    k = tf.constant(np.abs(symbols), tf.float32)
+    r = 0.5 - deadzone
+    theta = tf.Variable(np.asarray(theta0, np.float32))
+    v = tf.Variable(rng.normal(0.0, 0.3, (hidden, features.shape[1])).astype(np.float32))
+    c = tf.Variable(np.zeros(hidden, np.float32))
+    opt = tf.keras.optimizers.Adam(1e-2)
+
+    def nll():
+        logs = tf.clip_by_value(tf.linalg.matvec(f, theta) + tf.linalg.matvec(tf.nn.relu(f @ tf.transpose(v)), c),
+                                -8.0, 12.0)
+        u = tf.exp(-logs)
+        n0 = -tf.math.log(tf.maximum(-tf.math.expm1(-(1.0 - r) * u), 1e-30))
+        n1 = np.log(2.0) + (k - r) * u - tf.math.log(tf.maximum(-tf.math.expm1(-u), 1e-30))
+        return tf.reduce_mean(tf.where(tf.equal(k, 0.0), n0, n1))
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = nll()
+        opt.apply_gradients(zip(tape.gradient(loss, [theta, v, c]), [theta, v, c]))
+        return loss
+
+    start = float(nll())
+    for _ in range(steps):
+        step()
+    if not float(nll()) < start:  # never worse than the linear model it started from
+        return np.asarray(theta0, np.float64), np.zeros((hidden, features.shape[1])), np.zeros(hidden)
+    return theta.numpy().astype(np.float64), v.numpy().astype(np.float64), c.numpy().astype(np.float64)
+
+
+def hidden_to_int(v: np.ndarray, c: np.ndarray, num_scales: int, scale_min: float, scale_max: float):
+    """(V in code units (H, F), c) -> integer (hidden (H, F) without bias, hidden_bias (H), out (H)) of
+    edge_runtime.context.ContextWeights.group_index."""
+    grid = np.log(scale_grid(num_scales, scale_min, scale_max))
+    delta = grid[1] - grid[0]
+    a = np.round(v * HIDDEN_SCALE * (1 << ctx.SHIFT)).astype(np.int64)
+    out = np.round(c / delta / HIDDEN_SCALE * (1 << ctx.SHIFT)).astype(np.int64)
+    bias = a[:, 0].copy()
+    a[:, 0] = 0
+    return a, bias, out
+
+
 def theta_to_int(theta: np.ndarray, num_scales: int, scale_min: float, scale_max: float) -> np.ndarray:
     grid = np.log(scale_grid(num_scales, scale_min, scale_max))
     delta = grid[1] - grid[0]
@@ -61,8 +125,12 @@ def theta_to_int(theta: np.ndarray, num_scales: int, scale_min: float, scale_max
 
 
 def fit_weights(samples, levels: int, num_scales: int, scale_min: float, scale_max: float,
-                deadzone: float, init: ctx.ContextWeights | None = None) -> ctx.ContextWeights:
-    """Fit from `samples`, an iterable of subband_coder.collect() outputs (one per plane/quality)."""
+                deadzone: float, init: ctx.ContextWeights | None = None, hidden: int = 0,
+                progress=None) -> ctx.ContextWeights:
+    """Fit from `samples`, an iterable of subband_coder.collect() outputs (one per plane/quality).
+
+    With `hidden` > 0 every group also gets that many ReLU units (fit_group_mlp) on top of its linear fit.
+    """
     groups = defaultdict(lambda: ([], []))
     for rows in samples:
         for key, f, sym, _idx in rows:
@@ -73,17 +141,31 @@ def fit_weights(samples, levels: int, num_scales: int, scale_min: float, scale_m
             g[0].append(f)
             g[1].append(sym)
     detail = np.zeros((levels, 3, 3, ctx.NUM_FEATURES), np.int64) if init is None else init.detail.copy()
-    for (level, o, phase), (fs, ss) in groups.items():
+    shape = (levels, 3, 3, hidden)
+    h_w, h_b, h_out = (np.zeros(shape + (ctx.NUM_FEATURES,), np.int64), np.zeros(shape, np.int64),
+                       np.zeros(shape, np.int64))
+    unit = 16.0 / np.log(2.0)  # magnitude codes per natural-log unit
+    for (level, o, phase), (fs, ss) in sorted(groups.items()):
         f = np.concatenate(fs)
         s = np.concatenate(ss)
         if len(s) < 50:
             continue
         fs_scaled = f.astype(np.float64)
-        fs_scaled[:, 1:] /= 16.0 / np.log(2.0)  # codes -> natural-log units
+        fs_scaled[:, 1:] /= unit  # codes -> natural-log units
         theta = fit_group(fs_scaled, s, deadzone)
-        theta[1:] /= 16.0 / np.log(2.0)
+        if hidden and len(s) >= MLP_MIN_SYMBOLS:
+            theta, v, c = fit_group_mlp(fs_scaled, s, deadzone, theta, hidden)
+            v[:, 1:] /= unit
+            h_w[level - 1, o, phase], h_b[level - 1, o, phase], h_out[level - 1, o, phase] = hidden_to_int(
+                v, c, num_scales, scale_min, scale_max)
+            if progress:
+                progress(f"fit: group level {level} orientation {o} phase {phase}: {len(s)} symbols")
+        theta[1:] /= unit
         detail[level - 1, o, phase] = theta_to_int(theta, num_scales, scale_min, scale_max)
-    return ctx.ContextWeights(detail=detail, ll=default_ll_weights(num_scales, scale_min, scale_max))
+    ll = default_ll_weights(num_scales, scale_min, scale_max)
+    if hidden:
+        return ctx.ContextWeights(detail=detail, ll=ll, hidden=h_w, hidden_bias=h_b, out=h_out)
+    return ctx.ContextWeights(detail=detail, ll=ll)
 
 
 def default_ll_weights(num_scales, scale_min, scale_max) -> np.ndarray:

@@ -85,7 +85,7 @@ def learn_tables(samples, coding: CodingModel, prior_weight: float = 0.02) -> En
     for rows in samples:
         for key, f, sym, idx in rows:
             if f is not None:  # indices under the final weights
-                idx = ctx.table_index(f, coding.detail_w(*key), coding.num_scales)
+                idx = coding.detail_index(f, *key)
             k_adj = coded_indices(sym, idx, f, coding)
             for k in np.unique(k_adj):
                 pos, _esc = base.positions(k, sym[k_adj == k])
@@ -173,12 +173,13 @@ def fit_default(config: CodecConfig, out_dir, *, seed: int = 0, learned_tables: 
     return {"model_id": model_id.hex(), "wall_seconds": wall, "planes": len(planes)}
 
 
-def refit_context(bundle, *, seed: int = 0, progress=print) -> tuple:
+def refit_context(bundle, *, seed: int = 0, hidden: int = 0, progress=print) -> tuple:
     """Context weights and tables refitted on the bundle's own (possibly refined) transform.
 
     One maximum-likelihood pass on the RDO-quantized coefficients of every train plane at
-    FIT_QUALITIES, started from the bundle's weights, then tables learned from the symbols:
-    the second pass of fit_default. Returns (weights, tables, info).
+    FIT_QUALITIES (quantized with the bundle's own context model), then tables learned from
+    the symbols: the second pass of fit_default. `hidden` > 0 adds that many ReLU units per
+    group to the context model. Returns (weights, tables, info).
     """
     import dataclasses
 
@@ -197,9 +198,9 @@ def refit_context(bundle, *, seed: int = 0, progress=print) -> tuple:
     progress(f"refit: {len(planes)} train planes, qualities {FIT_QUALITIES}")
     samples = _samples(planes, transforms, params, CodingModel(bundle.coding.weights, tables), rdo=True)
     weights = fit_weights(samples, bundle.coding.weights.levels, w.num_scales, w.scale_min, w.scale_max,
-                          w.deadzone)
+                          w.deadzone, hidden=hidden, progress=progress)
     tables = learn_tables(samples, CodingModel(weights, tables))
     wall = time.time() - t0
     progress(f"refit: done in {wall:.1f} s")
-    return weights, tables, {"seed": seed, "split": "train", "planes": len(planes),
+    return weights, tables, {"seed": seed, "split": "train", "planes": len(planes), "hidden": hidden,
                              "fit_qualities": list(FIT_QUALITIES), "wall_seconds": round(wall, 1)}

@@ -29,8 +29,10 @@ At the end (`--bundle-out`) a copy of the bundle gets `refine.npz` and a `refine
 entry; its context weights are then refitted on the refined coefficients by maximum
 likelihood and its tables relearned (the stage-1 fit of keras_codec.fit_default, started
 from the refined transform), since the coder's quantizer and per-pass offsets are what the
-in-graph model only approximates. The post-filter and the TFLite graphs follow as in
-checkpoints/README.md.
+in-graph model only approximates; the refit gives each (level, orientation, phase) group
+of the context model CONTEXT_HIDDEN ReLU units on top of its linear weights
+(keras_codec.context_fit.fit_group_mlp; integer-exact on the edge). The post-filter and the
+TFLite graphs follow as in checkpoints/README.md.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ import tensorflow as tf
 import tensorflow_compression as tfc
 
 from edge_runtime import context as ctx
-from edge_runtime.codec import QUALITY_LEVELS, levels_for, quantizer_step
+from edge_runtime.codec import levels_for, quantizer_step
 from edge_runtime.entropy import scale_grid
 from edge_runtime.refine import REFINE_FILE
 from keras_codec.config import CodecConfig
@@ -57,6 +59,7 @@ from keras_codec.train import train
 __all__ = ["RefineTrainer", "train_refine", "LAMBDA"]
 
 LAMBDA = 1.0 / 0.12
+CONTEXT_HIDDEN = 8
 TRAIN_QUALITIES = tuple(range(6, 23))  # about 24-56 dB: the range the codec is used at
 
 
@@ -207,7 +210,7 @@ def restore_trainer(config: CodecConfig, arch: dict, detail: np.ndarray, out_dir
 
 
 def write_refined_bundle(bundle_dir, bundle_out, weights_path, entry: dict, refit: bool = True,
-                         progress=print) -> Path:
+                         context_hidden: int = CONTEXT_HIDDEN, progress=print) -> Path:
     """Copy the bundle with the refinement; refit its context weights and tables on the refined transform."""
     from edge_runtime.bundle import load_bundle, save_bundle
 
@@ -229,7 +232,7 @@ def write_refined_bundle(bundle_dir, bundle_out, weights_path, entry: dict, refi
         from keras_codec.fit_default import refit_context
 
         bundle = load_bundle(dst)
-        weights, tables, info = refit_context(bundle, progress=progress)
+        weights, tables, info = refit_context(bundle, hidden=context_hidden, progress=progress)
         manifest["training"] = {**manifest.get("training", {}), "refit_after_refine": info}
         save_bundle(dst, {k: v for k, v in manifest.items() if k != "format"}, weights, tables)
     return dst
@@ -237,7 +240,8 @@ def write_refined_bundle(bundle_dir, bundle_out, weights_path, entry: dict, refi
 
 def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=None, channels: int = 8,
                  layers: int = 3, batch_size: int = 8, learning_rate: float = 5e-4, patch_size: int = 128,
-                 log_every: int = 100, ckpt_every: int = 500, progress: bool = True) -> dict:
+                 log_every: int = 100, ckpt_every: int = 500, progress: bool = True,
+                 context_hidden: int = CONTEXT_HIDDEN) -> dict:
     """Train (or resume) the refinement in `out_dir`, save `<out_dir>/refine.npz`, optionally a refined bundle."""
     from data.pipeline import make_dataset
     from edge_runtime.bundle import load_bundle
@@ -270,10 +274,12 @@ def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=N
              "wall_seconds": float(summary.get("wall_s", 0.0)),
              "command": f"python -m keras_codec.train_refine --bundle {bundle_dir} --out {out_dir} --steps {steps} "
                         f"--seed {seed} --batch-size {batch_size} --channels {channels} --layers {layers} "
-                        f"--lr {learning_rate} --patch-size {patch_size}"}
+                        f"--lr {learning_rate} --patch-size {patch_size} --context-hidden {context_hidden}",
+             "context_hidden": context_hidden}
     (out_dir / "refine_entry.json").write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
     if bundle_out is not None:
-        write_refined_bundle(bundle_dir, bundle_out, weights, entry, progress=print if progress else (lambda *_: 0))
+        write_refined_bundle(bundle_dir, bundle_out, weights, entry, context_hidden=context_hidden,
+                             progress=print if progress else (lambda *_: 0))
     return {"summary": summary, "entry": entry, "weights": str(weights)}
 
 
@@ -290,11 +296,13 @@ def main(argv=None) -> int:
     ap.add_argument("--patch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--context-hidden", type=int, default=CONTEXT_HIDDEN,
+                    help="ReLU units per group of the refitted context model (0 = linear)")
     a = ap.parse_args(argv)
     t0 = time.time()
     res = train_refine(a.bundle, a.out, a.steps, a.seed, bundle_out=a.bundle_out, channels=a.channels,
                        layers=a.layers, batch_size=a.batch_size, learning_rate=a.lr, patch_size=a.patch_size,
-                       log_every=a.log_every)
+                       log_every=a.log_every, context_hidden=a.context_hidden)
     print(json.dumps(res["entry"], indent=2, sort_keys=True))
     print(f"done in {time.time() - t0:.0f} s; weights {res['weights']}")
     return 0

@@ -119,3 +119,51 @@ def test_corrupt_stream_does_not_crash_silently():
     data = bytearray(encode_subbands(bands, model))
     with pytest.raises(ValueError):
         decode_subbands(bytes(data[:-1]), [bands[0].shape] + [tuple(b.shape for b in t) for t in bands[1:]], model)
+
+
+def _hidden_model(levels=3, hidden=4, seed=5):
+    base = _model(levels).weights
+    rng = np.random.default_rng(seed)
+    shape = (levels, 3, 3, hidden)
+    w = ctx.ContextWeights(base.detail, base.ll,
+                           hidden=rng.integers(-(1 << 16), 1 << 16, shape + (ctx.NUM_FEATURES,)),
+                           hidden_bias=rng.integers(-(1 << 20), 1 << 20, shape),
+                           out=rng.integers(-(1 << 12), 1 << 12, shape))
+    return CodingModel(w, TABLES)
+
+
+def test_hidden_layer_index_is_the_integer_formula():
+    model = _hidden_model()
+    w = model.weights
+    rng = np.random.default_rng(7)
+    f = np.concatenate([np.ones((200, 1), np.int64), rng.integers(0, 40, (200, ctx.NUM_FEATURES - 1))], axis=1)
+    got = model.detail_index(f, 2, 1, 2)
+    half = 1 << (ctx.SHIFT - 1)
+    for row, k in zip(f, got):
+        acc = int(row @ w.detail[1, 1, 2])
+        for j in range(w.hidden.shape[3]):
+            pre = int(row @ w.hidden[1, 1, 2, j]) + int(w.hidden_bias[1, 1, 2, j])
+            acc += int(w.out[1, 1, 2, j]) * max((pre + half) >> ctx.SHIFT, 0)
+        assert k == min(max((acc + half) >> ctx.SHIFT, 0), model.num_scales - 1)
+    assert len(set(got.tolist())) > 3  # the indices spread over the tables
+
+
+def test_hidden_layer_round_trips_and_saves(tmp_path):
+    from edge_runtime.bundle import load_bundle, save_bundle
+
+    model = _hidden_model(levels=2)
+    rng = np.random.default_rng(8)
+    bands = _random_subbands(rng, 32, 48, 2)
+    data = encode_subbands(bands, model)
+    shapes = [bands[0].shape] + [tuple(b.shape for b in t) for t in bands[1:]]
+    back = decode_subbands(data, shapes, model)
+    for a, b in zip(bands[1:], back[1:]):
+        for x, y in zip(a, b):
+            assert np.array_equal(x, y)
+    assert np.array_equal(back[0], bands[0])
+    save_bundle(tmp_path, {"codec": {}}, model.weights, TABLES)
+    loaded = load_bundle(tmp_path).coding.weights
+    for name in ("detail", "ll", "hidden", "hidden_bias", "out"):
+        assert np.array_equal(getattr(loaded, name), getattr(model.weights, name))
+    with pytest.raises(ValueError, match="together"):
+        ctx.ContextWeights(model.weights.detail, model.weights.ll, hidden=model.weights.hidden)
