@@ -43,6 +43,17 @@ def _cmd_train(args) -> int:
         cfg = cfg.replace(**{"train.lmbda": args.lmbda})
     cfg = cfg.replace(**{"train.seed": args.seed})
     print(cfg.to_json())
+    if cfg.name == "default" and args.stage == "refine":
+        from keras_codec.train_refine import train_refine
+
+        if not args.bundle or args.steps <= 0:
+            print("keras-codec train --stage refine needs --bundle (the model to refine) and --steps > 0",
+                  file=sys.stderr)
+            return 2
+        res = train_refine(args.bundle, args.out, args.steps, args.seed, bundle_out=args.bundle_out,
+                           channels=cfg.wavelet.refine_channels or 8)
+        print(f"refinement weights {res['weights']}" + (f", bundle {args.bundle_out}" if args.bundle_out else ""))
+        return 0
     if cfg.name == "default":
         from keras_codec.fit_default import fit_default, write_initial_bundle
 
@@ -142,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--init-only", action="store_true", help="default: write the untrained (step 0) bundle")
     t.add_argument("--out", required=True, help="run / bundle directory")
+    t.add_argument("--stage", choices=["fit", "refine"], default="fit",
+                   help="default config: 'fit' the context model (stage 1, writes a bundle to --out) or "
+                        "'refine': train the learned lifting refinement jointly with the in-graph entropy model "
+                        "from --bundle for --steps (a resumable run in --out; keras_codec.train_refine)")
+    t.add_argument("--bundle", default=None, help="--stage refine: the bundle to refine")
+    t.add_argument("--bundle-out", default=None, help="--stage refine: write the refined bundle (context refitted)")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="rate-distortion of a model bundle against JPEG 2000")

@@ -48,3 +48,8 @@ def test_encode_and_decode_are_the_edge_runtime(tmp_path, capsys):
     diff = read_image(out).pixels.astype(int) - read_image(src).pixels.astype(int)
     assert abs(diff).max() <= 1
     assert main(["encode", src, str(kcd)]) == 1  # exists: the edge runtime's error, exit status 1
+
+
+def test_train_refine_stage_needs_a_bundle_and_steps(tmp_path, capsys):
+    assert main(["train", "--stage", "refine", "--out", str(tmp_path / "r")]) == 2
+    assert "--bundle" in capsys.readouterr().err
