@@ -1,14 +1,25 @@
-"""The learned lifting refinement in numpy float64, for the error-bounded mode's exact base.
+"""The learned lifting refinement on the edge: an integer network, the same bits on every CPU.
 
-The refinement (keras_codec.models.refine) adds one lifting step per level: the details of
-level i get P_i(LL_i) added back at synthesis, P_i a small CNN of the low band. The lossy
-decoder runs it inside decoder.tflite; the error-bounded mode's base must be the same bits on
-every CPU (like edge_runtime.exact_dwt), so here every convolution is a fixed sequence of
-elementwise IEEE multiplies and adds in float64, no BLAS and no reordering.
+The refinement (keras_codec.models.refine) adds one lifting step per level: at synthesis the
+details of level i get P_i(LL_i) added back, P_i a small CNN of the low band. The encoder
+subtracts the float network's prediction (encoder.tflite); the decoders add this integer
+version of it, so the decoded transform, and with the int8 post-filter the decoded pixels,
+are the same bits with every TFLite kernel library and on every CPU, and the error-bounded
+mode's base (PlaneCoder.decode_exact) is reproducible as its residual coding requires. The
+two predictions differ by the integer rounding (2^-16 of an activation or a weight),
+far below the quantizer step.
+
+Integer network (DESIGN.md, Determinism): weights are rounded to integers at a scale of
+2^WEIGHT_BITS, activations to integers at a scale of 2^ACT_BITS with one rule, round half
+up: a = floor((acc + 2^(s-1)) / 2^s). Convolutions are evaluated with integer-valued float64
+arrays and BLAS: every product and partial sum is an integer below 2^53, so it is exact in
+any summation order. Input: LL_i · INPUT_GAIN / 2^i rounded at 2^ACT_BITS (a power-of-two
+scaling, exact); the first kernel is zero-mean (its rounded taps are made to sum to exactly
+zero), so the network is blind to the local level; ReLU after every layer but the last; the
+output, at scale 2^(ACT_BITS + WEIGHT_BITS), is multiplied by 2^i / INPUT_GAIN.
 
 Weights: `refine.npz` with arrays w0, w1, ... = per level (finest first) kernel (3, 3, Cin,
-Cout) and bias of each conv layer; the first kernel is used minus its mean over (3, 3, Cin)
-(a zero-mean convolution, blind to the local level); ReLU after every layer but the last. Input LL_i · INPUT_GAIN / 2^i, output times 2^i / INPUT_GAIN.
+Cout) and bias of each conv layer, as the Keras layers hold them.
 """
 from __future__ import annotations
 
@@ -21,15 +32,39 @@ from edge_runtime import exact_dwt
 
 REFINE_FILE = "refine.npz"
 INPUT_GAIN = 16.0
+WEIGHT_BITS = 16
+ACT_BITS = 16
+_ROWS_PER_CHUNK = 8     # im2col buffer of a few rows (cache-sized): 2-3x faster than large blocks
+_EXACT_LIMIT = 2.0 ** 52
+
+
+def _zero_mean_integer_kernel(k: np.ndarray) -> np.ndarray:
+    """The first kernel minus its mean over (3, 3, Cin), rounded to integers that sum to exactly zero."""
+    k = np.asarray(k, np.float64)
+    out = np.empty_like(k)
+    for o in range(k.shape[-1]):
+        taps = k[..., o]
+        mean = math.fsum(taps.ravel().tolist()) / taps.size  # exactly rounded: the same on every CPU
+        q = np.round((taps - mean) * 2.0 ** WEIGHT_BITS)
+        q[1, 1, 0] -= q.sum()  # integers: the sum is exact, so the centre tap absorbs the rounding
+        out[..., o] = q
+    return out
 
 
 class ExactRefinement:
-    """Per-level predictors [(kernel, bias), ...] (float64) evaluated bit-reproducibly."""
+    """Per-level integer predictors [(kernel, bias), ...] (integer-valued float64)."""
 
     def __init__(self, levels_weights: list, wavelet: str = "cdf97"):
+        """`levels_weights`: per level, [(kernel, bias), ...] float weights as the Keras layers hold them."""
         self.wavelet = wavelet  # the transform it refines
-        self.levels = [[(np.asarray(k, np.float64), np.asarray(b, np.float64)) for k, b in layers]
-                       for layers in levels_weights]
+        self.levels = []
+        for layers in levels_weights:
+            ints = []
+            for n, (k, b) in enumerate(layers):
+                k = _zero_mean_integer_kernel(k) if n == 0 else np.round(np.asarray(k, np.float64) * 2.0 ** WEIGHT_BITS)
+                b = np.round(np.asarray(b, np.float64) * 2.0 ** (WEIGHT_BITS + ACT_BITS))
+                ints.append((k, b))
+            self.levels.append(ints)
 
     @classmethod
     def load(cls, path, layers: int, max_levels: int, wavelet: str = "cdf97") -> "ExactRefinement":
@@ -39,39 +74,43 @@ class ExactRefinement:
         if len(arrays) != 2 * layers * max_levels:
             raise ValueError(f"{path}: {len(arrays)} arrays, expected {2 * layers * max_levels} "
                              f"({max_levels} levels of {layers} conv layers)")
-        per = [list(arrays[2 * layers * i:2 * layers * (i + 1)]) for i in range(max_levels)]
-        for p in per:  # zero-mean first kernels; math.fsum is exactly rounded, so the same on every CPU
-            k = p[0].astype(np.float64)
-            means = [math.fsum(k[..., o].ravel().tolist()) / k[..., o].size for o in range(k.shape[-1])]
-            p[0] = k - np.array(means)
+        per = [arrays[2 * layers * i:2 * layers * (i + 1)] for i in range(max_levels)]
         return cls([[(p[2 * j], p[2 * j + 1]) for j in range(layers)] for p in per], wavelet)
 
     def predict(self, ll: np.ndarray, level: int) -> tuple:
         """P_level(LL) as three 2-D float64 arrays (H, V, D)."""
         g = 2.0 ** level
-        h = [np.asarray(ll, np.float64) * (INPUT_GAIN / g)]
+        x = np.round(np.asarray(ll, np.float64) * (INPUT_GAIN / g * 2.0 ** ACT_BITS))
+        if not np.all(np.abs(x) < 2.0 ** 30):
+            raise ValueError("refinement input out of range (a corrupt stream?)")
+        h = x[:, :, None]
         layers = self.levels[level - 1]
         for n, (kernel, bias) in enumerate(layers):
-            h = conv3x3(h, kernel, bias)
-            if n < len(layers) - 1:
-                h = [np.maximum(c, 0.0) for c in h]
-        return tuple(c * (g / INPUT_GAIN) for c in h)
+            acc = conv3x3(h, kernel, bias)
+            if n < len(layers) - 1:  # h = max(floor((acc + 2^(s-1)) / 2^s), 0), in place (2^-s is exact)
+                acc += 2.0 ** (WEIGHT_BITS - 1)
+                acc *= 2.0 ** -WEIGHT_BITS
+                np.floor(acc, out=acc)
+                h = np.maximum(acc, 0.0, out=acc)
+        acc *= g / INPUT_GAIN / 2.0 ** (WEIGHT_BITS + ACT_BITS)
+        return tuple(acc[:, :, c] for c in range(acc.shape[2]))
 
 
-def conv3x3(channels: list, kernel: np.ndarray, bias: np.ndarray) -> list:
-    """'same' 3×3 convolution with zero padding (as TensorFlow's), summed tap by tap in a fixed order."""
-    rows, cols = channels[0].shape
-    padded = [np.pad(c, 1) for c in channels]
-    out = []
-    for o in range(kernel.shape[3]):
-        acc = np.full((rows, cols), bias[o], np.float64)
-        for a in range(3):
-            for b in range(3):
-                for i, p in enumerate(padded):
-                    w = kernel[a, b, i, o]
-                    if w != 0.0:
-                        acc = acc + w * p[a:a + rows, b:b + cols]
-        out.append(acc)
+def conv3x3(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """'same' 3×3 convolution with zero padding (TensorFlow's) of integer-valued (H, W, Cin) float64
+    by an integer kernel: exact (every partial sum an integer below 2^52), checked."""
+    rows, cols, cin = x.shape
+    bound = float(np.abs(x).max(initial=0.0)) * float(np.abs(kernel).sum(axis=(0, 1, 2)).max(initial=0.0))
+    if bound + float(np.abs(bias).max(initial=0.0)) >= _EXACT_LIMIT:
+        raise ValueError("refinement activations out of the exact range (a corrupt stream?)")
+    p = np.pad(x, ((1, 1), (1, 1), (0, 0)))
+    w = kernel.reshape(9 * cin, kernel.shape[3])
+    out = np.empty((rows, cols, kernel.shape[3]))
+    for r0 in range(0, rows, _ROWS_PER_CHUNK):
+        r1 = min(rows, r0 + _ROWS_PER_CHUNK)
+        cols_ = np.concatenate([p[r0 + a:r1 + a, b:b + cols, :] for a in range(3) for b in range(3)], axis=2)
+        np.matmul(cols_.reshape(-1, 9 * cin), w, out=out[r0:r1].reshape(-1, kernel.shape[3]))
+    out += bias
     return out
 
 

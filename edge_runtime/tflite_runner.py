@@ -45,6 +45,12 @@ to a rounding tie: double-rounding fixed point (the reference kernels), single r
 (optimized kernels) and float requantization (XNNPACK) all give the same integers
 (export/tflite_export.py builds the graph that way and checks it against exact integer
 arithmetic).
+
+Bundles with a learned lifting refinement (manifest ``refine``): its transform's decoder graph
+holds the float refined inverse, but when the post-filter is int8 (or absent) the edge decodes
+that transform with edge_runtime.refine instead: the refinement as an integer network and the
+lifting in float64 numpy, so the decoded plane, like the int8 filter's output, is the same bits
+with every kernel library and on every CPU. The encoder graph always runs in TFLite.
 """
 from __future__ import annotations
 
@@ -55,6 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime import refine as exact_refine
 from edge_runtime.bundle import InvalidBundleError
 
 __all__ = ["KERNELS", "Int8PostFilter", "MissingTFLiteError", "TFLiteTransforms", "interpreter_module",
@@ -126,9 +133,18 @@ def transforms_for_bundle(bundle, kernels: str = "xnnpack", num_threads: int = 2
     names = params.get("transforms", [params.get("wavelet", "cdf97")])
     paths = tflite_paths(bundle)
     spec = postfilter_spec(bundle)
-    return {n: TFLiteTransforms(paths, n, kernels=kernels, num_threads=num_threads,
-                                postfilter=spec if spec is not None and spec["transform"] == n else None)
-            for n in names}
+    in_graph = (bundle.manifest.get("tflite") or {}).get("postfilter") or {}
+    out = {}
+    for n in names:
+        int8 = spec if spec is not None and spec["transform"] == n else None
+        # A learned refinement of this transform decodes through edge_runtime.refine (integer network,
+        # bit-exact) unless a float post-filter lives inside decoder.tflite (float32/float16 exports).
+        refine = getattr(bundle, "refine", None)
+        if refine is None or refine.wavelet != n or (in_graph.get(n) and int8 is None):
+            refine = None
+        out[n] = TFLiteTransforms(paths, n, kernels=kernels, num_threads=num_threads, postfilter=int8,
+                                  refine=refine, mode=params.get("mode", "symmetric"))
+    return out
 
 
 def postfilter_input(plane: np.ndarray, step: float, spec: dict) -> np.ndarray:
@@ -262,7 +278,7 @@ class TFLiteTransforms:
     """
 
     def __init__(self, model_paths: dict, wavelet: str, kernels: str = "xnnpack", num_threads: int = 2,
-                 postfilter: dict | None = None):
+                 postfilter: dict | None = None, refine=None, mode: str = "symmetric"):
         if kernels not in KERNELS:
             raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
         if int(num_threads) < 1:
@@ -274,6 +290,7 @@ class TFLiteTransforms:
                     f"{p}: no such TFLite model: run the TFLite export on a workstation "
                     f"(export/tflite_export.py) to add encoder.tflite and decoder.tflite to the bundle")
         self.wavelet, self.kernels, self.num_threads = wavelet, kernels, int(num_threads)
+        self.refine, self.mode = refine, mode
         self.postfilter = None
         if postfilter is not None:
             path = model_paths.get("postfilter", Path(self.paths["decoder"]).parent / POSTFILTER_FILE)
@@ -317,6 +334,9 @@ class TFLiteTransforms:
         """[LL, (H, V, D) ...] coarse to fine, dequantized -> 2-D plane. `step` feeds the post-filter."""
         if step is None:
             raise ValueError("the TFLite decoder graph takes the quantizer step: call synthesis(bands, levels, step=step)")
+        if self.refine is not None:  # the refined inverse as an integer network in numpy: the same bits everywhere
+            y = exact_refine.synthesis(bands, levels, self.refine, self.wavelet, self.mode).astype(np.float32)
+            return self.postfilter(y, step) if self.postfilter is not None else y
         sig = self._signature("decoder", levels)
         names = sorted(sig.inputs, key=_natural_key)
         step_names = [n for n in names if len(sig.inputs[n]["shape"]) < 4] or [n for n in names if "step" in n]

@@ -108,3 +108,23 @@ def test_filtered_decode_has_the_right_shape_and_dtype():
     b, _ = decode_image(data, coder=filtered, model_ids=[bundle.model_id])
     assert b.pixels.shape == px.shape and b.pixels.dtype == px.dtype
     assert not np.array_equal(a.pixels, b.pixels)
+
+
+def test_fine_tuning_starts_from_the_bundles_filter_behind_its_refinement(tmp_path):
+    """--init-from-bundle: a step at learning rate 0 leaves the shipped filter as it was (trained behind
+    the shipped bundle's refined transform); a filter of another shape is refused."""
+    from keras_codec.train_postfilter import train_postfilter
+
+    bundle = load_bundle(default_bundle_path())
+    arch = bundle.manifest["postfilter"]["architecture"]
+    res = train_postfilter(default_bundle_path(), tmp_path / "run", steps=1, batch_size=2, patch_size=32,
+                           learning_rate=0.0,
+                           channels=arch["channels"], layers=arch["layers"], measure=False, progress=False,
+                           init_from_bundle=True)
+    assert "initialized_from" in res["entry"] and "--init-from-bundle" in res["entry"]["command"]
+    with np.load(res["weights"]) as z, np.load(default_bundle_path() / "postfilter.npz") as ref:
+        for k in ref.files:
+            np.testing.assert_array_equal(z[k], ref[k])
+    with pytest.raises(ValueError, match="same architecture"):
+        train_postfilter(default_bundle_path(), tmp_path / "run2", steps=0, channels=arch["channels"] + 1,
+                         measure=False, progress=False, init_from_bundle=True)

@@ -47,7 +47,7 @@ def test_refined_pair_is_an_exact_inverse_with_any_weights(levels):
     assert float(tf.reduce_max(tf.abs(y - x))) < 1e-5
 
 
-def test_numpy_exact_path_matches_keras(tmp_path):
+def test_integer_edge_path_follows_keras(tmp_path):
     levels = 3
     r = build_refinement("cdf97", levels, "symmetric", 5, 3)
     _random_weights(r, seed=2)
@@ -58,10 +58,11 @@ def test_numpy_exact_path_matches_keras(tmp_path):
     ll = bands[0].numpy()[0, :, :, 0]
     pred_np = np.stack(ex.predict(ll, levels), -1)
     pred_tf = r.predictors[levels - 1](bands[0]).numpy()[0]
-    np.testing.assert_allclose(pred_np, pred_tf, atol=2e-5 * max(1.0, np.abs(pred_tf).max()))
+    # The edge's predictor is an integer network (weights and activations at 2^-16): close, not equal.
+    np.testing.assert_allclose(pred_np, pred_tf, atol=2e-4 * max(1.0, np.abs(pred_tf).max()))
     trios = [tuple(b.numpy()[0, :, :, i].astype(np.float64) for i in range(3)) for b in bands[1:]]
     y_np = exact_refine.synthesis([ll.astype(np.float64)] + trios, levels, ex)
-    np.testing.assert_allclose(y_np, x.numpy()[0, :, :, 0], atol=2e-5)
+    np.testing.assert_allclose(y_np, x.numpy()[0, :, :, 0], atol=2e-3)
     # Zero weights: the exact path is the plain float64 lifting, bit for bit.
     zero = exact_refine.ExactRefinement([[(np.zeros_like(k), np.zeros_like(b)) for k, b in lv] for lv in ex.levels])
     plain = exact_dwt.synthesis([ll] + trios, levels)
@@ -157,7 +158,10 @@ def test_refined_bundle_exports_codes_and_bounds(tmp_path):
     assert encode_image(img, coder=edge, model_id=bundle.model_id, quality=14) == data
     a = decode_image(data, coder=edge, model_ids=[bundle.model_id])[0].pixels.astype(np.int64)
     b = decode_image(data, coder=ws, model_ids=[bundle.model_id])[0].pixels.astype(np.int64)
-    assert np.abs(a - b).max() <= 1
+    assert np.abs(a - b).max() <= 1  # Keras: the float network; the edge: its integer version
+    _b, edge_ref = load_codec(src, kernels="reference")
+    assert edge.transforms["cdf97"].refine is not None  # decoded by the integer network, not decoder.tflite
+    assert np.array_equal(decode_image(data, coder=edge_ref, model_ids=[bundle.model_id])[0].pixels, a)
     for d in (0, 3):
         stream = encode_image(img, coder=edge, model_id=bundle.model_id, quality=None, max_error=d)
         out = decode_image(stream, coder=edge, model_ids=[bundle.model_id])[0].pixels.astype(np.int64)

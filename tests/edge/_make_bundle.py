@@ -152,6 +152,8 @@ def make(out: Path = OUT) -> bytes:
     (out / "encoder.tflite").write_bytes(_convert(tf, encoders))
     (out / "decoder.tflite").write_bytes(_convert(tf, decoders))
     manifest["codec"]["transforms"] = ["cdf97", "haar"]
+    for learned in ("refine", "postfilter", "residual"):  # plain transforms here: none of their files is copied
+        manifest.pop(learned, None)
     manifest["tflite"] = {
         "encoder": "encoder.tflite", "decoder": "decoder.tflite", "dtype": "float32",
         "signatures": sorted(encoders),
