@@ -238,6 +238,18 @@ def write_refined_bundle(bundle_dir, bundle_out, weights_path, entry: dict, refi
     return dst
 
 
+def _run_wall_seconds(out_dir: Path, summary: dict) -> float:
+    """Training wall time of the whole run (log.csv is cumulative across resumes), not of this call."""
+    import csv
+
+    try:
+        with open(out_dir / "log.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        return round(float(rows[-1]["wall_s"]), 1)
+    except (OSError, KeyError, ValueError, IndexError):
+        return round(float(summary.get("wall_s", 0.0)), 1)
+
+
 def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=None, channels: int = 8,
                  layers: int = 3, batch_size: int = 8, learning_rate: float = 5e-4, patch_size: int = 128,
                  log_every: int = 100, ckpt_every: int = 500, progress: bool = True,
@@ -271,7 +283,7 @@ def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=N
     entry = {**arch, "file": REFINE_FILE, "steps": int(summary["step"]), "seed": seed, "batch_size": batch_size,
              "patch_size": patch_size, "learning_rate": learning_rate, "lambda": LAMBDA,
              "train_qualities": [TRAIN_QUALITIES[0], TRAIN_QUALITIES[-1]], "split": "train",
-             "wall_seconds": float(summary.get("wall_s", 0.0)),
+             "wall_seconds": _run_wall_seconds(out_dir, summary),
              "command": f"python -m keras_codec.train_refine --bundle {bundle_dir} --out {out_dir} --steps {steps} "
                         f"--seed {seed} --batch-size {batch_size} --channels {channels} --layers {layers} "
                         f"--lr {learning_rate} --patch-size {patch_size} --context-hidden {context_hidden}",
