@@ -13,8 +13,9 @@ from edge_runtime.codec import PlaneCoder, decode_image, encode_image
 
 _BUNDLE = load_bundle(default_bundle_path())
 _P = _BUNDLE.manifest["codec"]
+# numpy analysis (any size, no TFLite); the base decodes through the shipped refinement's integer network
 _CODER = PlaneCoder(_P, _BUNDLE.coding, {n: exact_dwt.ExactTransforms(n, _P["mode"]) for n in _P["transforms"]},
-                    _BUNDLE.residual)
+                    _BUNDLE.residual, _BUNDLE.refine)
 
 
 @st.composite
