@@ -26,8 +26,7 @@ from edge_runtime.subband_coder import CodingModel
 
 BUNDLE_FORMAT = 1
 _HASHED = ("manifest.json", "context.npz", "tables.npz", "residual.npz", "postfilter.npz", "refine.npz",
-           "encoder.tflite",
-           "hyper_decoder.tflite", "decoder.tflite", "postfilter.tflite")
+           "encoder.tflite", "hyper_decoder.tflite", "decoder.tflite", "postfilter.tflite")
 
 
 class InvalidBundleError(ValueError):

@@ -150,8 +150,9 @@ class PlaneCoder:
 
     Error-bounded tiles (`encode_bounded`, max error D >= 0, D = 0 lossless) are a base
     tile stream plus the residual (edge_runtime.residual) against the base as
-    `decode_exact` reconstructs it: numpy float64 lifting (and the bundle's learned lifting
-    refinement, `refine`, in float64) without the post-filter, the same bits on every CPU. Their stream is: uint8 base quality, uint32 divisor g, uint32
+    `decode_exact` reconstructs it: numpy float64 lifting (with the bundle's learned lifting
+    refinement, `refine`, as an integer network) without the post-filter, the same bits on
+    every CPU. Their stream is: uint8 base quality, uint32 divisor g, uint32
     base length (little-endian); when g = 0 (lossless tiles coded as indices into a table
     of their values) uint32 count and count int32 values, increasing; then the base tile
     stream and the residual's range-coded words.

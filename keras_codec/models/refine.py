@@ -16,7 +16,8 @@ Every level has its own weights; levels a small tile never reaches stay unused.
 
 The same predictor runs in three places, with the same weights (`refine.npz`, `w0`, `w1`, ...
 in `get_weights()` order): this Keras layer (training and the workstation coder), the TFLite
-graphs (export), and edge_runtime.refine (numpy float64, the error-bounded mode's exact base).
+graphs (export; the encoder's), and edge_runtime.refine: an integer version of the network that the
+edge decoders and the error-bounded mode's exact base run, the same bits on every CPU.
 """
 from __future__ import annotations
 
