@@ -139,7 +139,7 @@ def transforms_for_bundle(bundle, kernels: str = "xnnpack", num_threads: int = 2
         int8 = spec if spec is not None and spec["transform"] == n else None
         # A learned refinement of this transform decodes through edge_runtime.refine (integer network,
         # bit-exact) unless a float post-filter lives inside decoder.tflite (float32/float16 exports).
-        refine = getattr(bundle, "refine", None)
+        refine = bundle.refine
         if refine is None or refine.wavelet != n or (in_graph.get(n) and int8 is None):
             refine = None
         out[n] = TFLiteTransforms(paths, n, kernels=kernels, num_threads=num_threads, postfilter=int8,

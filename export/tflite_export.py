@@ -377,12 +377,11 @@ def representative_planes(bundle, qualities=REPRESENTATIVE_QUALITIES, crop: int 
     inverse-DWT output the post-filter gets.
     """
     from edge_runtime.codec import PlaneCoder
-    from keras_codec.models.wavelet import WaveletTransforms
+    from keras_codec.models.wavelet import bundle_transforms
 
     entry = bundle.manifest.get("postfilter") or {}
     name = entry.get("wavelet") or _transform_names(bundle.manifest)[0]
-    recorder = _Recorder(WaveletTransforms(_wavelet_config(bundle.manifest, name),
-                                           refine=_refinement_for(bundle, name)))
+    recorder = _Recorder(bundle_transforms(bundle, name))
     coder = PlaneCoder({**bundle.manifest["codec"], "transforms": [name]}, bundle.coding, {name: recorder})
     if planes is None:
         planes = _train_planes(progress)
@@ -713,7 +712,7 @@ def verify_export(bundle_dir, shapes=((64, 96), (128, 128)), seed: int = 0, step
     from edge_runtime.bundle import load_bundle
     from edge_runtime.codec import QUALITY_LEVELS, padded_shape, quantizer_step
     from edge_runtime.tflite_runner import Int8PostFilter, postfilter_input, postfilter_spec
-    from keras_codec.models.wavelet import WaveletTransforms, join_details
+    from keras_codec.models.wavelet import bundle_transforms, join_details
 
     bundle = load_bundle(bundle_dir)
     section = bundle.manifest.get("tflite")
@@ -735,10 +734,8 @@ def verify_export(bundle_dir, shapes=((64, 96), (128, 128)), seed: int = 0, step
         sig = section["signatures"][key]
         name, levels = sig["transform"], int(sig["levels"])
         if name not in keras:
-            cfg = _wavelet_config(bundle.manifest, name)
-            rf = _refinement_for(bundle, name)
-            keras[name] = WaveletTransforms(cfg, _postfilter_for(bundle, name), refine=rf)
-            plain[name] = (WaveletTransforms(cfg, refine=rf) if int8 is not None and spec["transform"] == name
+            keras[name] = bundle_transforms(bundle, name, _postfilter_for(bundle, name))
+            plain[name] = (bundle_transforms(bundle, name) if int8 is not None and spec["transform"] == name
                            else keras[name])
         wt = keras[name]
         e_diff = d_diff = 0.0

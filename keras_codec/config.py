@@ -96,6 +96,20 @@ class CodecConfig:
         return cfg
 
 
+def bundle_training_config(manifest: dict, *, seed: int, batch_size: int, learning_rate: float, patch_size: int,
+                           lmbda: float, wavelet: dict | None = None) -> CodecConfig:
+    """The config of a run that trains a learned part of a bundle: the bundle's config with its coder's own
+    parameters (deadzone, reconstruction bias, levels, wavelet), `wavelet` changes and these training settings."""
+    cfg = CodecConfig.from_dict(manifest["config"])
+    codec = manifest["codec"]
+    wav = dataclasses.replace(cfg.wavelet, deadzone=float(codec["deadzone"]), recon_bias=float(codec["recon_bias"]),
+                              levels=int(codec["levels"]), wavelet=codec.get("wavelet", cfg.wavelet.wavelet),
+                              **(wavelet or {}))
+    tr = dataclasses.replace(cfg.train, seed=seed, batch_size=batch_size, learning_rate=learning_rate,
+                             patch_size=patch_size, lmbda=lmbda, mixed_precision=False)
+    return dataclasses.replace(cfg, name="default", wavelet=wav, train=tr)
+
+
 NAMED = {
     "default": CodecConfig(name="default"),
     "paper": CodecConfig(name="paper", train=TrainConfig(lmbda=0.01, ssim_weight=0.1, patch_size=64)),

@@ -7,7 +7,6 @@ The measuring is :mod:`keras_codec.bench`'s; `keras-codec bench` adds JPEG XL, J
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,11 @@ def workstation_coder(bundle):
     """PlaneCoder over the Keras transform layers for a loaded bundle."""
     from edge_runtime.codec import PlaneCoder
     from keras_codec.config import CodecConfig
-    from keras_codec.models.refine import load_refinement
-    from keras_codec.models.wavelet import WaveletTransforms, load_postfilter
+    from keras_codec.models.wavelet import bundle_transforms, load_postfilter
 
-    cfg = CodecConfig.from_dict(bundle.manifest["config"])
     params = bundle.manifest["codec"]
-    names = params.get("transforms", [cfg.wavelet.wavelet])
-    transforms = {n: WaveletTransforms(dataclasses.replace(cfg.wavelet, wavelet=n),
-                                       postfilter=load_postfilter(bundle, n), refine=load_refinement(bundle, n))
-                  for n in names}
+    names = params.get("transforms", [CodecConfig.from_dict(bundle.manifest["config"]).wavelet.wavelet])
+    transforms = {n: bundle_transforms(bundle, n, load_postfilter(bundle, n)) for n in names}
     return PlaneCoder(params, bundle.coding, transforms, refine=bundle.refine)
 
 

@@ -181,18 +181,13 @@ def refit_context(bundle, *, seed: int = 0, hidden: int = 0, progress=print) -> 
     the symbols: the second pass of fit_default. `hidden` > 0 adds that many ReLU units per
     group to the context model. Returns (weights, tables, info).
     """
-    import dataclasses
-
-    from keras_codec.models.refine import load_refinement
-    from keras_codec.models.wavelet import WaveletTransforms
+    from keras_codec.models.wavelet import bundle_transforms
 
     t0 = time.time()
     cfg = CodecConfig.from_dict(bundle.manifest["config"])
     params = bundle.manifest["codec"]
     w = cfg.wavelet
-    name = params.get("wavelet", w.wavelet)
-    transforms = WaveletTransforms(dataclasses.replace(w, wavelet=name), postfilter=None,
-                                   refine=load_refinement(bundle, name))
+    transforms = bundle_transforms(bundle, params.get("wavelet", w.wavelet))
     tables = laplace_tables(w.num_scales, w.scale_min, w.scale_max, w.deadzone)
     planes = train_planes(seed)
     progress(f"refit: {len(planes)} train planes, qualities {FIT_QUALITIES}")

@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from keras_codec.config import CodecConfig
 
-__all__ = ["train", "default_strategy", "per_replica_batch_size", "MAX_BAD_STEPS"]
+__all__ = ["train", "default_strategy", "per_replica_batch_size", "MAX_BAD_STEPS", "last_logged_row", "copy_bundle"]
 
 log = logging.getLogger(__name__)
 
@@ -419,3 +419,42 @@ def train(build_fn: Callable[[CodecConfig], tf.keras.Model], config: CodecConfig
         return runlog.summary(step, strategy.num_replicas_in_sync)
     finally:
         tf.keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def last_logged_row(out_dir) -> dict:
+    """The last row of a run's log.csv ({} when there is none); its wall_s counts the whole run, resumes included."""
+    path = os.path.join(str(out_dir), "log.csv")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows[-1] if rows else {}
+
+
+STALE_GRAPHS = ("encoder.tflite", "decoder.tflite", "postfilter.tflite")
+
+
+def copy_bundle(bundle_dir, bundle_out, files: dict, update: Callable[[dict], None]):
+    """Copy a bundle to a new directory with new learned weights; returns the new directory (a Path).
+
+    `files` maps a file name in the bundle to the file to copy there; `update(manifest)` edits the
+    manifest in place. The TFLite graphs and the manifest's `tflite` section are left out: they
+    hold the old weights (export the copy again).
+    """
+    from pathlib import Path
+
+    src, dst = Path(bundle_dir), Path(bundle_out)
+    if dst.resolve() == src.resolve():
+        raise ValueError(f"{dst}: write the new bundle to another directory (--bundle-out), then promote it")
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    for name in STALE_GRAPHS:
+        (dst / name).unlink(missing_ok=True)
+    for name, path in files.items():
+        shutil.copyfile(path, dst / name)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest.pop("tflite", None)
+    update(manifest)
+    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return dst

@@ -24,10 +24,7 @@ with `--bundle-out` a copy of the bundle gets the weights and a `postfilter` man
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -35,20 +32,17 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_codec.config import CodecConfig
+from keras_codec.config import CodecConfig, bundle_training_config
 from keras_codec.layers import DWT2D, IDWT2D
 from edge_runtime.codec import QUALITY_LEVELS, levels_for, quantizer_step
-from keras_codec.models.wavelet import POSTFILTER_FILE, build_postfilter, postfilter_arch, save_postfilter
-from keras_codec.train import train
+from keras_codec.models.wavelet import (POSTFILTER_FILE, build_postfilter, postfilter_arch, save_postfilter,
+                                        tf_deadzone, tf_dequantize)
+from keras_codec.train import copy_bundle, last_logged_row, train
 
 __all__ = ["PostFilterTrainer", "train_postfilter", "measure_gain", "GAIN_IMAGES", "GAIN_QUALITIES"]
 
 GAIN_IMAGES = ("CT_small.dcm", "MR_small.dcm", "693_UNCR.dcm", "MR2_UNCR.dcm", "US1_UNCR.dcm")
 GAIN_QUALITIES = (2, 6, 10)
-
-
-def _tf_deadzone(x, deadzone):
-    return tf.sign(x) * tf.floor(tf.abs(x) + 0.5 - deadzone)
 
 
 class PostFilterTrainer(tf.keras.Model):
@@ -59,12 +53,13 @@ class PostFilterTrainer(tf.keras.Model):
         super().__init__(name="postfilter_trainer")
         w = config.wavelet
         self.levels = levels_for(config.train.patch_size, config.train.patch_size, levels)
-        self.dwt = DWT2D(w.wavelet, self.levels, w.mode)
-        self.idwt = IDWT2D(w.wavelet, self.levels, w.mode)
         if refine is not None:  # the bundle's learned lifting refinement, frozen
             refine.trainable = False
             self.dwt = lambda x: refine.analysis(x, self.levels)
             self.idwt = lambda bands: refine.synthesis(bands, self.levels)
+        else:
+            self.dwt = DWT2D(w.wavelet, self.levels, w.mode)
+            self.idwt = IDWT2D(w.wavelet, self.levels, w.mode)
         self.refine = refine
         self.deadzone, self.recon_bias = float(deadzone), float(recon_bias)
         self.steps_table = tf.constant([quantizer_step(q) for q in QUALITY_LEVELS], tf.float32)
@@ -76,8 +71,7 @@ class PostFilterTrainer(tf.keras.Model):
         bands = self.dwt(x)
         out = [tf.round(bands[0] / s) * s]
         for b in bands[1:]:
-            q = _tf_deadzone(b / s, self.deadzone)
-            out.append(tf.sign(q) * (tf.abs(q) + self.recon_bias) * s)
+            out.append(tf_dequantize(tf_deadzone(b / s, self.deadzone), self.recon_bias) * s)
         return tf.stop_gradient(self.idwt(out))
 
     def rd_terms(self, x, training=False):
@@ -102,20 +96,11 @@ class PostFilterTrainer(tf.keras.Model):
         return self.rd_terms(x, training)["loss"]
 
 
-def _read_manifest(bundle_dir) -> dict:
-    return json.loads((Path(bundle_dir) / "manifest.json").read_text())
-
-
 def _training_config(manifest: dict, arch: dict, seed: int, batch_size: int, learning_rate: float,
                      patch_size: int) -> CodecConfig:
-    cfg = CodecConfig.from_dict(manifest["config"])
-    codec = manifest["codec"]
-    wav = dataclasses.replace(cfg.wavelet, postfilter_channels=arch["channels"], postfilter_layers=arch["layers"],
-                              deadzone=float(codec["deadzone"]), recon_bias=float(codec["recon_bias"]),
-                              levels=int(codec["levels"]), wavelet=codec.get("wavelet", cfg.wavelet.wavelet))
-    tr = dataclasses.replace(cfg.train, seed=seed, batch_size=batch_size, learning_rate=learning_rate,
-                             patch_size=patch_size, lmbda=0.0, mixed_precision=False)
-    return dataclasses.replace(cfg, name="default", wavelet=wav, train=tr)
+    return bundle_training_config(manifest, seed=seed, batch_size=batch_size, learning_rate=learning_rate,
+                                  patch_size=patch_size, lmbda=0.0,
+                                  wavelet={"postfilter_channels": arch["channels"], "postfilter_layers": arch["layers"]})
 
 
 def _trainer_for(config: CodecConfig, arch: dict, refine=None, init=None) -> PostFilterTrainer:
@@ -143,8 +128,7 @@ def measure_gain(bundle_dir, postfilter, images=GAIN_IMAGES, qualities=GAIN_QUAL
     from edge_runtime.bundle import load_bundle
     from edge_runtime.codec import PlaneCoder, decode_image, encode_image
     from keras_codec import metrics
-    from keras_codec.models.refine import load_refinement
-    from keras_codec.models.wavelet import WaveletTransforms
+    from keras_codec.models.wavelet import bundle_transforms
 
     bundle = load_bundle(bundle_dir)
     cfg = CodecConfig.from_dict(bundle.manifest["config"])
@@ -153,10 +137,8 @@ def measure_gain(bundle_dir, postfilter, images=GAIN_IMAGES, qualities=GAIN_QUAL
     trained_on = params.get("wavelet", cfg.wavelet.wavelet)
 
     def coder(pf):
-        return PlaneCoder(params, bundle.coding, {
-            n: WaveletTransforms(dataclasses.replace(cfg.wavelet, wavelet=n), postfilter=pf if n == trained_on else None,
-                                 refine=load_refinement(bundle, n))
-            for n in names})
+        return PlaneCoder(params, bundle.coding,
+                          {n: bundle_transforms(bundle, n, pf if n == trained_on else None) for n in names})
 
     plain, filtered = coder(None), coder(postfilter)
     items = {it.name: it for it in corpus("train")}
@@ -181,27 +163,14 @@ def measure_gain(bundle_dir, postfilter, images=GAIN_IMAGES, qualities=GAIN_QUAL
     return {"images": list(images), "qualities": list(qualities), "mean_gain_db": by_q, "rows": rows}
 
 
-def _last_log_row(out_dir: Path) -> dict:
-    with open(out_dir / "log.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return rows[-1] if rows else {}
-
-
 def write_bundle_copy(bundle_dir, bundle_out, weights_path, entry: dict) -> Path:
-    """Copy `bundle_dir` to `bundle_out` with the post-filter weights and its manifest entry."""
-    src, dst = Path(bundle_dir), Path(bundle_out)
-    if dst.resolve() == src.resolve():
-        raise ValueError("write the bundle with the post-filter to a new directory (--bundle-out), then promote it")
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)
-    shutil.copyfile(weights_path, dst / POSTFILTER_FILE)
-    manifest = _read_manifest(dst)
-    manifest["postfilter"] = entry
-    manifest["config"]["wavelet"]["postfilter_channels"] = entry["architecture"]["channels"]
-    manifest["config"]["wavelet"]["postfilter_layers"] = entry["architecture"]["layers"]
-    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return dst
+    """Copy `bundle_dir` to `bundle_out` with the post-filter weights and its manifest entry (train.copy_bundle)."""
+    def update(manifest):
+        manifest["postfilter"] = entry
+        manifest["config"]["wavelet"]["postfilter_channels"] = entry["architecture"]["channels"]
+        manifest["config"]["wavelet"]["postfilter_layers"] = entry["architecture"]["layers"]
+
+    return copy_bundle(bundle_dir, bundle_out, {POSTFILTER_FILE: weights_path}, update)
 
 
 def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=None, channels: int = 12,
@@ -212,9 +181,14 @@ def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_o
     """Train (or resume) the post-filter in `out_dir`, save `<out_dir>/postfilter.npz`, optionally a bundle copy."""
     from data.pipeline import make_dataset
 
+    from edge_runtime.bundle import load_bundle
+    from keras_codec.models.refine import load_refinement
+    from keras_codec.models.wavelet import load_postfilter
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = _read_manifest(bundle_dir)
+    bundle = load_bundle(bundle_dir)
+    manifest = bundle.manifest
     cfg0 = CodecConfig.from_dict(manifest["config"])
     arch = postfilter_arch(cfg0.wavelet, channels, layers, input_scaling)
     arch_path = out_dir / "postfilter_arch.json"
@@ -223,11 +197,6 @@ def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_o
                          f"resume with the same one or train into a new out_dir")
     arch_path.write_text(json.dumps(arch, sort_keys=True) + "\n")
     config = _training_config(manifest, arch, seed, batch_size, learning_rate, patch_size)
-    from edge_runtime.bundle import load_bundle
-    from keras_codec.models.refine import load_refinement
-    from keras_codec.models.wavelet import load_postfilter
-
-    bundle = load_bundle(bundle_dir)
     refine = load_refinement(bundle, config.wavelet.wavelet)
     init = None
     if init_from_bundle:
@@ -244,7 +213,7 @@ def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_o
     pf = _restore_postfilter(config, arch, out_dir, refine)
     weights = out_dir / POSTFILTER_FILE
     save_postfilter(pf, weights)
-    last = _last_log_row(out_dir)
+    last = last_logged_row(out_dir)
     entry = {"file": POSTFILTER_FILE, "architecture": arch, "wavelet": config.wavelet.wavelet,
              "steps": int(summary["step"]), "seed": seed, "batch_size": batch_size, "patch_size": patch_size,
              "learning_rate": learning_rate, "wall_seconds": float(last.get("wall_s", summary["wall_s"])),

@@ -37,9 +37,7 @@ TFLite graphs follow as in checkpoints/README.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -52,9 +50,10 @@ from edge_runtime import context as ctx
 from edge_runtime.codec import levels_for, quantizer_step
 from edge_runtime.entropy import scale_grid
 from edge_runtime.refine import REFINE_FILE
-from keras_codec.config import CodecConfig
+from keras_codec.config import CodecConfig, bundle_training_config
 from keras_codec.models.refine import build_refinement, refine_arch, save_refinement
-from keras_codec.train import train
+from keras_codec.models.wavelet import tf_deadzone, tf_dequantize
+from keras_codec.train import copy_bundle, last_logged_row, train
 
 __all__ = ["RefineTrainer", "train_refine", "LAMBDA"]
 
@@ -156,8 +155,8 @@ class RefineTrainer(tf.keras.Model):
         ys, qs = [], []
         for b in bands[1:]:
             y = b / s
-            q = tf.stop_gradient(tf.sign(y) * tf.floor(tf.abs(y) + 0.5 - self.deadzone))
-            yq = tf.sign(q) * (tf.abs(q) + self.recon_bias)
+            q = tf.stop_gradient(tf_deadzone(y, self.deadzone))
+            yq = tf_dequantize(q, self.recon_bias)
             deq.append((y + tf.stop_gradient(yq - y)) * s)
             ys.append(y)
             qs.append(q)
@@ -184,14 +183,8 @@ class RefineTrainer(tf.keras.Model):
 
 def _training_config(manifest: dict, seed: int, batch_size: int, learning_rate: float, patch_size: int,
                      channels: int) -> CodecConfig:
-    cfg = CodecConfig.from_dict(manifest["config"])
-    codec = manifest["codec"]
-    wav = dataclasses.replace(cfg.wavelet, refine_channels=channels, deadzone=float(codec["deadzone"]),
-                              recon_bias=float(codec["recon_bias"]), levels=int(codec["levels"]),
-                              wavelet=codec.get("wavelet", cfg.wavelet.wavelet))
-    tr = dataclasses.replace(cfg.train, seed=seed, batch_size=batch_size, learning_rate=learning_rate,
-                             patch_size=patch_size, lmbda=1.0 / LAMBDA, mixed_precision=False)
-    return dataclasses.replace(cfg, name="default", wavelet=wav, train=tr)
+    return bundle_training_config(manifest, seed=seed, batch_size=batch_size, learning_rate=learning_rate,
+                                  patch_size=patch_size, lmbda=1.0 / LAMBDA, wavelet={"refine_channels": channels})
 
 
 def _trainer(config: CodecConfig, arch: dict, detail: np.ndarray) -> RefineTrainer:
@@ -214,25 +207,17 @@ def write_refined_bundle(bundle_dir, bundle_out, weights_path, entry: dict, refi
     """Copy the bundle with the refinement; refit its context weights and tables on the refined transform."""
     from edge_runtime.bundle import load_bundle, save_bundle
 
-    src, dst = Path(bundle_dir), Path(bundle_out)
-    if dst.resolve() == src.resolve():
-        raise ValueError("write the refined bundle to a new directory (--bundle-out), then promote it")
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)
-    for stale in ("encoder.tflite", "decoder.tflite", "postfilter.tflite"):
-        (dst / stale).unlink(missing_ok=True)  # graphs of the unrefined transform
-    shutil.copyfile(weights_path, dst / REFINE_FILE)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest.pop("tflite", None)
-    manifest["refine"] = entry
-    manifest["config"]["wavelet"]["refine_channels"] = entry["channels"]
-    (dst / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    def update(manifest):
+        manifest["refine"] = entry
+        manifest["config"]["wavelet"]["refine_channels"] = entry["channels"]
+
+    dst = copy_bundle(bundle_dir, bundle_out, {REFINE_FILE: weights_path}, update)
     if refit:
         from keras_codec.fit_default import refit_context
 
         bundle = load_bundle(dst)
         weights, tables, info = refit_context(bundle, hidden=context_hidden, progress=progress)
+        manifest = dict(bundle.manifest)
         manifest["training"] = {**manifest.get("training", {}), "refit_after_refine": info}
         save_bundle(dst, {k: v for k, v in manifest.items() if k != "format"}, weights, tables)
     return dst
@@ -240,14 +225,7 @@ def write_refined_bundle(bundle_dir, bundle_out, weights_path, entry: dict, refi
 
 def _run_wall_seconds(out_dir: Path, summary: dict) -> float:
     """Training wall time of the whole run (log.csv is cumulative across resumes), not of this call."""
-    import csv
-
-    try:
-        with open(out_dir / "log.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        return round(float(rows[-1]["wall_s"]), 1)
-    except (OSError, KeyError, ValueError, IndexError):
-        return round(float(summary.get("wall_s", 0.0)), 1)
+    return round(float(last_logged_row(out_dir).get("wall_s", summary.get("wall_s", 0.0))), 1)
 
 
 def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=None, channels: int = 8,

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_codec.layers import DWT2D, IDWT2D
-from keras_codec.models.wavelet import ZeroMeanConv2D
+from keras_codec.models.wavelet import ZeroMeanConv2D, load_weights, save_weights
 
 from edge_runtime.refine import INPUT_GAIN, REFINE_FILE
 
@@ -129,8 +129,8 @@ def refine_arch(channels: int, layers: int, wavelet: str, max_levels: int) -> di
 
 
 def save_refinement(refine: LiftingRefinement, path) -> None:
-    """Weights as a numpy archive (w0, w1, ... in get_weights() order): reloads bit for bit."""
-    np.savez(path, **{f"w{i}": np.asarray(w, np.float32) for i, w in enumerate(refine.get_weights())})
+    """Weights as a numpy archive (models.wavelet.save_weights): reloads bit for bit."""
+    save_weights(refine, path)
 
 
 def load_refinement(bundle, wavelet: str | None = None) -> LiftingRefinement | None:
@@ -143,7 +143,5 @@ def load_refinement(bundle, wavelet: str | None = None) -> LiftingRefinement | N
         raise FileNotFoundError(f"{bundle.path}: the manifest lists a transform refinement but {path.name} is missing")
     mode = bundle.manifest["codec"].get("mode", "symmetric")
     r = build_refinement(entry["wavelet"], entry["max_levels"], mode, entry["channels"], entry["layers"])
-    with np.load(path) as z:
-        weights = [z[f"w{i}"] for i in range(len(z.files))]
-    r.set_weights(weights)
+    r.set_weights(load_weights(path))
     return r

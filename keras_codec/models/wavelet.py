@@ -130,9 +130,18 @@ def build_postfilter(config: WaveletConfig, name: str = "postfilter", *, arch: d
     return tf.keras.Model([plane, log_step], out, name=name)
 
 
-def save_postfilter(model: tf.keras.Model, path) -> None:
+def save_weights(model, path) -> None:
     """Weights as a numpy archive (w0, w1, ... in `model.get_weights()` order): no TensorFlow needed to read."""
     np.savez(path, **{f"w{i}": w for i, w in enumerate(model.get_weights())})
+
+
+def load_weights(path) -> list:
+    """The arrays save_weights wrote, in order (for `model.set_weights`)."""
+    with np.load(path) as z:
+        return [z[f"w{i}"] for i in range(len(z.files))]
+
+
+save_postfilter = save_weights
 
 
 def load_postfilter(bundle, wavelet: str | None = None) -> tf.keras.Model | None:
@@ -153,10 +162,30 @@ def load_postfilter(bundle, wavelet: str | None = None) -> tf.keras.Model | None
         raise FileNotFoundError(f"{bundle.path}: the manifest lists a post-filter but {path.name} is missing")
     cfg = CodecConfig.from_dict(bundle.manifest["config"]).wavelet
     model = build_postfilter(cfg, arch=entry["architecture"])
-    with np.load(path) as z:
-        weights = [z[f"w{i}"] for i in range(len(z.files))]
-    model.set_weights(weights)
+    model.set_weights(load_weights(path))
     return model
+
+
+def bundle_transforms(bundle, name: str, postfilter: tf.keras.Model | None = None) -> "WaveletTransforms":
+    """The Keras transform pair of a loaded bundle's transform `name`, with the bundle's learned lifting
+    refinement of it (if any) and the given post-filter (None: none)."""
+    import dataclasses
+
+    from keras_codec.config import CodecConfig
+    from keras_codec.models.refine import load_refinement
+
+    cfg = dataclasses.replace(CodecConfig.from_dict(bundle.manifest["config"]).wavelet, wavelet=name)
+    return WaveletTransforms(cfg, postfilter, refine=load_refinement(bundle, name))
+
+
+def tf_deadzone(x, deadzone: float):
+    """edge_runtime.codec.deadzone_quantize in TensorFlow: sign(x)·floor(|x| + 0.5 − deadzone)."""
+    return tf.sign(x) * tf.floor(tf.abs(x) + 0.5 - deadzone)
+
+
+def tf_dequantize(q, recon_bias: float):
+    """edge_runtime.codec.dequantize in TensorFlow: sign(q)·(|q| + recon_bias)."""
+    return tf.sign(q) * (tf.abs(q) + recon_bias)
 
 
 def difference_kernel(kernel: np.ndarray) -> np.ndarray:
