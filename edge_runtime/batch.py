@@ -50,13 +50,14 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from data.readers import list_images
+from edge_runtime import OUTPUT_FORMATS
 from edge_runtime import bitstream as bs
 from edge_runtime import runtime
 
 __all__ = ["FORMATS", "SUMMARY_NAME", "decode_folder", "default_jobs", "encode_folder"]
 
 SUMMARY_NAME = "batch_summary.json"
-FORMATS = ("dcm", "png", "tif")
+FORMATS = OUTPUT_FORMATS
 MB = 1e6
 _IMAGE_SUFFIXES = runtime.DECODE_SUFFIXES
 _RESERVED = ("in_path", "out_path", "bundle", "force", "kernels")

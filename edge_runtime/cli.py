@@ -40,10 +40,7 @@ file and for a folder (add a new option's argument in build_parser and its name 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edge_runtime import __version__
-    from edge_runtime.batch import FORMATS
-    from edge_runtime.codec import QUALITY_LEVELS
-    from edge_runtime.runtime import DEFAULT_QUALITY
+    from edge_runtime import DEFAULT_QUALITY, OUTPUT_FORMATS as FORMATS, QUALITY_LEVELS, __version__
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--kernels", choices=("xnnpack", "reference"), default="xnnpack",
@@ -267,6 +264,8 @@ def _run(args) -> int:
 
 
 def main(argv=None) -> int:
+    # One BLAS thread (edge_runtime.threads), set before numpy loads; a user's own setting wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     args = build_parser().parse_args(argv)
     from data.image import InvalidImageError
     from edge_runtime.bitstream import InvalidBitstreamError

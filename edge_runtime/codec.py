@@ -12,13 +12,14 @@ import struct
 import numpy as np
 
 from data.image import Image
+from edge_runtime import QUALITY_LEVELS
 from edge_runtime import bitstream as bs
 from edge_runtime import exact_dwt
 from edge_runtime import refine as exact_refine
 from edge_runtime import residual as res
 from edge_runtime.subband_coder import CodingModel, decode_subbands, encode_subbands
+from edge_runtime.threads import single_blas_thread
 
-QUALITY_LEVELS = tuple(range(1, 23))
 BASE_QUALITIES = tuple(range(1, 31))
 """Base qualities of error-bounded tiles: the lossy levels and finer ones (up to about 72 dB)."""
 SEARCH_START = (14, 20, 26)
@@ -349,6 +350,7 @@ def _planes(image: Image):
             yield image.pixels[f, :, :, s]
 
 
+@single_blas_thread()
 def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: int | None,
                  tile: int = 2048, metadata: bytes | None = None, stats: dict | None = None,
                  max_error: int | None = None) -> bytes:
@@ -385,6 +387,7 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
     return bs.pack(header, streams, metadata)
 
 
+@single_blas_thread()
 def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None) -> tuple[Image, bs.Header]:
     """.kcd bytes -> Image (stored values, clipped to the stored range)."""
     header, streams, _meta = bs.parse(data, source=source, expected_model_ids=model_ids)

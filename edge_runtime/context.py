@@ -25,6 +25,7 @@ neighbours), with the neighbours' spread as the feature.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,29 +33,54 @@ import numpy as np
 SHIFT = 12
 NUM_FEATURES = 7
 _G_MAX = 1 << 20
-_G = np.round(16.0 * np.log2(1.0 + np.arange(_G_MAX + 1, dtype=np.float64))).astype(np.int64)
+_G_TABLE = 1 << 12
+"""Codes of 0.._G_TABLE-1 come from a table built at import; larger magnitudes (rare) are computed."""
+
+
+def _g(v: np.ndarray) -> np.ndarray:
+    """round(16·log2(1 + v)) for int64 v >= 0 (float64, elementwise: the table's own formula)."""
+    return np.round(16.0 * np.log2(1.0 + v.astype(np.float64))).astype(np.int64)
+
+
+_G = _g(np.arange(_G_TABLE, dtype=np.int64))
+FEATURE_MAX = 4 * int(_g(np.array([_G_MAX]))[0])
+"""No feature exceeds this (a spatial sum of four codes): bounds the context network's dot products."""
 ORIENTATIONS = ("H", "V", "D")
 
 
 def mag_code(v: np.ndarray) -> np.ndarray:
     """Integer magnitude code g(|v|) = round(16·log2(1+|v|)), clipped at 2**20."""
-    return _G[np.minimum(np.abs(v), _G_MAX)]
+    a = np.minimum(np.abs(v), _G_MAX)
+    big = a >= _G_TABLE
+    if not big.any():
+        return _G[a]
+    if np.ndim(a) == 0:
+        return _g(np.asarray(a))
+    out = _G[np.where(big, 0, a)]
+    out[big] = _g(a[big])
+    return out
 
 
-def phase_masks(shape) -> list[np.ndarray]:
+def phase_masks(shape) -> tuple:
+    """The three polyphase masks of `shape` (read-only, cached per shape)."""
+    return _phase_masks(tuple(int(n) for n in shape))
+
+
+@functools.lru_cache(maxsize=64)
+def _phase_masks(shape: tuple) -> tuple:
     r = (np.arange(shape[0]) % 2)[:, None]
     c = (np.arange(shape[1]) % 2)[None, :]
     p0 = (r == 0) & (c == 0)
     p1 = (r == 1) & (c == 1)
-    return [p0, p1, ~(p0 | p1)]
+    masks = (p0, p1, ~(p0 | p1))
+    for m in masks:
+        m.setflags(write=False)
+    return masks
 
 
 def shifted(a: np.ndarray, dr: int, dc: int) -> np.ndarray:
     """a[i+dr, j+dc] with mirrored borders (parity-preserving), for |dr|, |dc| <= 1."""
-    if a.shape[0] < 2 or a.shape[1] < 2:
-        padded = np.pad(a, 1, mode="edge")
-    else:
-        padded = np.pad(a, 1, mode="reflect")
+    padded = _pad1(a)
     return padded[1 + dr:1 + dr + a.shape[0], 1 + dc:1 + dc + a.shape[1]]
 
 
@@ -72,12 +98,19 @@ def spatial_features(known_codes: np.ndarray, phase: int) -> tuple[np.ndarray, n
     return nb.sum(0), nb.max(0)
 
 
+def _pad1(a: np.ndarray) -> np.ndarray:
+    """`a` padded by one sample each side, mirrored as `shifted` mirrors (edge-repeated when a side < 2)."""
+    return np.pad(a, 1, mode="edge" if a.shape[0] < 2 or a.shape[1] < 2 else "reflect")
+
+
 def parent_features(parent_codes: np.ndarray | None, shape) -> tuple[np.ndarray, np.ndarray]:
     """The parent's code and the mean code of its 3×3 neighbourhood, upsampled to `shape`."""
     if parent_codes is None:
         z = np.zeros(shape, dtype=np.int64)
         return z, z
-    nb = sum(shifted(parent_codes, dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)) // 9
+    p = _pad1(parent_codes)
+    h, w = parent_codes.shape
+    nb = sum(p[1 + dr:1 + dr + h, 1 + dc:1 + dc + w] for dr in (-1, 0, 1) for dc in (-1, 0, 1)) // 9
     up = lambda a: np.repeat(np.repeat(a, 2, 0), 2, 1)[:shape[0], :shape[1]]
     p, n = up(parent_codes), up(nb)
     if p.shape != tuple(shape):  # parent smaller than expected (odd sizes): pad by edge
@@ -152,12 +185,46 @@ class ContextWeights:
         w = self.detail[lv, orientation, phase]
         if self.hidden is None:
             return table_index(features, w, num_scales)
+        if self._float_exact():
+            return self._group_index_float(features, lv, orientation, phase, num_scales)
         f = features.astype(np.int64)
         acc = f @ w
         pre = f @ self.hidden[lv, orientation, phase].T + self.hidden_bias[lv, orientation, phase]
         h = np.maximum((pre + (1 << (SHIFT - 1))) >> SHIFT, 0)
         acc = acc + h @ self.out[lv, orientation, phase]
         return np.clip((acc + (1 << (SHIFT - 1))) >> SHIFT, 0, num_scales - 1)
+
+    def _float_exact(self) -> bool:
+        """Whether every sum group_index forms stays below 2**53 for features <= FEATURE_MAX.
+
+        Then integer-valued float64 arithmetic (BLAS, any summation order) gives exactly the int64
+        results, and ``(x + 2**(SHIFT-1)) >> SHIFT`` is floor((x + 2**(SHIFT-1)) · 2**-SHIFT), also
+        exact: the same indices, several times faster (numpy has no BLAS for int64).
+        """
+        if getattr(self, "_exact", None) is None:
+            limit = float(1 << 53)
+            pre = (np.abs(self.hidden).sum(-1) * FEATURE_MAX + np.abs(self.hidden_bias)).astype(np.float64)
+            h_max = np.floor((pre + (1 << (SHIFT - 1))) / (1 << SHIFT))
+            acc = (np.abs(self.detail).sum(-1) * FEATURE_MAX).astype(np.float64) + \
+                (np.abs(self.out).astype(np.float64) * h_max).sum(-1)
+            self._exact = bool(pre.max() < limit / 4 and acc.max() < limit / 4)
+            if self._exact:
+                self._float = (self.detail.astype(np.float64), np.swapaxes(self.hidden, -1, -2).astype(np.float64),
+                               self.hidden_bias.astype(np.float64), self.out.astype(np.float64))
+        return self._exact
+
+    def _group_index_float(self, features, lv, orientation, phase, num_scales):
+        detail, hidden_t, bias, out = (a[lv, orientation, phase] for a in self._float)
+        f = features.astype(np.float64)
+        half, inv = float(1 << (SHIFT - 1)), 1.0 / (1 << SHIFT)
+        pre = f @ hidden_t
+        pre += bias + half
+        pre *= inv
+        h = np.maximum(np.floor(pre, out=pre), 0.0, out=pre)
+        acc = f @ detail + h @ out
+        acc += half
+        acc *= inv
+        return np.clip(np.floor(acc, out=acc), 0, num_scales - 1).astype(np.int64)
 
 
 def table_index(features: np.ndarray, w: np.ndarray, num_scales: int) -> np.ndarray:
@@ -181,6 +248,58 @@ def detail_features(q: np.ndarray, phase: int, known: np.ndarray, parent: np.nda
     sib = [mag_code(s) for s in siblings] + [np.zeros(q.shape, np.int64)] * (2 - len(siblings))
     cols = [np.ones(q.shape, np.int64), par, par_nb, sib[0], sib[1], sp_sum, sp_max]
     return np.stack([c[mask] for c in cols], axis=1)
+
+
+@functools.lru_cache(maxsize=64)
+def phase_positions(shape: tuple) -> tuple:
+    """Flat (row-major) positions of each phase of `shape`, in the order `band[mask]` lists them,
+    and the same positions in the band padded by one sample (`_pad1`)."""
+    rows, cols = shape
+    out = []
+    for mask in phase_masks(shape):
+        flat = np.flatnonzero(mask)
+        r, c = np.divmod(flat, cols)
+        out.append((flat, (r + 1) * (cols + 2) + (c + 1)))
+    return tuple(out)
+
+
+class DetailBandContext:
+    """The features of one detail subband, pass by pass, as `detail_features` defines them.
+
+    What does not change between a band's three passes (parent and sibling codes) is computed
+    once, and only the positions of a pass are gathered: the same integers, far fewer operations.
+    `codes` holds g(|v|) of the band's decoded positions (0 elsewhere); when the band is complete
+    it serves as the parent or sibling codes of the bands after it.
+    """
+
+    def __init__(self, shape, parent_codes: np.ndarray | None, sibling_codes: list):
+        self.shape = tuple(shape)
+        par, par_nb = parent_features(parent_codes, self.shape)
+        sib = list(sibling_codes) + [None] * (2 - len(sibling_codes))
+        zero = np.zeros(self.shape, np.int64)
+        self.static = np.stack([a.ravel() for a in (par, par_nb, sib[0] if sib[0] is not None else zero,
+                                                      sib[1] if sib[1] is not None else zero)], axis=1)
+        self.codes = np.zeros(self.shape, np.int64)
+        self.positions = phase_positions(self.shape)
+
+    def features(self, phase: int) -> np.ndarray:
+        flat, padded_flat = self.positions[phase]
+        f = np.empty((len(flat), NUM_FEATURES), np.int64)
+        f[:, 0] = 1
+        f[:, 1:5] = self.static[flat]
+        if phase == 0:
+            f[:, 5:] = 0
+        else:
+            p = _pad1(self.codes).ravel()
+            stride = self.shape[1] + 2
+            nb = [p[padded_flat + (dr * stride + dc)] for dr, dc in (DIAG if phase == 1 else DIRECT)]
+            f[:, 5] = nb[0] + nb[1] + nb[2] + nb[3]
+            f[:, 6] = np.maximum(np.maximum(nb[0], nb[1]), np.maximum(nb[2], nb[3]))
+        return f
+
+    def set(self, phase: int, values: np.ndarray) -> None:
+        """Record the decoded values of a pass."""
+        self.codes.ravel()[self.positions[phase][0]] = mag_code(values)
 
 
 def ll_prediction(q: np.ndarray, phase: int, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -83,15 +83,48 @@ class EntropyTables:
         """Per-symbol code length in bits (escapes included), same order as `symbols`."""
         symbols = np.asarray(symbols, dtype=np.int64)
         indices = np.asarray(indices, dtype=np.int64)
-        out = np.empty(symbols.shape, dtype=np.float64)
-        for k in np.unique(indices):
-            sel = indices == k
-            s = symbols[sel]
-            out[sel] = self._group_bits(k, s, *self.positions(k, s))
+        k = np.broadcast_to(indices, symbols.shape)
+        t = self.tails[k]
+        esc = np.abs(symbols) > t
+        out = self._bits_matrix()[k, np.where(esc, 2 * t + 1, symbols + t)]
+        if esc.any():  # sign bit + Exp-Golomb payload
+            out[esc] += 1 + _escape_bits(np.abs(symbols[esc]) - t[esc] - 1)
         return out
+
+    def _bits_matrix(self) -> np.ndarray:
+        """-log2 p of every (table, position), tables padded to the longest with +inf (never indexed)."""
+        if getattr(self, "_bits", None) is None:
+            m = np.full((len(self.freqs), max(len(f) for f in self.freqs)), np.inf)
+            for k, lp in enumerate(self._log2p):
+                m[k, :len(lp)] = -lp
+            self._bits = m
+        return self._bits
 
     def bits(self, symbols: np.ndarray, indices: np.ndarray) -> float:
         return float(self.symbol_bits(np.ravel(symbols), np.ravel(indices)).sum())
+
+
+def group_spans(indices: np.ndarray) -> tuple[np.ndarray, list]:
+    """The coding order of symbols with table `indices`, and its runs [(table k, start, end), ...].
+
+    Groups go by table, ascending, each group's symbols in their order (one stable sort): the
+    order the format defines.
+    """
+    order = np.argsort(indices, kind="stable")
+    sorted_idx = indices[order]
+    cut = np.flatnonzero(sorted_idx[1:] != sorted_idx[:-1]) + 1
+    starts = [0] + cut.tolist()
+    ends = cut.tolist() + [int(indices.size)]
+    return order, [(int(sorted_idx[a]), a, b) for a, b in zip(starts, ends)]
+
+
+def groups(indices: np.ndarray):
+    """(table k, positions of the symbols with index k, in their order) for every k present, ascending."""
+    if indices.size == 0:
+        return
+    order, spans = group_spans(indices)
+    for k, a, b in spans:
+        yield k, order[a:b]
 
 
 def _escape_bits(excess: np.ndarray) -> np.ndarray:
@@ -171,19 +204,19 @@ class Encoder:
         indices = np.asarray(indices, dtype=np.int64).ravel()
         if symbols.shape != indices.shape:
             raise ValueError("one table index per symbol is needed")
-        escapes = []
-        for k in np.unique(indices):
-            s = symbols[indices == k]
-            pos, esc = self.tables.positions(k, s)
-            self._enc.encode(pos.astype(np.int32), self.tables.model(int(k)))
-            if self.track:
-                self.estimated_bits += float(self.tables._group_bits(k, s, pos, esc).sum())
-            if esc.any():
-                escapes.append((s[esc], np.full(int(esc.sum()), int(self.tables.tails[k]) + 1, dtype=np.int64)))
-        if escapes:
-            vals = np.concatenate([v for v, _ in escapes])
-            base = np.concatenate([b for _, b in escapes])
-            self._encode_escapes(vals, base)
+        if symbols.size == 0:
+            return
+        order, spans = group_spans(indices)
+        s, k = symbols[order], indices[order]  # coding order: tables ascending, stream order within
+        t = self.tables.tails[k]
+        esc = np.abs(s) > t
+        pos = np.where(esc, 2 * t + 1, s + t).astype(np.int32)
+        for kk, a, b in spans:
+            self._enc.encode(pos[a:b], self.tables.model(kk))
+        if self.track:
+            self.estimated_bits += float(self.tables.symbol_bits(s, k).sum())
+        if esc.any():
+            self._encode_escapes(s[esc], t[esc] + 1)
 
     def _encode_escapes(self, v: np.ndarray, base: np.ndarray) -> None:
         sign = (v < 0).astype(np.int32)
@@ -226,19 +259,18 @@ class Decoder:
     def decode(self, indices: np.ndarray) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64).ravel()
         out = np.zeros(indices.shape, dtype=np.int64)
-        esc_pos, esc_tail = [], []
-        for k in np.unique(indices):
-            where = np.flatnonzero(indices == k)
-            t = int(self.tables.tails[k])
-            idx = self._dec.decode(self.tables.model(int(k)), len(where)).astype(np.int64)
-            out[where] = idx - t
-            esc = idx == 2 * t + 1
-            if esc.any():
-                esc_pos.append(where[esc])
-                esc_tail.append(np.full(int(esc.sum()), t + 1, dtype=np.int64))
-        if esc_pos:
-            pos = np.concatenate(esc_pos)
-            out[pos] = self._decode_escapes(np.concatenate(esc_tail))
+        if indices.size == 0:
+            return out
+        order, spans = group_spans(indices)
+        pos = np.empty(indices.size, np.int64)
+        for kk, a, b in spans:
+            pos[a:b] = self._dec.decode(self.tables.model(kk), b - a)
+        t = self.tables.tails[indices[order]]
+        vals = pos - t
+        esc = pos == 2 * t + 1
+        if esc.any():  # escapes follow the groups, in the same order
+            vals[esc] = self._decode_escapes(t[esc] + 1)
+        out[order] = vals
         return out
 
     def decode_uniform(self, n: int, size: int) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 from data.image import InvalidImageError
 from data.readers import read_image
 from data.writers import DEFAULT_LOSSY_METHOD, write_dicom, write_png, write_tiff
+from edge_runtime import DEFAULT_QUALITY
 from edge_runtime import bitstream as bs
 from edge_runtime.bundle import Bundle, default_bundle_path, load_bundle
 from edge_runtime.codec import QUALITY_LEVELS, PlaneCoder, decode_image, encode_image
@@ -27,7 +28,6 @@ from edge_runtime.tflite_runner import transforms_for_bundle
 __all__ = ["DEFAULT_QUALITY", "LOSSY_METHOD", "choose_operating_point", "decode_file", "encode_file", "info",
            "load_codec", "pixel_stream_bytes", "psnr", "verify"]
 
-DEFAULT_QUALITY = 17
 LOSSY_METHOD = DEFAULT_LOSSY_METHOD
 DECODE_SUFFIXES = (".dcm", ".dicom", ".png", ".tif", ".tiff")
 

@@ -64,20 +64,21 @@ def _walk(subbands, model: CodingModel, visit):
         idx = ctx.ll_index(spread, phase, model.weights, model.num_scales)
         ll[mask] = visit(("LL", phase), idx, pred, mask, None)
         known |= mask
+    codes = {}  # (i, o) -> magnitude codes of a completed band
     for i in range(1, levels + 1):
         level = levels - i + 1
-        parent_set = decoded[i - 1] if i > 1 else None
         for o in range(3):
             band = decoded[i][o]
-            known = np.zeros(band.shape, bool)
-            siblings = [decoded[i][s] for s in range(o)]
-            parent = parent_set[o] if parent_set is not None else None
+            bc = ctx.DetailBandContext(band.shape, codes.get((i - 1, o)), [codes[(i, s)] for s in range(o)])
+            flat_band = band.reshape(-1)
             for phase in range(3):
-                mask = ctx.phase_masks(band.shape)[phase]
-                f = ctx.detail_features(band, phase, known, parent, siblings)
+                f = bc.features(phase)
                 idx = model.detail_index(f, level, o, phase)
-                band[mask] = visit((level, o, phase), idx, None, mask, f)
-                known |= mask
+                mask = ctx.phase_masks(band.shape)[phase]
+                vals = visit((level, o, phase), idx, None, mask, f)
+                flat_band[bc.positions[phase][0]] = vals
+                bc.set(phase, vals)
+            codes[(i, o)] = bc.codes
     return decoded
 
 

@@ -1,0 +1,92 @@
+"""The decoder's fast paths compute exactly what the reference definitions do (same indices, same bits)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_runtime import context as ctx
+from edge_runtime.entropy import Decoder, Encoder, laplace_tables
+
+
+def test_mag_code_matches_the_full_table():
+    v = np.arange(ctx._G_MAX + 1, dtype=np.int64)
+    full = np.round(16.0 * np.log2(1.0 + v.astype(np.float64))).astype(np.int64)
+    assert np.array_equal(ctx.mag_code(v), full)
+    assert np.array_equal(ctx.mag_code(-v), full)
+    assert ctx.mag_code(np.int64(5000)) == full[5000]
+    assert ctx.mag_code(np.array([1 << 30])) == full[-1]  # clipped at 2**20
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (2, 2), (3, 7), (8, 8), (17, 12), (64, 33)])
+def test_band_context_features_match_detail_features(shape):
+    rng = np.random.default_rng(sum(shape))
+    half = (max(1, shape[0] // 2), max(1, shape[1] // 2))
+    parent = rng.integers(-40, 40, half) * (rng.random(half) < 0.5)
+    siblings = [rng.integers(-300, 300, shape) for _ in range(2)]
+    band = rng.integers(-5000, 5000, shape) * (rng.random(shape) < 0.6)
+    for n_sib in range(3):
+        for par in (None, parent):
+            sib = siblings[:n_sib]
+            bc = ctx.DetailBandContext(shape, None if par is None else ctx.mag_code(par), [ctx.mag_code(s) for s in sib])
+            known = np.zeros(shape, bool)
+            decoded = np.zeros(shape, np.int64)
+            for phase in range(3):
+                mask = ctx.phase_masks(shape)[phase]
+                ref = ctx.detail_features(decoded, phase, known, par, sib)
+                assert np.array_equal(bc.features(phase), ref)
+                decoded[mask] = band[mask]
+                bc.set(phase, band[mask])
+                known |= mask
+
+
+def test_context_network_float_path_is_the_integer_one():
+    rng = np.random.default_rng(3)
+    levels, hidden = 3, 8
+    w = ctx.ContextWeights(detail=rng.integers(-300000, 300000, (levels, 3, 3, ctx.NUM_FEATURES)),
+                           ll=np.zeros((3, 2), np.int64),
+                           hidden=rng.integers(-200000, 200000, (levels, 3, 3, hidden, ctx.NUM_FEATURES)),
+                           hidden_bias=rng.integers(-3000000, 3000000, (levels, 3, 3, hidden)),
+                           out=rng.integers(-300, 300, (levels, 3, 3, hidden)))
+    f = rng.integers(0, ctx.FEATURE_MAX + 1, (5000, ctx.NUM_FEATURES))
+    f[:, 0] = 1
+    assert w._float_exact()
+    for lv in (1, 2, 3):
+        fast = w.group_index(f, lv, 1, 2, 64)
+        w._exact = False
+        slow = w.group_index(f, lv, 1, 2, 64)
+        w._exact = None
+        assert np.array_equal(fast, slow)
+        assert fast.dtype == np.int64 and 0 < len(np.unique(fast))
+
+
+def test_context_network_with_huge_weights_keeps_int64():
+    big = ctx.HIDDEN_LIMIT
+    w = ctx.ContextWeights(detail=np.zeros((1, 3, 3, ctx.NUM_FEATURES), np.int64), ll=np.zeros((3, 2), np.int64),
+                           hidden=np.full((1, 3, 3, 2, ctx.NUM_FEATURES), big), hidden_bias=np.zeros((1, 3, 3, 2)),
+                           out=np.ones((1, 3, 3, 2)))
+    assert not w._float_exact()
+
+
+def test_grouped_coding_round_trip_with_escapes():
+    tables = laplace_tables(16, 0.1, 50.0, 0.2)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, 16, 20000)
+    sym = np.round(rng.laplace(0, 1 + idx * 3.0)).astype(np.int64)
+    sym[::997] = 10 ** 6  # escapes in several tables
+    enc = Encoder(tables, track=True)
+    enc.encode(sym, idx)
+    enc.encode(sym[:0], idx[:0])
+    assert enc.estimated_bits == pytest.approx(tables.bits(sym, idx))
+    dec = Decoder(tables, enc.getvalue())
+    assert np.array_equal(dec.decode(idx), sym)
+    assert dec.decode(idx[:0]).size == 0
+
+
+def test_symbol_bits_is_per_table_log2():
+    tables = laplace_tables(4, 0.5, 8.0, 0.2)
+    s = np.array([[0, 1], [-2, 500]])
+    k = np.array([[0, 3], [2, 1]])
+    got = tables.symbol_bits(s, k)
+    for (i, j), v in np.ndenumerate(s):
+        pos, esc = tables.positions(int(k[i, j]), np.array([v]))
+        assert got[i, j] == pytest.approx(tables._group_bits(int(k[i, j]), np.array([v]), pos, esc)[0])
