@@ -1,11 +1,19 @@
 """`keras-codec`: the workstation command line. Thin: parsing and printing here, the work elsewhere.
 
-Each subcommand imports what it needs lazily, so `keras-codec corpus` does not load TensorFlow.
+Each subcommand imports what it needs lazily: `demo`, `corpus`, `encode`, `decode` and `bench` (edge
+backend) run without TensorFlow, as in the TensorFlow-free venv of `make demo`. `train`, `eval` and
+`export` need the workstation install; without it they say so in one line.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import platform
 import sys
+
+TRAINING_STACK = ("tensorflow", "tensorflow_compression", "keras", "tf_keras")
+"""Top-level modules of the training stack: only the workstation install (Python 3.11, requirements.txt) has them."""
+WORKSTATION = "the workstation install (Python 3.11 + TensorFlow 2.14: `make setup`, then .venv/bin/keras-codec)"
 
 
 def _cmd_corpus(args) -> int:
@@ -215,8 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _needs_workstation(command: str, missing: str) -> str:
+    return (f"keras-codec {command} needs {WORKSTATION}; this Python ({platform.python_version()}, "
+            f"{sys.executable}) has no {missing}")
+
+
+NEEDS_TENSORFLOW = ("train", "eval", "export")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in NEEDS_TENSORFLOW and importlib.util.find_spec("tensorflow") is None:
+        print(f"keras-codec: error: {_needs_workstation(args.command, 'tensorflow')}", file=sys.stderr)
+        return 2
     if getattr(args, "model", "x") is None:
         args.model = _default_model()
     try:
@@ -224,6 +243,12 @@ def main(argv=None) -> int:
     except (ValueError, OSError, RuntimeError) as exc:
         print(f"keras-codec: error: {exc}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as exc:
+        # e.g. `bench --backend keras` in the TensorFlow-free venv: one line, not a traceback
+        if (exc.name or "").split(".")[0] not in TRAINING_STACK:
+            raise
+        print(f"keras-codec: error: {_needs_workstation(args.command, exc.name)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ A small bench (:mod:`keras_codec.bench`): each image is coded through the edge r
 Keras) at a few quality levels spanning about 40-55 dB, and JPEG 2000, JPEG XL and JPEG-LS are
 searched to the same PSNRs; one table per image, then BD-rates. At the default quality the image
 goes file to file: encoded to .kcd, decoded back to DICOM, verified, and drawn as an error map.
+
+Nothing on this path imports the training side (TensorFlow, Keras, `export`): `make demo` runs it in
+the TensorFlow-free .venv-edge on Python 3.11-3.13 (tests/edge/test_edge_demo.py holds it to that).
 """
 from __future__ import annotations
 
