@@ -18,6 +18,9 @@ class InvalidImageError(ValueError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # picklable, so a worker process can report it
+        return type(self), (self.path, self.problem)
+
 
 @dataclass
 class Image:

@@ -345,10 +345,11 @@ def _code_one(kind: str, codec, src: Path, dst: Path, overwrite: bool, options: 
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         if kind == "encode":
-            r = runtime.encode_file(src, dst, bundle=codec, force=overwrite, **options)
+            # files are the batch's unit of parallel work: no plane workers inside (jobs=1)
+            r = runtime.encode_file(src, dst, bundle=codec, force=overwrite, jobs=1, **options)
             extra = {"bpp": r["bpp"], "cr": r["ratio"]}
         else:
-            runtime.decode_file(src, dst, bundle=codec, force=overwrite)
+            runtime.decode_file(src, dst, bundle=codec, force=overwrite, jobs=1)
             extra = {}
         return {"status": "ok", "bytes_out": dst.stat().st_size, "seconds": time.perf_counter() - t0, **extra}
     except Exception as exc:  # one bad file never stops the batch

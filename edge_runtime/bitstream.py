@@ -113,6 +113,9 @@ class InvalidBitstreamError(ValueError):
         self.problem = problem
         super().__init__(problem if self.source is None else f"{self.source}: {problem}")
 
+    def __reduce__(self):  # picklable, so a worker process can report it
+        return type(self), (self.source, self.problem)
+
 
 @dataclass
 class Header:

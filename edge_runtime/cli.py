@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replace OUT if it exists (folders: redo every file, even those already done)")
     jobs = argparse.ArgumentParser(add_help=False)
     jobs.add_argument("--jobs", "-j", type=_positive_int, default=None, metavar="N",
-                      help="folders: worker processes (default: one per CPU; 1 works in this process)")
+                      help="worker processes: one per file of a folder, or one per plane of a multi-frame image "
+                           "(default: one per CPU; 1 works in this process)")
 
     p = argparse.ArgumentParser(prog="edge-codec", description="keras_codec edge runtime (no TensorFlow)")
     p.add_argument("--version", action="version", version=f"edge-codec {__version__}")
@@ -239,7 +240,7 @@ def _run(args) -> int:
         return _run_folder(args)
     if args.command == "encode":
         r = runtime.encode_file(args.input, args.output, **_encode_options(args), bundle=args.bundle,
-                                force=args.force, kernels=args.kernels)
+                                force=args.force, kernels=args.kernels, jobs=args.jobs)
         how = f"quality {r['quality']}" if r["mode"] == "lossy" else r["mode"]
         reached = ""
         if "target" in r:
@@ -253,7 +254,7 @@ def _run(args) -> int:
             raise ValueError(f"{args.output}: --format {args.format} but the name ends in {suffix or 'nothing'!r}; "
                              f"for one file the format follows OUT's extension")
         r = runtime.decode_file(args.input, args.output, force=args.force, bundle=args.bundle,
-                                kernels=args.kernels)
+                                kernels=args.kernels, jobs=args.jobs)
         print(f"{r['output']}: {r['rows']} x {r['cols']}, {r['frames']} frame(s)")
     elif args.command == "info":
         _print_info(runtime.info(args.input, bundle_path=args.bundle))

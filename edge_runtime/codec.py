@@ -22,6 +22,8 @@ from edge_runtime.threads import single_blas_thread
 
 BASE_QUALITIES = tuple(range(1, 31))
 """Base qualities of error-bounded tiles: the lossy levels and finer ones (up to about 72 dB)."""
+CHOICE_SIDE = 256
+"""Tiles of more than 4 x CHOICE_SIDE² pixels choose their transform on a central crop of this side."""
 SEARCH_START = (14, 20, 26)
 SEARCH_SIDE = 256
 _STEP_K = np.sqrt(12.0) * 0.75
@@ -202,16 +204,31 @@ class PlaneCoder:
         names = self.names
         if len(names) > 1 and _equal_pair_fraction(x) < float(self.p.get("transform_gate", 0.5)):
             names = names[:1]
+        if len(names) > 1 and x.size > 4 * CHOICE_SIDE * CHOICE_SIDE:
+            names = [self._choose_transform(x, names, step, lam)]
         best = None
-        for i, name in enumerate(names):
+        for name in names:
             st = {} if stats is not None else None
             data, sse = self._encode_with(name, xp, levels, step, st)
             cost = sse + lam * 8 * len(data)
             if best is None or cost < best[0]:
-                best = (cost, bytes([i]) + data, st)
+                best = (cost, bytes([self.names.index(name)]) + data, st)
         if stats is not None:
             stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + 8 + best[2]["estimated_bits"]
         return best[1]
+
+    def _choose_transform(self, x: np.ndarray, names: list, step: float, lam: float) -> str:
+        """The transform of lower rate-distortion cost on a central CHOICE_SIDE² crop of a large tile
+        (coding the whole tile with each costs one full encode per transform)."""
+        r0, c0 = (x.shape[0] - CHOICE_SIDE) // 2, (x.shape[1] - CHOICE_SIDE) // 2
+        crop = x[max(r0, 0):max(r0, 0) + CHOICE_SIDE, max(c0, 0):max(c0, 0) + CHOICE_SIDE]
+        levels = self.levels(*crop.shape)
+        xp = pad_plane(crop, levels)
+        costs = []
+        for name in names:
+            data, sse = self._encode_with(name, xp, levels, step)
+            costs.append(sse + lam * 8 * len(data))
+        return names[int(np.argmin(costs))]
 
     def _decode_bands(self, data: bytes, rows: int, cols: int, quality: int):
         if len(data) < 1 or data[0] >= len(self.names):
@@ -351,33 +368,47 @@ def _planes(image: Image):
 
 
 @single_blas_thread()
+def encode_plane(plane: np.ndarray, *, coder: PlaneCoder, quality: int | None, max_error: int | None,
+                 tile: int, stats: dict | None = None) -> tuple[tuple[int, int], list]:
+    """One 2-D plane of stored values -> ((lo, hi), its tile streams): the unit of work of encode_image."""
+    lo, hi = int(plane.min()), int(plane.max())
+    scale = float(max(hi - lo, 1))
+    streams = []
+    for r0, r1, c0, c1 in bs.tile_grid(plane.shape[0], plane.shape[1], tile, tile):
+        if max_error is not None:
+            streams.append(coder.encode_bounded(plane[r0:r1, c0:c1], lo, hi, int(max_error), quality, stats))
+        else:
+            x = (plane[r0:r1, c0:c1].astype(np.float64) - lo) / scale
+            streams.append(coder.encode(x, quality, stats=stats))
+    return (lo, hi), streams
+
+
 def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: int | None,
                  tile: int = 2048, metadata: bytes | None = None, stats: dict | None = None,
-                 max_error: int | None = None) -> bytes:
+                 max_error: int | None = None, plane_map=None) -> bytes:
     """Image -> .kcd bytes (every frame and sample plane, tile by tile).
 
     `max_error` D (stored units, >= 0) codes every tile within D of the original (D = 0:
     lossless); its base quality is `quality`, or with None the one the encoder finds
     best for each tile (PlaneCoder.search_base_quality). `stats` (optional) receives
     "estimated_bits": the model's code length of the tile streams, to compare with the real size.
+    `plane_map` (optional, e.g. runtime.PlanePool.map) runs encode_plane over the planes in
+    worker processes, in order; the stream is the same bytes as without it.
     """
     bounded = max_error is not None
     if bounded and (int(max_error) != max_error or max_error < 0):
         raise ValueError(f"max error must be an integer >= 0, got {max_error}")
     if not bounded and quality is None:
         raise ValueError("a quality level is needed unless coding with a max error")
+    options = dict(quality=quality, max_error=int(max_error) if bounded else None, tile=tile)
+    if plane_map is None or stats is not None:
+        results = (encode_plane(p, coder=coder, stats=stats, **options) for p in _planes(image))
+    else:
+        results = plane_map(encode_plane, _planes(image), options)
     norm, streams = [], []
-    grid = bs.tile_grid(image.rows, image.cols, tile, tile)
-    for plane in _planes(image):
-        lo, hi = int(plane.min()), int(plane.max())
-        norm.append((lo, hi))
-        scale = float(max(hi - lo, 1))
-        for r0, r1, c0, c1 in grid:
-            if bounded:
-                streams.append(coder.encode_bounded(plane[r0:r1, c0:c1], lo, hi, int(max_error), quality, stats))
-            else:
-                x = (plane[r0:r1, c0:c1].astype(np.float64) - lo) / scale
-                streams.append(coder.encode(x, quality, stats=stats))
+    for lohi, tiles in results:
+        norm.append(lohi)
+        streams.extend(tiles)
     header = bs.Header(model_id=model_id, rows=image.rows, cols=image.cols, frames=image.frames,
                        samples=image.samples, bits_stored=image.bits_stored, signed=image.signed,
                        dtype=image.pixels.dtype.name, photometric=image.photometric,
@@ -388,36 +419,60 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
 
 
 @single_blas_thread()
-def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None) -> tuple[Image, bs.Header]:
-    """.kcd bytes -> Image (stored values, clipped to the stored range)."""
+def decode_plane(streams: list, *, coder: PlaneCoder, rows: int, cols: int, tile_rows: int, tile_cols: int,
+                 lohi: tuple, clip: tuple, quality: int, max_error: int, dtype: str, first_tile: int = 0,
+                 source=None) -> np.ndarray:
+    """One plane's tile streams -> the plane (rows, cols) of stored values: the unit of work of decode_image.
+
+    `lohi` is the plane's (lo, hi) from the header, `clip` the stored range; `first_tile` numbers the
+    tiles in error messages. InvalidBitstreamError when a tile does not decode.
+    """
+    lo, hi = lohi
+    scale = float(max(hi - lo, 1))
+    lo_c, hi_c = max(lo, clip[0]), min(hi, clip[1])
+    out = np.empty((rows, cols), dtype=np.dtype(dtype))
+    for i, (r0, r1, c0, c1) in enumerate(bs.tile_grid(rows, cols, tile_rows, tile_cols)):
+        try:
+            if max_error >= 0:
+                v = coder.decode_bounded(streams[i], r1 - r0, c1 - c0, lo_c, hi_c, max_error)
+            else:
+                v = np.round(coder.decode(streams[i], r1 - r0, c1 - c0, quality).astype(np.float64) * scale + lo)
+        except (ValueError, AssertionError, IndexError, OverflowError) as exc:
+            # constriction reports exhausted or inconsistent coded data with AssertionError
+            raise bs.InvalidBitstreamError(source, f"tile {first_tile + i} does not decode "
+                                                   f"({exc or type(exc).__name__}); the stream is corrupt") from exc
+        except BaseException as exc:  # a Rust panic surfaces as pyo3's PanicException (a BaseException)
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise bs.InvalidBitstreamError(source, f"tile {first_tile + i} does not decode (coder panic: {exc}); "
+                                                   "the stream is corrupt") from None
+        out[r0:r1, c0:c1] = np.clip(v, lo_c, hi_c)
+    return out
+
+
+def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None,
+                 plane_map=None) -> tuple[Image, bs.Header]:
+    """.kcd bytes -> Image (stored values, clipped to the stored range).
+
+    `plane_map` (optional, e.g. runtime.PlanePool.map) runs decode_plane over the planes in worker
+    processes, in order: the same pixels as without it.
+    """
     header, streams, _meta = bs.parse(data, source=source, expected_model_ids=model_ids)
     dtype = np.dtype(header.dtype)
     pixels = np.empty((header.frames, header.rows, header.cols, header.samples), dtype=dtype)
     image = Image(pixels=pixels, bits_stored=header.bits_stored, signed=header.signed,
                   photometric=header.photometric, source=source)
-    vmin, vmax = image.value_range
-    grid = bs.tile_grid(header.rows, header.cols, header.tile_rows, header.tile_cols)
-    i = 0
-    for p, (lo, hi) in enumerate(header.norm):
+    per_plane = len(bs.tile_grid(header.rows, header.cols, header.tile_rows, header.tile_cols))
+    options = dict(rows=header.rows, cols=header.cols, tile_rows=header.tile_rows, tile_cols=header.tile_cols,
+                   clip=image.value_range, quality=header.quality,
+                   max_error=header.max_error if header.error_bounded else -1, dtype=dtype.name, source=source)
+    jobs = ({"streams": streams[p * per_plane:(p + 1) * per_plane], "lohi": tuple(lohi),
+             "first_tile": p * per_plane} for p, lohi in enumerate(header.norm))
+    if plane_map is None:
+        planes = (decode_plane(coder=coder, **job, **options) for job in jobs)
+    else:
+        planes = plane_map(decode_plane, jobs, options, keyword=True)
+    for p, plane in enumerate(planes):
         f, s = divmod(p, header.samples)
-        scale = float(max(hi - lo, 1))
-        lo_c, hi_c = max(lo, vmin), min(hi, vmax)
-        for r0, r1, c0, c1 in grid:
-            try:
-                if header.error_bounded:
-                    v = coder.decode_bounded(streams[i], r1 - r0, c1 - c0, lo_c, hi_c, header.max_error)
-                else:
-                    v = np.round(coder.decode(streams[i], r1 - r0, c1 - c0, header.quality).astype(np.float64)
-                                 * scale + lo)
-            except (ValueError, AssertionError, IndexError, OverflowError) as exc:
-                # constriction reports exhausted or inconsistent coded data with AssertionError
-                raise bs.InvalidBitstreamError(source, f"tile {i} does not decode ({exc or type(exc).__name__}); "
-                                                       "the stream is corrupt") from exc
-            except BaseException as exc:  # a Rust panic surfaces as pyo3's PanicException (a BaseException)
-                if type(exc).__name__ != "PanicException":
-                    raise
-                raise bs.InvalidBitstreamError(source, f"tile {i} does not decode (coder panic: {exc}); "
-                                                       "the stream is corrupt") from None
-            i += 1
-            pixels[f, r0:r1, c0:c1, s] = np.clip(v, lo_c, hi_c).astype(dtype)
+        pixels[f, :, :, s] = plane
     return image, header

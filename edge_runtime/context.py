@@ -208,23 +208,25 @@ class ContextWeights:
             acc = (np.abs(self.detail).sum(-1) * FEATURE_MAX).astype(np.float64) + \
                 (np.abs(self.out).astype(np.float64) * h_max).sum(-1)
             self._exact = bool(pre.max() < limit / 4 and acc.max() < limit / 4)
-            if self._exact:
-                self._float = (self.detail.astype(np.float64), np.swapaxes(self.hidden, -1, -2).astype(np.float64),
-                               self.hidden_bias.astype(np.float64), self.out.astype(np.float64))
+            if self._exact:  # one product per group: [linear | hidden] weights side by side
+                self._float = (np.concatenate([self.detail[..., None, :], self.hidden], axis=-2)
+                               .swapaxes(-1, -2).astype(np.float64).copy(),
+                               np.concatenate([np.zeros(self.hidden_bias.shape[:-1] + (1,)), self.hidden_bias],
+                                              axis=-1).astype(np.float64) + (1 << (SHIFT - 1)),
+                               self.out.astype(np.float64))
         return self._exact
 
     def _group_index_float(self, features, lv, orientation, phase, num_scales):
-        detail, hidden_t, bias, out = (a[lv, orientation, phase] for a in self._float)
-        f = features.astype(np.float64)
-        half, inv = float(1 << (SHIFT - 1)), 1.0 / (1 << SHIFT)
-        pre = f @ hidden_t
-        pre += bias + half
-        pre *= inv
-        h = np.maximum(np.floor(pre, out=pre), 0.0, out=pre)
-        acc = f @ detail + h @ out
-        acc += half
-        acc *= inv
-        return np.clip(np.floor(acc, out=acc), 0, num_scales - 1).astype(np.int64)
+        weights, bias, out = (a[lv, orientation, phase] for a in self._float)
+        y = features.astype(np.float64) @ weights  # column 0: the linear part; then the hidden units
+        lin = y[:, 0].copy()
+        y += bias  # (+ 2**(SHIFT-1) on the hidden units)
+        y *= 1.0 / (1 << SHIFT)
+        h = np.maximum(np.floor(y, out=y), 0.0, out=y)[:, 1:]
+        lin += h @ out
+        lin += 1 << (SHIFT - 1)
+        lin *= 1.0 / (1 << SHIFT)
+        return np.clip(np.floor(lin, out=lin), 0, num_scales - 1).astype(np.int64)
 
 
 def table_index(features: np.ndarray, w: np.ndarray, num_scales: int) -> np.ndarray:

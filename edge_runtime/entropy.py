@@ -110,7 +110,9 @@ def group_spans(indices: np.ndarray) -> tuple[np.ndarray, list]:
     Groups go by table, ascending, each group's symbols in their order (one stable sort): the
     order the format defines.
     """
-    order = np.argsort(indices, kind="stable")
+    small = indices.size and 0 <= int(indices.min()) and int(indices.max()) < 1 << 16
+    keys = indices.astype(np.uint8 if small and int(indices.max()) < 256 else np.uint16) if small else indices
+    order = np.argsort(keys, kind="stable")  # a radix sort for 8- and 16-bit keys
     sorted_idx = indices[order]
     cut = np.flatnonzero(sorted_idx[1:] != sorted_idx[:-1]) + 1
     starts = [0] + cut.tolist()

@@ -10,6 +10,7 @@ unless `force`, and never over the input.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -62,6 +63,19 @@ def _codec(bundle, kernels: str, data: bytes | None = None, source=None) -> tupl
     return load_codec(b, kernels=kernels)
 
 
+@contextlib.contextmanager
+def _plane_pool(bundle: Bundle, kernels: str, planes: int, jobs: int | None):
+    """The `plane_map` of worker processes for an image of `planes` planes, or None (this process)."""
+    from edge_runtime import pool
+
+    n = pool.default_jobs(planes) if jobs is None else min(int(jobs), planes)
+    if n <= 1:
+        yield None
+        return
+    with pool.PlanePool(bundle.path, kernels, n) as workers:
+        yield workers.map
+
+
 def _check_output(in_path: Path, out_path: Path, force: bool) -> None:
     """Refuse to write over the input (even with force) or over an existing file without force."""
     if out_path.exists() and (out_path.resolve() == in_path.resolve() or os.path.samefile(in_path, out_path)):
@@ -95,14 +109,15 @@ def dicom_metadata(dataset) -> bytes:
 
 def encode_file(in_path, out_path, quality: int | None = None, bundle=None, force: bool = False,
                 kernels: str = "xnnpack", max_error: int | None = None, target_psnr: float | None = None,
-                target_bpp: float | None = None) -> dict:
+                target_bpp: float | None = None, jobs: int | None = None) -> dict:
     """Encode one image file to a .kcd file; returns a summary (bytes, bpp, ratio, what was chosen).
 
     At most one of: `quality` (lossy, default DEFAULT_QUALITY), `max_error` (every pixel within
     D stored units; 0 = lossless), `target_psnr` / `target_bpp` (rate control: see
     choose_operating_point). An error-bounded stream is decoded and checked pixel by pixel
     before it is written. `bundle`: a bundle folder, a loaded (Bundle, PlaneCoder) pair, or
-    None for the default.
+    None for the default. `jobs`: worker processes for the planes of a multi-frame image
+    (edge_runtime.pool; None: one per CPU when the image has pool.MIN_PLANES planes or more).
     """
     in_path, out_path = Path(in_path), Path(out_path)
     given = [n for n, v in (("quality", quality), ("max error", max_error), ("target PSNR", target_psnr),
@@ -119,21 +134,23 @@ def encode_file(in_path, out_path, quality: int | None = None, bundle=None, forc
     b, coder = _codec(bundle, kernels)
     tile = int(b.manifest.get("tile", 2048))
 
-    def encode(q, d):
-        return encode_image(image, coder=coder, model_id=b.model_id, quality=q, tile=tile, metadata=metadata,
-                            max_error=d)
+    with _plane_pool(b, kernels, image.frames * image.samples, jobs) as plane_map:
+        def encode(q, d):
+            return encode_image(image, coder=coder, model_id=b.model_id, quality=q, tile=tile, metadata=metadata,
+                                max_error=d, plane_map=plane_map)
 
-    if target_psnr is not None or target_bpp is not None:  # every bounded point is checked as it is tried
-        point = choose_operating_point(image, encode, coder, target_psnr=target_psnr, target_bpp=target_bpp,
-                                       source=in_path)
-        data = point.pop("data")
-    else:
-        if max_error is None and quality is None:
-            quality = DEFAULT_QUALITY
-        data = encode(None if max_error is not None else int(quality), max_error)
-        point = {}
-        if max_error is not None:
-            _check_bound(image, decode_image(data, coder=coder, model_ids=[b.model_id])[0], max_error, in_path)
+        if target_psnr is not None or target_bpp is not None:  # every bounded point is checked as it is tried
+            point = choose_operating_point(image, encode, coder, target_psnr=target_psnr, target_bpp=target_bpp,
+                                           source=in_path, plane_map=plane_map)
+            data = point.pop("data")
+        else:
+            if max_error is None and quality is None:
+                quality = DEFAULT_QUALITY
+            data = encode(None if max_error is not None else int(quality), max_error)
+            point = {}
+            if max_error is not None:
+                decoded = decode_image(data, coder=coder, model_ids=[b.model_id], plane_map=plane_map)[0]
+                _check_bound(image, decoded, max_error, in_path)
     bs.atomic_write_bytes(out_path, data, overwrite=force)
     header, tiles, _ = bs.parse(data)
     pixel_bytes = pixel_stream_bytes(data, header, tiles)
@@ -172,7 +189,7 @@ BOUND_STEPS = (0, 1, 2, 4, 8, 16, 32, 64)
 
 
 def choose_operating_point(image, encode, coder, target_psnr: float | None = None,
-                           target_bpp: float | None = None, source=None) -> dict:
+                           target_bpp: float | None = None, source=None, plane_map=None) -> dict:
     """Rate control: the quality level, or beyond the finest one the error bound, that meets the target.
 
     target PSNR P: the lowest quality whose decoded PSNR is >= P (bisection over the levels);
@@ -191,7 +208,7 @@ def choose_operating_point(image, encode, coder, target_psnr: float | None = Non
     def point(q, d):
         if (q, d) not in tried:
             data = encode(q, d)
-            decoded, _ = decode_image(data, coder=coder)
+            decoded, _ = decode_image(data, coder=coder, plane_map=plane_map)
             if d is not None:
                 _check_bound(image, decoded, d, source)
             tried[(q, d)] = {"data": data, "quality": q, "max_error": d,
@@ -245,8 +262,11 @@ def pixel_stream_bytes(data: bytes, header=None, tiles=None) -> int:
     return len(bs.pack(header, tiles, None))
 
 
-def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: str = "xnnpack") -> dict:
-    """Decode a .kcd file to DICOM (.dcm), PNG or TIFF, chosen by the output's extension."""
+def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: str = "xnnpack",
+                jobs: int | None = None) -> dict:
+    """Decode a .kcd file to DICOM (.dcm), PNG or TIFF, chosen by the output's extension.
+
+    `jobs`: worker processes for the planes of a multi-frame stream, as in encode_file."""
     in_path, out_path = Path(in_path), Path(out_path)
     suffix = out_path.suffix.lower()
     if suffix not in DECODE_SUFFIXES:
@@ -258,9 +278,10 @@ def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: st
     data = in_path.read_bytes()
     header, tiles, metadata = bs.parse(data, source=in_path)  # CRC and structure before any model work
     b, coder = _codec(bundle, kernels, data, in_path)
-    image, header = decode_image(data, coder=coder, model_ids=[b.model_id], source=in_path)
-    if suffix == ".png" and image.frames > 1:
-        raise ValueError(f"{out_path}: PNG holds one frame and this stream has {image.frames}; write .tif or .dcm")
+    if suffix == ".png" and header.frames > 1:
+        raise ValueError(f"{out_path}: PNG holds one frame and this stream has {header.frames}; write .tif or .dcm")
+    with _plane_pool(b, kernels, header.frames * header.samples, jobs) as plane_map:
+        image, header = decode_image(data, coder=coder, model_ids=[b.model_id], source=in_path, plane_map=plane_map)
     if suffix in (".dcm", ".dicom"):
         if metadata is not None:
             image.dataset = _dataset_from_metadata(metadata, in_path)

@@ -1,0 +1,36 @@
+"""Streams written on the workstation decode to the same pixels everywhere: with XNNPACK and the
+reference kernels, on every Python and numpy the edge supports, and in every later release."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.bundle import default_bundle_path, load_bundle
+from edge_runtime.codec import decode_image
+from edge_runtime.runtime import load_codec
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+SPEC = json.loads((GOLDEN / "edge_streams.json").read_text())
+
+
+@pytest.fixture(scope="module", params=["xnnpack", "reference"])
+def shipped(request):
+    bundle = load_bundle(default_bundle_path())
+    if bundle.model_id.hex() != SPEC["model_id"]:
+        pytest.skip("the golden streams belong to an earlier shipped bundle")  # a new bundle ships new goldens
+    return load_codec(bundle, kernels=request.param)
+
+
+@pytest.mark.parametrize("name", sorted(SPEC["streams"]))
+def test_golden_stream_decodes_to_the_recorded_pixels(shipped, name):
+    bundle, coder = shipped
+    want = SPEC["streams"][name]
+    image, header = decode_image((GOLDEN / name).read_bytes(), coder=coder, model_ids=[bundle.model_id])
+    px = image.pixels
+    assert list(px.shape) == want["shape"] and px.dtype.name == want["dtype"]
+    digest = hashlib.sha256(np.ascontiguousarray(px).astype(px.dtype.newbyteorder("<")).tobytes()).hexdigest()
+    assert digest == want["sha256"]
