@@ -7,6 +7,7 @@ here, in numpy, so both sides produce and read the same bytes.
 """
 from __future__ import annotations
 
+import itertools
 import struct
 
 import numpy as np
@@ -22,8 +23,6 @@ from edge_runtime.threads import single_blas_thread
 
 BASE_QUALITIES = tuple(range(1, 31))
 """Base qualities of error-bounded tiles: the lossy levels and finer ones (up to about 72 dB)."""
-CHOICE_SIDE = 256
-"""Tiles of more than 4 x CHOICE_SIDE² pixels choose their transform on a central crop of this side."""
 SEARCH_START = (14, 20, 26)
 SEARCH_SIDE = 256
 _STEP_K = np.sqrt(12.0) * 0.75
@@ -195,17 +194,22 @@ class PlaneCoder:
             sse += wi * sum(float(((x - dequantize(qq, bias)) ** 2).sum()) for x, qq in zip(xs, qs))
         return data, sse
 
-    def encode(self, x: np.ndarray, quality: int, stats: dict | None = None) -> bytes:
-        """Tile stream of plane `x`; `stats` (optional) accumulates "estimated_bits" of what is written."""
+    def encode(self, x: np.ndarray, quality: int, stats: dict | None = None, transform: str | None = None) -> bytes:
+        """Tile stream of plane `x`; `stats` (optional) accumulates "estimated_bits" of what is written.
+
+        `transform` (one of the bundle's) skips the choice: a cine's later frames reuse their first
+        frame's (encode_image)."""
         levels = self.levels(*x.shape)
         xp = pad_plane(x, levels)
         step = quantizer_step(quality)
         lam = float(self.p["rdo_lambda"])
         names = self.names
-        if len(names) > 1 and _equal_pair_fraction(x) < float(self.p.get("transform_gate", 0.5)):
+        if transform is not None:
+            if transform not in names:
+                raise ValueError(f"transform {transform!r} is not one of the bundle's {names}")
+            names = [transform]
+        elif len(names) > 1 and _equal_pair_fraction(x) < float(self.p.get("transform_gate", 0.5)):
             names = names[:1]
-        if len(names) > 1 and x.size > 4 * CHOICE_SIDE * CHOICE_SIDE:
-            names = [self._choose_transform(x, names, step, lam)]
         best = None
         for name in names:
             st = {} if stats is not None else None
@@ -217,18 +221,13 @@ class PlaneCoder:
             stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + 8 + best[2]["estimated_bits"]
         return best[1]
 
-    def _choose_transform(self, x: np.ndarray, names: list, step: float, lam: float) -> str:
-        """The transform of lower rate-distortion cost on a central CHOICE_SIDE² crop of a large tile
-        (coding the whole tile with each costs one full encode per transform)."""
-        r0, c0 = (x.shape[0] - CHOICE_SIDE) // 2, (x.shape[1] - CHOICE_SIDE) // 2
-        crop = x[max(r0, 0):max(r0, 0) + CHOICE_SIDE, max(c0, 0):max(c0, 0) + CHOICE_SIDE]
-        levels = self.levels(*crop.shape)
-        xp = pad_plane(crop, levels)
-        costs = []
-        for name in names:
-            data, sse = self._encode_with(name, xp, levels, step)
-            costs.append(sse + lam * 8 * len(data))
-        return names[int(np.argmin(costs))]
+    def tile_transform(self, stream: bytes, bounded: bool) -> str:
+        """The transform a tile stream (from `encode`, or `encode_bounded` when `bounded`) was coded with."""
+        if bounded:
+            g = struct.unpack_from("<BII", stream, 0)[1]
+            off = 13 + 4 * struct.unpack_from("<I", stream, 9)[0] if g == 0 else 9
+            stream = stream[off:]
+        return self.names[stream[0]]
 
     def _decode_bands(self, data: bytes, rows: int, cols: int, quality: int):
         if len(data) < 1 or data[0] >= len(self.names):
@@ -266,7 +265,7 @@ class PlaneCoder:
         return self.residual
 
     def encode_bounded(self, x: np.ndarray, lo: int, hi: int, max_error: int, quality: int | None = None,
-                       stats: dict | None = None) -> bytes:
+                       stats: dict | None = None, transform: str | None = None) -> bytes:
         """Tile stream of integer tile `x` (values in [lo, hi]) within `max_error` of it.
 
         Values are first divided by the greatest common divisor g of x - lo (8-bit data
@@ -285,9 +284,9 @@ class PlaneCoder:
                 candidates.append((0, index.reshape(x.shape), len(values) - 1, 0, table))
         best = None
         for g, u, top, d, table in candidates:
-            q = self.search_base_quality(u, top, d) if quality is None else quality
+            q = self.search_base_quality(u, top, d, transform) if quality is None else quality
             st = {} if stats is not None else None
-            base_stream, body = self._bounded_body(u, top, d, q, st)
+            base_stream, body = self._bounded_body(u, top, d, q, st, transform)
             data = struct.pack("<BII", q, g, len(base_stream)) + table + base_stream + body
             if best is None or len(data) < len(best[0]):
                 best = (data, st, len(table))
@@ -295,18 +294,20 @@ class PlaneCoder:
             stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + 72 + 8 * best[2] + best[1]["estimated_bits"]
         return best[0]
 
-    def exact_base(self, u: np.ndarray, top: int, quality: int, stats=None) -> tuple[bytes, np.ndarray]:
+    def exact_base(self, u: np.ndarray, top: int, quality: int, stats=None,
+                   transform: str | None = None) -> tuple[bytes, np.ndarray]:
         """Base tile stream of integer tile u in [0, top] at `quality`, and the base as every decoder rebuilds it."""
-        base_stream = self.encode(u / float(max(top, 1)), quality, stats=stats)
+        base_stream = self.encode(u / float(max(top, 1)), quality, stats=stats, transform=transform)
         return base_stream, res.reconstruct_base(self.decode_exact(base_stream, *u.shape, quality), 0, top)
 
-    def _bounded_body(self, u: np.ndarray, top: int, d: int, quality: int, stats=None) -> tuple[bytes, bytes]:
+    def _bounded_body(self, u: np.ndarray, top: int, d: int, quality: int, stats=None,
+                      transform: str | None = None) -> tuple[bytes, bytes]:
         """(base tile stream, residual stream) of integer tile u in [0, top] within d."""
         model = self._residual_model()
-        base_stream, base = self.exact_base(u, top, quality, stats)
+        base_stream, base = self.exact_base(u, top, quality, stats, transform)
         return base_stream, res.encode_residual(res.quantize(u - base, d), base, d, model, stats=stats)
 
-    def search_base_quality(self, u: np.ndarray, top: int, d: int) -> int:
+    def search_base_quality(self, u: np.ndarray, top: int, d: int, transform: str | None = None) -> int:
         """The base quality giving the shortest stream, on a central crop of at most SEARCH_SIDE².
 
         Coarse to fine over BASE_QUALITIES: SEARCH_START, then ±3, then ±1 around the best so
@@ -318,7 +319,8 @@ class PlaneCoder:
 
         def size(q):
             if q not in sizes:
-                sizes[q] = sum(map(len, self._bounded_body(crop, top, d, q))) if q in BASE_QUALITIES else np.inf
+                sizes[q] = (sum(map(len, self._bounded_body(crop, top, d, q, None, transform))) if q in BASE_QUALITIES
+                            else np.inf)
             return sizes[q]
 
         best = min(SEARCH_START, key=size)
@@ -361,25 +363,23 @@ def _equal_pair_fraction(x: np.ndarray) -> float:
     return float(h.sum() + v.sum()) / n if n else 0.0
 
 
-def _planes(image: Image):
-    for f in range(image.frames):
-        for s in range(image.samples):
-            yield image.pixels[f, :, :, s]
-
-
 @single_blas_thread()
 def encode_plane(plane: np.ndarray, *, coder: PlaneCoder, quality: int | None, max_error: int | None,
-                 tile: int, stats: dict | None = None) -> tuple[tuple[int, int], list]:
-    """One 2-D plane of stored values -> ((lo, hi), its tile streams): the unit of work of encode_image."""
+                 tile: int, stats: dict | None = None, transforms: list | None = None) -> tuple[tuple[int, int], list]:
+    """One 2-D plane of stored values -> ((lo, hi), its tile streams): the unit of work of encode_image.
+
+    `transforms` (optional): the transform of each tile, instead of the coder's choice."""
     lo, hi = int(plane.min()), int(plane.max())
     scale = float(max(hi - lo, 1))
     streams = []
-    for r0, r1, c0, c1 in bs.tile_grid(plane.shape[0], plane.shape[1], tile, tile):
+    for i, (r0, r1, c0, c1) in enumerate(bs.tile_grid(plane.shape[0], plane.shape[1], tile, tile)):
+        transform = transforms[i] if transforms is not None else None
         if max_error is not None:
-            streams.append(coder.encode_bounded(plane[r0:r1, c0:c1], lo, hi, int(max_error), quality, stats))
+            streams.append(coder.encode_bounded(plane[r0:r1, c0:c1], lo, hi, int(max_error), quality, stats,
+                                                transform))
         else:
             x = (plane[r0:r1, c0:c1].astype(np.float64) - lo) / scale
-            streams.append(coder.encode(x, quality, stats=stats))
+            streams.append(coder.encode(x, quality, stats=stats, transform=transform))
     return (lo, hi), streams
 
 
@@ -394,6 +394,10 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
     "estimated_bits": the model's code length of the tile streams, to compare with the real size.
     `plane_map` (optional, e.g. runtime.PlanePool.map) runs encode_plane over the planes in
     worker processes, in order; the stream is the same bytes as without it.
+
+    Frames after the first reuse the transform each tile of the same sample plane chose in the
+    first frame (when the bundle offers several): the frames of a loop are alike, and choosing
+    costs one encode per transform.
     """
     bounded = max_error is not None
     if bounded and (int(max_error) != max_error or max_error < 0):
@@ -402,9 +406,13 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
         raise ValueError("a quality level is needed unless coding with a max error")
     options = dict(quality=quality, max_error=int(max_error) if bounded else None, tile=tile)
     if plane_map is None or stats is not None:
-        results = (encode_plane(p, coder=coder, stats=stats, **options) for p in _planes(image))
-    else:
-        results = plane_map(encode_plane, _planes(image), options)
+        plane_map = lambda fn, items, opts, keyword: (fn(coder=coder, stats=stats, **item, **opts) for item in items)
+    first = list(plane_map(encode_plane, ({"plane": image.pixels[0, :, :, s]} for s in range(image.samples)),
+                           options, keyword=True))
+    chosen = [[coder.tile_transform(t, bounded) for t in tiles] for _, tiles in first]
+    rest = ({"plane": image.pixels[f, :, :, s], "transforms": chosen[s]}
+            for f in range(1, image.frames) for s in range(image.samples))
+    results = itertools.chain(first, plane_map(encode_plane, rest, options, keyword=True))
     norm, streams = [], []
     for lohi, tiles in results:
         norm.append(lohi)
