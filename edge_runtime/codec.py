@@ -192,13 +192,17 @@ class PlaneCoder:
         sse = w[0] * float(((scaled[0] - final[0]) ** 2).sum())
         for wi, xs, qs in zip(w[1:], scaled[1:], final[1:]):
             sse += wi * sum(float(((x - dequantize(qq, bias)) ** 2).sum()) for x, qq in zip(xs, qs))
-        return data, sse
+        return data, sse, final
 
     def encode(self, x: np.ndarray, quality: int, stats: dict | None = None, transform: str | None = None) -> bytes:
         """Tile stream of plane `x`; `stats` (optional) accumulates "estimated_bits" of what is written.
 
         `transform` (one of the bundle's) skips the choice: a cine's later frames reuse their first
         frame's (encode_image)."""
+        return self._encode(x, quality, stats, transform)[0]
+
+    def _encode(self, x: np.ndarray, quality: int, stats: dict | None, transform: str | None):
+        """(tile stream, transform, levels, the integer bands it codes: what its decoder will have)."""
         levels = self.levels(*x.shape)
         xp = pad_plane(x, levels)
         step = quantizer_step(quality)
@@ -213,13 +217,13 @@ class PlaneCoder:
         best = None
         for name in names:
             st = {} if stats is not None else None
-            data, sse = self._encode_with(name, xp, levels, step, st)
+            data, sse, final = self._encode_with(name, xp, levels, step, st)
             cost = sse + lam * 8 * len(data)
             if best is None or cost < best[0]:
-                best = (cost, bytes([self.names.index(name)]) + data, st)
+                best = (cost, bytes([self.names.index(name)]) + data, st, name, final)
         if stats is not None:
             stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + 8 + best[2]["estimated_bits"]
-        return best[1]
+        return best[1], best[3], levels, best[4]
 
     def tile_transform(self, stream: bytes, bounded: bool) -> str:
         """The transform a tile stream (from `encode`, or `encode_bounded` when `bounded`) was coded with."""
@@ -235,13 +239,17 @@ class PlaneCoder:
         levels = self.levels(rows, cols)
         pr, pc = padded_shape(rows, cols, levels)
         q = decode_subbands(data[1:], _band_shapes(pr, pc, levels), self.coding)
+        return (self.names[data[0]], levels) + self._dequantize(q, levels, quality)
+
+    def _dequantize(self, q: list, levels: int, quality: int) -> tuple[list, float]:
+        """(dequantized float32 bands, step) of integer bands q, as every decoder computes them."""
         step = quantizer_step(quality)
         bias = float(self.p["recon_bias"])
         # One band step per band (step · m, an exactly rounded double): the same floats on every CPU.
         steps = [step * m for m in level_step_scales(self.p, levels)]
         bands = [q[0].astype(np.float32) * steps[0]] + [tuple((dequantize(b, bias) * st).astype(np.float32)
                                                               for b in trio) for trio, st in zip(q[1:], steps[1:])]
-        return self.names[data[0]], levels, bands, step
+        return bands, step
 
     def decode(self, data: bytes, rows: int, cols: int, quality: int) -> np.ndarray:
         name, levels, bands, step = self._decode_bands(data, rows, cols, quality)
@@ -251,12 +259,15 @@ class PlaneCoder:
     def decode_exact(self, data: bytes, rows: int, cols: int, quality: int) -> np.ndarray:
         """The plane without the post-filter, through the float64 numpy lifting: bit-reproducible."""
         name, levels, bands, _step = self._decode_bands(data, rows, cols, quality)
+        return self._exact_synthesis(name, levels, bands)[:rows, :cols]
+
+    def _exact_synthesis(self, name: str, levels: int, bands: list) -> np.ndarray:
         mode = self.p.get("mode", "symmetric")
         if self.refine is not None and name == self.refine.wavelet:
             y = exact_refine.synthesis(bands, levels, self.refine, name, mode)
         else:
             y = exact_dwt.synthesis(bands, levels, name, mode)
-        return y[:rows, :cols]
+        return y
 
     def _residual_model(self) -> res.ResidualModel:
         if self.residual is None:
@@ -297,8 +308,10 @@ class PlaneCoder:
     def exact_base(self, u: np.ndarray, top: int, quality: int, stats=None,
                    transform: str | None = None) -> tuple[bytes, np.ndarray]:
         """Base tile stream of integer tile u in [0, top] at `quality`, and the base as every decoder rebuilds it."""
-        base_stream = self.encode(u / float(max(top, 1)), quality, stats=stats, transform=transform)
-        return base_stream, res.reconstruct_base(self.decode_exact(base_stream, *u.shape, quality), 0, top)
+        base_stream, name, levels, q = self._encode(u / float(max(top, 1)), quality, stats, transform)
+        # the encoder holds the integer bands its stream codes: no need to entropy-decode them again
+        y = self._exact_synthesis(name, levels, self._dequantize(q, levels, quality)[0])
+        return base_stream, res.reconstruct_base(y[:u.shape[0], :u.shape[1]], 0, top)
 
     def _bounded_body(self, u: np.ndarray, top: int, d: int, quality: int, stats=None,
                       transform: str | None = None) -> tuple[bytes, bytes]:
