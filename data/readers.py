@@ -354,7 +354,9 @@ def _decode(ds, ts, path, frame):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return decoder.as_array(ds, index=frame, as_rgb=True)
+            # YBR stays YBR here: _ybr_to_rgb converts frame by frame (pydicom converts a whole
+            # multi-frame array at once in float64, 8 bytes a sample: 0.9 GB for a 120-frame cine)
+            return decoder.as_array(ds, index=frame, as_rgb=False)
     except InvalidImageError:
         raise
     except Exception as e:
@@ -389,6 +391,10 @@ def _ybr_to_rgb(arr, photometric, path):
 
     source = "YBR_FULL" if photometric in ("YBR_FULL", "YBR_FULL_422") else photometric
     try:
+        if arr.ndim == 4:  # frame by frame, in place: pydicom converts in float64 (8 bytes a sample)
+            for f in range(arr.shape[0]):
+                arr[f] = convert_color_space(arr[f], source, "RGB")
+            return arr
         return convert_color_space(arr, source, "RGB")
     except Exception as e:
         raise InvalidImageError(

@@ -66,6 +66,9 @@ def _codec(bundle, kernels: str, data: bytes | None = None, source=None) -> tupl
 @contextlib.contextmanager
 def _plane_pool(bundle: Bundle, kernels: str, planes: int, jobs: int | None):
     """The `plane_map` of worker processes for an image of `planes` planes, or None (this process)."""
+    if planes < 2 or jobs == 1:  # nothing to share out: spare the import of multiprocessing
+        yield None
+        return
     from edge_runtime import pool
 
     n = pool.default_jobs(planes) if jobs is None else min(int(jobs), planes)

@@ -87,8 +87,8 @@ def interpreter_module():
         try:
             from tflite_runtime import interpreter as mod
         except ImportError:
-            raise RuntimeError("no TFLite interpreter installed: pip install tflite-runtime==2.14.0 "
-                               "(or ai-edge-litert)") from None
+            raise RuntimeError("no TFLite interpreter installed: pip install ai-edge-litert==2.3.0 "
+                               "(or tflite-runtime where no ai-edge-litert wheel exists)") from None
     return mod
 
 
@@ -246,6 +246,14 @@ class Int8PostFilter:
                     f"diff_scale {self.spec['diff_scale']} and zero point 0")
             self._sig = sig
         return self._sig
+
+    def delegated(self) -> bool:
+        """Whether TFLite runs the graph (in part) through a delegate, XNNPACK on a CPU: read from the
+        interpreter's execution plan after a run, not assumed from the kernels asked for (a runtime
+        driven through signature runners may apply none)."""
+        self._signature()
+        interp = _interpreter(str(self.path.resolve()), self.path.stat().st_mtime_ns, self.kernels, self.num_threads)
+        return any(op.get("op_name") == "DELEGATE" for op in interp._get_ops_details())
 
     def __call__(self, plane: np.ndarray, step: float, strip: int = POSTFILTER_STRIP) -> np.ndarray:
         """The filtered plane. Planes taller than `strip` rows run in strips of `strip` rows with

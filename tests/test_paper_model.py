@@ -160,8 +160,9 @@ def test_entropy_tables_and_estimated_bits(coded_model):
 
 
 def test_synthesis_converts_to_tflite_builtins(coded_model):
-    from tflite_runtime.interpreter import Interpreter
+    from edge_runtime.tflite_runner import interpreter_module
 
+    Interpreter = interpreter_module().Interpreter
     converter = tf.lite.TFLiteConverter.from_keras_model(coded_model.synthesis)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     interpreter = Interpreter(model_content=converter.convert())

@@ -34,3 +34,13 @@ def test_golden_stream_decodes_to_the_recorded_pixels(shipped, name):
     assert list(px.shape) == want["shape"] and px.dtype.name == want["dtype"]
     digest = hashlib.sha256(np.ascontiguousarray(px).astype(px.dtype.newbyteorder("<")).tobytes()).hexdigest()
     assert digest == want["sha256"]
+
+
+def test_xnnpack_is_applied_when_asked_and_not_otherwise():
+    """The int8 post-filter really runs through the XNNPACK delegate with kernels="xnnpack" (checked in
+    the interpreter's execution plan), and on TFLite's own kernels with "reference"."""
+    for kernels, expected in (("xnnpack", True), ("reference", False)):
+        _bundle, coder = load_codec(None, kernels=kernels)
+        pf = coder.transforms["cdf97"].postfilter
+        pf(np.zeros((32, 32), np.float32), 0.01)
+        assert pf.delegated() is expected, kernels
