@@ -208,24 +208,22 @@ class ContextWeights:
             acc = (np.abs(self.detail).sum(-1) * FEATURE_MAX).astype(np.float64) + \
                 (np.abs(self.out).astype(np.float64) * h_max).sum(-1)
             self._exact = bool(pre.max() < limit / 4 and acc.max() < limit / 4)
-            if self._exact:  # one product per group: [linear | hidden] weights side by side
+            if self._exact:  # one product per group: [linear | hidden] weights side by side, times 2**-SHIFT
+                inv = 1.0 / (1 << SHIFT)  # a power of two: every scaled sum stays exact (below 2**53 ulps)
                 self._float = (np.concatenate([self.detail[..., None, :], self.hidden], axis=-2)
-                               .swapaxes(-1, -2).astype(np.float64).copy(),
-                               np.concatenate([np.zeros(self.hidden_bias.shape[:-1] + (1,)), self.hidden_bias],
-                                              axis=-1).astype(np.float64) + (1 << (SHIFT - 1)),
-                               self.out.astype(np.float64))
+                               .swapaxes(-1, -2).astype(np.float64) * inv,
+                               np.concatenate([np.zeros(self.hidden_bias.shape[:-1] + (1,)),
+                                               self.hidden_bias + (1 << (SHIFT - 1))], axis=-1).astype(np.float64) * inv,
+                               self.out.astype(np.float64) * inv)
         return self._exact
 
     def _group_index_float(self, features, lv, orientation, phase, num_scales):
         weights, bias, out = (a[lv, orientation, phase] for a in self._float)
-        y = features.astype(np.float64) @ weights  # column 0: the linear part; then the hidden units
-        lin = y[:, 0].copy()
-        y += bias  # (+ 2**(SHIFT-1) on the hidden units)
-        y *= 1.0 / (1 << SHIFT)
-        h = np.maximum(np.floor(y, out=y), 0.0, out=y)[:, 1:]
-        lin += h @ out
-        lin += 1 << (SHIFT - 1)
-        lin *= 1.0 / (1 << SHIFT)
+        y = features.astype(np.float64) @ weights  # column 0: linear part / 2**SHIFT; then the hidden units'
+        y += bias
+        h = np.maximum(np.floor(y[:, 1:]), 0.0)
+        lin = y[:, 0] + h @ out
+        lin += 0.5  # (acc + 2**(SHIFT-1)) >> SHIFT, with acc already scaled by 2**-SHIFT
         return np.clip(np.floor(lin, out=lin), 0, num_scales - 1).astype(np.int64)
 
 
