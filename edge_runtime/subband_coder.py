@@ -115,11 +115,11 @@ def choose_offsets(symbols, idx, zero_ctx, model: CodingModel) -> tuple[int, int
         if not sel.any():
             return 0
         hist = np.bincount(idx[sel] * _CAP + mag[sel], minlength=k_count * _CAP).reshape(k_count, _CAP)
-        rows = np.nonzero(hist.sum(1))[0]
-        h = hist[rows]
+        rows = np.nonzero(hist.any(1))[0]
+        per_table = hist[rows].astype(np.float64) @ cost.T  # (n_rows, tables): a row's symbols under each table
         offs = np.arange(lo, hi + 1)
         tgt = np.clip(rows[None, :] + base_shift + offs[:, None], 0, k_count - 1)  # (n_off, n_rows)
-        bits = (cost[tgt] * h[None]).sum(axis=(1, 2))
+        bits = per_table[np.arange(len(rows))[None, :], tgt].sum(axis=1)
         return int(offs[np.argmin(bits)]) if bits.min() < bits[offs == 0][0] else 0
 
     o_all = best(np.ones(len(idx), bool), 0, *OFFSET_ALL)
