@@ -31,6 +31,7 @@ the same indices on every CPU.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,17 +174,71 @@ def choose_prediction(vals: np.ndarray, nb_sum: np.ndarray) -> int:
     return int(np.clip(np.round(c * (1 << PRED_SHIFT) / 16.0) + 8, 0, PRED_CODES - 1))
 
 
-def _walk(base: np.ndarray, max_error: int, model: ResidualModel, visit) -> np.ndarray:
-    """NUM_PASSES passes; `visit(pass, indices, features, nb_sum)` returns the pass's residual values."""
-    activity = _activity(base, 2 * int(max_error) + 1)
-    e = np.zeros(base.shape, np.int64)
-    known = np.zeros(base.shape, bool)
-    for phase in range(NUM_PASSES):
-        mask = pass_mask(base.shape, phase)
-        f = features(e, known, activity, phase)
-        idx = ctx.table_index(f, model.weights[phase], model.coding.num_scales)
-        e[mask] = visit(phase, idx, f, neighbour_sum(np.where(known, e, 0), phase)[mask])
+@functools.lru_cache(maxsize=16)
+def _geometry(shape: tuple) -> tuple:
+    """Per pass: flat positions (in `pass_mask` order), the same positions in the plane padded by
+    PAD zeros, and how many positions of the 5x5 window around each are decoded before the pass."""
+    rows, cols = shape
+    stride = cols + 2 * _PAD
+    known = np.zeros(shape, bool)
+    out = []
+    for p in range(NUM_PASSES):
+        mask = pass_mask(shape, p)
+        flat = np.flatnonzero(mask)
+        r, c = np.divmod(flat, cols)
+        count = np.maximum(_box_sum(known.astype(np.int64), 2).ravel()[flat], 1)
+        out.append((flat, (r + _PAD) * stride + (c + _PAD), count))
         known |= mask
+    return tuple(out)
+
+
+_PAD = 2
+
+
+def _window_sum_at(a: np.ndarray, flat: np.ndarray, radius: int) -> np.ndarray:
+    """_box_sum(a, radius) at the flat positions only (integral image, four gathers)."""
+    rows, cols = a.shape
+    k = 2 * radius + 1
+    c = np.zeros((rows + k, cols + k), np.int64)
+    c[1:, 1:] = np.pad(a, radius).cumsum(0).cumsum(1)
+    r0, c0 = np.divmod(flat, cols)
+    w = cols + k
+    at = r0 * w + c0  # c[r0, c0]: the sum above and left of the window
+    cf = c.ravel()
+    return cf[at + k * w + k] - cf[at + k] - cf[at + k * w] + cf[at]
+
+
+def _walk(base: np.ndarray, max_error: int, model: ResidualModel, visit) -> np.ndarray:
+    """NUM_PASSES passes; `visit(pass, indices, features, nb_sum)` returns the pass's residual values.
+
+    The features and neighbour sums are those of `features` and `neighbour_sum`, computed at the
+    pass's positions only (the pass geometry is cached per plane shape)."""
+    activity = [a.ravel() for a in _activity(base, 2 * int(max_error) + 1)]
+    shape = base.shape
+    stride = shape[1] + 2 * _PAD
+    e = np.zeros(shape, np.int64)
+    codes = np.zeros(shape, np.int64)
+    for phase, (flat, padded, count) in enumerate(_geometry(tuple(shape))):
+        offs = [dr * stride + dc for dr, dc in PASSES[phase][2]]
+        f = np.empty((len(flat), NUM_FEATURES), np.int64)
+        f[:, 0] = 1
+        f[:, 1] = activity[0][flat]
+        f[:, 2] = activity[1][flat]
+        if offs:
+            pc = np.pad(codes, _PAD).ravel()
+            nb = np.stack([pc[padded + o] for o in offs])
+            f[:, 3], f[:, 4] = nb.sum(0), nb.max(0)
+            pe = np.pad(e, _PAD).ravel()
+            nb_sum = sum(pe[padded + o] for o in offs)
+        else:
+            f[:, 3:5] = 0
+            nb_sum = np.zeros(len(flat), np.int64)
+        # the mean code of the decoded residuals in the 5x5 window: the local noise level
+        f[:, 5] = _window_sum_at(codes, flat, 2) // count
+        idx = ctx.table_index(f, model.weights[phase], model.coding.num_scales)
+        vals = visit(phase, idx, f, nb_sum)
+        e.ravel()[flat] = vals
+        codes.ravel()[flat] = ctx.mag_code(vals)
     return e
 
 
