@@ -12,7 +12,8 @@ offset                size    type      meaning
 0                     4       bytes     magic ``b"KCD1"``
 4                     2       uint16    format version (1)
 6                     2       uint16    flags: bit 0 lossless, bit 1 has metadata,
-                                        bit 2 error-bounded; other bits 0
+                                        bit 2 error-bounded, bit 3 colour transform;
+                                        other bits 0
 8                     32      bytes     model id (SHA-256 of the model bundle)
 40                    4       uint32    rows (>= 1)
 44                    4       uint32    cols (>= 1)
@@ -28,11 +29,14 @@ offset                size    type      meaning
 63+P                  1       uint8     wavelet levels
 64+P                  4       uint32    tile rows (>= 1)
 68+P                  4       uint32    tile cols (>= 1)
-72+P                  8*N     int32 x2  per plane: lo, hi (min and max stored values)
-72+P+8N               4       uint32    T, number of tiles (must equal N * tiles
+(only with flag bit 3; C = 1 + frames, else C = 0)
+  72+P                1       uint8     colour transform: 1 RCT, 2 green difference
+  73+P                frames  uint8     per frame: 0 colour (3 planes), 1 grey (1 plane)
+72+P+C                8*N     int32 x2  per plane: lo, hi (min and max stored values)
+72+P+C+8N             4       uint32    T, number of tiles (must equal N * tiles
                                         per plane from :func:`tile_grid`)
-76+P+8N               4*T     uint32    L[0..T-1], tile stream lengths
-76+P+8N+4T            sum(L)  bytes     tile streams, concatenated
+76+P+C+8N             4*T     uint32    L[0..T-1], tile stream lengths
+76+P+C+8N+4T          sum(L)  bytes     tile streams, concatenated
 (only with flag bit 1)
   next                4       uint32    M, compressed metadata length
   next                M       bytes     zlib-compressed metadata (DICOM header
@@ -44,6 +48,20 @@ Planes are ordered frame-major (plane ``f * samples + s``); tile ``i`` is tile
 ``i % tiles_per_plane`` (row-major, see :func:`tile_grid`) of plane
 ``i // tiles_per_plane``. The error-bounded flag is set exactly when
 ``max_error >= 0``.
+
+Colour transform (flag bit 3; RGB only: 3 samples, photometric ``RGB``,
+unsigned): the planes coded are not R, G, B but those of
+:mod:`edge_runtime.colour`, frame by frame. A grey frame (R = G = B) is one
+plane, its G. A colour frame is three: with transform 1 (RCT, lossy and
+lossless streams) Y = floor((R + 2G + B) / 4), Cb = B - G, Cr = R - G; with
+transform 2 (green difference, error-bounded streams with max error > 0) G,
+then B - G' and R - G' where G' is G as decoded. ``N`` is then the sum over
+frames of 1 (grey) or 3 (colour). The first plane of a frame (Y or G) has
+lo, hi in the dtype's range like any plane; the other two are differences
+and have lo, hi within +-4 * 2**(dtype bits). In a lossy stream (lo, hi) of
+a plane is the affine map of its normalized [0, 1] samples, not necessarily
+their min and max: a chroma plane's hi is lo + max(its range, 2 x the luma
+plane's range), so chroma is quantized with twice luma's step in stored units.
 
 :func:`parse` trusts nothing: it checks the CRC before reading any length,
 every length against the bytes that remain before slicing, and the geometry
@@ -63,7 +81,12 @@ import numpy as np
 from data.writers import atomic_write
 
 __all__ = [
+    "COLOUR_GREEN_DIFFERENCE",
+    "COLOUR_NONE",
+    "COLOUR_RCT",
     "FORMAT_VERSION",
+    "FRAME_COLOUR",
+    "FRAME_GREY",
     "MAGIC",
     "MAX_METADATA_BYTES",
     "Header",
@@ -71,6 +94,7 @@ __all__ = [
     "atomic_write_bytes",
     "pack",
     "parse",
+    "plane_ranges",
     "read_header",
     "tile_grid",
 ]
@@ -87,7 +111,18 @@ MAX_METADATA_BYTES = 8 * 2 ** 20
 FLAG_LOSSLESS = 1 << 0
 FLAG_METADATA = 1 << 1
 FLAG_ERROR_BOUNDED = 1 << 2
-_KNOWN_FLAGS = FLAG_LOSSLESS | FLAG_METADATA | FLAG_ERROR_BOUNDED
+FLAG_COLOUR = 1 << 3
+_KNOWN_FLAGS = FLAG_LOSSLESS | FLAG_METADATA | FLAG_ERROR_BOUNDED | FLAG_COLOUR
+
+COLOUR_NONE = 0
+COLOUR_RCT = 1
+"""JPEG 2000's reversible colour transform: planes Y, Cb = B - G, Cr = R - G."""
+COLOUR_GREEN_DIFFERENCE = 2
+"""Error-bounded colour: planes G, B - G', R - G' (G' the decoded G)."""
+COLOUR_TRANSFORMS = (COLOUR_RCT, COLOUR_GREEN_DIFFERENCE)
+FRAME_COLOUR = 0
+FRAME_GREY = 1
+FRAME_KINDS = (FRAME_COLOUR, FRAME_GREY)
 
 DTYPES = ("uint8", "uint16", "int8", "int16")
 _DTYPE_RANGE = {"uint8": (0, 255), "uint16": (0, 65535), "int8": (-128, 127), "int16": (-32768, 32767)}
@@ -98,6 +133,7 @@ _MODEL_ID_BYTES = 32
 _PRELUDE = struct.Struct("<4sHH32sIIIHBBBB")  # magic .. photometric length
 _CODING = struct.Struct("<BiBII")
 _U32 = struct.Struct("<I")
+_U8 = struct.Struct("<B")
 _MIN_LENGTH = _PRELUDE.size + 1 + _CODING.size + 8 + 4 + 4 + 4
 """One-letter photometric, one plane, one empty tile, no metadata, CRC."""
 
@@ -137,11 +173,23 @@ class Header:
     tile_rows: int
     tile_cols: int
     norm: list = field(default_factory=list)
+    colour: int = COLOUR_NONE
+    """Colour transform (flag bit 3): COLOUR_NONE, COLOUR_RCT or COLOUR_GREEN_DIFFERENCE."""
+    frame_kinds: list = field(default_factory=list)
+    """With a colour transform: FRAME_COLOUR or FRAME_GREY per frame."""
 
     @property
     def planes(self) -> int:
-        """Number of coded planes, ``frames * samples``."""
+        """Number of coded planes: ``frames * samples``, or with a colour transform 1 per grey and 3 per colour frame."""
+        if self.colour != COLOUR_NONE:
+            return sum(1 if k == FRAME_GREY else 3 for k in self.frame_kinds)
         return self.frames * self.samples
+
+    def frame_planes(self) -> list:
+        """Planes of each frame, in stream order."""
+        if self.colour != COLOUR_NONE:
+            return [1 if k == FRAME_GREY else 3 for k in self.frame_kinds]
+        return [self.samples] * self.frames
 
     @property
     def error_bounded(self) -> bool:
@@ -183,7 +231,8 @@ def pack(header: Header, tiles: list, metadata: Optional[bytes] = None) -> bytes
         raise ValueError(f"cannot pack: metadata is {type(metadata).__name__}, expected bytes or None")
 
     flags = ((FLAG_LOSSLESS if header.lossless else 0) | (FLAG_METADATA if metadata is not None else 0)
-             | (FLAG_ERROR_BOUNDED if header.error_bounded else 0))
+             | (FLAG_ERROR_BOUNDED if header.error_bounded else 0)
+             | (FLAG_COLOUR if header.colour != COLOUR_NONE else 0))
     photometric = header.photometric.encode("ascii")
     parts = [
         _PRELUDE.pack(MAGIC, FORMAT_VERSION, flags, bytes(header.model_id), header.rows, header.cols,
@@ -191,6 +240,7 @@ def pack(header: Header, tiles: list, metadata: Optional[bytes] = None) -> bytes
                       DTYPES.index(header.dtype), len(photometric)),
         photometric,
         _CODING.pack(header.quality, header.max_error, header.levels, header.tile_rows, header.tile_cols),
+        bytes([header.colour, *header.frame_kinds]) if header.colour != COLOUR_NONE else b"",
         np.asarray(header.norm, dtype="<i4").tobytes(),
         _U32.pack(len(tiles)),
         np.asarray([len(t) for t in tiles], dtype="<u4").tobytes(),
@@ -321,7 +371,7 @@ def _read_header(reader: _Reader, source, max_pixels: int) -> tuple:
     if flags & ~_KNOWN_FLAGS:
         raise InvalidBitstreamError(
             source, f"unknown flag bits {flags & ~_KNOWN_FLAGS:#06x} set (version {FORMAT_VERSION} "
-                    f"defines bits 0-2 only)")
+                    f"defines bits 0-3 only)")
     if dtype_code >= len(DTYPES):
         raise InvalidBitstreamError(
             source, f"dtype code {dtype_code} is not one of 0-3 ({', '.join(DTYPES)})")
@@ -344,6 +394,10 @@ def _read_header(reader: _Reader, source, max_pixels: int) -> tuple:
     if problem is None and bool(flags & FLAG_ERROR_BOUNDED) != header.error_bounded:
         problem = (f"the error-bounded flag is {'set' if flags & FLAG_ERROR_BOUNDED else 'clear'} "
                    f"but max_error is {max_error}")
+    if problem is None and flags & FLAG_COLOUR:
+        header.colour = reader.unpack(_U8, "the colour transform")[0]
+        header.frame_kinds = list(bytes(reader.take(frames, f"the kinds of {frames} frame(s)")))
+        problem = _colour_problem(header)
     if problem is not None:
         raise InvalidBitstreamError(source, problem)
 
@@ -374,7 +428,7 @@ def _header_problem(h: Header) -> Optional[str]:
     if (not isinstance(phot, str) or not 1 <= len(phot) <= _MAX_PHOTOMETRIC
             or not all(0x20 <= ord(c) < 0x7F for c in phot)):
         return f"photometric must be 1 to {_MAX_PHOTOMETRIC} printable ASCII characters, got {phot!r}"
-    problem = _geometry_problem(h, None) or _coding_problem(h)
+    problem = _geometry_problem(h, None) or _coding_problem(h) or _colour_problem(h)
     if problem is not None:
         return problem
     if len(h.norm) != h.planes:
@@ -414,9 +468,36 @@ def _coding_problem(h: Header) -> Optional[str]:
     return None
 
 
+def _colour_problem(h: Header) -> Optional[str]:
+    """What is wrong with a header's colour transform fields, or None."""
+    if h.colour == COLOUR_NONE:
+        return f"frame kinds {h.frame_kinds!r:.60} given without a colour transform" if h.frame_kinds else None
+    if h.colour not in COLOUR_TRANSFORMS:
+        return f"colour transform {h.colour!r}, expected 1 (RCT) or 2 (green difference)"
+    if h.samples != 3 or h.photometric != "RGB" or h.signed:
+        return (f"a colour transform needs unsigned RGB (3 samples), found {h.samples} sample(s), "
+                f"{h.photometric!r}, {'signed' if h.signed else 'unsigned'}")
+    if h.colour == COLOUR_RCT and h.error_bounded and h.max_error != 0:
+        return f"the RCT codes lossy or lossless streams, this one has max error {h.max_error}"
+    if h.colour == COLOUR_GREEN_DIFFERENCE and h.max_error < 1:
+        return f"the green difference codes error-bounded streams with max error >= 1, found {h.max_error}"
+    if len(h.frame_kinds) != h.frames or any(k not in FRAME_KINDS for k in h.frame_kinds):
+        return (f"frame kinds must be {h.frames} values of 0 (colour) or 1 (grey), "
+                f"found {list(h.frame_kinds)!r:.80}")
+    return None
+
+
+def plane_ranges(h: Header) -> list:
+    """The (min, max) allowed for each plane's lo and hi: the dtype's range, wider for colour differences."""
+    full = _DTYPE_RANGE[h.dtype]
+    if h.colour == COLOUR_NONE:
+        return [full] * h.planes
+    limit = 4 * (full[1] + 1)
+    return [full if i == 0 else (-limit, limit) for n in h.frame_planes() for i in range(n)]
+
+
 def _norm_problem(h: Header) -> Optional[str]:
-    lo_min, hi_max = _DTYPE_RANGE[h.dtype]
-    for plane, pair in enumerate(h.norm):
+    for plane, (pair, (lo_min, hi_max)) in enumerate(zip(h.norm, plane_ranges(h))):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             return f"norm of plane {plane} must be (lo, hi), got {pair!r}"
         lo, hi = pair

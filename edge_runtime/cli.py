@@ -137,6 +137,8 @@ def _print_info(d: dict) -> None:
          "lossless (bit-exact; base quality per tile)" if d["mode"] == "lossless" else
          f"{d['mode']} (every pixel within {d['max_error']} of the original; base quality per tile)"),
         ("coding", f"up to {d['levels']} wavelet levels, tiles {d['tile'][0]} x {d['tile'][1]} ({d['tiles']} in all)"),
+        *([("colour", f"{d['colour']} transform, {d['grey_frames']} of {d['frames']} frame(s) grey (one plane)")]
+          if d.get("colour") else []),
         ("bytes", f"{d['bytes']} ({d['pixel_bytes']} pixel stream)"),
         ("bpp", f"{d['bpp']:.4f} (ratio {d['ratio']:.2f}:1)"),
         ("metadata", f"DICOM header, {d['metadata_bytes']} bytes" if d["has_metadata"] else "none"),

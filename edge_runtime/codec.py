@@ -15,6 +15,7 @@ import numpy as np
 from data.image import Image
 from edge_runtime import QUALITY_LEVELS
 from edge_runtime import bitstream as bs
+from edge_runtime import colour as col
 from edge_runtime import exact_dwt
 from edge_runtime import refine as exact_refine
 from edge_runtime import residual as res
@@ -378,11 +379,14 @@ def _equal_pair_fraction(x: np.ndarray) -> float:
 
 @single_blas_thread()
 def encode_plane(plane: np.ndarray, *, coder: PlaneCoder, quality: int | None, max_error: int | None,
-                 tile: int, stats: dict | None = None, transforms: list | None = None) -> tuple[tuple[int, int], list]:
+                 tile: int, stats: dict | None = None, transforms: list | None = None,
+                 norm: tuple | None = None) -> tuple[tuple[int, int], list]:
     """One 2-D plane of stored values -> ((lo, hi), its tile streams): the unit of work of encode_image.
 
-    `transforms` (optional): the transform of each tile, instead of the coder's choice."""
-    lo, hi = int(plane.min()), int(plane.max())
+    `transforms` (optional): the transform of each tile, instead of the coder's choice. `norm`
+    (optional, lossy): the (lo, hi) that [0, 1] maps to instead of the plane's min and max
+    (a wider range: a chroma plane quantized with a step set by its luma, edge_runtime.colour)."""
+    lo, hi = (int(plane.min()), int(plane.max())) if norm is None else (int(norm[0]), int(norm[1]))
     scale = float(max(hi - lo, 1))
     streams = []
     for i, (r0, r1, c0, c1) in enumerate(bs.tile_grid(plane.shape[0], plane.shape[1], tile, tile)):
@@ -398,7 +402,7 @@ def encode_plane(plane: np.ndarray, *, coder: PlaneCoder, quality: int | None, m
 
 def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: int | None,
                  tile: int = 2048, metadata: bytes | None = None, stats: dict | None = None,
-                 max_error: int | None = None, plane_map=None) -> bytes:
+                 max_error: int | None = None, plane_map=None, colour: bool = True) -> bytes:
     """Image -> .kcd bytes (every frame and sample plane, tile by tile).
 
     `max_error` D (stored units, >= 0) codes every tile within D of the original (D = 0:
@@ -411,6 +415,10 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
     Frames after the first reuse the transform each tile of the same sample plane chose in the
     first frame (when the bundle offers several): the frames of a loop are alike, and choosing
     costs one encode per transform.
+
+    Unsigned RGB images go through a colour transform (edge_runtime.colour: the RCT when lossy or
+    lossless, the green difference with a max error; grey frames as one plane) unless `colour`
+    is False, which codes R, G and B as independent planes (the stream of earlier releases).
     """
     bounded = max_error is not None
     if bounded and (int(max_error) != max_error or max_error < 0):
@@ -419,7 +427,11 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
         raise ValueError("a quality level is needed unless coding with a max error")
     options = dict(quality=quality, max_error=int(max_error) if bounded else None, tile=tile)
     if plane_map is None or stats is not None:
-        plane_map = lambda fn, items, opts, keyword: (fn(coder=coder, stats=stats, **item, **opts) for item in items)
+        plane_map = lambda fn, items, opts, keyword: (fn(coder=coder, **({"stats": stats} if fn is encode_plane else {}),
+                                                         **item, **opts) for item in items)
+    if colour and col.applies(image):
+        norm, streams, colour_fields = _encode_colour(image, coder, options, plane_map)
+        return _pack_image(image, coder, options, norm, streams, metadata, model_id=model_id, **colour_fields)
     first = list(plane_map(encode_plane, ({"plane": image.pixels[0, :, :, s]} for s in range(image.samples)),
                            options, keyword=True))
     chosen = [[coder.tile_transform(t, bounded) for t in tiles] for _, tiles in first]
@@ -430,13 +442,100 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
     for lohi, tiles in results:
         norm.append(lohi)
         streams.extend(tiles)
+    return _pack_image(image, coder, options, norm, streams, metadata, model_id=model_id)
+
+
+def _pack_image(image: Image, coder: PlaneCoder, options: dict, norm: list, streams: list, metadata,
+                model_id: bytes, **colour_fields) -> bytes:
+    bounded, tile = options["max_error"] is not None, options["tile"]
     header = bs.Header(model_id=model_id, rows=image.rows, cols=image.cols, frames=image.frames,
                        samples=image.samples, bits_stored=image.bits_stored, signed=image.signed,
                        dtype=image.pixels.dtype.name, photometric=image.photometric,
-                       quality=0 if bounded else quality, max_error=int(max_error) if bounded else -1,
-                       lossless=bounded and max_error == 0, levels=int(coder.p["levels"]), tile_rows=tile,
-                       tile_cols=tile, norm=norm)
+                       quality=0 if bounded else options["quality"],
+                       max_error=options["max_error"] if bounded else -1,
+                       lossless=bounded and options["max_error"] == 0, levels=int(coder.p["levels"]),
+                       tile_rows=tile, tile_cols=tile, norm=norm, **colour_fields)
     return bs.pack(header, streams, metadata)
+
+
+COLOUR_GROUP = 8
+"""Frames encoded together with the green difference: their G planes, then (G decoded) their differences."""
+
+
+def _encode_colour(image: Image, coder: PlaneCoder, options: dict, plane_map) -> tuple[list, list, dict]:
+    """(norm, tile streams, header colour fields) of an RGB image through its colour transform.
+
+    Planes of a frame, in stream order: [G] for a grey frame; [Y, Cb, Cr] (RCT) or [G, B - G', R - G']
+    (green difference) for a colour frame. As for grey images, frames after the first reuse the tile
+    transforms the same plane of the first frame chose (chroma planes absent from a grey first frame
+    choose their own); the choice never depends on the plane_map, so neither do the bytes.
+    """
+    transform = col.transform_for(options["max_error"])
+    lossy = options["max_error"] is None
+    kinds = [col.frame_kind(image.pixels[f]) for f in range(image.frames)]
+    chosen = {}
+    bounded = not lossy
+
+    def item(plane, role, norm=None):
+        it = {"plane": plane, "transforms": chosen.get(role)}
+        if norm is not None:
+            it["norm"] = norm
+        return it
+
+    def remember(f, results):
+        if f == 0:
+            for role, (_, tiles) in enumerate(results):
+                chosen[role] = [coder.tile_transform(t, bounded) for t in tiles]
+        return results
+
+    def rct_items(f):
+        frame = image.pixels[f]
+        if kinds[f] == bs.FRAME_GREY:
+            return [item(frame[:, :, 1], 0)]
+        y, cb, cr = col.rct_forward(frame)
+        if not lossy:
+            return [item(y, 0), item(cb, 1), item(cr, 2)]
+        ny = (int(y.min()), int(y.max()))
+        return [item(y, 0, ny), item(cb, 1, col.chroma_norm(cb, ny)), item(cr, 2, col.chroma_norm(cr, ny))]
+
+    per_frame = []
+    if transform == col.RCT:
+        per_frame.append(remember(0, list(plane_map(encode_plane, rct_items(0), options, keyword=True))))
+        rest = (it for f in range(1, image.frames) for it in rct_items(f))
+        results = iter(plane_map(encode_plane, rest, options, keyword=True))
+        per_frame += [[next(results) for _ in range(1 if kinds[f] == bs.FRAME_GREY else 3)]
+                      for f in range(1, image.frames)]
+    else:
+        groups = [[0]] + [list(range(g, min(g + COLOUR_GROUP, image.frames)))
+                          for g in range(1, image.frames, COLOUR_GROUP)]
+        for group in groups:
+            per_frame += _green_difference_group(image, group, kinds, coder, options, plane_map, item, remember)
+    norm = [lohi for results in per_frame for lohi, _ in results]
+    streams = [t for results in per_frame for _, tiles in results for t in tiles]
+    return norm, streams, {"colour": transform, "frame_kinds": kinds}
+
+
+def _green_difference_group(image: Image, frames: list, kinds: list, coder: PlaneCoder, options: dict, plane_map,
+                            item, remember) -> list:
+    """Per frame of `frames`, the [(lo, hi), tiles] of G and, in a colour frame, of B - G' and R - G'."""
+    px = image.pixels
+    greens = list(plane_map(encode_plane, (item(px[f, :, :, 1], 0) for f in frames), options, keyword=True))
+    colour_frames = [i for i, f in enumerate(frames) if kinds[f] == bs.FRAME_COLOUR]
+    tile = options["tile"]
+    decode_options = dict(rows=image.rows, cols=image.cols, tile_rows=tile, tile_cols=tile,
+                          clip=image.value_range, quality=0, max_error=options["max_error"], dtype="int32")
+    decoded = plane_map(decode_plane, ({"streams": greens[i][1], "lohi": greens[i][0]} for i in colour_frames),
+                        decode_options, keyword=True)
+    diffs = {}
+    for i, g in zip(colour_frames, decoded):
+        f = frames[i]
+        diffs[i] = [item(px[f, :, :, 2].astype(np.int32) - g, 1), item(px[f, :, :, 0].astype(np.int32) - g, 2)]
+    coded = iter(plane_map(encode_plane, (it for i in colour_frames for it in diffs[i]), options, keyword=True))
+    out = []
+    for i, f in enumerate(frames):
+        results = [greens[i]] + ([next(coded), next(coded)] if kinds[f] == bs.FRAME_COLOUR else [])
+        out.append(remember(f, results))
+    return out
 
 
 @single_blas_thread()
@@ -489,10 +588,21 @@ def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None,
                    max_error=header.max_error if header.error_bounded else -1, dtype=dtype.name, source=source)
     jobs = ({"streams": streams[p * per_plane:(p + 1) * per_plane], "lohi": tuple(lohi),
              "first_tile": p * per_plane} for p, lohi in enumerate(header.norm))
+    if header.colour != bs.COLOUR_NONE:
+        # the planes after a frame's first are colour differences: int32, clipped to their own (lo, hi)
+        del options["clip"], options["dtype"]
+        first = set(itertools.accumulate(header.frame_planes()[:-1], initial=0))
+        jobs = ({**job, "clip": image.value_range if p in first else job["lohi"], "dtype": "int32"}
+                for p, job in enumerate(jobs))
     if plane_map is None:
         planes = (decode_plane(coder=coder, **job, **options) for job in jobs)
     else:
         planes = plane_map(decode_plane, jobs, options, keyword=True)
+    if header.colour != bs.COLOUR_NONE:
+        for f, n in enumerate(header.frame_planes()):
+            rgb = col.frame_from_planes([next(planes) for _ in range(n)], header.colour, image.value_range)
+            pixels[f] = rgb.astype(dtype)
+        return image, header
     for p, plane in enumerate(planes):
         f, s = divmod(p, header.samples)
         pixels[f, :, :, s] = plane

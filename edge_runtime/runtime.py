@@ -337,7 +337,11 @@ def info(path, bundle_path=None) -> dict:
         "bytes": len(data), "pixel_bytes": pixel_bytes, "bpp": 8.0 * pixel_bytes / samples,
         "ratio": itemsize * samples / pixel_bytes, "has_metadata": metadata is not None,
         "metadata_bytes": len(metadata) if metadata is not None else 0,
+        "colour": _COLOUR_NAMES.get(header.colour), "grey_frames": header.frame_kinds.count(bs.FRAME_GREY),
     }
+
+
+_COLOUR_NAMES = {bs.COLOUR_RCT: "RCT", bs.COLOUR_GREEN_DIFFERENCE: "green difference"}
 
 
 def verify(path, bundle=None, kernels: str = "xnnpack") -> dict:
