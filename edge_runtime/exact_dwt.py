@@ -46,18 +46,38 @@ def _prev(d: np.ndarray, mode: str) -> np.ndarray:
 
 
 def _lift(s, d, step, mode, sign):
+    """One lifting step, in place on a fresh `s` or `d` (the caller's own arrays, never an input):
+    src = x[i] + x[i±1] (or x[i]), then target += c * src, as separate IEEE operations."""
     target, c, pair = step
     c = sign * c
     if target == "d":
-        src = np.add(s, _next(s, mode)) if pair else s
-        return s, np.add(d, np.multiply(c, src))
-    src = np.add(d, _prev(d, mode)) if pair else d
-    return np.add(s, np.multiply(c, src)), d
+        src = _pair_sum(s, mode, +1) if pair else np.multiply(c, s)
+        if pair:
+            np.multiply(c, src, out=src)
+        np.add(d, src, out=d)
+        return s, d
+    src = _pair_sum(d, mode, -1) if pair else np.multiply(c, d)
+    if pair:
+        np.multiply(c, src, out=src)
+    np.add(s, src, out=s)
+    return s, d
+
+
+def _pair_sum(x: np.ndarray, mode: str, direction: int) -> np.ndarray:
+    """x[i] + x[i+1] (direction +1, as `_next`) or x[i] + x[i-1] (-1, as `_prev`) along axis 0."""
+    out = np.empty_like(x)
+    if direction > 0:
+        np.add(x[:-1], x[1:], out=out[:-1])
+        np.add(x[-1:], x[:1] if mode == "periodization" else x[-1:], out=out[-1:])
+    else:
+        np.add(x[1:], x[:-1], out=out[1:])
+        np.add(x[:1], x[-1:] if mode == "periodization" else x[:1], out=out[:1])
+    return out
 
 
 def _analysis_1d(x, lifting, mode):
     steps, scale_s, scale_d = lifting
-    s, d = x[0::2], x[1::2]
+    s, d = x[0::2].copy(), x[1::2].copy()
     for step in steps:
         s, d = _lift(s, d, step, mode, 1.0)
     return np.multiply(s, scale_s), np.multiply(d, scale_d)
