@@ -21,7 +21,7 @@ DIR ?=
 NEED_311 := make setup and make test (the training stack: TensorFlow 2.14, which tensorflow-compression's last release is built for)
 NEED_EDGE := make demo (no TensorFlow)
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup clean dicom3tools
 
 # The venv is made (and its Python checked) before pip downloads anything.
 $(STAMP): requirements.txt setup.cfg pyproject.toml
@@ -55,7 +55,11 @@ setup: $(STAMP)
 demo: $(EDGE_STAMP)
 	$(EDGE_BIN)/keras-codec demo $(if $(DIR),--dir "$(DIR)",)
 
-test: $(STAMP) $(EDGE_STAMP)
+# dciodvfy for tests/test_dicom_conformance.py: installed with apt-get where possible, else that test is skipped.
+dicom3tools:
+	@/bin/sh .ci/dicom3tools
+
+test: $(STAMP) $(EDGE_STAMP) dicom3tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 	KERAS_CODEC_EDGE_VENV=1 $(EDGE_BIN)/python -m pytest -q -p no:cacheprovider tests/edge
 

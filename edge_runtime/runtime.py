@@ -19,9 +19,10 @@ import numpy as np
 
 from data.image import InvalidImageError
 from data.readers import read_image
-from data.writers import DEFAULT_LOSSY_METHOD, write_dicom, write_png, write_tiff
+from data.writers import DEFAULT_LOSSY_METHOD, note_source_compression, write_dicom, write_png, write_tiff
 from edge_runtime import DEFAULT_QUALITY
 from edge_runtime import bitstream as bs
+from edge_runtime import colour
 from edge_runtime.bundle import Bundle, default_bundle_path, load_bundle
 from edge_runtime.codec import QUALITY_LEVELS, PlaneCoder, decode_image, encode_image
 from edge_runtime.tflite_runner import transforms_for_bundle
@@ -98,6 +99,7 @@ def dicom_metadata(dataset) -> bytes:
     for elem in dataset:
         if int(elem.tag) not in _PIXEL_TAGS and elem.tag.group != 0x0002:
             ds.add(elem)
+    note_source_compression(ds, dataset)  # the transfer syntax (file meta) is not kept: its lossy step is
     last = None
     for implicit in (False, True):
         buf = io.BytesIO()
@@ -133,6 +135,9 @@ def encode_file(in_path, out_path, quality: int | None = None, bundle=None, forc
         raise FileNotFoundError(f"{in_path}: no such file")
     _check_output(in_path, out_path, force)
     image = read_image(in_path)
+    indices = colour.palette_indices(image)
+    if indices is not None:  # a PALETTE COLOR table of 16-bit colours: the indices, losslessly, whatever was asked
+        image, quality, max_error, target_psnr, target_bpp = indices, None, 0, None, None
     metadata = dicom_metadata(image.dataset) if image.dataset is not None else None
     b, coder = _codec(bundle, kernels)
     tile = int(b.manifest.get("tile", 2048))
@@ -162,7 +167,8 @@ def encode_file(in_path, out_path, quality: int | None = None, bundle=None, forc
             "bpp": 8.0 * pixel_bytes / samples, "ratio": _stored_bytes(image.pixels.dtype.itemsize, samples) / pixel_bytes,
             "has_metadata": metadata is not None, "mode": _mode(header),
             "quality": header.quality if not header.error_bounded else None,
-            "max_error": header.max_error if header.error_bounded else None, **point}
+            "max_error": header.max_error if header.error_bounded else None,
+            "palette_kept": header.photometric == bs.PALETTE, **point}
 
 
 def _mode(header) -> str:
@@ -294,22 +300,47 @@ def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: st
             write_dicom(out_path, image, overwrite=force, mark_lossless=True)
         else:
             write_dicom(out_path, image, lossy=True, ratio=stored / pixel_bytes, method=LOSSY_METHOD,
-                        overwrite=force)
-    elif suffix == ".png":
-        write_png(out_path, image, overwrite=force)
+                        overwrite=force, derivation=_derivation(header, stored / pixel_bytes))
     else:
-        write_tiff(out_path, image, overwrite=force)
+        if header.photometric == bs.PALETTE:  # PNG and TIFF get the colours, through the stream's tables
+            image = colour.expand_palette(image, _dataset_from_metadata(metadata, in_path))
+        (write_png if suffix == ".png" else write_tiff)(out_path, image, overwrite=force)
     return {"input": str(in_path), "output": str(out_path), "rows": image.rows, "cols": image.cols,
             "frames": image.frames, "samples": image.samples, "has_metadata": metadata is not None}
 
 
+def _derivation(header, ratio: float) -> str:
+    """Derivation Description (0008,2111) of a lossy decode: method, setting and ratio."""
+    how = (f"every pixel within {header.max_error} of the original" if header.error_bounded
+           else f"quality {header.quality}")
+    return f"Lossy compression with keras_codec ({LOSSY_METHOD}), {how}, compression ratio {ratio:.2f}:1"
+
+
+_IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
 def _dataset_from_metadata(metadata: bytes, source):
+    """The DICOM header a stream carries; refused (InvalidBitstreamError) unless it parses as DICOM and
+    names the image (a SOP, study or series UID): a DICOM output must not lose its identity. The
+    parser's complaints about odd values (which the source had too) are not printed."""
+    import warnings
+
     import pydicom
 
-    try:
-        return pydicom.dcmread(io.BytesIO(metadata), force=True)
-    except Exception as exc:
-        raise bs.InvalidBitstreamError(source, f"the metadata block is not a DICOM data set ({exc})") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(io.BytesIO(metadata), force=True)
+            list(ds)  # every element parsed now
+        except Exception as exc:
+            raise bs.InvalidBitstreamError(source, f"the metadata block is not a DICOM data set ({exc}); "
+                                                   f"decode to .png or .tif to get the pixels") from None
+    if not any(k in ds for k in _IDENTITY):
+        seen = f"; the parser said: {' '.join(str(caught[0].message).split())}" if caught else ""
+        raise bs.InvalidBitstreamError(
+            source, f"the metadata block is not a DICOM data set (it names no SOP, study or series UID{seen}); "
+                    f"decode to .png or .tif to get the pixels")
+    return ds
 
 
 def info(path, bundle_path=None) -> dict:
