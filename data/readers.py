@@ -5,7 +5,12 @@ data set that parses, the PNG and TIFF signatures), not from its name.
 Pixels come back in their stored integer form: MONOCHROME1 is never
 inverted and rescale slope/intercept are recorded, not applied. PALETTE
 COLOR is expanded through its lookup table to RGB and YBR colour spaces are
-converted to RGB, so every colour image is RGB.
+converted to RGB, so every colour image is RGB. A 16-bit lookup table whose
+entries are all 8-bit values scaled to 16 bits (c x 257, or c x 256: the
+value in the high byte, as most ultrasound carts write them) gives 8-bit RGB
+(c): the colours the table displays, at the one depth the US and Secondary
+Capture IODs allow for RGB. ``palette="indices"`` keeps the stored indices
+instead (one sample, photometric PALETTE COLOR, the tables in the data set).
 
 Every failure to read is an :class:`~data.image.InvalidImageError` naming
 the file, saying what is wrong and, where there is one, the way out.
@@ -36,14 +41,18 @@ _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _HEAD_BYTES = 132
 
 
-def read_image(path, frame: Optional[int] = None, *, max_bytes: int = MAX_IMAGE_BYTES) -> Image:
+def read_image(path, frame: Optional[int] = None, *, max_bytes: int = MAX_IMAGE_BYTES,
+               palette: str = "rgb") -> Image:
     """Read one DICOM, PNG or TIFF file.
 
     ``frame`` selects a single frame (0-based) of a multi-frame file; the
     result then has one frame. Images whose decoded pixels would exceed
     ``max_bytes`` are refused from their header values, before any pixel
-    buffer is allocated.
+    buffer is allocated. ``palette``: "rgb" expands PALETTE COLOR through its
+    lookup table, "indices" keeps the indices (see the module docstring).
     """
+    if palette not in ("rgb", "indices"):
+        raise ValueError(f"palette must be 'rgb' or 'indices', got {palette!r}")
     path = Path(path)
     head = _read_head(path)
     kind = _sniff(head)
@@ -53,7 +62,7 @@ def read_image(path, frame: Optional[int] = None, *, max_bytes: int = MAX_IMAGE_
         return _read_png(path, frame, max_bytes)
     if kind == "tiff":
         return _read_tiff(path, frame, max_bytes)
-    return _read_dicom(path, head, frame, max_bytes)
+    return _read_dicom(path, head, frame, max_bytes, palette)
 
 
 def list_images(folder) -> list[Path]:
@@ -144,7 +153,7 @@ def _check_size(path, rows, cols, frames, samples, itemsize, max_bytes):
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 
-def _read_dicom(path: Path, head: bytes, frame, max_bytes) -> Image:
+def _read_dicom(path: Path, head: bytes, frame, max_bytes, palette: str = "rgb") -> Image:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -165,7 +174,7 @@ def _read_dicom(path: Path, head: bytes, frame, max_bytes) -> Image:
         raise InvalidImageError(
             path, f"{claim}not a DICOM, PNG or TIFF file: no 'DICM' prefix, no PNG/TIFF signature and the "
                   f"content does not parse as a DICOM data set ({_describe_head(head)})")
-    return image_from_dataset(ds, source=path, frame=frame, max_bytes=max_bytes, notes=notes)
+    return image_from_dataset(ds, source=path, frame=frame, max_bytes=max_bytes, notes=notes, palette=palette)
 
 
 def _plausible_dataset(ds) -> bool:
@@ -246,10 +255,11 @@ def _transfer_syntax(ds, path):
 
 
 def image_from_dataset(ds, *, source=None, frame: Optional[int] = None, max_bytes: int = MAX_IMAGE_BYTES,
-                       notes=()) -> Image:
+                       notes=(), palette: str = "rgb") -> Image:
     """Decode a pydicom Dataset (already read) into an Image; the Dataset is kept in ``Image.dataset``.
 
     ``notes`` are the parser's warnings, used to tell a truncated file from one without pixels.
+    ``palette="indices"`` keeps a PALETTE COLOR image's indices (see the module docstring).
     """
     path = source if source is not None else "<dataset>"
     if "PixelData" not in ds:
@@ -283,7 +293,8 @@ def image_from_dataset(ds, *, source=None, frame: Optional[int] = None, max_byte
     if frame is not None and frame >= frames:
         raise InvalidImageError(path, f"has {frames} frame(s); frame {frame} does not exist")
 
-    palette = photometric == "PALETTE COLOR"
+    keep_indices = palette == "indices" and photometric == "PALETTE COLOR"
+    palette = photometric == "PALETTE COLOR" and not keep_indices
     out_samples = 3 if palette else samples
     out_itemsize = 2 if (palette or bits_allocated == 16) else 1
     _check_size(path, rows, cols, 1 if frame is not None else frames, out_samples, out_itemsize, max_bytes)
@@ -301,7 +312,7 @@ def image_from_dataset(ds, *, source=None, frame: Optional[int] = None, max_byte
     elif photometric.startswith("YBR"):
         arr = _ybr_to_rgb(arr, photometric, path)
         photometric = "RGB"
-    elif photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB"):
+    elif photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB") and not keep_indices:
         raise InvalidImageError(
             path, f"photometric interpretation {photometric!r} is not supported (expected MONOCHROME1/2, "
                   f"RGB, YBR_* or PALETTE COLOR)")
@@ -370,7 +381,8 @@ def _decode(ds, ts, path, frame):
 
 
 def _expand_palette(arr, ds, path):
-    """PALETTE COLOR indices through the file's LUT to RGB; returns (rgb, LUT bit depth)."""
+    """PALETTE COLOR indices through the file's LUT to RGB; returns (rgb, bit depth): 8 for an 8-bit LUT or a
+    16-bit one holding 8-bit values (palette_lut_divisor), else 16."""
     from pydicom.pixels import apply_color_lut
 
     try:
@@ -383,7 +395,38 @@ def _expand_palette(arr, ds, path):
         raise InvalidImageError(path, f"PALETTE COLOR image whose lookup table cannot be applied: {e}") from e
     if depth not in (8, 16):
         raise InvalidImageError(path, f"palette lookup table has {depth}-bit entries; expected 8 or 16")
+    if depth == 16:
+        divisor = palette_lut_divisor(ds)
+        if divisor:
+            rgb = rgb >> 8 if divisor == 256 else rgb // divisor
+            depth = 8
     return rgb.astype(np.uint8 if depth == 8 else np.uint16, copy=False), depth
+
+
+def palette_lut(ds) -> np.ndarray:
+    """Every entry of a PALETTE COLOR data set's lookup tables, (entries, 3) as pydicom applies them."""
+    from pydicom.pixels import apply_color_lut
+
+    descriptor = ds.RedPaletteColorLookupTableDescriptor
+    count, first = int(descriptor[0]) or 65536, int(descriptor[1])
+    index = np.arange(first, first + count)
+    dtype = np.uint8 if int(ds.get("BitsAllocated", 8)) <= 8 and index[-1] < 256 else np.uint16
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.asarray(apply_color_lut(index.astype(dtype), ds)).reshape(-1, 3)
+
+
+def palette_lut_divisor(ds) -> int:
+    """257 or 256 when every entry of a 16-bit palette LUT is an 8-bit value c stored as c x 257 or c x 256
+    (the high byte: c = v >> 8); 0 when the table holds 16-bit values. 257 is tried first: full scale."""
+    try:
+        lut = palette_lut(ds).astype(np.int64)
+    except Exception:
+        return 0
+    for divisor in (257, 256):
+        if not (lut % divisor).any():
+            return divisor
+    return 0
 
 
 def _ybr_to_rgb(arr, photometric, path):

@@ -49,6 +49,13 @@ Planes are ordered frame-major (plane ``f * samples + s``); tile ``i`` is tile
 ``i // tiles_per_plane``. The error-bounded flag is set exactly when
 ``max_error >= 0``.
 
+PALETTE COLOR (photometric ``PALETTE COLOR``, 1 sample): the plane is the
+image's stored indices, coded losslessly (they are labels, not intensities);
+the stream must be lossless and unsigned, and the lookup tables are in the
+DICOM header of its metadata block (without it, the indices decode but no
+colours: runtime.decode_file refuses to write an image). Decoders before
+this one refuse it (their photometric check).
+
 Colour transform (flag bit 3; RGB only: 3 samples, photometric ``RGB``,
 unsigned): the planes coded are not R, G, B but those of
 :mod:`edge_runtime.colour`, frame by frame. A grey frame (R = G = B) is one
@@ -123,6 +130,7 @@ COLOUR_TRANSFORMS = (COLOUR_RCT, COLOUR_GREEN_DIFFERENCE)
 FRAME_COLOUR = 0
 FRAME_GREY = 1
 FRAME_KINDS = (FRAME_COLOUR, FRAME_GREY)
+PALETTE = "PALETTE COLOR"
 
 DTYPES = ("uint8", "uint16", "int8", "int16")
 _DTYPE_RANGE = {"uint8": (0, 255), "uint16": (0, 65535), "int8": (-128, 127), "int16": (-32768, 32767)}
@@ -441,9 +449,9 @@ def _geometry_problem(h: Header, max_pixels: Optional[int]) -> Optional[str]:
         return f"rows, cols and frames must be at least 1, found {h.rows}x{h.cols}, {h.frames} frame(s)"
     if h.samples not in (1, 3):
         return f"samples per pixel must be 1 or 3, found {h.samples}"
-    if (h.samples == 1) != h.photometric.startswith("MONOCHROME"):
+    if (h.samples == 1) != (h.photometric.startswith("MONOCHROME") or h.photometric == PALETTE):
         return (f"photometric {h.photometric!r} does not fit {h.samples} sample(s) per pixel "
-                f"(1 sample: MONOCHROME1/2; 3 samples: RGB or YBR)")
+                f"(1 sample: MONOCHROME1/2 or PALETTE COLOR; 3 samples: RGB or YBR)")
     total = h.rows * h.cols * h.frames * h.samples
     if max_pixels is not None and total > max_pixels:
         return (f"absurd geometry: {h.rows}x{h.cols}, {h.frames} frame(s), {h.samples} sample(s) is "
@@ -465,6 +473,8 @@ def _coding_problem(h: Header) -> Optional[str]:
         return f"max_error {h.max_error}, expected -1 (not error-bounded) or >= 0"
     if h.lossless and h.max_error != 0:
         return f"a lossless stream must have max_error 0, found {h.max_error}"
+    if h.photometric == PALETTE and (not h.lossless or h.signed):
+        return "PALETTE COLOR indices are labels: their stream must be lossless and unsigned"
     return None
 
 

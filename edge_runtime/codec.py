@@ -425,6 +425,8 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
         raise ValueError(f"max error must be an integer >= 0, got {max_error}")
     if not bounded and quality is None:
         raise ValueError("a quality level is needed unless coding with a max error")
+    if image.photometric == bs.PALETTE and max_error != 0:
+        raise ValueError("PALETTE COLOR indices are labels, not intensities: code them losslessly (max error 0)")
     options = dict(quality=quality, max_error=int(max_error) if bounded else None, tile=tile)
     if plane_map is None or stats is not None:
         plane_map = lambda fn, items, opts, keyword: (fn(coder=coder, **({"stats": stats} if fn is encode_plane else {}),

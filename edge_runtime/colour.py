@@ -40,6 +40,17 @@ Cb = Cr = 0 there), and the header marks it grey; the decoder copies the plane t
 A frame with a little colour (an ultrasound frame with a colour Doppler box or coloured
 annotations) keeps its three planes; its nearly empty chroma planes cost little (an all-zero
 480x640 plane is about 90 bytes).
+
+PALETTE COLOR: outputs must be valid objects of their IOD, and the US and Secondary Capture
+IODs allow RGB at 8 bits only. Ultrasound palettes hold 8-bit colours, stored in 16-bit tables as
+c x 256 or c x 257; data.readers turns those into 8-bit RGB (the colours the table displays,
+exactly), which is coded like any RGB image (lossy, bounded or lossless, through the transform
+above) and written as 8-bit RGB. The indices themselves are not coded lossily: they are labels
+(neighbouring indices need not be neighbouring colours), so an error of one index can be any
+colour. A table of true 16-bit colours cannot become 8-bit RGB without changing them, nor 16-bit
+RGB without leaving the IOD: then the image stays PALETTE COLOR, its indices are coded
+losslessly whatever was asked (palette_indices), and the tables ride in the stream's DICOM
+header, so the decoded file is the same object with the same indices.
 """
 from __future__ import annotations
 
@@ -47,8 +58,8 @@ import numpy as np
 
 from edge_runtime import bitstream as bs
 
-__all__ = ["CHROMA_STEP_RATIO", "GREEN_DIFFERENCE", "RCT", "applies", "chroma_norm", "frame_from_planes",
-           "frame_kind", "rct_forward", "rct_inverse", "transform_for"]
+__all__ = ["CHROMA_STEP_RATIO", "GREEN_DIFFERENCE", "RCT", "applies", "chroma_norm", "expand_palette",
+           "frame_from_planes", "frame_kind", "palette_indices", "rct_forward", "rct_inverse", "transform_for"]
 
 RCT = bs.COLOUR_RCT
 GREEN_DIFFERENCE = bs.COLOUR_GREEN_DIFFERENCE
@@ -104,3 +115,35 @@ def frame_from_planes(planes: list, transform: int, value_range: tuple) -> np.nd
     else:
         raise ValueError(f"unknown colour transform {transform}")
     return np.clip(rgb, value_range[0], value_range[1])
+
+
+def palette_indices(image):
+    """The Image of PALETTE COLOR indices to code in place of `image`, or None.
+
+    Not None only when `image` was read from a PALETTE COLOR DICOM data set whose tables hold
+    16-bit colours (data.readers expanded it to 16-bit RGB, which the US and SC IODs do not allow);
+    8-bit tables came as 8-bit RGB and are coded as RGB.
+    """
+    ds = image.dataset
+    if ds is None or str(ds.get("PhotometricInterpretation", "")).strip() != bs.PALETTE:
+        return None
+    if image.photometric != "RGB" or image.pixels.dtype == np.uint8:
+        return None
+    from data.readers import image_from_dataset
+
+    return image_from_dataset(ds, source=image.source, palette="indices")
+
+
+def expand_palette(image, dataset):
+    """A decoded PALETTE COLOR image (indices) as 16-bit RGB through the tables of `dataset`, for PNG and TIFF."""
+    import warnings
+
+    from pydicom.pixels import apply_color_lut
+
+    from data.image import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rgb = np.asarray(apply_color_lut(image.pixels[..., 0], dataset)).reshape(image.pixels.shape[:3] + (3,))
+    return Image(pixels=rgb.astype(np.uint16), bits_stored=16, signed=False, photometric="RGB",
+                 modality=image.modality, source=image.source)

@@ -123,6 +123,8 @@ def encode_file(in_path, out_path, quality: int | None = None, bundle=None, forc
     before it is written. `bundle`: a bundle folder, a loaded (Bundle, PlaneCoder) pair, or
     None for the default. `jobs`: worker processes for the planes of a multi-frame image
     (edge_runtime.pool; None: one per CPU when the image has pool.MIN_PLANES planes or more).
+    A PALETTE COLOR image whose tables hold 16-bit colours is coded as its indices, losslessly,
+    whatever was asked ("palette_kept" in the summary; edge_runtime.colour says why).
     """
     in_path, out_path = Path(in_path), Path(out_path)
     given = [n for n, v in (("quality", quality), ("max error", max_error), ("target PSNR", target_psnr),
@@ -303,6 +305,9 @@ def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: st
                         overwrite=force, derivation=_derivation(header, stored / pixel_bytes))
     else:
         if header.photometric == bs.PALETTE:  # PNG and TIFF get the colours, through the stream's tables
+            if metadata is None:
+                raise bs.InvalidBitstreamError(in_path, "PALETTE COLOR indices without the DICOM header that "
+                                                        "holds their lookup tables: no colours to write")
             image = colour.expand_palette(image, _dataset_from_metadata(metadata, in_path))
         (write_png if suffix == ".png" else write_tiff)(out_path, image, overwrite=force)
     return {"input": str(in_path), "output": str(out_path), "rows": image.rows, "cols": image.cols,

@@ -41,7 +41,7 @@ def test_items_describe_their_pixels():
     image = load(item)
     assert pixel_hash(image.pixels) == item.pixel_hash
     palette = next(i for i in corpus("test") if i.name == "examples_palette.dcm")
-    assert (palette.photometric, palette.samples, palette.bits_stored) == ("RGB", 3, 16)
+    assert (palette.photometric, palette.samples, palette.bits_stored) == ("RGB", 3, 8)  # a table of 8-bit colours
 
 
 def test_corpus_is_cached_and_immutable():

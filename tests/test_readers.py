@@ -131,15 +131,28 @@ def test_frame_out_of_range():
         read_image(sample("emri_small.dcm"), frame=10)
 
 
-@pytest.mark.parametrize("name", ["examples_palette.dcm", "gdcm-US-ALOKA-16.dcm"])
-def test_palette_expanded_to_rgb(name):
+@pytest.mark.parametrize("name, divisor", [("examples_palette.dcm", 256), ("gdcm-US-ALOKA-16.dcm", 257)])
+def test_palette_expanded_to_rgb(name, divisor):
+    """16-bit tables of 8-bit colours (c x 256: the high byte, or c x 257) come as 8-bit RGB: what they display."""
     image = read_image(sample(name))
     ds = pydicom.dcmread(sample(name))
-    assert ds.PhotometricInterpretation == "PALETTE COLOR"
+    assert ds.PhotometricInterpretation == "PALETTE COLOR" and ds.RedPaletteColorLookupTableDescriptor[2] == 16
     assert image.photometric == "RGB" and image.samples == 3 and not image.signed
-    assert image.bits_stored == ds.RedPaletteColorLookupTableDescriptor[2] == 16
-    assert image.pixels.dtype == np.uint16
+    assert image.bits_stored == 8 and image.pixels.dtype == np.uint8
+    np.testing.assert_array_equal(image.pixels[0].astype(np.int64) * divisor, apply_color_lut(ds.pixel_array, ds))
+
+
+def test_palette_of_16_bit_colours_and_indices():
+    """A table that is not 8-bit colours scaled to 16 bits stays 16-bit RGB; palette="indices" keeps the indices."""
+    ds = pydicom.dcmread(sample("OBXXXX1A_expb.dcm"))
+    image = read_image(sample("OBXXXX1A_expb.dcm"))
+    assert image.bits_stored == 16 and image.pixels.dtype == np.uint16
     np.testing.assert_array_equal(image.pixels[0], apply_color_lut(ds.pixel_array, ds))
+    indices = read_image(sample("OBXXXX1A_expb.dcm"), palette="indices")
+    assert (indices.photometric, indices.samples, indices.bits_stored) == ("PALETTE COLOR", 1, 8)
+    np.testing.assert_array_equal(indices.pixels[0, :, :, 0], ds.pixel_array)
+    with pytest.raises(ValueError, match="palette"):
+        read_image(sample("OBXXXX1A_expb.dcm"), palette="lut")
 
 
 def test_palette_multi_frame():

@@ -159,7 +159,7 @@ def test_palette_written_as_rgb_without_lut(tmp_path):
     source = read_image(sample("examples_palette.dcm"))
     ds = pydicom.dcmread(write_dicom(tmp_path / "p.dcm", source))
     assert ds.PhotometricInterpretation == "RGB" and ds.SamplesPerPixel == 3 and ds.PlanarConfiguration == 0
-    assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (16, 16, 15)
+    assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (8, 8, 7)  # its table holds 8-bit colours
     assert not [e for e in ds if e.tag.group == 0x0028 and 0x1100 <= e.tag.element <= 0x1223]
     np.testing.assert_array_equal(read_image(tmp_path / "p.dcm").pixels, source.pixels)
 
