@@ -77,7 +77,7 @@ PEAK_TARGETS = {"cine": 600 * MB}  # every other peak: 1 GB
 PEAK_DEFAULT = 1000 * MB
 FIELDS = ("case", "image", "codec", "mode", "op", "per", "runs", "median_ms", "min_ms", "max_ms", "peak_mib",
           "tree_mib", "cores", "cpu_per_wall", "threads", "bpp", "psnr", "max_abs_err", "vs_openjpeg", "target",
-          "met", "note", "load1")
+          "met", "note", "load1", "code", "tflite")
 
 
 class Bench:
@@ -99,6 +99,8 @@ class Bench:
         self.load_start = os.getloadavg()
         self.started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
         self.ct_shared = None  # (ours .kcd, our PSNR, {codec: (param, stream)}) of the CT slice, for 'process'
+        self.code_start = _code_state()
+        self.read_notes: dict[str, str] = {}
 
     # ------------------------------------------------------------------ helpers
     def runs(self, case: str) -> int:
@@ -125,7 +127,8 @@ class Bench:
                "threads": threads if threads is not None else result.get("threads", ""),
                "bpp": "", "psnr": "", "max_abs_err": "", "vs_openjpeg": "", "target": "", "met": "",
                "note": "; ".join(n for n in (result.get("note", ""), note) if n),
-               "load1": round(os.getloadavg()[0], 2)}
+               "load1": round(os.getloadavg()[0], 2), "code": _code_state(),
+               "tflite": (result.get("runtime") or _interpreter()) if codec == OURS else ""}
         if quality:
             row.update({k: v for k, v in quality.items() if k in ("bpp", "psnr", "max_abs_err")})
         if codec == OURS:
@@ -141,7 +144,8 @@ class Bench:
         first = str(exc).strip().splitlines()
         self.say(f"  [{case}] {codec} {mode} {op}: FAILED: {' | '.join(first[:4])}")
         row = {k: "" for k in FIELDS}
-        row.update(case=case, image=image, codec=codec, mode=mode, op=op, note=f"failed: {first[0] if first else exc}")
+        row.update(case=case, image=image, codec=codec, mode=mode, op=op, note=f"failed: {first[0] if first else exc}",
+                   load1=round(os.getloadavg()[0], 2), code=_code_state())
         if codec == OURS:
             self._target(row)
             row["met"] = "NO (failed)"
@@ -185,6 +189,26 @@ class Bench:
         from keras_codec.baselines import PSNRSearch
 
         return PSNRSearch(speed.baseline(name), pixels, bits_stored=bits_stored).seek(target_psnr)["param"]
+
+    def read_note(self, src, label=None, repeats: int = 3) -> None:
+        """How long reading a source file takes (every encode, ours and theirs, starts with it): a header note."""
+        import time
+
+        import numpy as np
+        import pydicom
+
+        from data.readers import read_image
+
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            read_image(src)
+            times.append(time.perf_counter() - t0)
+        try:
+            syntax = pydicom.dcmread(src, stop_before_pixels=True).file_meta.TransferSyntaxUID.name
+        except Exception:  # noqa: BLE001 - only a label
+            syntax = "?"
+        self.read_notes[str(src)] = f"{label or Path(src).name} ({syntax}) {1000 * np.median(times):.0f} ms"
 
     # ------------------------------------------------------------------ in-process cases
     def inproc_ours(self, case, image_name, src, px, mode, options, stem) -> float | None:
@@ -247,6 +271,7 @@ class Bench:
         image = read_image(src)
         stem = str(self.tmp / "ct")
         q = self.args.quality
+        self.read_note(src)
         psnr = self.inproc_ours("ct", CT, src, image.pixels, f"q{q}", {"quality": q}, stem)
         if psnr is None:
             return
@@ -276,6 +301,7 @@ class Bench:
         image = read_image(src)
         stem = str(self.tmp / "cr")
         q = self.args.quality
+        self.read_note(src)
         psnr = self.inproc_ours("cr", CR, src, image.pixels, f"q{q}", {"quality": q}, stem)
         if psnr is None:
             return
@@ -368,6 +394,7 @@ class Bench:
         self.notes.append(f"folder: {description}")
         self.say(f"  [folder] {description}")
         files = sorted(folder.glob("*.dcm"))
+        self.read_note(files[0], label="a folder slice")
         originals = {p.stem: read_image(p).pixels for p in files}
         q = self.args.quality
         kcd_dir, dcm_dir = self.tmp / "folder_kcd", self.tmp / "folder_dcm"
@@ -435,6 +462,7 @@ class Bench:
 
         src = Path(self.args.cine) if self.args.cine else corpus_path(CINE, PYDICOM_DATA)
         name = src.name
+        self.read_note(src, repeats=1)
         original = read_image(src)
         q = self.args.quality
         kcd, dcm = self.tmp / "cine.kcd", self.tmp / "cine_ours.dcm"
@@ -485,33 +513,33 @@ class Bench:
         import imagecodecs
         import numpy as np
 
-        load_end = os.getloadavg()
-        if not self.runtime:
-            try:
-                from edge_runtime.tflite_runner import interpreter_module
-
-                self.runtime = interpreter_module().__name__.split(".")[0]
-            except (ImportError, RuntimeError):
-                self.runtime = "none found"
-        commit = _git("rev-parse", "--short", "HEAD")
-        dirty = _git("status", "--porcelain", "--", "edge_runtime")
+        load_end = os.getloadavg()[0]
+        loads = [r["load1"] for r in self.rows if r.get("load1") != ""]
+        codes = list(dict.fromkeys([self.code_start] + [r["code"] for r in self.rows if r.get("code")]))
+        interpreters = list(dict.fromkeys(r["tflite"] for r in self.rows if r.get("tflite"))) or [_interpreter()]
         runs = {c: self.runs(c) for c in self.args.cases}
         lines = [
-            f"bench_speed {self.started}, commit {commit or '?'}"
-            + (" + uncommitted edge_runtime changes" if dirty else "")
-            + f"; Python {platform.python_version()}, numpy {np.__version__}, imagecodecs {imagecodecs.__version__}, "
-              f"TFLite interpreter {self.runtime or '?'}",
+            f"bench_speed {self.started}, code {self.code_start} (commit, + hash of uncommitted edge_runtime/data "
+            f"changes); Python {platform.python_version()}, numpy {np.__version__}, imagecodecs "
+            f"{imagecodecs.__version__}, TFLite interpreter {' then '.join(interpreters)}",
             f"{len(self.cpus)} CPUs for this process ({os.cpu_count()} on the machine); load average "
-            f"{self.load_start[0]:.2f} at start, {load_end[0]:.2f} now; ours at q{self.args.quality}, "
-            f"{self.args.threads} TFLite threads in process; classical codecs single-threaded"
-            + (", pinned to 1 CPU" if self.one_cpu else ""),
+            f"{self.load_start[0]:.2f} at start, {max(loads, default=load_end):.2f} at most after a measurement, "
+            f"{load_end:.2f} at end; ours at q{self.args.quality}, {self.args.threads} TFLite threads in process; "
+            f"classical codecs single-threaded" + (", pinned to 1 CPU" if self.one_cpu else ""),
             "runs per case (median, min, max after one warm-up): " + ", ".join(f"{c} {n}" for c, n in runs.items())
             + (f"; cine: a first run over {self.args.cine_budget:g} s is the only run" if "cine" in runs else ""),
         ]
+        if len(codes) > 1 or len(interpreters) > 1:
+            lines.append(f"WARNING: the code changed during the run ({' -> '.join(codes)}"
+                         + (f"; interpreter {' -> '.join(interpreters)}" if len(interpreters) > 1 else "")
+                         + "): rows were measured on different states (speed.csv: code, tflite per row)")
         if min(runs.values()) < 5:
             lines.append("NOTE: fewer than 5 runs in some case: not DESIGN.md's median of >= 5 (a quick check)")
         if self.args.quality != 17:
             lines.append(f"NOTE: the issue's targets are for quality 17; this run is at q{self.args.quality}")
+        if self.read_notes:
+            lines.append("reading the source is part of every encode (data.readers.read_image, median of 3): "
+                         + "; ".join(self.read_notes.values()))
         return lines + self.notes
 
     def table(self, markdown: bool) -> list:
@@ -608,6 +636,30 @@ def plot(rows, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _code_state() -> str:
+    """HEAD's short hash, plus a hash of the uncommitted changes to edge_runtime/ and data/ when there are any."""
+    import hashlib
+
+    commit = _git("rev-parse", "--short", "HEAD") or "?"
+    diff = _git("diff", "HEAD", "--", "edge_runtime", "data")
+    untracked = _git("ls-files", "--others", "--exclude-standard", "--", "edge_runtime", "data")
+    if not diff and not untracked:
+        return commit
+    return commit + "+" + hashlib.sha1((diff + untracked).encode()).hexdigest()[:6]
+
+
+def _interpreter() -> str:
+    """The TFLite interpreter edge_runtime would load now (its preference order), found without importing it."""
+    import importlib
+    import importlib.util
+
+    importlib.invalidate_caches()
+    for name in ("ai_edge_litert", "tflite_runtime"):
+        if importlib.util.find_spec(name) is not None:
+            return name
+    return "none"
 
 
 def _git(*args) -> str:

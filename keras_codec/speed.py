@@ -155,16 +155,19 @@ def base_decode_file(codec, stream, out, ref=None, lossless: bool = False) -> Pa
     dtype = np.dtype(info["dtype"])
     lo, hi = ((-(1 << (info["bits_stored"] - 1)), (1 << (info["bits_stored"] - 1)) - 1) if info["signed"]
               else (0, (1 << info["bits_stored"]) - 1))
-    # clipped to the stored range (DESIGN.md): JPEG-LS NEAR>0 may overshoot MAXVAL = 2**16-1 by NEAR
-    decoded = [np.clip(codec.decode(p, dtype, info["bits_stored"]), lo, hi).astype(dtype) for p in planes]
-    px = np.stack(decoded).reshape(info["frames"], info["samples"], info["rows"], info["cols"]).transpose(0, 2, 3, 1)
+    # decoded straight into the image (no list of planes, no stacked copy); clipped to the stored range
+    # (DESIGN.md): JPEG-LS NEAR>0 may overshoot MAXVAL = 2**16-1 by NEAR
+    px = np.empty((info["frames"], info["rows"], info["cols"], info["samples"]), dtype)
+    samples = info["samples"]
+    for i, p in enumerate(planes):
+        np.clip(codec.decode(p, dtype, info["bits_stored"]), lo, hi, out=px[i // samples, :, :, i % samples])
     dataset = None
     if ref is not None:
         try:
             dataset = pydicom.dcmread(ref, stop_before_pixels=True)
         except pydicom.errors.InvalidDicomError:
             pass  # a PNG / TIFF source: the DICOM written is a new Secondary Capture
-    image = Image(pixels=np.ascontiguousarray(px), bits_stored=info["bits_stored"], signed=info["signed"],
+    image = Image(pixels=px, bits_stored=info["bits_stored"], signed=info["signed"],
                   photometric=info["photometric"], modality=info["modality"], dataset=dataset)
     if lossless:
         return write_dicom(out, image, overwrite=True, mark_lossless=True)
