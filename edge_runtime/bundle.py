@@ -1,18 +1,35 @@
 """Model bundle: a directory with manifest.json, the integer context model, the integer tables
-and (once exported) the TFLite graphs. Its model id is the SHA-256 of those files.
+and (once exported) the TFLite graphs, identified by a model id that every stream carries.
 
     manifest.json   format version, config, quality table, levels, tile size, training run
     context.npz     integer context weights (detail, ll)
     tables.npz      integer entropy tables (freqs, lengths, tails)
-    residual.npz    integer residual model of the error-bounded / lossless mode (optional)
-    refine.npz      learned lifting refinement of the wavelet (optional; manifest `refine`)
-    *.tflite        analysis / synthesis graphs (optional; the workstation may use Keras instead);
-                    postfilter.tflite is an int8 bundle's full-integer post-filter
+    residual.npz    integer residual model of the error-bounded / lossless mode (optional; manifest `residual`)
+    refine.npz      learned lifting refinement of the wavelet (optional; manifest `refine`, whose `file`
+                    may name another file)
+    postfilter.npz  the workstation's float post-filter (optional; manifest `postfilter`, `file`)
+    *.tflite        analysis / synthesis graphs (optional; the workstation may use Keras instead; the
+                    manifest's `tflite` section may name them); postfilter.tflite is an int8 bundle's
+                    full-integer post-filter (`tflite.postfilter_int8.file`)
+
+Model id: SHA-256 over every file coding depends on, found through the manifest (bundle_files),
+each with its role, name and length ("keras_codec model id 2"). Bundles made before this id hashed
+a fixed list of file names (legacy_model_id_of), so a manifest pointing `refine.file` elsewhere
+left the weights out. A stream still carrying such a legacy id decodes under a bundle whose files
+all have those fixed names: then the legacy id covered every byte too and names this bundle alone.
+Any other bundle refuses it (two of them could share the legacy id and decode differently).
+
+load_bundle validates the bundle: every file the manifest names is present (TFLite graphs: when the
+coder is built, edge_runtime.tflite_runner.tflite_paths, which says to run the export), a plain name
+inside the folder, parses (numpy archives, TFLite flatbuffers) and matches the manifest (table count,
+the signatures the manifest lists, the refinement's layer count); the first failure is one
+InvalidBundleError naming the bundle and the file.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +42,10 @@ from edge_runtime.residual import RESIDUAL_FILE, ResidualModel
 from edge_runtime.subband_coder import CodingModel
 
 BUNDLE_FORMAT = 1
-_HASHED = ("manifest.json", "context.npz", "tables.npz", "residual.npz", "postfilter.npz", "refine.npz",
-           "encoder.tflite", "hyper_decoder.tflite", "decoder.tflite", "postfilter.tflite")
+MODEL_ID_DOMAIN = b"keras_codec model id 2\0"
+_LEGACY_HASHED = ("manifest.json", "context.npz", "tables.npz", "residual.npz", "postfilter.npz", "refine.npz",
+                  "encoder.tflite", "hyper_decoder.tflite", "decoder.tflite", "postfilter.tflite")
+"""The fixed names the first model id hashed (in this order), whichever of them existed."""
 
 
 class InvalidBundleError(ValueError):
@@ -41,11 +60,63 @@ class Bundle:
     model_id: bytes
     residual: ResidualModel | None = None
     refine: ExactRefinement | None = None
+    legacy_model_id: bytes | None = None
+    """The first id computation's value, when it names this bundle alone (module docstring)."""
+
+    @property
+    def model_ids(self) -> list:
+        """The ids a stream may carry to be decoded by this bundle: its own, then the legacy alias."""
+        return [self.model_id] + ([self.legacy_model_id] if self.legacy_model_id else [])
 
 
-def model_id_of(folder: Path) -> bytes:
+def bundle_files(folder, manifest: dict) -> dict:
+    """{role: (file name, required)} of every file coding depends on, as the manifest names them.
+
+    Optional roles count when their file exists: a residual model the manifest does not describe, the
+    TFLite graphs, an old paper-model hyper-decoder.
+    """
+    folder = Path(folder)
+    tflite = manifest.get("tflite") or {}
+    files = {"manifest": ("manifest.json", True), "context": ("context.npz", True),
+             "tables": ("tables.npz", True), "residual": (RESIDUAL_FILE, bool(manifest.get("residual")))}
+    for role, key, default in (("refine", "refine", REFINE_FILE), ("postfilter", "postfilter", "postfilter.npz")):
+        entry = manifest.get(key)
+        if entry:
+            files[role] = (entry.get("file", default) if isinstance(entry, dict) else default, True)
+    # Graphs are checked when present; a missing one is edge_runtime.tflite_runner's to report (it says
+    # to run the export: a workstation bundle need not have them).
+    for role, default in (("encoder", "encoder.tflite"), ("decoder", "decoder.tflite")):
+        files[role] = (tflite.get(role) if isinstance(tflite.get(role), str) else default, False)
+    int8 = tflite.get("postfilter_int8")
+    if int8:
+        files["postfilter_int8"] = (int8.get("file", "postfilter.tflite") if isinstance(int8, dict)
+                                    else "postfilter.tflite", False)
+    files["hyper_decoder"] = ("hyper_decoder.tflite", False)
+    return {role: (name, required) for role, (name, required) in files.items()
+            if required or (folder / str(name)).is_file()}
+
+
+def model_id_of(folder) -> bytes:
+    """The bundle's model id (module docstring); InvalidBundleError when the manifest cannot be read."""
+    folder = Path(folder)
+    return _model_id(folder, bundle_files(folder, _read_manifest(folder)))
+
+
+def _model_id(folder: Path, files: dict, contents: dict | None = None) -> bytes:
+    h = hashlib.sha256(MODEL_ID_DOMAIN)
+    for role in sorted(files):
+        name = files[role][0]
+        data = contents[role] if contents is not None else (folder / name).read_bytes()
+        h.update(role.encode() + b"\0" + name.encode() + b"\0" + struct.pack("<Q", len(data)))
+        h.update(data)
+    return h.digest()
+
+
+def legacy_model_id_of(folder) -> bytes:
+    """The first id computation: SHA-256 of the fixed file names that exist, whatever the manifest says."""
+    folder = Path(folder)
     h = hashlib.sha256()
-    for name in _HASHED:
+    for name in _LEGACY_HASHED:
         p = folder / name
         if p.exists():
             h.update(name.encode() + b"\0")
@@ -67,30 +138,218 @@ def save_bundle(folder, manifest: dict, weights: ContextWeights, tables: Entropy
     return model_id_of(folder)
 
 
-def load_bundle(folder) -> Bundle:
-    folder = Path(folder)
-    if not (folder / "manifest.json").is_file():
+def _read_manifest(folder: Path) -> dict:
+    path = folder / "manifest.json"
+    if not path.is_file():
         raise InvalidBundleError(f"{folder}: not a model bundle (no manifest.json)")
     try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-        with np.load(folder / "context.npz") as z:
-            weights = ContextWeights.from_arrays(z)
-        with np.load(folder / "tables.npz") as z:
-            tables = EntropyTables.from_arrays(z)
-        residual = None
-        if (folder / RESIDUAL_FILE).is_file():
-            with np.load(folder / RESIDUAL_FILE) as z:
-                residual = ResidualModel.from_arrays(z)
-        refine = None
-        entry = manifest.get("refine")
-        if entry:
-            refine = ExactRefinement.load(folder / entry.get("file", REFINE_FILE), int(entry["layers"]),
-                                          int(entry["max_levels"]), entry["wavelet"])
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise InvalidBundleError(f"{folder}: damaged model bundle: {exc}") from exc
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidBundleError(f"{folder}: manifest.json is not readable JSON ({exc}); re-copy the bundle") from None
+    if not isinstance(manifest, dict):
+        raise InvalidBundleError(f"{folder}: manifest.json holds a {type(manifest).__name__}, not an object; "
+                                 f"re-copy the bundle")
+    return manifest
+
+
+def load_bundle(folder) -> Bundle:
+    """Read and validate a bundle (module docstring); InvalidBundleError names the bundle and the file."""
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
     if manifest.get("format") != BUNDLE_FORMAT:
         raise InvalidBundleError(f"{folder}: bundle format {manifest.get('format')}, this runtime reads {BUNDLE_FORMAT}")
-    return Bundle(folder, manifest, CodingModel(weights, tables), model_id_of(folder), residual, refine)
+    try:
+        files = bundle_files(folder, manifest)
+    except (AttributeError, TypeError) as exc:
+        raise InvalidBundleError(f"{folder}: manifest.json: a file entry is malformed ({exc})") from None
+    contents = {}
+    for role, (name, _required) in files.items():
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            raise InvalidBundleError(f"{folder}: manifest.json names {name!r} for the {role} file; "
+                                     f"it must be a plain file name inside the bundle folder")
+        try:
+            contents[role] = (folder / name).read_bytes()
+        except FileNotFoundError:
+            raise InvalidBundleError(f"{folder}: {name} is missing (the manifest needs it for the {role}); "
+                                     f"re-copy the bundle") from None
+        except OSError as exc:
+            raise InvalidBundleError(f"{folder}: {name} cannot be read ({exc.strerror or exc})") from None
+
+    codec = manifest.get("codec") or {}
+    weights = _parse(folder, files, "context", lambda z: ContextWeights.from_arrays(z))
+    tables = _parse(folder, files, "tables", lambda z: EntropyTables.from_arrays(z))
+    scales = codec.get("num_scales")
+    if scales is not None and len(tables.freqs) != int(scales):
+        raise InvalidBundleError(f"{folder}: tables.npz holds {len(tables.freqs)} tables, the manifest's "
+                                 f"codec.num_scales is {scales}; re-copy the bundle")
+    residual = _parse(folder, files, "residual", ResidualModel.from_arrays) if "residual" in files else None
+    refine = None
+    if "refine" in files:
+        entry = manifest["refine"]
+        name = files["refine"][0]
+        try:
+            refine = ExactRefinement.load(folder / name, int(entry["layers"]), int(entry["max_levels"]),
+                                          entry["wavelet"])
+        except (KeyError, TypeError) as exc:
+            raise InvalidBundleError(f"{folder}: manifest.json: the refine entry lacks {exc}") from None
+        except Exception as exc:
+            raise InvalidBundleError(f"{folder}: {name}: {_npz_problem(exc)}") from None
+    if "postfilter" in files:
+        _parse(folder, files, "postfilter", lambda z: [z[k] for k in z.files])
+    _check_graphs(folder, manifest, files, contents)
+
+    model_id = _model_id(folder, files, contents)
+    legacy = None
+    if all(name in _LEGACY_HASHED for name, _ in files.values()):
+        legacy = legacy_model_id_of(folder)
+    return Bundle(folder, manifest, CodingModel(weights, tables), model_id, residual, refine, legacy)
+
+
+def _npz_problem(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"truncated or not a numpy archive of the expected arrays ({type(exc).__name__}: {text}); re-copy the bundle"
+
+
+def _parse(folder: Path, files: dict, role: str, build):
+    """A numpy archive of the bundle through ``build``; any failure names the file."""
+    name = files[role][0]
+    try:
+        with np.load(folder / name) as z:
+            return build(z)
+    except Exception as exc:  # BadZipFile, EOFError, KeyError, ValueError, ...: all mean a bad file
+        raise InvalidBundleError(f"{folder}: {name}: {_npz_problem(exc)}") from None
+
+
+def _check_graphs(folder: Path, manifest: dict, files: dict, contents: dict) -> None:
+    """Each TFLite file is a TFLite flatbuffer holding the signatures the manifest lists."""
+    tflite = manifest.get("tflite") or {}
+    listed = tflite.get("signatures") or tflite.get("signature_order") or []
+    wanted = {"encoder": sorted(listed), "decoder": sorted(listed), "hyper_decoder": []}
+    int8 = tflite.get("postfilter_int8")
+    if isinstance(int8, dict):
+        wanted["postfilter_int8"] = [int8.get("signature", "postfilter")]
+    for role, signatures in wanted.items():
+        if role not in files:
+            continue
+        name = files[role][0]
+        try:
+            found = _signatures_cached(hashlib.sha256(contents[role]).digest(), contents[role])
+        except ValueError as exc:
+            raise InvalidBundleError(f"{folder}: {name}: not a TFLite model ({exc}); re-run the TFLite export "
+                                     f"(export/tflite_export.py) or re-copy the bundle") from None
+        missing = [k for k in signatures if k not in found]
+        if missing:
+            raise InvalidBundleError(f"{folder}: {name}: lacks the signature(s) {', '.join(missing)} that "
+                                     f"manifest.json lists; re-run the TFLite export")
+
+
+_SIGNATURES: dict = {}
+
+
+def _signatures_cached(digest: bytes, data: bytes) -> list:
+    """tflite_signatures, once per distinct file content in this process (a graph walk takes ~25 ms)."""
+    if digest not in _SIGNATURES:
+        _SIGNATURES[digest] = tflite_signatures(data)
+    return _SIGNATURES[digest]
+
+
+def tflite_signatures(data: bytes) -> list:
+    """The signature keys of a TFLite flatbuffer (schema: Model.signature_defs, field 7; SignatureDef
+    .signature_key, field 2); ValueError when it is not one. Every offset is bounds-checked, and the
+    buffers, tensors and operators the interpreter reads must lie in the file (a truncated copy fails)."""
+    view = memoryview(data)
+    size = len(view)
+    if size < 8 or bytes(view[4:8]) != b"TFL3":
+        raise ValueError(f"no TFL3 flatbuffer identifier in its first 8 bytes ({size} bytes)")
+
+    def u32(at):
+        if at < 0 or at + 4 > size:
+            raise ValueError(f"offset {at} runs past the end ({size} bytes)")
+        return struct.unpack_from("<I", view, at)[0]
+
+    def field(table, index):
+        """Absolute position of a table's field, or None when absent."""
+        vtable = table - struct.unpack("<i", struct.pack("<I", u32(table)))[0]
+        if vtable < 0 or vtable + 4 > size:
+            raise ValueError("a vtable lies outside the file")
+        vsize = struct.unpack_from("<H", view, vtable)[0]
+        if vsize < 4 or vsize % 2:
+            raise ValueError(f"a vtable of {vsize} bytes")
+        slot = 4 + 2 * index
+        if slot + 2 > vsize or vtable + slot + 2 > size:
+            return None
+        offset = struct.unpack_from("<H", view, vtable + slot)[0]
+        return table + offset if offset else None
+
+    def indirect(at):
+        return at + u32(at)
+
+    def vector(at, what):
+        start = indirect(at)
+        count = u32(start)
+        if count > size // 4:
+            raise ValueError(f"a {what} count larger than the file")
+        return start, count
+
+    model = indirect(0)
+    if not 8 <= model < size:
+        raise ValueError(f"the root table offset {model} lies outside the file")
+    buffers = field(model, 4)  # Model.buffers: every Buffer's bytes must lie in the file (a truncated copy)
+    if buffers is not None:
+        start, count = vector(buffers, "buffer")
+        for i in range(count):
+            buf = indirect(start + 4 + 4 * i)
+            data = field(buf, 0)
+            if data is not None:
+                begin = indirect(data)
+                length = u32(begin)
+                if begin + 4 + length > size:
+                    raise ValueError(f"buffer {i} ({length} bytes) runs past the end: the file is truncated")
+            at, length = field(buf, 1), field(buf, 2)  # a large model's buffers follow the flatbuffer
+            if at is not None and length is not None and max(at, length) + 8 <= size:
+                at, length = struct.unpack_from("<Q", view, at)[0], struct.unpack_from("<Q", view, length)[0]
+                if at > 1 and at + length > size:
+                    raise ValueError(f"buffer {i} ({length} bytes at {at}) runs past the end: the file is truncated")
+    def table_vector(table, index, what):
+        """The tables a field's vector points at (empty when the field is absent)."""
+        at = field(table, index)
+        if at is None:
+            return []
+        start, count = vector(at, what)
+        return [indirect(start + 4 + 4 * i) for i in range(count)]
+
+    def in_file(table, index, item_size, what):
+        at = field(table, index)
+        if at is not None:
+            start, count = vector(at, what)
+            if start + 4 + item_size * count > size:
+                raise ValueError(f"a {what} list runs past the end: the file is truncated")
+
+    for graph in table_vector(model, 2, "subgraph"):  # tensors and operators, as the interpreter reads them
+        for tensor in table_vector(graph, 0, "tensor"):
+            in_file(tensor, 0, 4, "tensor shape")
+            in_file(tensor, 3, 1, "tensor name")
+        for n, what in ((1, "input"), (2, "output")):
+            in_file(graph, n, 4, what)
+        for op in table_vector(graph, 3, "operator"):
+            in_file(op, 1, 4, "operator input")
+            in_file(op, 2, 4, "operator output")
+    defs = field(model, 7)
+    if defs is None:
+        return []
+    start, count = vector(defs, "signature")
+    keys = []
+    for i in range(count):
+        sig = indirect(start + 4 + 4 * i)
+        at = field(sig, 2)
+        if at is None:
+            continue
+        text = indirect(at)
+        length = u32(text)
+        if text + 4 + length > size:
+            raise ValueError("a signature name runs past the end")
+        keys.append(bytes(view[text + 4:text + 4 + length]).decode("utf-8", "replace"))
+    return keys
 
 
 def default_bundle_path() -> Path:

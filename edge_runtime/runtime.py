@@ -60,7 +60,7 @@ def _codec(bundle, kernels: str, data: bytes | None = None, source=None) -> tupl
         return bundle
     b = load_bundle(default_bundle_path() if bundle is None else bundle)
     if data is not None:
-        bs.parse(data, source=source, expected_model_ids=[b.model_id])
+        bs.parse(data, source=source, expected_model_ids=b.model_ids)
     return load_codec(b, kernels=kernels)
 
 
@@ -292,7 +292,7 @@ def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: st
     if suffix == ".png" and header.frames > 1:
         raise ValueError(f"{out_path}: PNG holds one frame and this stream has {header.frames}; write .tif or .dcm")
     with _plane_pool(b, kernels, header.frames * header.samples, jobs) as plane_map:
-        image, header = decode_image(data, coder=coder, model_ids=[b.model_id], source=in_path, plane_map=plane_map)
+        image, header = decode_image(data, coder=coder, model_ids=b.model_ids, source=in_path, plane_map=plane_map)
     if suffix in (".dcm", ".dicom"):
         if metadata is not None:
             image.dataset = _dataset_from_metadata(metadata, in_path)
@@ -360,7 +360,7 @@ def info(path, bundle_path=None) -> dict:
     mode = _mode(header)
     known, compared = None, default_bundle_path() if bundle_path is None else Path(bundle_path)
     try:
-        known = load_bundle(compared).model_id == header.model_id
+        known = header.model_id in load_bundle(compared).model_ids
     except (OSError, ValueError):
         pass
     itemsize = 1 if header.dtype in ("uint8", "int8") else 2
@@ -388,7 +388,7 @@ def verify(path, bundle=None, kernels: str = "xnnpack") -> dict:
     data = path.read_bytes()
     header, _, metadata = bs.parse(data, source=path)
     b, coder = _codec(bundle, kernels, data, path)
-    image, _ = decode_image(data, coder=coder, model_ids=[b.model_id], source=path)
+    image, _ = decode_image(data, coder=coder, model_ids=b.model_ids, source=path)
     if metadata is not None:
         _dataset_from_metadata(metadata, path)
     return {"file": str(path), "crc": "ok", "model_id": header.model_id.hex(), "model_known": True,
