@@ -123,8 +123,8 @@ def encode_file(in_path, out_path, quality: int | None = None, bundle=None, forc
     before it is written. `bundle`: a bundle folder, a loaded (Bundle, PlaneCoder) pair, or
     None for the default. `jobs`: worker processes for the planes of a multi-frame image
     (edge_runtime.pool; None: one per CPU when the image has pool.MIN_PLANES planes or more).
-    A PALETTE COLOR image whose tables hold 16-bit colours is coded as its indices, losslessly,
-    whatever was asked ("palette_kept" in the summary; edge_runtime.colour says why).
+    A PALETTE COLOR image is coded as its indices when lossless, and whatever was asked when its tables
+    hold 16-bit colours ("palette_kept" in the summary; edge_runtime.colour says why).
     """
     in_path, out_path = Path(in_path), Path(out_path)
     given = [n for n, v in (("quality", quality), ("max error", max_error), ("target PSNR", target_psnr),
@@ -137,8 +137,8 @@ def encode_file(in_path, out_path, quality: int | None = None, bundle=None, forc
         raise FileNotFoundError(f"{in_path}: no such file")
     _check_output(in_path, out_path, force)
     image = read_image(in_path)
-    indices = colour.palette_indices(image)
-    if indices is not None:  # a PALETTE COLOR table of 16-bit colours: the indices, losslessly, whatever was asked
+    indices = colour.palette_indices(image, lossless=max_error == 0)
+    if indices is not None:  # PALETTE COLOR kept: its indices, losslessly (edge_runtime.colour says when)
         image, quality, max_error, target_psnr, target_bpp = indices, None, 0, None, None
     metadata = dicom_metadata(image.dataset) if image.dataset is not None else None
     b, coder = _codec(bundle, kernels)
