@@ -129,11 +129,12 @@ def _sniff(head: bytes) -> str:
 
 
 def _describe_head(head: bytes) -> str:
-    """A short human description of what a file starts with, for error messages."""
+    """What kind of content a file starts with, for error messages; never the content itself (the file
+    may be anything a folder or a link holds, and messages end up in logs and batch summaries)."""
     sample = head[:16]
     if sample and all(32 <= b < 127 or b in b"\r\n\t" for b in sample):
-        return f"it starts with text {sample.decode('ascii')!r}"
-    return f"it starts with bytes {sample.hex(' ')}"
+        return "it looks like a text file"
+    return "it starts with binary data of no image format keras_codec reads"
 
 
 def _check_size(path, rows, cols, frames, samples, itemsize, max_bytes):
@@ -168,6 +169,12 @@ def _read_dicom(path: Path, head: bytes, frame, max_bytes, palette: str = "rgb")
             what = "DICOM file" if has_prefix else "file (not PNG, TIFF or DICOM?)"
             raise InvalidImageError(path, f"cannot parse this {what}: {type(e).__name__}: {e}") from e
     notes = [str(w.message) for w in caught]
+    if has_prefix and "PixelData" not in ds:
+        cut = _truncation(ds, path.stat().st_size)
+        if cut:
+            raise InvalidImageError(path, f"is truncated inside its DICOM header ({cut}; so far no Pixel Data, "
+                                          f"{_object_kind(ds)}): the file was cut short, copy it again from "
+                                          f"its source")
     if not has_prefix and not _plausible_dataset(ds):
         named = path.suffix.lower()
         claim = f"named {named} but " if named in (".png", ".tif", ".tiff") else ""
@@ -175,6 +182,26 @@ def _read_dicom(path: Path, head: bytes, frame, max_bytes, palette: str = "rgb")
             path, f"{claim}not a DICOM, PNG or TIFF file: no 'DICM' prefix, no PNG/TIFF signature and the "
                   f"content does not parse as a DICOM data set ({_describe_head(head)})")
     return image_from_dataset(ds, source=path, frame=frame, max_bytes=max_bytes, notes=notes, palette=palette)
+
+
+def _truncation(ds, size: int):
+    """How a data set read without complaint shows a cut file, or None: no element at all, an element
+    whose value runs past the end, or bytes left after the last element (the parser stops quietly
+    inside a cut element header). A last element of undefined length (a sequence) is not measured."""
+    tags = list(ds.keys())
+    if not tags:
+        return "the data set stops before its first element"
+    spans = []
+    for tag in tags:
+        elem = ds.get_item(tag)
+        tell, length = getattr(elem, "value_tell", None), getattr(elem, "length", None)
+        spans.append(None if tell is None or length in (None, 0xFFFFFFFF) else tell + length)
+    known = [e for e in spans if e is not None]
+    if known and max(known) > size:
+        return f"its last element needs {max(known):,} bytes, the file has {size:,}"
+    if spans[-1] is not None and spans[-1] < size:
+        return f"the data set stops at byte {spans[-1]:,} of {size:,}"
+    return None
 
 
 def _plausible_dataset(ds) -> bool:

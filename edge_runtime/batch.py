@@ -27,7 +27,18 @@ one TFLite thread), or in this process when ``jobs`` is 1 or only one file is le
 file never stops the batch: it is recorded as failed with a one-line reason. A worker that dies
 (a crash, out of memory) costs only its file: the files it may have held are re-run one at a time
 at the end, and the one that kills its worker again is recorded as failed. Ctrl-C lets the files
-in progress finish (their outputs are complete), then stops: the summary says ``interrupted``.
+in progress finish (their outputs are complete), then stops; SIGTERM (a supervisor, ``kill PID``)
+stops the workers at once (a file in progress leaves no output). Either way the summary says
+``interrupted`` (``interrupted_by``: SIGINT or SIGTERM). Workers also end when this process dies
+without a word (SIGKILL): they watch their parent.
+
+Files and folders: symbolic links that lead out of DIR are not followed (``follow_symlinks``
+allows it), and nothing is ever written outside OUTDIR: an output folder that is a link out of
+it fails its files. Error messages never quote a file's content. An empty DIR is an error, and
+OUTDIR is made only when there is something to do. Before any file is coded, OUTDIR is checked
+to be writable and locked (``.edge-codec.lock``: a second run into the same OUTDIR stops at once,
+saying so), and the hidden temporary files a killed run left there (``.NAME.XXXXXXXX.tmp``) are
+removed.
 
 The summary (returned, and written atomically to ``OUTDIR/batch_summary.json``, replacing the
 previous run's) counts files ok / skipped / failed, bytes in and out and their ratio over the files
@@ -39,7 +50,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import signal
+import tempfile
+import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -54,9 +68,13 @@ from edge_runtime import OUTPUT_FORMATS
 from edge_runtime import bitstream as bs
 from edge_runtime import runtime
 
-__all__ = ["FORMATS", "SUMMARY_NAME", "decode_folder", "default_jobs", "encode_folder"]
+__all__ = ["FORMATS", "LOCK_NAME", "SUMMARY_NAME", "Terminated", "decode_folder", "default_jobs", "encode_folder"]
 
 SUMMARY_NAME = "batch_summary.json"
+LOCK_NAME = ".edge-codec.lock"
+_STALE_TMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # data.writers.atomic_write's temporary files
+_OUT_OF_TREE = ("not followed: a symbolic link that leads out of the input folder "
+                "(follow_symlinks / --follow-symlinks codes it)")
 FORMATS = OUTPUT_FORMATS
 MB = 1e6
 _IMAGE_SUFFIXES = runtime.DECODE_SUFFIXES
@@ -79,12 +97,13 @@ def default_jobs() -> int:
 
 def encode_folder(in_dir, out_dir, *, encode_options: Optional[dict] = None, jobs: Optional[int] = None,
                   force: bool = False, bundle=None, kernels: str = "xnnpack",
-                  on_file: Optional[OnFile] = None) -> dict:
+                  on_file: Optional[OnFile] = None, follow_symlinks: bool = False) -> dict:
     """Encode every image under ``in_dir`` to ``out_dir`` (same layout); returns the summary.
 
     ``encode_options`` are passed as keyword arguments to runtime.encode_file (``quality``, ...).
     ``bundle``: a bundle folder, None for the default, or (with ``jobs=1`` only) a loaded
-    (Bundle, PlaneCoder) pair.
+    (Bundle, PlaneCoder) pair. ``follow_symlinks``: also code files that links lead to outside
+    ``in_dir`` (their outputs still land under ``out_dir``).
     """
     options = dict(encode_options or {})
     clash = sorted(set(options) & set(_RESERVED))
@@ -92,13 +111,19 @@ def encode_folder(in_dir, out_dir, *, encode_options: Optional[dict] = None, job
         raise ValueError(f"encode_options cannot set {', '.join(clash)}: they are encode_folder's own arguments")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     exclude = _check_folders(in_dir, out_dir)
-    files = [p for p in list_images(in_dir) if not _excluded(p, in_dir, exclude)]
-    return _run("encode", in_dir, out_dir, _plan(files, in_dir, out_dir, force, _encode_names, _kcd_complete),
-                options, jobs, bundle, kernels, on_file, {"encode_options": options})
+    found = [p for p in list_images(in_dir) if not _excluded(p, in_dir, exclude)]
+    if not found:
+        raise FileNotFoundError(f"{in_dir}: no images found (DICOM, PNG or TIFF; hidden files and folders are "
+                                f"skipped): nothing to do, nothing written")
+    files, outside = _inside(found, in_dir, follow_symlinks)
+    plan = _plan(files, in_dir, out_dir, force, _encode_names, _kcd_complete)
+    plan.failed += [_record(p, in_dir, None, out_dir, "failed", reason=_OUT_OF_TREE) for p in outside]
+    return _run("encode", in_dir, out_dir, plan, options, jobs, bundle, kernels, on_file, {"encode_options": options})
 
 
 def decode_folder(in_dir, out_dir, *, fmt: Optional[str] = None, jobs: Optional[int] = None, force: bool = False,
-                  bundle=None, kernels: str = "xnnpack", on_file: Optional[OnFile] = None) -> dict:
+                  bundle=None, kernels: str = "xnnpack", on_file: Optional[OnFile] = None,
+                  follow_symlinks: bool = False) -> dict:
     """Decode every .kcd under ``in_dir`` to ``out_dir`` (same layout); returns the summary.
 
     ``fmt``: "dcm", "png" or "tif" for every file, or None to choose per stream (module docstring).
@@ -107,8 +132,12 @@ def decode_folder(in_dir, out_dir, *, fmt: Optional[str] = None, jobs: Optional[
         raise ValueError(f"format must be one of {', '.join(FORMATS)} (or None: chosen per stream), got {fmt!r}")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     exclude = _check_folders(in_dir, out_dir)
-    files = _find_streams(in_dir, exclude)
-    formats, unreadable = {}, {}
+    found = _find_streams(in_dir, exclude)
+    if not found:
+        raise FileNotFoundError(f"{in_dir}: no .kcd streams found (hidden files and folders are skipped): "
+                                f"nothing to do, nothing written")
+    files, outside = _inside(found, in_dir, follow_symlinks)
+    formats, unreadable = {}, {p: _OUT_OF_TREE for p in outside}
     for p in files:
         if fmt is not None:
             formats[p] = fmt
@@ -156,6 +185,21 @@ def _check_folders(in_dir: Path, out_dir: Path) -> Optional[tuple]:
         raise ValueError(f"{out_dir}: contains the input folder {in_dir}, so outputs could land among the inputs; "
                          f"choose an output folder outside it (or a new subfolder of the input folder)")
     return dst.relative_to(src).parts if src in dst.parents else None
+
+
+def _inside(paths: list, root: Path, follow_symlinks: bool) -> tuple:
+    """(paths to code, paths that are links leading out of ``root``); all of them to code when following."""
+    if follow_symlinks:
+        return list(paths), []
+    top = os.path.realpath(root)
+    inside, outside = [], []
+    for p in paths:
+        (inside if _within(os.path.realpath(p), top) else outside).append(p)
+    return inside, outside
+
+
+def _within(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
 
 
 def _excluded(path: Path, root: Path, exclude: Optional[tuple]) -> bool:
@@ -227,11 +271,24 @@ def _plan(files: list, in_dir: Path, out_dir: Path, force: bool, namer, complete
                                                   f"(names differing only in case); rename one"))
                 continue
             dst = out_dir / rel_folder / names[p]
+            if _leaves(dst.parent, out_dir):
+                plan.failed.append(_record(p, in_dir, None, out_dir, "failed", reason=_leaving(dst.parent, out_dir)))
+                continue
             if dst.exists() and not force and complete(dst):
                 plan.skipped.append(_record(p, in_dir, dst, out_dir, "skipped", bytes_out=_size(dst)))
             else:
                 plan.tasks.append(_Task(p, dst, dst.exists(), _record(p, in_dir, dst, out_dir, "ok")))
     return plan
+
+
+def _leaves(folder: Path, out_dir: Path) -> bool:
+    """Whether ``folder`` (under ``out_dir`` by name) really lies elsewhere: a part of it is a link out."""
+    return not _within(os.path.realpath(folder), os.path.realpath(out_dir))
+
+
+def _leaving(folder: Path, out_dir: Path) -> str:
+    return (f"not written: its output folder {folder} is a symbolic link that leads out of {out_dir}, and nothing "
+            f"is written outside the output folder")
 
 
 def _kcd_complete(path: Path) -> bool:
@@ -290,6 +347,10 @@ class _Tally:
                 "eta": (self.to_do - self.worked) / rate if rate > 0 else None}
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived during a batch (raised in the main thread by the handler _run installs)."""
+
+
 def _run(kind: str, in_dir: Path, out_dir: Path, plan: _Plan, options: dict, jobs: Optional[int], bundle,
          kernels: str, on_file: Optional[OnFile], settings: dict) -> dict:
     jobs = default_jobs() if jobs is None else int(jobs)
@@ -298,8 +359,18 @@ def _run(kind: str, in_dir: Path, out_dir: Path, plan: _Plan, options: dict, job
     if isinstance(bundle, tuple) and jobs > 1 and len(plan.tasks) > 1:
         raise ValueError("a loaded (Bundle, PlaneCoder) pair works only in this process (jobs=1); "
                          "give the bundle folder to use worker processes")
+    _writable_output(out_dir)
+    lock = _lock(out_dir)
+    try:
+        return _run_locked(kind, in_dir, out_dir, plan, options, jobs, bundle, kernels, on_file, settings)
+    finally:
+        _unlock(lock, out_dir)
+
+
+def _run_locked(kind, in_dir, out_dir, plan, options, jobs, bundle, kernels, on_file, settings) -> dict:
     t0 = time.monotonic()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stale = _remove_stale_tmp(out_dir)
     tally = _Tally(len(plan.tasks) + len(plan.skipped) + len(plan.failed), len(plan.tasks))
     records = []
 
@@ -312,31 +383,149 @@ def _run(kind: str, in_dir: Path, out_dir: Path, plan: _Plan, options: dict, job
     def done(task: _Task, result: dict) -> None:
         finish({**task.record, **result}, worked=True)
 
-    interrupted = False
+    def ready(task: _Task) -> bool:
+        """Make the task's output folder, inside OUTDIR and writable, or record why not (before coding)."""
+        problem = _prepare_folder(task.dst.parent, out_dir, folders)
+        if problem:
+            finish({**task.record, "output": None, "status": "failed", "reason": problem}, worked=False)
+        return not problem
+
+    folders = {}
+    interrupted = None
     workers = min(jobs, len(plan.tasks))
+    previous = _on_sigterm()
     try:
         for record in plan.skipped + plan.failed:
             finish(record, worked=False)
         if workers <= 1:
             codec = bundle if isinstance(bundle, tuple) else runtime.load_codec(bundle, kernels=kernels)
             for task in plan.tasks:
-                done(task, _code_one(kind, codec, task.src, task.dst, task.overwrite, options))
+                if ready(task):
+                    done(task, _code_one(kind, codec, task.src, task.dst, task.overwrite, options))
         else:
             args = (kind, options)
             biggest_first = sorted(plan.tasks, key=lambda t: -t.record["bytes_in"])  # no big file left for last
-            suspects = _run_pool(_work, args, biggest_first, workers, (bundle, kernels), done)
+            suspects = _run_pool(_work, args, biggest_first, workers, (bundle, kernels), done, ready)
             for task in suspects:  # alone, so a crash can only be this file's
-                if _run_pool(_work, args, [task], 1, (bundle, kernels), done):
+                if _run_pool(_work, args, [task], 1, (bundle, kernels), done, ready):
                     done(task, {"status": "failed", "reason": "the worker process died while coding it "
                                                               "(a crash, or out of memory)"})
     except KeyboardInterrupt:
-        interrupted = True
+        interrupted = "SIGINT"
+    except Terminated:
+        interrupted = "SIGTERM"
+    finally:
+        _restore_sigterm(previous)
     summary = _summary(kind, in_dir, out_dir, tally.total, records, time.monotonic() - t0, started, jobs, workers,
-                       settings, interrupted)
+                       settings, interrupted, stale)
     data = (json.dumps(summary, indent=1) + "\n").encode()
-    out_dir.mkdir(parents=True, exist_ok=True)
     bs.atomic_write_bytes(out_dir / SUMMARY_NAME, data, overwrite=True)
     return summary
+
+
+def _on_sigterm():
+    """Turn SIGTERM into Terminated in the main thread (once: cleaning up is not interrupted again);
+    returns the handler to restore, or None where signals cannot be handled (another thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    fired = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _writable_output(out_dir: Path) -> None:
+    """Make OUTDIR and prove it takes a file, before anything is coded (OSError saying so otherwise)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".edge-codec-probe.", suffix=".tmp", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PermissionError(exc.errno, f"{out_dir}: cannot write to the output folder "
+                                         f"({exc.strerror or exc}); nothing was coded") from None
+
+
+def _prepare_folder(folder: Path, out_dir: Path, seen: dict) -> Optional[str]:
+    """Create an output folder (once) and check it is inside OUTDIR and takes a file; the problem, or None."""
+    if folder not in seen:
+        problem = None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if _leaves(folder, out_dir):
+                problem = _leaving(folder, out_dir)
+            else:
+                fd, probe = tempfile.mkstemp(prefix=".edge-codec-probe.", suffix=".tmp", dir=folder)
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as exc:
+            problem = f"cannot write to its output folder {folder} ({exc.strerror or exc}); not coded"
+        seen[folder] = problem
+    return seen[folder]
+
+
+def _lock(out_dir: Path):
+    """Hold OUTDIR's lock file (flock), or stop: another run writes there. None where flock is missing."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    path = out_dir / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RuntimeError(f"{out_dir}: another edge-codec run (process {holder}) is writing to this output "
+                               f"folder; wait for it to finish, or choose another output folder") from None
+        except OSError:  # a file system without flock: go on unlocked
+            os.close(fd)
+            return None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed it between our open and flock: take the new one
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _unlock(fd, out_dir: Path) -> None:
+    if fd is None:
+        return
+    try:
+        os.unlink(out_dir / LOCK_NAME)
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def _remove_stale_tmp(out_dir: Path) -> int:
+    """Remove the temporary files of killed runs (this run holds the lock, so none is live); how many."""
+    removed = 0
+    for dirpath, _dirnames, filenames in os.walk(out_dir):  # links to folders are not followed
+        for name in filenames:
+            if _STALE_TMP.match(name):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
 
 
 def _code_one(kind: str, codec, src: Path, dst: Path, overwrite: bool, options: dict) -> dict:
@@ -364,10 +553,30 @@ def _init_worker(bundle, kernels: str) -> None:
     """Pool initializer: load the codec once per worker (in the worker: never share TFLite across a fork)."""
     global _worker_codec, _worker_problem
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it lets running files finish
+    _die_with_parent()
     try:
         _worker_codec = runtime.load_codec(bundle, kernels=kernels, num_threads=1)
     except Exception as exc:
         _worker_problem = " ".join((str(exc) or type(exc).__name__).split())
+
+
+def _die_with_parent() -> None:
+    """End this worker when the batch process is gone, however it went (even SIGKILL, where it can
+    clean up nothing): Linux's parent-death signal, and a thread watching the parent's pid anywhere."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError, TypeError):  # not Linux
+        pass
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="edge-codec-parent-watch", daemon=True).start()
 
 
 def _work(kind: str, options: dict, src: Path, dst: Path, overwrite: bool) -> dict:
@@ -376,11 +585,13 @@ def _work(kind: str, options: dict, src: Path, dst: Path, overwrite: bool) -> di
     return _code_one(kind, _worker_codec, src, dst, overwrite, options)
 
 
-def _run_pool(work, args: tuple, tasks: list, jobs: int, initargs: tuple, done) -> list:
+def _run_pool(work, args: tuple, tasks: list, jobs: int, initargs: tuple, done, ready=lambda task: True) -> list:
     """Run ``work(*args, src, dst, overwrite)`` for each task in ``jobs`` spawned workers.
 
+    ``ready(task)`` is asked just before a task is handed out (False: it was recorded, skip it).
     Returns the tasks that were in a worker, or queued for one, when a worker died: each of them
-    may be the cause. A worker whose codec failed to load stops the batch (RuntimeError).
+    may be the cause. A worker whose codec failed to load stops the batch (RuntimeError). On
+    Terminated (SIGTERM) the workers are stopped at once; on anything else the running files finish.
     """
     ctx = multiprocessing.get_context("spawn")
     queue, suspects = deque(tasks), []
@@ -391,7 +602,10 @@ def _run_pool(work, args: tuple, tasks: list, jobs: int, initargs: tuple, done) 
                 while queue or running:
                     while queue and len(running) < _IN_FLIGHT_PER_JOB * jobs:
                         task = queue.popleft()
-                        running[pool.submit(work, *args, task.src, task.dst, task.overwrite)] = task
+                        if ready(task):
+                            running[pool.submit(work, *args, task.src, task.dst, task.overwrite)] = task
+                    if not running:
+                        break
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     broken = any(isinstance(f.exception(), BrokenProcessPool) for f in finished)
                     if broken:
@@ -407,7 +621,10 @@ def _run_pool(work, args: tuple, tasks: list, jobs: int, initargs: tuple, done) 
                         done(task, result)
                     if broken:
                         break  # start a new pool for the rest of the queue
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, Terminated):
+                    for process in list((getattr(pool, "_processes", None) or {}).values()):
+                        process.terminate()  # the supervisor wants us gone: no waiting for files in progress
                 pool.shutdown(wait=True, cancel_futures=True)
                 for f, task in running.items():
                     if f.done() and not f.cancelled() and f.exception() is None and "fatal" not in f.result():
@@ -417,10 +634,11 @@ def _run_pool(work, args: tuple, tasks: list, jobs: int, initargs: tuple, done) 
 
 
 def _summary(kind: str, in_dir: Path, out_dir: Path, total: int, records: list, wall: float, started: str,
-             jobs: int, workers: int, settings: dict, interrupted: bool) -> dict:
+             jobs: int, workers: int, settings: dict, interrupted: Optional[str], stale_tmp: int = 0) -> dict:
     """The batch in numbers (module docstring); ``ratio`` is uncompressed : compressed file bytes.
 
-    ``total`` counts the files found; after an interruption, ``files`` holds only those finished.
+    ``total`` counts the files found; after an interruption (``interrupted_by`` the signal), ``files``
+    holds only those finished. ``stale_tmp_removed``: temporary files of killed runs cleaned up.
     """
     records = sorted(records, key=lambda r: r["input"])
     count = Counter(r["status"] for r in records)
@@ -432,7 +650,8 @@ def _summary(kind: str, in_dir: Path, out_dir: Path, total: int, records: list, 
     return {
         "command": kind, "input_dir": str(in_dir.resolve()), "output_dir": str(out_dir.resolve()), **settings,
         "jobs": jobs, "worker_processes": workers if workers > 1 else 0, "started": started,
-        "interrupted": interrupted, "total": total, "ok": count["ok"], "skipped": count["skipped"],
+        "interrupted": interrupted is not None, "interrupted_by": interrupted, "stale_tmp_removed": stale_tmp,
+        "total": total, "ok": count["ok"], "skipped": count["skipped"],
         "failed": count["failed"], "bytes_in": bytes_in, "bytes_out": bytes_out,
         "ratio": round(plain / coded, 4) if coded else None, "wall_seconds": round(wall, 3),
         "files_per_second": round(len(worked) / wall, 3),

@@ -17,7 +17,9 @@ layout, in N worker processes (default: one per CPU), skipping outputs that alre
 --force; output names, resuming and the summary are described in edge_runtime.batch. A progress
 line goes to stderr (in place on a terminal, else every few seconds), each failure as one line;
 the summary goes to stdout and to OUTDIR/batch_summary.json. Exit status 1 if any file failed,
-130 on Ctrl-C (files in progress are finished first).
+130 on Ctrl-C (files in progress are finished first), 143 on SIGTERM (workers stopped at once).
+Symbolic links out of DIR are skipped (reported as failed) unless --follow-symlinks.
+Output closed early (`edge-codec info x.kcd | head -1`): exit status 141, no message.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ _FORMAT_SUFFIXES = {"dcm": (".dcm", ".dicom"), "png": (".png",), "tif": (".tif",
 EXIT_ERROR = 1
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+EXIT_BROKEN_PIPE = 141
 PROGRESS_EVERY = 5.0
 """Seconds between progress lines when stderr is not a terminal."""
 
@@ -56,11 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="worker processes: one per file of a folder, or one per plane of a multi-frame image "
                            "(default: one per CPU; 1 works in this process)")
 
+    links = argparse.ArgumentParser(add_help=False)
+    links.add_argument("--follow-symlinks", action="store_true",
+                       help="folders: also code files that symbolic links lead to outside IN (default: skip them)")
+
     p = argparse.ArgumentParser(prog="edge-codec", description="keras_codec edge runtime (no TensorFlow)")
     p.add_argument("--version", action="version", version=f"edge-codec {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{encode,decode,info,verify}")
 
-    enc = sub.add_parser("encode", parents=[common, bundle, force, jobs],
+    enc = sub.add_parser("encode", parents=[common, bundle, force, jobs, links],
                          help="DICOM/PNG/TIFF -> .kcd (a file, or every image under a folder)")
     enc.add_argument("input", metavar="IN", help="an image file, or a folder")
     enc.add_argument("output", metavar="OUT.kcd", help="the .kcd to write, or the output folder when IN is a folder")
@@ -75,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--target-bpp", type=float, default=None, metavar="B",
                      help="the highest quality within B bits per sample (beyond the finest level: an error bound)")
 
-    dec = sub.add_parser("decode", parents=[common, bundle, force, jobs],
+    dec = sub.add_parser("decode", parents=[common, bundle, force, jobs, links],
                          help=".kcd -> DICOM/PNG/TIFF (a file, or every .kcd under a folder)")
     dec.add_argument("input", metavar="IN.kcd", help="a .kcd file, or a folder")
     dec.add_argument("output", metavar="OUT.(dcm|png|tif)",
@@ -203,8 +211,9 @@ def _print_batch_summary(s: dict) -> None:
     workers = f"{s['worker_processes']} worker processes" if s["worker_processes"] else "in this process"
     ratio = "n/a" if s["ratio"] is None else f"{s['ratio']:.2f}:1"
     kinds = "original : coded" if s["command"] == "encode" else "decoded : coded"
+    stopped = f" (interrupted by {s.get('interrupted_by') or 'SIGINT'})" if s["interrupted"] else ""
     print(f"{s['command']} {s['input_dir']} -> {s['output_dir']}: {s['total']} files: {s['ok']} ok, "
-          f"{s['skipped']} skipped, {s['failed']} failed" + (" (interrupted)" if s["interrupted"] else ""))
+          f"{s['skipped']} skipped, {s['failed']} failed{stopped}")
     print(f"  {s['bytes_in'] / MB:.2f} MB in, {s['bytes_out'] / MB:.2f} MB out (files coded), "
           f"ratio {ratio} ({kinds} file bytes)")
     print(f"  {s['wall_seconds']:.2f} s wall, {s['files_per_second']:.2f} files/s, "
@@ -220,7 +229,8 @@ def _run_folder(args) -> int:
     from edge_runtime import batch
 
     progress = _Progress(args.command, args.input)
-    common = dict(jobs=args.jobs, force=args.force, bundle=args.bundle, kernels=args.kernels, on_file=progress)
+    common = dict(jobs=args.jobs, force=args.force, bundle=args.bundle, kernels=args.kernels, on_file=progress,
+                  follow_symlinks=args.follow_symlinks)
     try:
         if args.command == "encode":
             s = batch.encode_folder(args.input, args.output, encode_options=_encode_options(args), **common)
@@ -230,8 +240,9 @@ def _run_folder(args) -> int:
         progress.close()
     _print_batch_summary(s)
     if s["interrupted"]:
-        print(f"edge-codec {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        by = s.get("interrupted_by") or "SIGINT"
+        print(f"edge-codec {args.command}: interrupted ({by})", file=sys.stderr)
+        return EXIT_TERMINATED if by == "SIGTERM" else EXIT_INTERRUPTED
     return EXIT_ERROR if s["failed"] else 0
 
 
@@ -276,11 +287,13 @@ def main(argv=None) -> int:
 
     try:
         return _run(args)
+    except BrokenPipeError:  # the reader went away (`| head`): say nothing more, not even at exit
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except (InvalidBitstreamError, InvalidImageError, InvalidBundleError, FileExistsError, ValueError,
             OSError, RuntimeError) as exc:
         msg = _one_line(exc)
-        named = [n for n in (args.input, getattr(args, "output", None), args.bundle) if n]
-        if not any(n in msg for n in named):
+        if args.input not in msg:  # always the input, also when writing the output failed
             msg = f"{args.input}: {msg}"
         print(f"edge-codec {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_ERROR
@@ -291,6 +304,16 @@ def main(argv=None) -> int:
         print(f"edge-codec {args.command}: internal error on {args.input}: {type(exc).__name__}: "
               f"{_one_line(exc)}", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so the interpreter's final flush raises no second BrokenPipeError."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":
