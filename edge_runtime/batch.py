@@ -414,6 +414,8 @@ def _run_locked(kind, in_dir, out_dir, plan, options, jobs, bundle, kernels, on_
         interrupted = "SIGINT"
     except Terminated:
         interrupted = "SIGTERM"
+        # the stopped workers may have been killed mid-write: their temporary files go too
+        stale += _remove_stale_tmp(out_dir)
     finally:
         _restore_sigterm(previous)
     summary = _summary(kind, in_dir, out_dir, tally.total, records, time.monotonic() - t0, started, jobs, workers,
