@@ -25,6 +25,7 @@ from edge_runtime import bitstream as bs
 from edge_runtime import colour
 from edge_runtime.bundle import Bundle, default_bundle_path, load_bundle
 from edge_runtime.codec import QUALITY_LEVELS, PlaneCoder, decode_image, encode_image
+from edge_runtime.threads import keep_freed_memory
 from edge_runtime.tflite_runner import transforms_for_bundle
 
 __all__ = ["DEFAULT_QUALITY", "LOSSY_METHOD", "choose_operating_point", "decode_file", "encode_file", "info",
@@ -47,6 +48,7 @@ def load_codec(bundle_path=None, kernels: str = "xnnpack", num_threads: int = 2)
     else:
         bundle = load_bundle(default_bundle_path() if bundle_path is None else bundle_path)
     transforms = transforms_for_bundle(bundle, kernels=kernels, num_threads=num_threads)
+    keep_freed_memory()
     return bundle, PlaneCoder(bundle.manifest["codec"], bundle.coding, transforms, bundle.residual, bundle.refine)
 
 

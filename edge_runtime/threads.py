@@ -1,4 +1,4 @@
-"""One BLAS thread for the codec's numpy work.
+"""One BLAS thread for the codec's numpy work, and an allocator that keeps its buffers.
 
 The context network, the refinement's integer convolutions and the lifting run as many small
 matrix products (thousands of rows by a few columns). OpenBLAS splits each over its threads,
@@ -9,10 +9,17 @@ in worker processes (edge_runtime.batch).
 
 `edge-codec` sets ``OPENBLAS_NUM_THREADS=1`` before numpy loads (unless the user set it); a
 library caller gets the same through threadpoolctl, scoped to each encode or decode.
+
+Every pass of the context model allocates arrays of a few MB. glibc serves blocks that large
+with a fresh mmap and returns them on free, so each pass pays for its pages again (page faults
+cost most in a virtual machine): `keep_freed_memory` raises glibc's mmap and trim thresholds so
+those blocks are reused instead: about 10 % of a decode. Peak memory is unchanged; memory a
+decode freed stays with the process for the next one.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 
 _controller = None
@@ -37,3 +44,32 @@ def single_blas_thread():
         return
     with _controller.limit(limits=1, user_api="blas"):
         yield
+
+
+MMAP_THRESHOLD = 64 << 20
+"""Blocks below this come from the heap (reused); larger ones (a whole cine) are still mapped."""
+TRIM_THRESHOLD = 256 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_tuned = None
+
+
+def keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds once per process; False where the C library is not glibc."""
+    global _tuned
+    if _tuned is None:
+        _tuned = False
+        if _glibc():
+            try:
+                libc = ctypes.CDLL(None)
+                _tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and \
+                    bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+            except (OSError, AttributeError):
+                _tuned = False
+    return _tuned
+
+
+def _glibc() -> bool:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (AttributeError, ValueError, OSError):
+        return False

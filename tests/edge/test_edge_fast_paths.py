@@ -90,3 +90,17 @@ def test_symbol_bits_is_per_table_log2():
     for (i, j), v in np.ndenumerate(s):
         pos, esc = tables.positions(int(k[i, j]), np.array([v]))
         assert got[i, j] == pytest.approx(tables._group_bits(int(k[i, j]), np.array([v]), pos, esc)[0])
+
+
+def test_allocator_tuning_is_idempotent_and_changes_no_result(codec, synthetic_dcm):
+    from data.readers import read_image
+    from edge_runtime.codec import decode_image, encode_image
+    from edge_runtime.threads import _glibc, keep_freed_memory
+
+    bundle, coder = codec
+    image = read_image(synthetic_dcm)
+    data = encode_image(image, coder=coder, model_id=bundle.model_id, quality=12)
+    before = decode_image(data, coder=coder)[0].pixels
+    assert keep_freed_memory() is keep_freed_memory() is _glibc()
+    assert encode_image(image, coder=coder, model_id=bundle.model_id, quality=12) == data
+    assert np.array_equal(decode_image(data, coder=coder)[0].pixels, before)
