@@ -8,6 +8,7 @@ fewer bits) and how many streams are byte-identical. Each tree runs in its own c
 two never share imported modules.
 
     .venv/bin/python benchmarks/bench_build_rd.py --ref f1b5fd1 [--qualities 6-22] [--out out/bench]
+        [--ref-python OLD_VENV/bin/python]
 
 Writes out/bench/build_rd.csv (one row per image, quality and build) and build_rd.md.
 """
@@ -50,10 +51,10 @@ print(json.dumps(rows))
 """
 
 
-def run_tree(tree: Path, qualities: list, label: str) -> list:
-    print(f"{label}: {tree}", flush=True)
+def run_tree(tree: Path, qualities: list, label: str, python: str = sys.executable) -> list:
+    print(f"{label}: {tree} ({python})", flush=True)
     env = dict(os.environ, PYTHONPATH=str(tree), OPENBLAS_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(qualities)], cwd=tree, env=env,
+    out = subprocess.run([python, "-c", CHILD, json.dumps(qualities)], cwd=tree, env=env,
                          stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -70,6 +71,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ref", required=True, help="git revision to compare against (e.g. the last release)")
     ap.add_argument("--qualities", default="6-22", help="A-B (every other level) or a comma list")
     ap.add_argument("--out", default=str(ROOT / "out" / "bench"))
+    ap.add_argument("--ref-python", default=sys.executable,
+                    help="interpreter for the reference (a venv with that revision's requirements, e.g. its "
+                         "TFLite runtime); default: this one")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from keras_codec.metrics import bd_rate
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(ref_tree), args.ref],
                        check=True)
         try:
-            ref = run_tree(ref_tree, qualities, f"reference {args.ref}")
+            ref = run_tree(ref_tree, qualities, f"reference {args.ref}", args.ref_python)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(ref_tree)], check=False)
     new = run_tree(ROOT, qualities, "this build")
