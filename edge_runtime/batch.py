@@ -97,13 +97,15 @@ def default_jobs() -> int:
 
 def encode_folder(in_dir, out_dir, *, encode_options: Optional[dict] = None, jobs: Optional[int] = None,
                   force: bool = False, bundle=None, kernels: str = "xnnpack",
-                  on_file: Optional[OnFile] = None, follow_symlinks: bool = False) -> dict:
+                  on_file: Optional[OnFile] = None, follow_symlinks: bool = False,
+                  scheduler: Optional[str] = None) -> dict:
     """Encode every image under ``in_dir`` to ``out_dir`` (same layout); returns the summary.
 
     ``encode_options`` are passed as keyword arguments to runtime.encode_file (``quality``, ...).
     ``bundle``: a bundle folder, None for the default, or (with ``jobs=1`` only) a loaded
     (Bundle, PlaneCoder) pair. ``follow_symlinks``: also code files that links lead to outside
-    ``in_dir`` (their outputs still land under ``out_dir``).
+    ``in_dir`` (their outputs still land under ``out_dir``). ``scheduler``: code the files on a Dask
+    cluster instead of local workers (edge_runtime.cluster; ``jobs`` is then unused).
     """
     options = dict(encode_options or {})
     clash = sorted(set(options) & set(_RESERVED))
@@ -118,15 +120,17 @@ def encode_folder(in_dir, out_dir, *, encode_options: Optional[dict] = None, job
     files, outside = _inside(found, in_dir, follow_symlinks)
     plan = _plan(files, in_dir, out_dir, force, _encode_names, _kcd_complete)
     plan.failed += [_record(p, in_dir, None, out_dir, "failed", reason=_OUT_OF_TREE) for p in outside]
-    return _run("encode", in_dir, out_dir, plan, options, jobs, bundle, kernels, on_file, {"encode_options": options})
+    return _run("encode", in_dir, out_dir, plan, options, jobs, bundle, kernels, on_file, {"encode_options": options},
+                scheduler)
 
 
 def decode_folder(in_dir, out_dir, *, fmt: Optional[str] = None, jobs: Optional[int] = None, force: bool = False,
                   bundle=None, kernels: str = "xnnpack", on_file: Optional[OnFile] = None,
-                  follow_symlinks: bool = False) -> dict:
+                  follow_symlinks: bool = False, scheduler: Optional[str] = None) -> dict:
     """Decode every .kcd under ``in_dir`` to ``out_dir`` (same layout); returns the summary.
 
     ``fmt``: "dcm", "png" or "tif" for every file, or None to choose per stream (module docstring).
+    ``scheduler``: as for encode_folder.
     """
     if fmt is not None and fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)} (or None: chosen per stream), got {fmt!r}")
@@ -149,7 +153,8 @@ def decode_folder(in_dir, out_dir, *, fmt: Optional[str] = None, jobs: Optional[
     plan = _plan([p for p in files if p in formats], in_dir, out_dir, force,
                  lambda ps: _decode_names(ps, formats), lambda p: p.is_file())
     plan.failed += [_record(p, in_dir, None, out_dir, "failed", reason=r) for p, r in unreadable.items()]
-    return _run("decode", in_dir, out_dir, plan, {}, jobs, bundle, kernels, on_file, {"format": fmt or "auto"})
+    return _run("decode", in_dir, out_dir, plan, {}, jobs, bundle, kernels, on_file, {"format": fmt or "auto"},
+                scheduler)
 
 
 # ---- planning -----------------------------------------------------------------------------------
@@ -352,7 +357,11 @@ class Terminated(BaseException):
 
 
 def _run(kind: str, in_dir: Path, out_dir: Path, plan: _Plan, options: dict, jobs: Optional[int], bundle,
-         kernels: str, on_file: Optional[OnFile], settings: dict) -> dict:
+         kernels: str, on_file: Optional[OnFile], settings: dict, scheduler: Optional[str] = None) -> dict:
+    if scheduler is not None:  # distributed is imported only there
+        from edge_runtime import cluster
+
+        return cluster.run(kind, in_dir, out_dir, plan, options, bundle, kernels, on_file, settings, scheduler)
     jobs = default_jobs() if jobs is None else int(jobs)
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")

@@ -5,6 +5,7 @@
     edge-codec encode DIR OUTDIR [same options] [--jobs N]
     edge-codec decode IN.kcd OUT.(dcm|png|tif) [--bundle B] [--force]
     edge-codec decode DIR OUTDIR [--format dcm|png|tif] [--jobs N] [--bundle B] [--force]
+    edge-codec encode|decode DIR OUTDIR [...] --scheduler ADDRESS|local:N   (on a Dask cluster)
     edge-codec info IN.kcd
     edge-codec verify IN.kcd [--bundle B]
 
@@ -18,6 +19,8 @@ layout, in N worker processes (default: one per CPU), skipping outputs that alre
 line goes to stderr (in place on a terminal, else every few seconds), each failure as one line;
 the summary goes to stdout and to OUTDIR/batch_summary.json. Exit status 1 if any file failed,
 130 on Ctrl-C (files in progress are finished first), 143 on SIGTERM (workers stopped at once).
+With --scheduler the files are coded on a Dask cluster instead (edge_runtime.cluster): the same
+outputs, names, resuming and summary; DIR and OUTDIR must be reachable by every worker.
 Symbolic links out of DIR are skipped (reported as failed) unless --follow-symlinks.
 Output closed early (`edge-codec info x.kcd | head -1`): exit status 141, no message.
 """
@@ -60,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="worker processes: one per file of a folder, or one per plane of a multi-frame image "
                            "(default: one per CPU; 1 works in this process)")
 
+    cluster = argparse.ArgumentParser(add_help=False)
+    cluster.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                         help="folders: code the files on a Dask cluster: a scheduler address (tcp://host:8786), "
+                              "a scheduler file (.json), or local:N for N local worker processes; IN and OUT must "
+                              "be reachable by every worker (pip install \"keras-codec[cluster]\")")
     links = argparse.ArgumentParser(add_help=False)
     links.add_argument("--follow-symlinks", action="store_true",
                        help="folders: also code files that symbolic links lead to outside IN (default: skip them)")
@@ -68,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edge-codec {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{encode,decode,info,verify}")
 
-    enc = sub.add_parser("encode", parents=[common, bundle, force, jobs, links],
+    enc = sub.add_parser("encode", parents=[common, bundle, force, jobs, links, cluster],
                          help="DICOM/PNG/TIFF -> .kcd (a file, or every image under a folder)")
     enc.add_argument("input", metavar="IN", help="an image file, or a folder")
     enc.add_argument("output", metavar="OUT.kcd", help="the .kcd to write, or the output folder when IN is a folder")
@@ -83,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--target-bpp", type=float, default=None, metavar="B",
                      help="the highest quality within B bits per sample (beyond the finest level: an error bound)")
 
-    dec = sub.add_parser("decode", parents=[common, bundle, force, jobs, links],
+    dec = sub.add_parser("decode", parents=[common, bundle, force, jobs, links, cluster],
                          help=".kcd -> DICOM/PNG/TIFF (a file, or every .kcd under a folder)")
     dec.add_argument("input", metavar="IN.kcd", help="a .kcd file, or a folder")
     dec.add_argument("output", metavar="OUT.(dcm|png|tif)",
@@ -209,6 +217,8 @@ def _print_batch_summary(s: dict) -> None:
     from edge_runtime.batch import MB, SUMMARY_NAME
 
     workers = f"{s['worker_processes']} worker processes" if s["worker_processes"] else "in this process"
+    if s.get("scheduler"):
+        workers = f"Dask cluster {s['scheduler']}: {s['cluster_workers']} workers, {s['workers_used']} used"
     ratio = "n/a" if s["ratio"] is None else f"{s['ratio']:.2f}:1"
     kinds = "original : coded" if s["command"] == "encode" else "decoded : coded"
     stopped = f" (interrupted by {s.get('interrupted_by') or 'SIGINT'})" if s["interrupted"] else ""
@@ -230,7 +240,7 @@ def _run_folder(args) -> int:
 
     progress = _Progress(args.command, args.input)
     common = dict(jobs=args.jobs, force=args.force, bundle=args.bundle, kernels=args.kernels, on_file=progress,
-                  follow_symlinks=args.follow_symlinks)
+                  follow_symlinks=args.follow_symlinks, scheduler=args.scheduler)
     try:
         if args.command == "encode":
             s = batch.encode_folder(args.input, args.output, encode_options=_encode_options(args), **common)
@@ -251,6 +261,8 @@ def _run(args) -> int:
 
     if args.command in ("encode", "decode") and os.path.isdir(args.input):
         return _run_folder(args)
+    if getattr(args, "scheduler", None) is not None:
+        raise ValueError("--scheduler codes folders; for one file run without it")
     if args.command == "encode":
         r = runtime.encode_file(args.input, args.output, **_encode_options(args), bundle=args.bundle,
                                 force=args.force, kernels=args.kernels, jobs=args.jobs)
