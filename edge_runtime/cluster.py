@@ -41,14 +41,14 @@ __all__ = ["CONNECT_TIMEOUT", "run"]
 
 CONNECT_TIMEOUT = 10.0
 """Seconds to wait for the scheduler before giving up (nothing written)."""
-_IN_FLIGHT_PER_THREAD = 2
+_IN_FLIGHT_PER_THREAD = 4  # tasks queued per worker thread: hide the round trip to the scheduler
 
 
 def run(kind: str, in_dir: Path, out_dir: Path, plan, options: dict, bundle, kernels: str, on_file,
         settings: dict, scheduler: str, connect_timeout: Optional[float] = None) -> dict:
     """Code ``plan`` (edge_runtime.batch._plan) on the cluster at ``scheduler``; returns the summary."""
-    if isinstance(bundle, tuple):
-        raise ValueError("a loaded (Bundle, PlaneCoder) pair cannot be sent to cluster workers; "
+    if bundle is not None and not isinstance(bundle, (str, os.PathLike)):
+        raise ValueError("a loaded bundle or (Bundle, PlaneCoder) pair cannot be sent to cluster workers; "
                          "give the bundle folder (a path every worker can read), or None for the default")
     bundle = None if bundle is None else str(Path(bundle).resolve())
     timeout = CONNECT_TIMEOUT if connect_timeout is None else connect_timeout

@@ -90,6 +90,23 @@ def test_cluster_matches_local_batch_and_resumes(tree, tmp_path, bundle_path, da
     assert _outputs(tmp_path / "dec_dask") == _outputs(tmp_path / "dec_local")
 
 
+def test_interrupted_client_rerun_resumes(tree, tmp_path, bundle_path, dask_cluster):
+    """Ctrl-C on the client: the summary says so; the same call again does only what is left."""
+    address, out = dask_cluster.scheduler_address, tmp_path / "dask"
+
+    def stop(record, snap):
+        if snap["done"] == 3:
+            raise KeyboardInterrupt
+
+    first = batch.encode_folder(tree, out, encode_options={"quality": Q}, bundle=bundle_path, scheduler=address,
+                                on_file=stop)
+    assert first["interrupted"] and first["interrupted_by"] == "SIGINT"
+    again = batch.encode_folder(tree, out, encode_options={"quality": Q}, bundle=bundle_path, scheduler=address)
+    assert not again["interrupted"] and again["ok"] + again["skipped"] == 6 and again["skipped"] >= 2
+    batch.encode_folder(tree, tmp_path / "local", encode_options={"quality": Q}, jobs=1, bundle=bundle_path)
+    assert _outputs(out) == _outputs(tmp_path / "local")
+
+
 def test_cli_local_n(tree, tmp_path, bundle_path, capsys):
     args = ["--bundle", str(bundle_path), "--quality", str(Q)]
     assert main(["encode", str(tree), str(tmp_path / "local"), "--jobs", "1"] + args) == 1
