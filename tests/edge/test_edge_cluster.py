@@ -151,11 +151,15 @@ def test_worker_killed_mid_batch(tmp_path, bundle_path):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address="127.0.0.1:0") as c:
         def kill_one(record, snap):
-            if not killed:
-                nanny = next(iter(c.workers.values()))
-                pid = nanny.process.process.pid
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+            """SIGKILL a worker process the scheduler has files on (running or queued), once."""
+            if killed:
+                return
+            for nanny in c.workers.values():
+                state = c.scheduler.workers.get(nanny.worker_address)
+                if state is not None and state.processing:
+                    killed.append(len(state.processing))
+                    os.kill(nanny.process.process.pid, signal.SIGKILL)
+                    return
 
         s = batch.encode_folder(src, tmp_path / "dask", encode_options={"quality": Q}, bundle=bundle_path,
                                 scheduler=c.scheduler_address, on_file=kill_one)
