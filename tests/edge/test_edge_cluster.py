@@ -143,6 +143,22 @@ def test_bad_scheduler_arguments(tree, tmp_path, bundle_path, codec):
     assert not (tmp_path / "o").exists()
 
 
+def test_scheduler_file(tree, tmp_path, bundle_path, dask_cluster):
+    """A scheduler file (what dask-jobqueue and `dask scheduler --scheduler-file` write) instead of an address."""
+    path = tmp_path / "scheduler.json"
+    path.write_text(json.dumps({"address": dask_cluster.scheduler_address}))
+    s = batch.encode_folder(tree, tmp_path / "out", encode_options={"quality": Q}, bundle=bundle_path,
+                            scheduler=str(path))
+    assert s["ok"] == 6 and s["scheduler"] == dask_cluster.scheduler_address
+
+
+def test_without_distributed_says_what_to_install(tree, tmp_path, bundle_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    with pytest.raises(RuntimeError, match=r'pip install "keras-codec\[cluster\]"'):
+        batch.encode_folder(tree, tmp_path / "out", bundle=bundle_path, scheduler="local:1")
+    assert not (tmp_path / "out").exists()
+
+
 def test_worker_killed_mid_batch(tmp_path, bundle_path):
     src = tmp_path / "in"
     _images(src, 16, seed=3)
