@@ -265,9 +265,13 @@ class Int8PostFilter:
         x = postfilter_input(plane, step, self.spec)
         rows = plane.shape[0]
         q = np.empty(plane.shape, np.int8)
+        window = min(rows, strip + 2 * POSTFILTER_HALO)
         for r0 in range(0, rows, strip):
             r1 = min(rows, r0 + strip)
-            a, b = max(0, r0 - POSTFILTER_HALO), min(rows, r1 + POSTFILTER_HALO)
+            # every window the same height (the first and last slide inward): TFLite re-plans its
+            # tensors whenever the input shape changes; rows beyond the halo change no output row
+            a = max(0, min(r0 - POSTFILTER_HALO, rows - window))
+            b = a + window
             out = np.asarray(sig({name_in: np.ascontiguousarray(x[:, a:b + 2])})[name_out])
             if out.shape != (1, b - a, plane.shape[1], 1):
                 raise InvalidBundleError(f"{self.path}: the post-filter gives shape {out.shape} for rows "

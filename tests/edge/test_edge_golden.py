@@ -44,3 +44,15 @@ def test_xnnpack_is_applied_when_asked_and_not_otherwise():
         pf = coder.transforms["cdf97"].postfilter
         pf(np.zeros((32, 32), np.float32), 0.01)
         assert pf.delegated() is expected, kernels
+
+
+@pytest.mark.parametrize("rows", [5, 37, 100])
+def test_post_filter_strips_give_the_whole_plane_result(rows):
+    """The int8 post-filter run in strips of equal windows (halo above and below) is the same bits as one run."""
+    _bundle, coder = load_codec(None)
+    pf = coder.transforms["cdf97"].postfilter
+    rng = np.random.default_rng(rows)
+    plane = (np.cumsum(rng.normal(0, 0.01, (rows, 48)), axis=0) + rng.normal(0, 0.002, (rows, 48))).astype(np.float32)
+    whole = pf(plane, 0.01, strip=10 ** 6)
+    for strip in (1, 7, 16, 33):
+        assert np.array_equal(pf(plane, 0.01, strip=strip), whole), strip
