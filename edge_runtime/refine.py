@@ -103,11 +103,11 @@ def conv3x3(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
     bound = float(np.abs(x).max(initial=0.0)) * float(np.abs(kernel).sum(axis=(0, 1, 2)).max(initial=0.0))
     if bound + float(np.abs(bias).max(initial=0.0)) >= _EXACT_LIMIT:
         raise ValueError("refinement activations out of the exact range (a corrupt stream?)")
-    p = np.pad(x, ((1, 1), (1, 1), (0, 0)))
     cout = kernel.shape[3]
-    out = np.empty((rows, cols, cout))
-    step = max(1, _CHUNK_PIXELS // max(cols, 1))
     if cin == 1:  # one input channel: one matmul of the 9 taps side by side (im2col)
+        p = np.pad(x, ((1, 1), (1, 1), (0, 0)))
+        out = np.empty((rows, cols, cout))
+        step = max(1, _CHUNK_PIXELS // max(cols, 1))
         w = kernel.reshape(9, cout)
         for r0 in range(0, rows, step):
             r1 = min(rows, r0 + step)
@@ -115,15 +115,24 @@ def conv3x3(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
             np.matmul(cols_.reshape(-1, 9), w, out=out[r0:r1].reshape(-1, cout))
         out += bias
         return out
-    # several channels: accumulate the 9 taps' (pixels x Cin) @ (Cin x Cout) products, no im2col copy
+    # several channels: accumulate the 9 taps' (pixels x Cin) @ (Cin x Cout) products. Outputs are computed
+    # on the padded width (2 extra columns, dropped at the end), so that every tap of a block of rows is
+    # one contiguous slice of the flattened padded input: no copies.
+    wp = cols + 2
+    flat = np.pad(x, ((1, 2), (1, 1), (0, 0))).reshape(-1, cin)  # one more row: the last taps stay inside
+    wide = np.empty((rows, wp, cout))
+    acc_all = wide.reshape(-1, cout)
+    step = max(1, _CHUNK_PIXELS // wp)
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        acc = out[r0:r1].reshape(-1, cout)
+        n = (r1 - r0) * wp
+        acc = acc_all[r0 * wp:r1 * wp]
         acc[:] = bias
         for a in range(3):
             for b in range(3):
-                acc += p[r0 + a:r1 + a, b:b + cols, :].reshape(-1, cin) @ kernel[a, b]
-    return out
+                start = (r0 + a) * wp + b
+                acc += flat[start:start + n] @ kernel[a, b]
+    return wide[:, :cols]
 
 
 def synthesis(bands: list, levels: int, refinement: ExactRefinement, wavelet: str = "cdf97",
