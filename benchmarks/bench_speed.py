@@ -263,21 +263,29 @@ class Bench:
             self.inproc_base(case, image_name, src, image.pixels, codec, mode, param, stem + f"_{param}")
         return params
 
-    def case_ct(self):
+    def lossy_image_case(self, case, name, extra=()):
+        """Ours at --quality on one corpus image, warm in process, then the lossy baselines at our PSNR
+        (and `extra`); (stem, our PSNR, baseline params), or None when ours could not run."""
         from data.corpus import PYDICOM_DATA, corpus_path
         from data.readers import read_image
 
-        src = corpus_path(CT, PYDICOM_DATA)
+        src = corpus_path(name, PYDICOM_DATA)
         image = read_image(src)
-        stem = str(self.tmp / "ct")
+        stem = str(self.tmp / case)
         q = self.args.quality
         self.read_note(src)
-        psnr = self.inproc_ours("ct", CT, src, image.pixels, f"q{q}", {"quality": q}, stem)
+        psnr = self.inproc_ours(case, name, src, image.pixels, f"q{q}", {"quality": q}, stem)
         if psnr is None:
-            return
-        params = self.lossy_baselines("ct", CT, src, image, psnr, stem)
-        self.ct_shared = (Path(stem + ".kcd"), psnr, {c: (p, Path(f"{stem}_{c}.bin")) for c, p in params.items()})
-        self.ratios("ct")
+            return None
+        params = self.lossy_baselines(case, name, src, image, psnr, stem, extra=extra)
+        self.ratios(case)
+        return stem, psnr, params
+
+    def case_ct(self):
+        done = self.lossy_image_case("ct", CT)
+        if done is not None:
+            stem, psnr, params = done
+            self.ct_shared = (Path(stem + ".kcd"), psnr, {c: (p, Path(f"{stem}_{c}.bin")) for c, p in params.items()})
 
     def case_lossless(self):
         from data.corpus import PYDICOM_DATA, corpus_path
@@ -294,20 +302,7 @@ class Bench:
         self.ratios("lossless", reference_mode="lossless")
 
     def case_cr(self):
-        from data.corpus import PYDICOM_DATA, corpus_path
-        from data.readers import read_image
-
-        src = corpus_path(CR, PYDICOM_DATA)
-        image = read_image(src)
-        stem = str(self.tmp / "cr")
-        q = self.args.quality
-        self.read_note(src)
-        psnr = self.inproc_ours("cr", CR, src, image.pixels, f"q{q}", {"quality": q}, stem)
-        if psnr is None:
-            return
-        self.lossy_baselines("cr", CR, src, image, psnr, stem,
-                             extra=(("jpegls", "lossless", None), ("jpegls", "NEAR=2", 2)))
-        self.ratios("cr")
+        self.lossy_image_case("cr", CR, extra=(("jpegls", "lossless", None), ("jpegls", "NEAR=2", 2)))
 
     # ------------------------------------------------------------------ whole-process cases
     def process(self, case, image, codec, mode, op, cmd, *, per="image", scale=1, clean=(), quality=None,

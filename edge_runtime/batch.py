@@ -67,6 +67,7 @@ from data.readers import list_images
 from edge_runtime import OUTPUT_FORMATS
 from edge_runtime import bitstream as bs
 from edge_runtime import runtime
+from edge_runtime.threads import available_cpus
 
 __all__ = ["FORMATS", "LOCK_NAME", "SUMMARY_NAME", "Terminated", "decode_folder", "default_jobs", "encode_folder"]
 
@@ -89,10 +90,7 @@ this run), eta (s, or None before the first file is done)."""
 
 def default_jobs() -> int:
     """The CPUs this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    return available_cpus()
 
 
 def encode_folder(in_dir, out_dir, *, encode_options: Optional[dict] = None, jobs: Optional[int] = None,

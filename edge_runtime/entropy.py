@@ -120,15 +120,6 @@ def group_spans(indices: np.ndarray) -> tuple[np.ndarray, list]:
     return order, [(int(sorted_idx[a]), a, b) for a, b in zip(starts, ends)]
 
 
-def groups(indices: np.ndarray):
-    """(table k, positions of the symbols with index k, in their order) for every k present, ascending."""
-    if indices.size == 0:
-        return
-    order, spans = group_spans(indices)
-    for k, a, b in spans:
-        yield k, order[a:b]
-
-
 def _escape_bits(excess: np.ndarray) -> np.ndarray:
     """Exp-Golomb payload size: exponent symbol (6 bits uniform) + mantissa bits."""
     e = np.floor(np.log2(excess.astype(np.float64) + 1)).astype(np.int64)

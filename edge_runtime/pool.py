@@ -14,6 +14,8 @@ import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 
+from edge_runtime.threads import available_cpus
+
 MIN_PLANES = 8
 """Images with fewer planes are coded in the calling process (starting workers costs about a second)."""
 
@@ -24,8 +26,7 @@ def default_jobs(planes: int) -> int:
     """Worker processes for an image of `planes` planes: one per CPU, 1 (no pool) for small images."""
     if planes < MIN_PLANES:
         return 1
-    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-                      planes // (MIN_PLANES // 2)))
+    return max(1, min(available_cpus(), planes // (MIN_PLANES // 2)))
 
 
 def _init(bundle_path: str, kernels: str) -> None:

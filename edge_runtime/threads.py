@@ -25,6 +25,14 @@ import os
 _controller = None
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 @contextlib.contextmanager
 def single_blas_thread():
     """Run the body with one BLAS thread (a no-op when OPENBLAS_NUM_THREADS=1 or threadpoolctl is missing)."""
