@@ -19,7 +19,7 @@ are over the input files (10^6 bytes). Every Dask output is checked byte for byt
     .venv-edge/bin/python benchmarks/bench_cluster.py                 # 64 images of 256 x 256
     .venv-edge/bin/python benchmarks/bench_cluster.py --images 200 --size 512 --runs 5
 
-Prints a table and writes out/bench/cluster.csv.
+Prints a table and writes out/bench/cluster.csv and cluster.png (images/s per mode and command).
 """
 from __future__ import annotations
 
@@ -143,7 +143,37 @@ def main(argv=None) -> int:
         w.writeheader()
         w.writerows(rows)
     print(f"\nwrote {out}")
+    png = plot(rows, out.with_suffix(".png"), f"{args.images} images of {args.size}², quality {args.quality}")
+    if png is not None:
+        print(f"wrote {png}")
     return 0
+
+
+def plot(rows: list, path: Path, title: str):
+    """Grouped bars of images/s per mode, encode beside decode; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k, command in enumerate(("encode", "decode")):
+        rates = [next((r["images_per_s"] for r in rows if r["mode"] == m and r["command"] == command), 0.0)
+                 for m in modes]
+        xs = [i + (k - 0.5) * 0.38 for i in range(len(modes))]
+        bars = ax.bar(xs, rates, width=0.38, label=command)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks(range(len(modes)), modes)
+    ax.set(ylabel="images/s (median)", title=title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":
