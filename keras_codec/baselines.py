@@ -15,6 +15,10 @@ follow :mod:`keras_codec.metrics`. ``param`` is the codec's quality knob
   irreversible 9/7 wavelet; lossless uses the reversible 5/3 wavelet.
 - JPEG XL (libjxl, effort 7): ``param`` is the Butteraugli distance.
 - JPEG-LS (CharLS): ``param`` is NEAR, the maximum absolute error.
+- HEVC (x265 through ffmpeg, :class:`HEVC`): a video codec, so it codes a
+  whole (frames, rows, cols, samples) sequence at once; ``param`` is x265's
+  constant QP. It is the reference for cine loops (DICOM carries HEVC as a
+  video transfer syntax) and needs the ``ffmpeg`` program with libx265.
 
 Pixel conventions, applied identically when encoding and decoding:
 
@@ -31,7 +35,11 @@ Pixel conventions, applied identically when encoding and decoding:
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +47,7 @@ from keras_codec import metrics
 
 __all__ = [
     "ClassicalCodec",
+    "HEVC",
     "JPEG2000",
     "JPEGLS",
     "JPEGXL",
@@ -461,3 +470,93 @@ def lossless_bpp(image, bits_stored=None, codecs=None):
             )
         result[codec.name] = metrics.bpp(n_bytes, image.size)
     return result
+
+
+class HEVC:
+    """HEVC (x265 through the ``ffmpeg`` program) for frame sequences, at a constant QP.
+
+    ``chroma="444"`` codes RGB as GBR planes (x265's 4:4:4 ``gbrp``: no colour conversion, the
+    best HEVC can do for RGB); ``"420"`` converts to 8-bit YUV 4:2:0, the HEVC Main profile that
+    DICOM's HEVC transfer syntaxes carry. Grey sequences are coded as ``gray`` (8 bits) or
+    ``gray12le`` (9-12 bits). ``keyint`` is the intra period in frames (None: x265's default,
+    250). The bytes counted are the raw Annex-B bitstream (no container). Lossy only.
+    """
+
+    name = "hevc"
+    lossless = False
+
+    def __init__(self, chroma="444", preset="medium", keyint=None, ffmpeg="ffmpeg"):
+        if chroma not in ("444", "420"):
+            raise ValueError(f"chroma must be '444' or '420', got {chroma!r}")
+        self.chroma, self.preset, self.keyint, self.ffmpeg = chroma, preset, keyint, ffmpeg
+
+    @staticmethod
+    def available(ffmpeg="ffmpeg") -> bool:
+        """True when ``ffmpeg`` runs and has the libx265 encoder."""
+        exe = shutil.which(ffmpeg)
+        if exe is None:
+            return False
+        out = subprocess.run([exe, "-hide_banner", "-encoders"], capture_output=True, text=True)
+        return out.returncode == 0 and "libx265" in out.stdout
+
+    def _formats(self, frames):
+        """(raw input pixel format, x265 pixel format, bits) of a (frames, rows, cols, samples) array."""
+        samples, dtype = frames.shape[3], frames.dtype
+        if samples == 3 and dtype == np.uint8:
+            return "rgb24", ("gbrp" if self.chroma == "444" else "yuv420p"), 8
+        if samples == 1 and dtype == np.uint8:
+            return "gray", "gray", 8
+        if samples == 1 and dtype == np.uint16:
+            if frames.size and int(frames.max()) >= 1 << 12:
+                raise ValueError("x265 codes at most 12 bits per sample; this sequence uses more")
+            return "gray12le", "gray12le", 12
+        raise ValueError(f"HEVC here codes 8-bit RGB or grey, or 9-12-bit grey; got {samples} samples of {dtype}")
+
+    def _run(self, args):
+        proc = subprocess.run([self.ffmpeg, "-hide_banner", "-loglevel", "error", "-y", *args],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ffmpeg failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+
+    def encode(self, frames, qp):
+        """(frames, rows, cols, samples) integer array -> HEVC bitstream bytes at constant ``qp`` (0..51)."""
+        frames = np.asarray(frames)
+        if frames.ndim != 4:
+            raise ValueError(f"HEVC codes (frames, rows, cols, samples) arrays, got shape {frames.shape}")
+        raw_fmt, pix_fmt, _ = self._formats(frames)
+        qp = int(qp)
+        if not 0 <= qp <= 51:
+            raise ValueError(f"HEVC QP must be in 0..51, got {qp}")
+        params = [f"qp={qp}", "log-level=error"] + ([f"keyint={int(self.keyint)}"] if self.keyint else [])
+        with tempfile.TemporaryDirectory(prefix="hevc.") as tmp:
+            src, dst = Path(tmp) / "in.raw", Path(tmp) / "out.hevc"
+            np.ascontiguousarray(frames.astype(frames.dtype.newbyteorder("<"))).tofile(src)
+            self._run(["-f", "rawvideo", "-pix_fmt", raw_fmt, "-s", f"{frames.shape[2]}x{frames.shape[1]}",
+                       "-i", str(src), "-c:v", "libx265", "-preset", self.preset, "-pix_fmt", pix_fmt,
+                       "-x265-params", ":".join(params), "-f", "hevc", str(dst)])
+            return dst.read_bytes()
+
+    def decode(self, data, shape, dtype):
+        """HEVC bitstream -> (frames, rows, cols, samples) array of ``shape`` and ``dtype``."""
+        frames, rows, cols, samples = shape
+        raw_fmt, _, _ = self._formats(np.zeros((1, 1, 1, samples), dtype=dtype))
+        with tempfile.TemporaryDirectory(prefix="hevc.") as tmp:
+            src, dst = Path(tmp) / "in.hevc", Path(tmp) / "out.raw"
+            src.write_bytes(data)
+            self._run(["-f", "hevc", "-i", str(src), "-f", "rawvideo", "-pix_fmt", raw_fmt, str(dst)])
+            out = np.fromfile(dst, dtype=np.dtype(dtype).newbyteorder("<"))
+        if out.size != frames * rows * cols * samples:
+            raise RuntimeError(f"ffmpeg decoded {out.size} samples, expected {frames * rows * cols * samples}")
+        return out.reshape(shape).astype(dtype)
+
+    def measure(self, frames, qp):
+        """Row of one sequence at one QP: codec, param, n_bytes, bpp (per sample), psnr, encode_s, decode_s."""
+        frames = np.asarray(frames)
+        t0 = time.perf_counter()
+        data = self.encode(frames, qp)
+        t1 = time.perf_counter()
+        decoded = self.decode(data, frames.shape, frames.dtype)
+        t2 = time.perf_counter()
+        return {"codec": f"{self.name}-{self.chroma}", "param": int(qp), "n_bytes": len(data),
+                "bpp": metrics.bpp(len(data), frames.size), "psnr": metrics.psnr(frames, decoded),
+                "max_abs_err": metrics.max_abs_error(frames, decoded), "encode_s": t1 - t0, "decode_s": t2 - t1}

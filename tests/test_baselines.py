@@ -109,3 +109,38 @@ def test_bad_inputs_are_rejected():
         codec.encode(np.zeros((8, 8), np.float32))
     with pytest.raises(ValueError, match="bits_stored=12"):
         codec.encode(np.full((8, 8), 5000, np.uint16), bits_stored=12)
+
+
+hevc = pytest.mark.skipif(not b.HEVC.available(), reason="needs the ffmpeg program with libx265")
+
+
+@hevc
+@pytest.mark.parametrize("chroma", ["444", "420"])
+def test_hevc_codes_a_sequence_and_quality_follows_qp(chroma):
+    rows, cols = np.mgrid[0:48, 0:64]
+    base = np.stack([(rows * 3 + cols) % 256, (255 - cols * 2) % 256, (rows + 40) % 256], -1)
+    frames = np.stack([np.roll(base, f, axis=1) for f in range(5)]).astype(np.uint8)
+    fine, coarse = b.HEVC(chroma).measure(frames, 4), b.HEVC(chroma).measure(frames, 40)
+    # 4:2:0 loses chroma detail whatever the QP, which caps its PSNR on colour content
+    gain, floor = (10, 60) if chroma == "444" else (1, 30)
+    assert fine["psnr"] > coarse["psnr"] + gain and fine["n_bytes"] > coarse["n_bytes"]
+    assert fine["psnr"] > floor
+    assert fine["codec"] == f"hevc-{chroma}" and fine["bpp"] == metrics.bpp(fine["n_bytes"], frames.size)
+
+
+@hevc
+def test_hevc_12_bit_grey_round_trip_shape_and_dtype():
+    frames = (np.arange(3 * 32 * 40).reshape(3, 32, 40, 1) % 4000).astype(np.uint16)
+    codec = b.HEVC()
+    decoded = codec.decode(codec.encode(frames, 0), frames.shape, frames.dtype)
+    assert decoded.shape == frames.shape and decoded.dtype == np.uint16
+    assert metrics.psnr(frames, decoded) > 50
+
+
+def test_hevc_refuses_what_it_cannot_code():
+    with pytest.raises(ValueError, match="12 bits"):
+        b.HEVC()._formats(np.full((1, 4, 4, 1), 5000, np.uint16))
+    with pytest.raises(ValueError, match="chroma"):
+        b.HEVC(chroma="422")
+    with pytest.raises(ValueError, match="QP"):
+        b.HEVC().encode(np.zeros((1, 8, 8, 1), np.uint8), 60)
