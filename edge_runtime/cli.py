@@ -3,8 +3,10 @@
     edge-codec encode IN OUT.kcd [--quality Q | --max-error D | --target-psnr P | --target-bpp B]
                                  [--bundle B] [--force]
     edge-codec encode DIR OUTDIR [same options] [--jobs N]
+    edge-codec encode --series DIR OUT.kcd [same options]     (a folder of single-slice files of one series)
     edge-codec decode IN.kcd OUT.(dcm|png|tif) [--bundle B] [--force]
     edge-codec decode DIR OUTDIR [--format dcm|png|tif] [--jobs N] [--bundle B] [--force]
+    edge-codec decode SERIES.kcd OUTDIR/ [--bundle B] [--force]  (one DICOM file per slice)
     edge-codec encode|decode DIR OUTDIR [...] --scheduler ADDRESS|local:N   (on a Dask cluster)
     edge-codec info IN.kcd
     edge-codec verify IN.kcd [--bundle B]
@@ -90,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the lowest quality reaching P dB (beyond the finest level: an error bound)")
     how.add_argument("--target-bpp", type=float, default=None, metavar="B",
                      help="the highest quality within B bits per sample (beyond the finest level: an error bound)")
+    enc.add_argument("--series", action="store_true",
+                     help="IN is a folder of single-slice DICOM files of one series: code them as one stream "
+                          "(slices ordered by position; edge_runtime.series)")
 
     dec = sub.add_parser("decode", parents=[common, bundle, force, jobs, links, cluster],
                          help=".kcd -> DICOM/PNG/TIFF (a file, or every .kcd under a folder)")
@@ -159,6 +164,12 @@ def _print_info(d: dict) -> None:
         ("bpp", f"{d['bpp']:.4f} (ratio {d['ratio']:.2f}:1)"),
         ("metadata", f"DICOM header, {d['metadata_bytes']} bytes" if d["has_metadata"] else "none"),
     ]
+    if d.get("series"):
+        s = d["series"]
+        group = f"groups of {s['group']} frame(s)" if s["group"] else "every slice on its own"
+        rows[-1] = ("metadata", f"{s['slices']} slice headers, {d['metadata_bytes']} bytes "
+                                f"({s['common_bytes']} bytes shared by all)")
+        rows.insert(2, ("series", f"{s['slices']} slice(s), ordered by {s['ordering']}, {group}"))
     for k, v in rows:
         print(f"{k + ':':10s} {v}")
 
@@ -256,11 +267,40 @@ def _run_folder(args) -> int:
     return EXIT_ERROR if s["failed"] else 0
 
 
+def _is_folder_name(output: str) -> bool:
+    """Whether a decode output names a folder: an existing one, a trailing separator, or a name without suffix."""
+    return os.path.isdir(output) or output.endswith(("/", os.sep)) or not os.path.splitext(output)[1]
+
+
+def _run_series_encode(args) -> int:
+    from edge_runtime import series
+
+    if getattr(args, "scheduler", None) is not None:
+        raise ValueError("--series codes one folder into one stream here; --scheduler codes folders of files")
+    if not os.path.isdir(args.input):
+        raise NotADirectoryError(f"{args.input}: --series reads a folder of single-slice DICOM files")
+    r = series.encode_series(args.input, args.output, **_encode_options(args), bundle=args.bundle,
+                             force=args.force, kernels=args.kernels, jobs=args.jobs)
+    how = f"quality {r['quality']}" if r["mode"] == "lossy" else r["mode"]
+    print(f"{r['output']}: {r['slices']} slices (ordered by {r['ordering']}), {r['bytes']} bytes, "
+          f"{r['bpp']:.3f} bpp, ratio {r['ratio']:.2f}:1, {how}")
+    return 0
+
+
 def _run(args) -> int:
     from edge_runtime import runtime
 
+    if args.command == "encode" and getattr(args, "series", False):
+        return _run_series_encode(args)
     if args.command in ("encode", "decode") and os.path.isdir(args.input):
         return _run_folder(args)
+    if args.command == "decode" and _is_folder_name(args.output):
+        from edge_runtime import series
+
+        r = series.decode_series(args.input, args.output, force=args.force, bundle=args.bundle,
+                                 kernels=args.kernels, jobs=args.jobs)
+        print(f"{r['output']}: {r['slices']} DICOM slice(s) of {r['rows']} x {r['cols']}")
+        return 0
     if getattr(args, "scheduler", None) is not None:
         raise ValueError("--scheduler codes folders; for one file run without it")
     if args.command == "encode":

@@ -22,7 +22,7 @@ from data.readers import read_image
 from data.writers import DEFAULT_LOSSY_METHOD, note_source_compression, write_dicom, write_png, write_tiff
 from edge_runtime import DEFAULT_QUALITY
 from edge_runtime import bitstream as bs
-from edge_runtime import colour
+from edge_runtime import colour, series
 from edge_runtime.bundle import Bundle, default_bundle_path, load_bundle
 from edge_runtime.codec import QUALITY_LEVELS, PlaneCoder, decode_image, encode_image
 from edge_runtime.threads import keep_freed_memory
@@ -129,12 +129,8 @@ def encode_file(in_path, out_path, quality: int | None = None, bundle=None, forc
     hold 16-bit colours ("palette_kept" in the summary; edge_runtime.colour says why).
     """
     in_path, out_path = Path(in_path), Path(out_path)
-    given = [n for n, v in (("quality", quality), ("max error", max_error), ("target PSNR", target_psnr),
-                            ("target bpp", target_bpp)) if v is not None]
-    if len(given) > 1:
-        raise ValueError(f"choose one of quality, max error, target PSNR and target bpp (got {', '.join(given)})")
-    if out_path.suffix.lower() != ".kcd":
-        raise ValueError(f"{out_path}: a keras_codec stream is written as .kcd; name the output *.kcd")
+    check_encode_request(out_path, quality=quality, max_error=max_error, target_psnr=target_psnr,
+                         target_bpp=target_bpp)
     if not in_path.exists():
         raise FileNotFoundError(f"{in_path}: no such file")
     _check_output(in_path, out_path, force)
@@ -143,13 +139,35 @@ def encode_file(in_path, out_path, quality: int | None = None, bundle=None, forc
     if indices is not None:  # PALETTE COLOR kept: its indices, losslessly (edge_runtime.colour says when)
         image, quality, max_error, target_psnr, target_bpp = indices, None, 0, None, None
     metadata = dicom_metadata(image.dataset) if image.dataset is not None else None
+    return encode_loaded(image, metadata, in_path, out_path, quality=quality, bundle=bundle, force=force,
+                         kernels=kernels, max_error=max_error, target_psnr=target_psnr, target_bpp=target_bpp,
+                         jobs=jobs)
+
+
+def check_encode_request(out_path, *, quality=None, max_error=None, target_psnr=None, target_bpp=None) -> None:
+    """At most one setting, and a .kcd output name (ValueError otherwise)."""
+    given = [n for n, v in (("quality", quality), ("max error", max_error), ("target PSNR", target_psnr),
+                            ("target bpp", target_bpp)) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"choose one of quality, max error, target PSNR and target bpp (got {', '.join(given)})")
+    if Path(out_path).suffix.lower() != ".kcd":
+        raise ValueError(f"{out_path}: a keras_codec stream is written as .kcd; name the output *.kcd")
+
+
+def encode_loaded(image, metadata, in_path, out_path, *, quality=None, bundle=None, force: bool = False,
+                  kernels: str = "xnnpack", max_error=None, target_psnr=None, target_bpp=None, jobs=None,
+                  codec_options: dict | None = None) -> dict:
+    """encode_file's work on an image already read (`in_path` names its source in messages and the summary):
+    `metadata` is the block to carry, `codec_options` more encode_image keywords (a series: series=True)."""
+    in_path, out_path = Path(in_path), Path(out_path)
+    codec_options = dict(codec_options or {})
     b, coder = _codec(bundle, kernels)
     tile = int(b.manifest.get("tile", 2048))
 
     with _plane_pool(b, kernels, image.frames * image.samples, jobs) as plane_map:
         def encode(q, d):
             return encode_image(image, coder=coder, model_id=b.model_id, quality=q, tile=tile, metadata=metadata,
-                                max_error=d, plane_map=plane_map)
+                                max_error=d, plane_map=plane_map, **codec_options)
 
         if target_psnr is not None or target_bpp is not None:  # every bounded point is checked as it is tried
             point = choose_operating_point(image, encode, coder, target_psnr=target_psnr, target_bpp=target_bpp,
@@ -290,6 +308,11 @@ def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: st
     _check_output(in_path, out_path, force)
     data = in_path.read_bytes()
     header, tiles, metadata = bs.parse(data, source=in_path)  # CRC and structure before any model work
+    if suffix in (".dcm", ".dicom") and series.is_series(header, metadata):
+        raise ValueError(f"{in_path}: is a series of {header.frames} slices, decoded to one DICOM file per slice: "
+                         f"give an output folder (edge-codec decode {in_path.name} OUTDIR/)")
+    if series.is_series(header, metadata):
+        metadata = None  # the slices' headers: no one header for a PNG or TIFF
     b, coder = _codec(bundle, kernels, data, in_path)
     if suffix == ".png" and header.frames > 1:
         raise ValueError(f"{out_path}: PNG holds one frame and this stream has {header.frames}; write .tif or .dcm")
@@ -376,6 +399,7 @@ def info(path, bundle_path=None) -> dict:
         "ratio": itemsize * samples / pixel_bytes, "has_metadata": metadata is not None,
         "metadata_bytes": len(metadata) if metadata is not None else 0,
         "colour": _COLOUR_NAMES.get(header.colour), "grey_frames": header.frame_kinds.count(bs.FRAME_GREY),
+        "series": series.describe(header, metadata, path),
     }
 
 
@@ -390,6 +414,16 @@ def verify(path, bundle=None, kernels: str = "xnnpack") -> dict:
     data = path.read_bytes()
     header, _, metadata = bs.parse(data, source=path)
     b, coder = _codec(bundle, kernels, data, path)
+    if series.is_series(header, metadata):  # every slice's header, and the frames group by group
+        slices = series.unpack_headers(metadata, path)
+        if slices.count != header.frames:
+            raise bs.InvalidBitstreamError(path, f"series metadata lists {slices.count} slices for "
+                                                 f"{header.frames} frames")
+        for k in range(slices.count):
+            slices.slice_dataset(k)
+        frames = sum(len(p) for _, p in series.frame_groups(data, coder=coder, model_ids=b.model_ids, source=path))
+        return {"file": str(path), "crc": "ok", "model_id": header.model_id.hex(), "model_known": True,
+                "decoded": [frames, header.rows, header.cols, header.samples], "slices": slices.count, "ok": True}
     image, _ = decode_image(data, coder=coder, model_ids=b.model_ids, source=path)
     if metadata is not None:
         _dataset_from_metadata(metadata, path)
