@@ -256,100 +256,115 @@ def _signatures_cached(digest: bytes, data: bytes) -> list:
 def tflite_signatures(data: bytes) -> list:
     """The signature keys of a TFLite flatbuffer (schema: Model.signature_defs, field 7; SignatureDef
     .signature_key, field 2); ValueError when it is not one. Every offset is bounds-checked, and the
-    buffers, tensors and operators the interpreter reads must lie in the file (a truncated copy fails)."""
-    view = memoryview(data)
-    size = len(view)
-    if size < 8 or bytes(view[4:8]) != b"TFL3":
-        raise ValueError(f"no TFL3 flatbuffer identifier in its first 8 bytes ({size} bytes)")
+    buffers, tensors and operators the interpreter reads must lie in the file (a truncated copy fails).
 
-    def u32(at):
-        if at < 0 or at + 4 > size:
-            raise ValueError(f"offset {at} runs past the end ({size} bytes)")
-        return struct.unpack_from("<I", view, at)[0]
+    The thousands of tensor and operator tables are checked as numpy arrays of positions (_Flatbuffer),
+    not one by one: a bundle loads in every process, so this walk is part of each decode's start-up."""
+    fb = _Flatbuffer(data)
+    model = fb.indirect(np.zeros(1, np.int64))
+    if not 8 <= int(model[0]) < fb.size:
+        raise ValueError(f"the root table offset {int(model[0])} lies outside the file")
+    # Model.buffers: every Buffer's bytes must lie in the file (a truncated copy)
+    buffers = fb.tables(model, 4, "buffer")
+    data_at = fb.field(buffers, 0)
+    begin = fb.indirect(data_at[data_at >= 0])
+    length = fb.u32(begin)
+    if np.any(begin + 4 + length > fb.size):
+        raise ValueError("a buffer runs past the end: the file is truncated")
+    at, length = fb.field(buffers, 1), fb.field(buffers, 2)  # a large model's buffers follow the flatbuffer
+    both = (at >= 0) & (length >= 0) & (np.maximum(at, length) + 8 <= fb.size)
+    offsets, lengths = fb.u64(at[both]), fb.u64(length[both])
+    if np.any((offsets > 1) & (offsets + lengths > fb.size)):
+        raise ValueError("an external buffer runs past the end: the file is truncated")
+    graphs = fb.tables(model, 2, "subgraph")  # tensors and operators, as the interpreter reads them
+    tensors = fb.tables(graphs, 0, "tensor")
+    fb.in_file(tensors, 0, 4, "tensor shape")
+    fb.in_file(tensors, 3, 1, "tensor name")
+    fb.in_file(graphs, 1, 4, "input")
+    fb.in_file(graphs, 2, 4, "output")
+    operators = fb.tables(graphs, 3, "operator")
+    fb.in_file(operators, 1, 4, "operator input")
+    fb.in_file(operators, 2, 4, "operator output")
+    keys = []
+    for sig in fb.tables(model, 7, "signature"):
+        at = fb.field(np.array([sig], np.int64), 2)
+        if at[0] < 0:
+            continue
+        text = int(fb.indirect(at)[0])
+        length = int(fb.u32(np.array([text], np.int64))[0])
+        if text + 4 + length > fb.size:
+            raise ValueError("a signature name runs past the end")
+        keys.append(bytes(data[text + 4:text + 4 + length]).decode("utf-8", "replace"))
+    return keys
 
-    def field(table, index):
-        """Absolute position of a table's field, or None when absent."""
-        vtable = table - struct.unpack("<i", struct.pack("<I", u32(table)))[0]
-        if vtable < 0 or vtable + 4 > size:
+
+class _Flatbuffer:
+    """Bounds-checked reads of many flatbuffer tables at once: positions are int64 arrays, an absent
+    field is -1, and anything pointing outside the file raises ValueError."""
+
+    def __init__(self, data: bytes):
+        self.bytes = np.frombuffer(data, np.uint8)
+        self.size = int(self.bytes.size)
+        if self.size < 8 or bytes(data[4:8]) != b"TFL3":
+            raise ValueError(f"no TFL3 flatbuffer identifier in its first 8 bytes ({self.size} bytes)")
+
+    def _uint(self, at: np.ndarray, width: int) -> np.ndarray:
+        at = np.asarray(at, np.int64)
+        if at.size and (int(at.min()) < 0 or int(at.max()) + width > self.size):
+            raise ValueError(f"an offset runs past the end ({self.size} bytes)")
+        windows = np.lib.stride_tricks.sliding_window_view(self.bytes, width)
+        return np.ascontiguousarray(windows[at]).view(f"<u{width}")[..., 0].astype(np.uint64)
+
+    def u16(self, at):
+        return self._uint(at, 2).astype(np.int64)
+
+    def u32(self, at):
+        return self._uint(at, 4).astype(np.int64)
+
+    def u64(self, at):
+        value = self._uint(at, 8)
+        return np.minimum(value, np.uint64(2 ** 48)).astype(np.int64)  # that far is past the end; sums stay exact
+
+    def indirect(self, at):
+        return np.asarray(at, np.int64) + self.u32(at)
+
+    def field(self, tables: np.ndarray, index: int) -> np.ndarray:
+        """Absolute positions of field `index` of each table (-1 where absent)."""
+        tables = np.asarray(tables, np.int64)
+        soffset = self.u32(tables)
+        vtable = tables - np.where(soffset >= 2 ** 31, soffset - 2 ** 32, soffset)
+        if vtable.size and (int(vtable.min()) < 0 or int(vtable.max()) + 4 > self.size):
             raise ValueError("a vtable lies outside the file")
-        vsize = struct.unpack_from("<H", view, vtable)[0]
-        if vsize < 4 or vsize % 2:
-            raise ValueError(f"a vtable of {vsize} bytes")
+        vsize = self.u16(vtable)
+        if np.any((vsize < 4) | (vsize % 2 == 1)):
+            raise ValueError("a vtable of a bad size")
         slot = 4 + 2 * index
-        if slot + 2 > vsize or vtable + slot + 2 > size:
-            return None
-        offset = struct.unpack_from("<H", view, vtable + slot)[0]
-        return table + offset if offset else None
+        present = (slot + 2 <= vsize) & (vtable + slot + 2 <= self.size)
+        offset = self.u16(np.where(present, vtable + slot, 0))
+        return np.where(present & (offset != 0), tables + offset, -1)
 
-    def indirect(at):
-        return at + u32(at)
+    def tables(self, tables: np.ndarray, index: int, what: str) -> np.ndarray:
+        """The tables the vector field `index` of each table points at, concatenated (absent: none)."""
+        start, count = self._vectors(tables, index, what)
+        if int(count.sum()) > self.size // 4:  # before allocating their positions: 4 bytes an offset
+            raise ValueError(f"{what} lists larger than the file")
+        items = np.repeat(start + 4, count) + 4 * (np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count,
+                                                                                          count))
+        return self.indirect(items)
 
-    def vector(at, what):
-        start = indirect(at)
-        count = u32(start)
-        if count > size // 4:
+    def in_file(self, tables: np.ndarray, index: int, item_size: int, what: str) -> None:
+        """The vector field `index` of each table, of items of `item_size` bytes, lies in the file."""
+        start, count = self._vectors(tables, index, what)
+        if np.any(start + 4 + item_size * count > self.size):
+            raise ValueError(f"a {what} list runs past the end: the file is truncated")
+
+    def _vectors(self, tables, index, what):
+        at = self.field(tables, index)
+        start = self.indirect(at[at >= 0])
+        count = self.u32(start)
+        if np.any(count > self.size // 4):
             raise ValueError(f"a {what} count larger than the file")
         return start, count
-
-    model = indirect(0)
-    if not 8 <= model < size:
-        raise ValueError(f"the root table offset {model} lies outside the file")
-    buffers = field(model, 4)  # Model.buffers: every Buffer's bytes must lie in the file (a truncated copy)
-    if buffers is not None:
-        start, count = vector(buffers, "buffer")
-        for i in range(count):
-            buf = indirect(start + 4 + 4 * i)
-            data = field(buf, 0)
-            if data is not None:
-                begin = indirect(data)
-                length = u32(begin)
-                if begin + 4 + length > size:
-                    raise ValueError(f"buffer {i} ({length} bytes) runs past the end: the file is truncated")
-            at, length = field(buf, 1), field(buf, 2)  # a large model's buffers follow the flatbuffer
-            if at is not None and length is not None and max(at, length) + 8 <= size:
-                at, length = struct.unpack_from("<Q", view, at)[0], struct.unpack_from("<Q", view, length)[0]
-                if at > 1 and at + length > size:
-                    raise ValueError(f"buffer {i} ({length} bytes at {at}) runs past the end: the file is truncated")
-    def table_vector(table, index, what):
-        """The tables a field's vector points at (empty when the field is absent)."""
-        at = field(table, index)
-        if at is None:
-            return []
-        start, count = vector(at, what)
-        return [indirect(start + 4 + 4 * i) for i in range(count)]
-
-    def in_file(table, index, item_size, what):
-        at = field(table, index)
-        if at is not None:
-            start, count = vector(at, what)
-            if start + 4 + item_size * count > size:
-                raise ValueError(f"a {what} list runs past the end: the file is truncated")
-
-    for graph in table_vector(model, 2, "subgraph"):  # tensors and operators, as the interpreter reads them
-        for tensor in table_vector(graph, 0, "tensor"):
-            in_file(tensor, 0, 4, "tensor shape")
-            in_file(tensor, 3, 1, "tensor name")
-        for n, what in ((1, "input"), (2, "output")):
-            in_file(graph, n, 4, what)
-        for op in table_vector(graph, 3, "operator"):
-            in_file(op, 1, 4, "operator input")
-            in_file(op, 2, 4, "operator output")
-    defs = field(model, 7)
-    if defs is None:
-        return []
-    start, count = vector(defs, "signature")
-    keys = []
-    for i in range(count):
-        sig = indirect(start + 4 + 4 * i)
-        at = field(sig, 2)
-        if at is None:
-            continue
-        text = indirect(at)
-        length = u32(text)
-        if text + 4 + length > size:
-            raise ValueError("a signature name runs past the end")
-        keys.append(bytes(view[text + 4:text + 4 + length]).decode("utf-8", "replace"))
-    return keys
 
 
 def default_bundle_path() -> Path:
