@@ -5,6 +5,8 @@
 #               `make demo` runs here; so do the edge tests, to prove the edge needs no TensorFlow.
 #   .venv       the workstation (training, export, the full test suite): requirements.txt, TensorFlow 2.14,
 #               so Python 3.11 (tensorflow-compression's last release is built for TensorFlow 2.14).
+# The corpus volumes (data.corpus.volumes: the NRRD files of the pyradiomics 3.0.1 sdist) are fetched with pip
+# by `make volumes`, which setup and test run: never at run time. Files already in place (SHA-256 checked) are kept.
 # .ci/find-python finds the interpreters (PATH, pyenv, uv) or stops with one line saying what is missing;
 # PYTHON=/path/to/python3.11 or EDGE_PYTHON=/path/to/python3.1x skips the search.
 PYTHON ?=
@@ -21,7 +23,7 @@ DIR ?=
 NEED_311 := make setup and make test (the training stack: TensorFlow 2.14, which tensorflow-compression's last release is built for)
 NEED_EDGE := make demo (no TensorFlow)
 
-.PHONY: demo test setup clean dicom3tools
+.PHONY: demo test setup clean dicom3tools volumes
 
 # The venv is made (and its Python checked) before pip downloads anything.
 $(STAMP): requirements.txt setup.cfg pyproject.toml
@@ -50,7 +52,10 @@ $(EDGE_STAMP): requirements-demo.txt edge_runtime/requirements.txt setup.cfg pyp
 	$(EDGE_BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(EDGE_STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) volumes
+
+volumes: $(STAMP)
+	$(BIN)/python -m data.corpus fetch-volumes
 
 demo: $(EDGE_STAMP)
 	$(EDGE_BIN)/keras-codec demo $(if $(DIR),--dir "$(DIR)",)
@@ -59,9 +64,9 @@ demo: $(EDGE_STAMP)
 dicom3tools:
 	@/bin/sh .ci/dicom3tools
 
-test: $(STAMP) $(EDGE_STAMP) dicom3tools
+test: $(STAMP) $(EDGE_STAMP) dicom3tools volumes
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 	KERAS_CODEC_EDGE_VENV=1 $(EDGE_BIN)/python -m pytest -q -p no:cacheprovider tests/edge
 
 clean:
-	rm -rf $(VENV) $(EDGE_VENV) out .pytest_cache
+	rm -rf $(VENV) $(EDGE_VENV) out .pytest_cache data/volumes

@@ -15,6 +15,10 @@ instead (one sample, photometric PALETTE COLOR, the tables in the data set).
 Every failure to read is an :class:`~data.image.InvalidImageError` naming
 the file, saying what is wrong and, where there is one, the way out.
 This module imports no TensorFlow: the edge runtime uses it.
+
+NRRD volumes (the corpus's pyradiomics volumes, data.corpus.volumes) are read by :func:`read_nrrd`:
+attached header, raw / gzip / bzip2 data, integer and float types, either byte order; detached data
+files, ``line skip`` / ``byte skip`` and text encodings are refused (:class:`NRRDError`).
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ import numpy as np
 
 from data.image import Image, InvalidImageError
 
-__all__ = ["MAX_IMAGE_BYTES", "IMAGE_SUFFIXES", "read_image", "image_from_dataset", "list_images"]
+__all__ = ["MAX_IMAGE_BYTES", "IMAGE_SUFFIXES", "NRRDError", "read_image", "image_from_dataset", "list_images",
+           "nrrd_header", "nrrd_spacing", "read_nrrd", "read_nrrd_bytes"]
 
 MAX_IMAGE_BYTES = 2 ** 31
 """Default ceiling on decoded pixel bytes; larger images are refused before allocation."""
@@ -600,3 +605,141 @@ def _from_cv_pages(path: Path, pages) -> Image:
         photometric="RGB" if pixels.shape[3] == 3 else "MONOCHROME2",
         source=str(path),
     )
+
+
+# --------------------------------------------------------------------------- NRRD volumes
+
+class NRRDError(InvalidImageError):
+    """A file this reader cannot read as an NRRD volume; the message names it and says why."""
+
+
+_NRRD_TYPES = {}
+for _names, _code in (
+        (("signed char", "int8", "int8_t"), "i1"),
+        (("uchar", "unsigned char", "uint8", "uint8_t"), "u1"),
+        (("short", "short int", "signed short", "signed short int", "int16", "int16_t"), "i2"),
+        (("ushort", "unsigned short", "unsigned short int", "uint16", "uint16_t"), "u2"),
+        (("int", "signed int", "int32", "int32_t"), "i4"),
+        (("uint", "unsigned int", "uint32", "uint32_t"), "u4"),
+        (("longlong", "long long", "long long int", "signed long long", "signed long long int", "int64",
+          "int64_t"), "i8"),
+        (("ulonglong", "unsigned long long", "unsigned long long int", "uint64", "uint64_t"), "u8"),
+        (("float",), "f4"),
+        (("double",), "f8")):
+    for _n in _names:
+        _NRRD_TYPES[_n] = _code
+_NRRD_HEADER_LIMIT = 1 << 16
+
+
+def read_nrrd(path) -> tuple[np.ndarray, dict]:
+    """The volume of an NRRD file (attached header) and its header fields (lower-case keys).
+
+    The array's axes are the NRRD ``sizes`` reversed (NRRD lists the fastest axis first), so a
+    ``sizes: 512 512 61`` CT volume comes back as (61, 512, 512): slices, rows, columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NRRDError(path, "no such file")
+    return read_nrrd_bytes(path.read_bytes(), source=path)
+
+
+def nrrd_header(path) -> dict:
+    """The header fields of an NRRD file, read without its data (the first 64 KiB at most)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NRRDError(path, "no such file")
+    with open(path, "rb") as f:
+        head = f.read(_NRRD_HEADER_LIMIT)
+    return _nrrd_fields(head, path)[0]
+
+
+def _nrrd_fields(blob: bytes, source) -> tuple[dict, int]:
+    """(fields, offset of the data) of an NRRD header."""
+    if not blob.startswith(b"NRRD000"):
+        raise NRRDError(source, "not an NRRD file (it does not start with 'NRRD000x')")
+    fields, pos = {}, blob.index(b"\n") + 1 if b"\n" in blob else len(blob)
+    while True:
+        end = blob.find(b"\n", pos)
+        if end < 0:
+            raise NRRDError(source, "the header never ends (no blank line before the data)")
+        line = blob[pos:end].decode("latin-1").rstrip("\r")
+        pos = end + 1
+        if not line:
+            break
+        if line.startswith("#") or line.find(":=") == line.find(":") >= 0:
+            continue  # comments and key:=value pairs carry nothing the pixels need
+        if ": " not in line:
+            raise NRRDError(source, f"header line {line!r} is not 'field: value'")
+        key, value = line.split(": ", 1)
+        fields[key.strip().lower()] = value.strip()
+    for key in ("type", "sizes", "encoding"):
+        if key not in fields:
+            raise NRRDError(source, f"the header has no {key!r} field")
+    return fields, pos
+
+
+def read_nrrd_bytes(blob: bytes, source="<bytes>") -> tuple[np.ndarray, dict]:
+    """:func:`read_nrrd` on the bytes of a file."""
+    import bz2
+    import gzip
+
+    fields, pos = _nrrd_fields(blob, source)
+    for key in ("data file", "datafile"):
+        if key in fields:
+            raise NRRDError(source, f"detached data ({key}: {fields[key]}) is not supported; "
+                                    f"give the file with the data attached")
+    for key in ("line skip", "lineskip", "byte skip", "byteskip"):
+        if fields.get(key, "0").strip() != "0":
+            raise NRRDError(source, f"{key} {fields[key]} is not supported")
+    kind = _NRRD_TYPES.get(fields["type"].lower())
+    if kind is None:
+        raise NRRDError(source, f"type {fields['type']!r} is not supported (integers and floats are)")
+    try:
+        sizes = [int(v) for v in fields["sizes"].split()]
+    except ValueError:
+        raise NRRDError(source, f"sizes {fields['sizes']!r} are not whole numbers") from None
+    if "dimension" in fields and fields["dimension"] != str(len(sizes)):
+        raise NRRDError(source, f"dimension {fields['dimension']} but {len(sizes)} sizes")
+    if not sizes or min(sizes) < 1:
+        raise NRRDError(source, f"sizes {fields['sizes']!r} must be positive")
+    endian = fields.get("endian", "little").lower()
+    if np.dtype(kind).itemsize > 1 and endian not in ("little", "big"):
+        raise NRRDError(source, f"endian {endian!r} is neither little nor big")
+    dtype = np.dtype(("<" if endian == "little" else ">") + kind)
+    count = int(np.prod(sizes))
+    if count * dtype.itemsize > MAX_IMAGE_BYTES:
+        raise NRRDError(source, f"{' x '.join(map(str, sizes))} samples would take more than "
+                                f"{MAX_IMAGE_BYTES:,} bytes")
+    encoding = fields["encoding"].lower()
+    payload = blob[pos:]
+    try:
+        if encoding in ("gzip", "gz"):
+            payload = gzip.decompress(payload)
+        elif encoding in ("bzip2", "bz2"):
+            payload = bz2.decompress(payload)
+        elif encoding != "raw":
+            raise NRRDError(source, f"encoding {encoding!r} is not supported (raw, gzip and bzip2 are)")
+    except (OSError, EOFError, ValueError) as exc:
+        if isinstance(exc, NRRDError):
+            raise
+        raise NRRDError(source, f"the {encoding} data does not decompress ({exc})") from None
+    if len(payload) != count * dtype.itemsize:
+        raise NRRDError(source, f"{len(payload)} bytes of data, expected {count * dtype.itemsize} "
+                                f"({' x '.join(map(str, sizes))} of {fields['type']})")
+    volume = np.frombuffer(payload, dtype=dtype).reshape(sizes[::-1])
+    return volume.astype(dtype.newbyteorder("="), copy=False), fields
+
+
+def nrrd_spacing(fields: dict) -> tuple:
+    """Sample spacing along the NRRD axes (fastest first: x, y, z) from ``space directions``; 1.0 where the
+    header gives none."""
+    text = fields.get("space directions", "")
+    vectors = []
+    for part in text.replace(" ", "").split(")("):
+        part = part.strip("()")
+        try:
+            vectors.append(float(np.linalg.norm([float(v) for v in part.split(",")])))
+        except ValueError:
+            vectors.append(1.0)
+    sizes = fields.get("sizes", "").split()
+    return tuple(vectors) if len(vectors) == len(sizes) else tuple(1.0 for _ in sizes)

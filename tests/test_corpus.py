@@ -100,3 +100,78 @@ def test_missing_package_names_what_to_install(monkeypatch):
 def test_missing_file_names_the_package():
     with pytest.raises(FileNotFoundError, match="no_such_file.dcm.*pydicom-data"):
         corpus_path("no_such_file.dcm", "pydicom-data")
+
+
+# --------------------------------------------------------------------------- volumes
+
+VOLUME_SPLITS = {"train": {"lung1_image.nrrd", "brain1_image.nrrd", "emri_small.dcm", "eCT_Supplemental.dcm",
+                           "OBXXXX1A_2frame.dcm"},
+                 "test": {"lung2_image.nrrd", "brain2_image.nrrd", "color3d_jpeg_baseline.dcm"}}
+
+
+def test_volumes_split_one_ct_and_one_mr_of_pyradiomics_each():
+    for split, names in VOLUME_SPLITS.items():
+        items = corpus_module.volumes(split)
+        assert {v.name for v in items} == names and all(v.split == split for v in items)
+        nrrd = [v for v in items if v.source == corpus_module.PYRADIOMICS]
+        assert sorted(v.modality for v in nrrd) == ["CT", "MR"]
+    assert corpus_module.volumes() == corpus_module.volumes("train") + corpus_module.volumes("test")
+    with pytest.raises(ValueError, match="split"):
+        corpus_module.volumes("validation")
+
+
+def test_volumes_leave_the_2d_corpus_as_it_was():
+    assert {i.name for i in corpus("test")} == TEST_NAMES
+    assert not {v.name for v in corpus_module.volumes()} & {i.name for i in corpus("test")}
+
+
+def test_volume_items_describe_their_files():
+    lung2 = next(v for v in corpus_module.volumes("test") if v.name == "lung2_image.nrrd")
+    assert (lung2.modality, lung2.frames, lung2.rows, lung2.cols, lung2.samples) == ("CT", 61, 512, 512, 1)
+    assert lung2.spacing[2] == pytest.approx(5.0)
+    brain1 = next(v for v in corpus_module.volumes("train") if v.name == "brain1_image.nrrd")
+    assert (brain1.frames, brain1.rows, brain1.cols) == (25, 256, 256)
+    assert brain1.spacing == pytest.approx((0.78125, 0.78125, 6.5))
+    cine = next(v for v in corpus_module.volumes("test") if v.name == "color3d_jpeg_baseline.dcm")
+    assert (cine.frames, cine.samples, cine.lossy_source) == (120, 3, True)
+
+
+def test_load_volume_gives_slices_as_frames():
+    brain2 = next(v for v in corpus_module.volumes("test") if v.name == "brain2_image.nrrd")
+    image = corpus_module.load_volume(brain2)
+    assert image.pixels.shape == (23, 256, 256, 1) and image.pixels.dtype.name == "int16"
+    assert image.signed and image.bits_stored == 16 and image.modality == "MR"
+    assert 0 <= image.pixels.min() < image.pixels.max() <= 4095
+    emri = next(v for v in corpus_module.volumes("train") if v.name == "emri_small.dcm")
+    assert corpus_module.load_volume(emri).pixels.shape == (10, 64, 64, 1)
+
+
+def test_missing_volume_names_the_fetch_command(monkeypatch, tmp_path):
+    monkeypatch.setenv(corpus_module.VOLUMES_ENV, str(tmp_path))
+    corpus_module._volume_item.cache_clear()
+    try:
+        with pytest.raises(FileNotFoundError, match="lung1_image.nrrd.*make volumes"):
+            corpus_module.volumes("train")
+    finally:
+        monkeypatch.undo()
+        corpus_module._volume_item.cache_clear()
+
+
+def test_fetch_checks_every_file_against_its_hash(tmp_path):
+    import io
+    import tarfile
+
+    sdist = tmp_path / "pyradiomics-3.0.1.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        for name in corpus_module.NRRD_SHA256:
+            blob = b"not the real volume"
+            info = tarfile.TarInfo(f"pyradiomics-3.0.1/data/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    with pytest.raises(RuntimeError, match="SHA-256"):
+        corpus_module.fetch_volumes(tmp_path / "v", sdist=sdist, progress=lambda *_: None)
+    assert not [p for p in (tmp_path / "v").iterdir() if p.suffix == ".nrrd"]  # nothing unchecked left in place
+    # the files fetched at set-up pass (kept as they are, nothing downloaded)
+    said = []
+    assert corpus_module.fetch_volumes(progress=said.append) == corpus_module.volumes_dir()
+    assert said and "all 4" in said[0]
