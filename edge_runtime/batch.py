@@ -17,6 +17,13 @@ The relative layout is kept. Output names, per folder:
 Names are compared ignoring case (as a Windows or macOS file system would); names that still
 clash (they differ only in case) are reported as failures, never written over each other.
 
+Series (edge_runtime.series): with ``series=True`` encode_folder codes each immediate subfolder of
+DIR as one series (one task, ``SUB/ -> SUB.kcd``; files directly in DIR and deeper subfolders are not
+read). decode_folder writes a series stream to a folder of DICOM slices, ``x.kcd -> x/`` (with
+``fmt`` "tif" to one multi-page TIFF instead), complete when every slice file the stream names is
+there. A series is one task in local worker processes and on a Dask cluster alike; its bytes in or
+out are those of the files directly in its folder.
+
 Resuming: an output that exists is skipped (outputs are written atomically, so an existing one is
 complete), except a .kcd that edge_runtime.bitstream.parse refuses, which is encoded again.
 ``force`` re-does everything. Planning reads each existing .kcd output (encode) or each input
@@ -66,7 +73,7 @@ from typing import Callable, Optional
 from data.readers import list_images
 from edge_runtime import OUTPUT_FORMATS
 from edge_runtime import bitstream as bs
-from edge_runtime import runtime
+from edge_runtime import runtime, series
 from edge_runtime.threads import available_cpus
 
 __all__ = ["FORMATS", "LOCK_NAME", "SUMMARY_NAME", "Terminated", "decode_folder", "default_jobs", "encode_folder"]
@@ -96,14 +103,15 @@ def default_jobs() -> int:
 def encode_folder(in_dir, out_dir, *, encode_options: Optional[dict] = None, jobs: Optional[int] = None,
                   force: bool = False, bundle=None, kernels: str = "xnnpack",
                   on_file: Optional[OnFile] = None, follow_symlinks: bool = False,
-                  scheduler: Optional[str] = None) -> dict:
+                  scheduler: Optional[str] = None, series: bool = False) -> dict:
     """Encode every image under ``in_dir`` to ``out_dir`` (same layout); returns the summary.
 
     ``encode_options`` are passed as keyword arguments to runtime.encode_file (``quality``, ...).
     ``bundle``: a bundle folder, None for the default, or (with ``jobs=1`` only) a loaded
     (Bundle, PlaneCoder) pair. ``follow_symlinks``: also code files that links lead to outside
     ``in_dir`` (their outputs still land under ``out_dir``). ``scheduler``: code the files on a Dask
-    cluster instead of local workers (edge_runtime.cluster; ``jobs`` is then unused).
+    cluster instead of local workers (edge_runtime.cluster; ``jobs`` is then unused). ``series``: each
+    immediate subfolder of ``in_dir`` is one series, coded into one stream (module docstring).
     """
     options = dict(encode_options or {})
     clash = sorted(set(options) & set(_RESERVED))
@@ -111,12 +119,23 @@ def encode_folder(in_dir, out_dir, *, encode_options: Optional[dict] = None, job
         raise ValueError(f"encode_options cannot set {', '.join(clash)}: they are encode_folder's own arguments")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     exclude = _check_folders(in_dir, out_dir)
+    if series:
+        found = _series_folders(in_dir, exclude)
+        if not found:
+            raise FileNotFoundError(f"{in_dir}: no subfolders to code as series (hidden ones are skipped): "
+                                    f"nothing to do, nothing written")
+        files, outside = _inside(found, in_dir, follow_symlinks)
+        name = lambda p: p.name + ".kcd"
+        plan = _plan(files, in_dir, out_dir, force, lambda ps: _assign_names(ps, name, name), _output_complete)
+        plan.failed += [_record(p, in_dir, None, out_dir, "failed", reason=_OUT_OF_TREE) for p in outside]
+        return _run("encode", in_dir, out_dir, plan, options, jobs, bundle, kernels, on_file,
+                    {"encode_options": options, "series": True}, scheduler)
     found = [p for p in list_images(in_dir) if not _excluded(p, in_dir, exclude)]
     if not found:
         raise FileNotFoundError(f"{in_dir}: no images found (DICOM, PNG or TIFF; hidden files and folders are "
                                 f"skipped): nothing to do, nothing written")
     files, outside = _inside(found, in_dir, follow_symlinks)
-    plan = _plan(files, in_dir, out_dir, force, _encode_names, _kcd_complete)
+    plan = _plan(files, in_dir, out_dir, force, _encode_names, _output_complete)
     plan.failed += [_record(p, in_dir, None, out_dir, "failed", reason=_OUT_OF_TREE) for p in outside]
     return _run("encode", in_dir, out_dir, plan, options, jobs, bundle, kernels, on_file, {"encode_options": options},
                 scheduler)
@@ -143,13 +162,14 @@ def decode_folder(in_dir, out_dir, *, fmt: Optional[str] = None, jobs: Optional[
     for p in files:
         if fmt is not None:
             formats[p] = fmt
-            continue
+            if fmt != "dcm":
+                continue
         try:
-            formats[p] = _stream_format(p)
+            formats[p] = _stream_format(p, fmt)
         except (ValueError, OSError) as exc:
             unreadable[p] = _reason(exc, p)
     plan = _plan([p for p in files if p in formats], in_dir, out_dir, force,
-                 lambda ps: _decode_names(ps, formats), lambda p: p.is_file())
+                 lambda ps: _decode_names(ps, formats), _output_complete)
     plan.failed += [_record(p, in_dir, None, out_dir, "failed", reason=r) for p, r in unreadable.items()]
     return _run("decode", in_dir, out_dir, plan, {}, jobs, bundle, kernels, on_file, {"format": fmt or "auto"},
                 scheduler)
@@ -220,8 +240,18 @@ def _find_streams(root: Path, exclude: Optional[tuple]) -> list:
     return sorted(found)
 
 
-def _stream_format(path: Path) -> str:
+SERIES = "series"
+"""The 'format' of a series stream decoded to a folder of DICOM slices."""
+
+
+def _stream_format(path: Path, fmt: Optional[str] = None) -> str:
+    """The output format of a stream: ``fmt`` when given (a series stream asked for "dcm" gives SERIES),
+    else chosen by the stream (module docstring)."""
     header, _, metadata = bs.parse(path.read_bytes(), source=path)
+    if series.is_series(header, metadata) and fmt in (None, "dcm"):
+        return SERIES
+    if fmt is not None:
+        return fmt
     return "dcm" if metadata is not None else "tif" if header.frames > 1 else "png"
 
 
@@ -237,8 +267,13 @@ def _encode_names(paths: list) -> dict:
 def _decode_names(paths: list, formats: dict) -> dict:
     def base(p):
         return p.name[:-len(".kcd")]
-    return _assign_names(paths, lambda p: f"{_strip_image_suffix(base(p))}.{formats[p]}",
-                         lambda p: f"{base(p)}.{formats[p]}")
+    def short(p):
+        return _strip_image_suffix(base(p)) + ("" if formats[p] == SERIES else f".{formats[p]}")
+
+    def full(p):
+        return base(p) + ("" if formats[p] == SERIES else f".{formats[p]}")
+
+    return _assign_names(paths, short, full)
 
 
 def _assign_names(paths: list, short, full) -> dict:
@@ -274,10 +309,11 @@ def _plan(files: list, in_dir: Path, out_dir: Path, force: bool, namer, complete
                                                   f"(names differing only in case); rename one"))
                 continue
             dst = out_dir / rel_folder / names[p]
-            if _leaves(dst.parent, out_dir):
-                plan.failed.append(_record(p, in_dir, None, out_dir, "failed", reason=_leaving(dst.parent, out_dir)))
+            if _leaves(dst.parent, out_dir) or (os.path.lexists(dst) and _leaves(dst, out_dir)):
+                where = dst.parent if _leaves(dst.parent, out_dir) else dst
+                plan.failed.append(_record(p, in_dir, None, out_dir, "failed", reason=_leaving(where, out_dir)))
                 continue
-            if dst.exists() and not force and complete(dst):
+            if dst.exists() and not force and complete(p, dst):
                 plan.skipped.append(_record(p, in_dir, dst, out_dir, "skipped", bytes_out=_size(dst)))
             else:
                 plan.tasks.append(_Task(p, dst, dst.exists(), _record(p, in_dir, dst, out_dir, "ok")))
@@ -302,8 +338,32 @@ def _kcd_complete(path: Path) -> bool:
         return False
 
 
+def _output_complete(src: Path, dst: Path) -> bool:
+    """Whether an existing output needs no redoing: a .kcd that parses, a series folder holding every slice
+    its stream names, any other decoded file (written atomically, so whole)."""
+    if dst.suffix.lower() == ".kcd":
+        return _kcd_complete(dst)
+    if dst.is_dir():
+        try:
+            header, _, metadata = bs.parse(src.read_bytes(), source=src)
+            names = series.output_names(series.unpack_headers(metadata, src).names)
+        except (ValueError, OSError):
+            return False
+        return all((dst / n).is_file() for n in names)
+    return dst.is_file()
+
+
+def _series_folders(root: Path, exclude: Optional[tuple]) -> list:
+    """The immediate subfolders of ``root`` (sorted), skipping hidden ones and the output folder."""
+    return sorted(Path(e.path) for e in os.scandir(root)
+                  if e.is_dir() and not e.name.startswith(".") and not _excluded(Path(e.path), root, exclude))
+
+
 def _size(path: Path) -> int:
+    """A file's bytes; a folder's (a series): those of the files directly in it."""
     try:
+        if path.is_dir():
+            return sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
         return path.stat().st_size
     except OSError:
         return 0
@@ -544,12 +604,16 @@ def _code_one(kind: str, codec, src: Path, dst: Path, overwrite: bool, options: 
         dst.parent.mkdir(parents=True, exist_ok=True)
         if kind == "encode":
             # files are the batch's unit of parallel work: no plane workers inside (jobs=1)
-            r = runtime.encode_file(src, dst, bundle=codec, force=overwrite, jobs=1, **options)
-            extra = {"bpp": r["bpp"], "cr": r["ratio"]}
+            code = series.encode_series if src.is_dir() else runtime.encode_file
+            r = code(src, dst, bundle=codec, force=overwrite, jobs=1, **options)
+            extra = {"bpp": r["bpp"], "cr": r["ratio"], **({"slices": r["slices"]} if "slices" in r else {})}
+        elif dst.suffix.lower() not in _IMAGE_SUFFIXES:  # a series stream: a folder of slices
+            r = series.decode_series(src, dst, bundle=codec, force=overwrite, jobs=1)
+            extra = {"slices": r["slices"]}
         else:
             runtime.decode_file(src, dst, bundle=codec, force=overwrite, jobs=1)
             extra = {}
-        return {"status": "ok", "bytes_out": dst.stat().st_size, "seconds": time.perf_counter() - t0, **extra}
+        return {"status": "ok", "bytes_out": _size(dst), "seconds": time.perf_counter() - t0, **extra}
     except Exception as exc:  # one bad file never stops the batch
         return {"status": "failed", "reason": _reason(exc, src), "seconds": time.perf_counter() - t0}
 

@@ -4,6 +4,7 @@
                                  [--bundle B] [--force]
     edge-codec encode DIR OUTDIR [same options] [--jobs N]
     edge-codec encode --series DIR OUT.kcd [same options]     (a folder of single-slice files of one series)
+    edge-codec encode --series DIR OUTDIR [same options]      (each subfolder of DIR one series, as a batch)
     edge-codec decode IN.kcd OUT.(dcm|png|tif) [--bundle B] [--force]
     edge-codec decode DIR OUTDIR [--format dcm|png|tif] [--jobs N] [--bundle B] [--force]
     edge-codec decode SERIES.kcd OUTDIR/ [--bundle B] [--force]  (one DICOM file per slice)
@@ -94,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the highest quality within B bits per sample (beyond the finest level: an error bound)")
     enc.add_argument("--series", action="store_true",
                      help="IN is a folder of single-slice DICOM files of one series: code them as one stream "
-                          "(slices ordered by position; edge_runtime.series)")
+                          "(slices ordered by position; edge_runtime.series); with an output folder, each "
+                          "subfolder of IN is one series, coded as a batch")
 
     dec = sub.add_parser("decode", parents=[common, bundle, force, jobs, links, cluster],
                          help=".kcd -> DICOM/PNG/TIFF (a file, or every .kcd under a folder)")
@@ -254,7 +256,8 @@ def _run_folder(args) -> int:
                   follow_symlinks=args.follow_symlinks, scheduler=args.scheduler)
     try:
         if args.command == "encode":
-            s = batch.encode_folder(args.input, args.output, encode_options=_encode_options(args), **common)
+            s = batch.encode_folder(args.input, args.output, encode_options=_encode_options(args),
+                                    series=getattr(args, "series", False), **common)
         else:
             s = batch.decode_folder(args.input, args.output, fmt=args.format, **common)
     finally:
@@ -275,10 +278,13 @@ def _is_folder_name(output: str) -> bool:
 def _run_series_encode(args) -> int:
     from edge_runtime import series
 
-    if getattr(args, "scheduler", None) is not None:
-        raise ValueError("--series codes one folder into one stream here; --scheduler codes folders of files")
     if not os.path.isdir(args.input):
         raise NotADirectoryError(f"{args.input}: --series reads a folder of single-slice DICOM files")
+    if not args.output.lower().endswith(".kcd"):  # a folder: every subfolder of IN is one series
+        return _run_folder(args)
+    if getattr(args, "scheduler", None) is not None:
+        raise ValueError("--scheduler codes folders: with --series, give an output folder (each subfolder of IN "
+                         "is one series), not a .kcd")
     r = series.encode_series(args.input, args.output, **_encode_options(args), bundle=args.bundle,
                              force=args.force, kernels=args.kernels, jobs=args.jobs)
     how = f"quality {r['quality']}" if r["mode"] == "lossy" else r["mode"]

@@ -220,10 +220,12 @@ def _work(kind: str, options: dict, bundle, kernels: str, src: str, dst: str, ov
     except Exception as exc:
         return {"fatal": " ".join((str(exc) or type(exc).__name__).split())}
     src, dst = Path(src), Path(dst)
-    if not overwrite and dst.exists() and (kind != "encode" or batch._kcd_complete(dst)):
+    if not overwrite and dst.exists() and batch._output_complete(src, dst):
         # an earlier attempt of this task wrote it (atomically) before its worker was lost
         result = {"status": "ok", "bytes_out": batch._size(dst), "seconds": 0.0}
     else:
+        # a series folder a lost worker left half-written: its slices are this stream's, written again
+        overwrite = overwrite or (dst.is_dir() and kind == "decode")
         result = batch._code_one(kind, codec, src, dst, overwrite, options)
     try:
         from distributed import get_worker

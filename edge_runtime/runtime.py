@@ -6,7 +6,8 @@
     verify       CRC, model id held by the bundle, and a full decode
 
 Outputs are written atomically (temporary file, fsync, move), never over an existing file
-unless `force`, and never over the input.
+unless `force`, and never over the input. A folder of single-slice files of one series is coded
+into one stream and decoded back to one file per slice by edge_runtime.series.
 """
 from __future__ import annotations
 

@@ -277,10 +277,11 @@ def _elements(header: bytes) -> Optional[list]:
         ds = pydicom.dcmread(io.BytesIO(header), force=True)
         out = []
         try:
+            encodings = ds._character_set  # text written back in the header's own character set
             for elem in ds:
                 fp = DicomBytesIO()
                 fp.is_little_endian, fp.is_implicit_VR = True, False
-                write_data_element(fp, elem)
+                write_data_element(fp, elem, encodings=encodings)
                 out.append((int(elem.tag), fp.getvalue()))
         except Exception:
             return None
@@ -295,7 +296,8 @@ def pack_headers(headers: list, names: list, ordering: int, *, dedup: bool = Tru
         raise ValueError(f"ordering must be one of {sorted(ORDERINGS)}, got {ordering!r}")
     common, own = b"", list(headers)
     split = [_elements(h) for h in headers] if dedup and len(headers) > 1 else None
-    if split is not None and all(s is not None for s in split):
+    # shared only when every header is exactly its elements re-encoded (so the parts rebuild its bytes)
+    if split is not None and all(s is not None and b"".join(c for _, c in s) == h for s, h in zip(split, headers)):
         shared = set(split[0])
         for s in split[1:]:
             shared &= set(s)

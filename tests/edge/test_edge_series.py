@@ -273,3 +273,18 @@ def test_single_image_stream_to_a_folder_is_refused(tmp_path, bundle_path, synth
     assert main(["encode", str(synthetic_dcm), str(kcd), *bundle]) == 0
     assert main(["decode", str(kcd), str(tmp_path / "out") + "/", *bundle]) == 1
     assert "not a series" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_packed_headers_keep_text_in_its_character_set(tmp_path):
+    names = ["Müller^Jürgen=山田^太郎", "Øster^Åse"]
+    made = make_series(tmp_path / "s", n=2)
+    for (name, ds), person in zip(made, names):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName, ds.StudyDescription = names[0], person  # shared, and each slice's own
+        ds.save_as(tmp_path / "s" / name, enforce_file_format=True)
+    s = series.read_series(tmp_path / "s")
+    got = series.unpack_headers(series.pack_headers(s.headers, s.names, s.ordering))
+    assert got.common  # shared elements, among them the character set and the patient's name
+    for k, person in enumerate(names):
+        ds = got.slice_dataset(k)
+        assert (str(ds.PatientName), ds.StudyDescription) == (names[0], person)
