@@ -4,7 +4,9 @@
     edge-codec decode OUT.kcd OUTDIR/         decode_series: one DICOM file per original slice
 
 Reading (:func:`read_series`). The files directly in DIR (not its subfolders; hidden files and
-``DICOMDIR`` skipped) are the slices: each a single-frame DICOM image. They must be one series
+``DICOMDIR`` skipped) that have an image suffix (data.readers.IMAGE_SUFFIXES) or start like a DICOM
+file whatever their name (``IM0001``, a SOP Instance UID) are the slices: each must be a
+single-frame DICOM image; other files (notes, a ``.json``) are left alone. They must be one series
 and one geometry: the same Series Instance UID, Rows, Columns, Samples per Pixel, Bits Allocated,
 Bits Stored, Pixel Representation, Photometric Interpretation and Image Orientation (Patient)
 (direction cosines within 1e-4). Anything else is refused with one :class:`~data.image.
@@ -69,8 +71,9 @@ import numpy as np
 from data.image import Image, InvalidImageError
 from data.readers import IMAGE_SUFFIXES, MAX_IMAGE_BYTES, read_image
 
-__all__ = ["MAGIC", "ORDERINGS", "LAYOUT_VERSION", "Series", "SeriesHeaders", "decode_series", "output_names",
-           "pack_headers", "read_series", "series_files", "unpack_headers"]
+__all__ = ["MAGIC", "ORDERINGS", "LAYOUT_VERSION", "Series", "SeriesHeaders", "decode_series", "describe",
+           "encode_series", "frame_groups", "is_series", "output_names", "pack_headers", "read_series",
+           "series_files", "unpack_headers"]
 
 MAGIC = b"KCSH"
 LAYOUT_VERSION = 1
@@ -116,13 +119,22 @@ def series_files(folder) -> list:
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.name.startswith(".") or entry.name.upper() == "DICOMDIR" or not entry.is_file():
             continue
-        suffix = Path(entry.name).suffix.lower()
-        if suffix in IMAGE_SUFFIXES or suffix == "":
-            found.append(Path(entry.path))
+        path = Path(entry.path)
+        if path.suffix.lower() in IMAGE_SUFFIXES or _has_dicom_prefix(path):
+            found.append(path)
     if not found:
         raise InvalidImageError(folder, "holds no DICOM files (subfolders are not read): nothing to encode, "
                                         "nothing written")
     return found
+
+
+def _has_dicom_prefix(path: Path) -> bool:
+    """Whether a file starts like a DICOM file (DICM at byte 128), whatever its name (UIDs, IM0001)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
 
 
 def _header(path: Path, folder: Path):

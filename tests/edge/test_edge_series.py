@@ -155,8 +155,19 @@ def test_other_files_refused(tmp_path):
     with pytest.raises(InvalidImageError, match="notes.png is not a DICOM file"):
         series.read_series(tmp_path / "s")
     (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "notes.txt").write_text("not a slice")
     with pytest.raises(InvalidImageError, match="holds no DICOM files"):
         series.read_series(tmp_path / "e")
+
+
+def test_files_named_by_uid_are_slices_and_notes_left_alone(tmp_path):
+    made = make_series(tmp_path / "s", n=3)
+    for name, ds in made:
+        (tmp_path / "s" / name).rename(tmp_path / "s" / ds.SOPInstanceUID)  # suffix: the UID's last part
+    (tmp_path / "s" / "series.json").write_text("{}")
+    s = series.read_series(tmp_path / "s")
+    assert s.names == [ds.SOPInstanceUID for _, ds in made]
+    assert series.output_names(s.names) == [uid + ".dcm" for uid in s.names]
 
 
 # --------------------------------------------------------------------------- packed headers
