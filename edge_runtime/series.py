@@ -278,26 +278,26 @@ def read_series(folder, *, max_bytes: int = MAX_IMAGE_BYTES) -> Series:
 # --------------------------------------------------------------------------- metadata layout
 
 def _elements(header: bytes) -> Optional[list]:
-    """(tag, bytes) of each top-level element of a header, each encoded alone in Explicit VR Little Endian;
-    None when some element does not encode that way."""
-    import pydicom
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_data_element
+    """(tag, bytes) of each top-level element of a header in Explicit VR Little Endian, cut from its own
+    bytes (so text keeps its character set and the parts rebuild the header exactly); None when the
+    header is not in that encoding."""
+    from pydicom.filereader import data_element_generator
 
+    fp = io.BytesIO(header)
+    out, start = [], 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(io.BytesIO(header), force=True)
-        out = []
         try:
-            encodings = ds._character_set  # text written back in the header's own character set
-            for elem in ds:
-                fp = DicomBytesIO()
-                fp.is_little_endian, fp.is_implicit_VR = True, False
-                write_data_element(fp, elem, encodings=encodings)
-                out.append((int(elem.tag), fp.getvalue()))
+            for elem in data_element_generator(fp, False, True):
+                vr = elem.VR
+                if not (isinstance(vr, str) and len(vr) == 2 and vr.isalpha() and vr.isupper()):
+                    return None  # not explicit VR: an implicit header read the wrong way
+                end = fp.tell()
+                out.append((int(elem.tag), header[start:end]))
+                start = end
         except Exception:
             return None
-    return out
+    return out if start == len(header) else None
 
 
 def pack_headers(headers: list, names: list, ordering: int, *, dedup: bool = True) -> bytes:
@@ -308,8 +308,7 @@ def pack_headers(headers: list, names: list, ordering: int, *, dedup: bool = Tru
         raise ValueError(f"ordering must be one of {sorted(ORDERINGS)}, got {ordering!r}")
     common, own = b"", list(headers)
     split = [_elements(h) for h in headers] if dedup and len(headers) > 1 else None
-    # shared only when every header is exactly its elements re-encoded (so the parts rebuild its bytes)
-    if split is not None and all(s is not None and b"".join(c for _, c in s) == h for s, h in zip(split, headers)):
+    if split is not None and all(s is not None for s in split):
         shared = set(split[0])
         for s in split[1:]:
             shared &= set(s)

@@ -299,3 +299,18 @@ def test_packed_headers_keep_text_in_its_character_set(tmp_path):
     for k, person in enumerate(names):
         ds = got.slice_dataset(k)
         assert (str(ds.PatientName), ds.StudyDescription) == (names[0], person)
+
+
+def test_implicit_vr_headers_are_kept_whole(tmp_path):
+    import io
+
+    make_series(tmp_path / "s", n=3)
+    s = series.read_series(tmp_path / "s")
+    implicit = []
+    for h in s.headers:
+        buf = io.BytesIO()
+        pydicom.dcmwrite(buf, pydicom.dcmread(io.BytesIO(h), force=True), implicit_vr=True, little_endian=True)
+        implicit.append(buf.getvalue())
+    got = series.unpack_headers(series.pack_headers(implicit, s.names, s.ordering))
+    assert got.common == b"" and got.own == implicit  # nothing shared: each header as it came
+    assert [got.slice_dataset(k).InstanceNumber for k in range(3)] == [3, 2, 1]
