@@ -314,3 +314,36 @@ def test_implicit_vr_headers_are_kept_whole(tmp_path):
     got = series.unpack_headers(series.pack_headers(implicit, s.names, s.ordering))
     assert got.common == b"" and got.own == implicit  # nothing shared: each header as it came
     assert [got.slice_dataset(k).InstanceNumber for k in range(3)] == [3, 2, 1]
+
+
+_BLOB = []
+
+
+def _valid_block(tmp_path_factory) -> bytes:
+    if not _BLOB:
+        folder = tmp_path_factory.mktemp("blob") / "s"
+        make_series(folder, n=3)
+        s = series.read_series(folder)
+        _BLOB.append(series.pack_headers(s.headers, s.names, s.ordering))
+    return _BLOB[0]
+
+
+def test_damaged_blocks_fail_only_as_bitstream_errors(tmp_path_factory):
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    blob = _valid_block(tmp_path_factory)
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(cut=st.integers(0, len(blob)), at=st.integers(0, len(blob) - 1), value=st.integers(0, 255))
+    def check(cut, at, value):
+        damaged = bytearray(blob[:cut] if cut < len(blob) else blob)
+        if at < len(damaged):
+            damaged[at] = value
+        try:
+            got = series.unpack_headers(bytes(damaged))
+            for k in range(got.count):
+                got.slice_dataset(k)
+        except bs.InvalidBitstreamError:
+            pass
+
+    check()
