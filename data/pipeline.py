@@ -156,6 +156,7 @@ def make_dataset(
     shuffle_buffer: int = 0,
     repeat: bool = True,
     num_parallel_calls: int = tf.data.AUTOTUNE,
+    input_context: Optional[tf.distribute.InputContext] = None,
 ) -> tf.data.Dataset:
     """Batches of random patches, float32 (batch_size, patch_size, patch_size, 1) in [0, 1].
 
@@ -173,6 +174,12 @@ def make_dataset(
     ``shuffle_buffer`` (> 0 adds a seeded shuffle) is rarely useful. With
     ``repeat=False`` the dataset is one "epoch" of ceil(total area / patch area)
     patches rounded up to whole batches; every batch is full.
+
+    Under a tf.distribute strategy (``input_context`` from
+    ``distribute_datasets_from_function``), ``batch_size`` is the global batch:
+    each input pipeline batches its replicas' share, and pipeline k > 0 draws
+    its patches with seed ``seed + k·2^32`` (pipeline 0 keeps ``seed``, so a
+    single-worker run draws the same patches as without a strategy).
     """
     if split == "test":
         raise ValueError("make_dataset: split='test' is refused; training never touches the test "
@@ -184,6 +191,9 @@ def make_dataset(
         raise ValueError(f"make_dataset: scale must be (low, high) with 0 < low <= high, got {scale}")
     if max_angle < 0:
         raise ValueError(f"make_dataset: max_angle must be >= 0 degrees, got {max_angle}")
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+        seed = int(seed) + (int(input_context.input_pipeline_id) << 32)
     if images is None:
         from data.corpus import corpus, load
 

@@ -44,6 +44,8 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    if args.data or args.recipe or args.from_bundle is not None:
+        return _train_recipe(args)
     from keras_codec.config import CodecConfig, named
 
     cfg = CodecConfig.from_json(open(args.config).read()) if args.config.endswith(".json") else named(args.config)
@@ -76,6 +78,55 @@ def _cmd_train(args) -> int:
 
     res = train_paper(cfg, args.out, steps=args.steps)
     print(res)
+    return 0
+
+
+def _train_recipe(args) -> int:
+    """`keras-codec train --data DIR... --out RUN [--recipe R] [--from [BUNDLE]]`: the whole recipe, resumable."""
+    # MultiWorkerMirroredStrategy must exist before any other TensorFlow op
+    from keras_codec.train import default_strategy
+
+    strategy = default_strategy()
+    from keras_codec.training import data as tdata
+    from keras_codec.training.pipeline import run_recipe
+    from keras_codec.training.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe or "default")
+    if args.split_by:
+        recipe = recipe.replace(split_by=args.split_by)
+    if args.seed_given:
+        recipe = recipe.replace(seed=args.seed)
+
+    def say(line):
+        print(line, file=sys.stderr, flush=True)
+
+    say(f"recipe {recipe.name} (digest {recipe.digest()[:12]}...), "
+        f"{len(recipe.finetune if args.from_bundle else recipe.stages)} stages, "
+        f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__})")
+    if args.data:
+        data = tdata.prepare(args.data, val_fraction=recipe.val_fraction, seed=recipe.seed,
+                             split_by=recipe.split_by, progress=say)
+    else:
+        say("data: the sample corpus (train split to train on, test split for the report)")
+        data = tdata.corpus_data()
+    res = run_recipe(recipe, data, args.out, from_bundle=args.from_bundle, strategy=strategy, progress=say,
+                     report=not args.no_report, corpus=not args.data)
+    if res["bundle"] is None:
+        print("worker done (the chief writes the bundle)")
+        return 0
+    print(f"bundle {res['bundle']} (model id {res['model_id'][:16]}...)")
+    if res["report"]:
+        print(f"mean BD-rate vs JPEG 2000 on {len(data.val)} held-out images: "
+              f"{res['report']['mean_bd_rate_vs_jpeg2000']:+.2f} % ({args.out}/report)")
+    print(f"decode with: edge-codec decode IN.kcd OUT.dcm --bundle {res['bundle']}")
+    return 0
+
+
+def _cmd_install_bundle(args) -> int:
+    from keras_codec.training.pipeline import install_bundle
+
+    model_id = install_bundle(args.run, args.to or _default_model(), force=args.force)
+    print(f"installed {args.run}/bundle into {args.to or _default_model()} (model id {model_id[:16]}...)")
     return 0
 
 
@@ -143,6 +194,11 @@ def _default_model() -> str:
     return str(default_bundle_path())
 
 
+def _default_model_lazy() -> str:
+    """Marker of `--from` given without a value: the shipped bundle (resolved after parsing)."""
+    return _default_model()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from keras_codec import __version__
 
@@ -154,11 +210,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--split", choices=["train", "test"], default=None)
     c.set_defaults(func=_cmd_corpus)
 
-    t = sub.add_parser("train", help="train a model (default: fit the context model and write a bundle)")
+    t = sub.add_parser("train", help="train a model: with --data/--recipe/--from, every stage of a recipe "
+                                      "(resumable, ends with a bundle and an RD report); else one stage (--config)")
+    t.add_argument("--data", nargs="+", default=None, metavar="DIR",
+                   help="folders (or files) of your images: DICOM (files, series folders, multi-frame), PNG, TIFF, "
+                        "NIfTI; a validation part is split off by patient/study (default with --recipe/--from "
+                        "and no --data: the sample corpus, its test split for the report)")
+    t.add_argument("--recipe", default=None, help="'default' (what ships), 'quick' or a recipe .json "
+                                                  "(keras_codec.training.recipe)")
+    t.add_argument("--from", dest="from_bundle", nargs="?", const=_default_model_lazy, default=None, metavar="BUNDLE",
+                   help="fine-tune this bundle with the recipe's finetune stages (no value: the shipped one)")
+    t.add_argument("--split-by", choices=["patient", "file"], default=None,
+                   help="validation split by DICOM patient/study (default) or by file")
+    t.add_argument("--no-report", action="store_true", help="skip the RD report on the held-out images")
     t.add_argument("--config", default="default", help="'default', 'paper' or a config .json")
     t.add_argument("--lmbda", type=float, default=None)
     t.add_argument("--steps", type=int, default=0)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=None)
     t.add_argument("--init-only", action="store_true", help="default: write the untrained (step 0) bundle")
     t.add_argument("--out", required=True, help="run / bundle directory")
     t.add_argument("--stage", choices=["fit", "refine"], default="fit",
@@ -168,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--bundle", default=None, help="--stage refine: the bundle to refine")
     t.add_argument("--bundle-out", default=None, help="--stage refine: write the refined bundle (context refitted)")
     t.set_defaults(func=_cmd_train)
+
+    ib = sub.add_parser("install-bundle", help="install a training run's bundle (RUN/bundle) as the edge "
+                                                "runtime's default model")
+    ib.add_argument("run", help="the run folder of keras-codec train")
+    ib.add_argument("--to", default=None, help="model folder (default: edge_runtime/models/default)")
+    ib.add_argument("--force", action="store_true", help="replace the bundle already there")
+    ib.set_defaults(func=_cmd_install_bundle)
 
     e = sub.add_parser("eval", help="rate-distortion of a model bundle against JPEG 2000")
     e.add_argument("--model", default=None, help="bundle directory (default: the shipped one)")
@@ -233,6 +308,11 @@ NEEDS_TENSORFLOW = ("train", "eval", "export")
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "train":
+        if args.from_bundle is _default_model_lazy:
+            args.from_bundle = _default_model()
+        args.seed_given = args.seed is not None
+        args.seed = 0 if args.seed is None else args.seed
     if args.command in NEEDS_TENSORFLOW and importlib.util.find_spec("tensorflow") is None:
         print(f"keras-codec: error: {_needs_workstation(args.command, 'tensorflow')}", file=sys.stderr)
         return 2

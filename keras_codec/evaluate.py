@@ -36,8 +36,10 @@ def evaluation_images(folder=None):
 
 
 def evaluate_bundle(bundle_path, *, folder=None, qualities=None, out_dir="out/eval", progress=print,
-                    with_jpeg2000=True) -> dict:
+                    with_jpeg2000=True, images=None) -> dict:
     """Our codec (Keras transforms) at every quality level against JPEG 2000 searched to our PSNRs.
+
+    On the test split, the images under `folder`, or `images` ((name, Image) pairs) when given.
 
     The measuring is :func:`keras_codec.bench.compare_image`'s (the bench with one anchor and
     the workstation coder); returns {"images": {name: {"bd_rate_vs_jpeg2000", "ours",
@@ -50,7 +52,7 @@ def evaluate_bundle(bundle_path, *, folder=None, qualities=None, out_dir="out/ev
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, summary, results = [], {}, []
-    for name, img in evaluation_images(folder):
+    for name, img in (evaluation_images(folder) if images is None else images):
         def measure(c, q, name=name, img=img):
             r = bench.our_point(c, img, q)
             progress(f"{name:36s} q{q:<2d} {r['bpp']:7.3f} bpp  {r['psnr']:6.2f} dB  ssim {r['ssim']:.4f}  "

@@ -33,40 +33,43 @@ def coder_params(config: CodecConfig, rdo_lambda: float = 0.12) -> dict:
             "wavelet": w.wavelet, "mode": w.mode}
 
 
-def train_crops(max_side: int = MAX_SIDE, max_frames: int = MAX_FRAMES):
+def train_crops(max_side: int = MAX_SIDE, max_frames: int = MAX_FRAMES, images=None):
     """(name, plane in stored integers (int64)) for the train split: every sample of up to `max_frames`
-    frames, a centred crop of at most max_side × max_side; constant crops left out."""
-    from data.corpus import corpus, load
+    frames, a centred crop of at most max_side × max_side; constant crops left out.
 
+    `images`: (name, Image) pairs to take the planes from instead of the corpus train split."""
+    if images is None:
+        from data.corpus import corpus, load
+
+        images = ((item.name, load(item)) for item in corpus("train"))
     out = []
-    for item in corpus("train"):
-        img = load(item)
+    for name, img in images:
         for f in range(min(img.frames, max_frames)):
             for s in range(img.samples):
                 p = img.pixels[f, :, :, s].astype(np.int64)
                 r0, c0 = max(0, (p.shape[0] - max_side) // 2), max(0, (p.shape[1] - max_side) // 2)
                 p = p[r0:r0 + max_side, c0:c0 + max_side]
                 if p.max() > p.min():
-                    out.append((f"{item.name}[{f},{s}]", p))
+                    out.append((f"{name}[{f},{s}]", p))
     return out
 
 
-def train_planes(seed: int = 0, max_side: int = MAX_SIDE):
+def train_planes(seed: int = 0, max_side: int = MAX_SIDE, images=None, max_frames: int = MAX_FRAMES):
     """(name, normalized float plane) of train_crops: [0, 1] over each crop's own range."""
     out = []
-    for name, p in train_crops(max_side):
+    for name, p in train_crops(max_side, max_frames, images):
         p = p.astype(np.float64)
         lo, hi = p.min(), p.max()
         out.append((name, ((p - lo) / (hi - lo)).astype(np.float32)))
     return out
 
 
-def _samples(planes, transforms, params, coding, rdo: bool):
+def _samples(planes, transforms, params, coding, rdo: bool, qualities=FIT_QUALITIES):
     rows_all = []
     for _name, x in planes:
         levels = levels_for(*x.shape, params["levels"])
         bands = transforms.analysis(pad_plane(x, levels), levels)
-        for q in FIT_QUALITIES:
+        for q in qualities:
             scaled, qb = quantize_bands(bands, quantizer_step(q), params["deadzone"])
             if rdo:
                 fin = []
@@ -134,8 +137,10 @@ def write_initial_bundle(config: CodecConfig, out_dir) -> dict:
 
 
 def fit_default(config: CodecConfig, out_dir, *, seed: int = 0, learned_tables: bool = True,
-                progress=print) -> dict:
-    """Fit the context model on the train split and write the bundle to out_dir."""
+                progress=print, images=None, max_side: int = MAX_SIDE, max_frames: int = MAX_FRAMES,
+                qualities=FIT_QUALITIES) -> dict:
+    """Fit the context model on the train split (or on `images`, (name, Image) pairs) and write the bundle
+    to out_dir; `max_side`, `max_frames` and `qualities` choose the planes and quality levels fitted on."""
     from keras_codec.models.wavelet import WaveletTransforms
 
     t0 = time.time()
@@ -147,12 +152,15 @@ def fit_default(config: CodecConfig, out_dir, *, seed: int = 0, learned_tables: 
                               default_ll_weights(w.num_scales, w.scale_min, w.scale_max))
     init.detail[..., 0] = (w.num_scales // 2) << ctx.SHIFT
     transforms = WaveletTransforms(config.wavelet, postfilter=None)
-    planes = train_planes(seed)
-    progress(f"fit: {len(planes)} train planes, qualities {FIT_QUALITIES}")
-    weights = fit_weights(_samples(planes, transforms, params, CodingModel(init, tables), rdo=False),
+    planes = train_planes(seed, max_side, images, max_frames)
+    if not planes:
+        raise ValueError("fit: no train plane with more than one value to fit the context model on")
+    progress(f"fit: {len(planes)} train planes, qualities {tuple(qualities)}")
+    weights = fit_weights(_samples(planes, transforms, params, CodingModel(init, tables), rdo=False,
+                                   qualities=qualities),
                           levels_max, w.num_scales, w.scale_min, w.scale_max, w.deadzone)
     progress(f"fit: first pass done in {time.time() - t0:.1f} s; refitting on RDO-quantized coefficients")
-    samples = _samples(planes, transforms, params, CodingModel(weights, tables), rdo=True)
+    samples = _samples(planes, transforms, params, CodingModel(weights, tables), rdo=True, qualities=qualities)
     weights = fit_weights(samples, levels_max, w.num_scales, w.scale_min, w.scale_max, w.deadzone)
     if learned_tables:
         progress("fit: learning the tables from the train symbols")
@@ -165,7 +173,7 @@ def fit_default(config: CodecConfig, out_dir, *, seed: int = 0, learned_tables: 
         "quality_levels": list(QUALITY_LEVELS),
         "tile": 2048,
         "training": {"stage": "context-fit", "learned_tables": learned_tables, "seed": seed, "split": "train",
-                     "planes": [n for n, _ in planes], "fit_qualities": list(FIT_QUALITIES),
+                     "planes": [n for n, _ in planes], "fit_qualities": list(qualities),
                      "wall_seconds": round(wall, 1), "python": platform.python_version(),
                      "command": "keras-codec train --config default --out <dir>"},
     }
@@ -173,13 +181,15 @@ def fit_default(config: CodecConfig, out_dir, *, seed: int = 0, learned_tables: 
     return {"model_id": model_id.hex(), "wall_seconds": wall, "planes": len(planes)}
 
 
-def refit_context(bundle, *, seed: int = 0, hidden: int = 0, progress=print) -> tuple:
+def refit_context(bundle, *, seed: int = 0, hidden: int = 0, progress=print, images=None,
+                  max_side: int = MAX_SIDE, max_frames: int = MAX_FRAMES, qualities=FIT_QUALITIES) -> tuple:
     """Context weights and tables refitted on the bundle's own (possibly refined) transform.
 
     One maximum-likelihood pass on the RDO-quantized coefficients of every train plane at
     FIT_QUALITIES (quantized with the bundle's own context model), then tables learned from
     the symbols: the second pass of fit_default. `hidden` > 0 adds that many ReLU units per
-    group to the context model. Returns (weights, tables, info).
+    group to the context model. `images`, `max_side`, `max_frames`, `qualities` as in fit_default.
+    Returns (weights, tables, info).
     """
     from keras_codec.models.wavelet import bundle_transforms
 
@@ -189,13 +199,14 @@ def refit_context(bundle, *, seed: int = 0, hidden: int = 0, progress=print) -> 
     w = cfg.wavelet
     transforms = bundle_transforms(bundle, params.get("wavelet", w.wavelet))
     tables = laplace_tables(w.num_scales, w.scale_min, w.scale_max, w.deadzone)
-    planes = train_planes(seed)
-    progress(f"refit: {len(planes)} train planes, qualities {FIT_QUALITIES}")
-    samples = _samples(planes, transforms, params, CodingModel(bundle.coding.weights, tables), rdo=True)
+    planes = train_planes(seed, max_side, images, max_frames)
+    progress(f"refit: {len(planes)} train planes, qualities {tuple(qualities)}")
+    samples = _samples(planes, transforms, params, CodingModel(bundle.coding.weights, tables), rdo=True,
+                       qualities=qualities)
     weights = fit_weights(samples, bundle.coding.weights.levels, w.num_scales, w.scale_min, w.scale_max,
                           w.deadzone, hidden=hidden, progress=progress)
     tables = learn_tables(samples, CodingModel(weights, tables))
     wall = time.time() - t0
     progress(f"refit: done in {wall:.1f} s")
     return weights, tables, {"seed": seed, "split": "train", "planes": len(planes), "hidden": hidden,
-                             "fit_qualities": list(FIT_QUALITIES), "wall_seconds": round(wall, 1)}
+                             "fit_qualities": list(qualities), "wall_seconds": round(wall, 1)}

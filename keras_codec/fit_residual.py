@@ -42,11 +42,12 @@ def initial_model(params: dict) -> res.ResidualModel:
     return res.ResidualModel(np.stack([w] * res.NUM_PASSES), residual_tables(params))
 
 
-def train_integer_planes(max_side: int = MAX_SIDE):
-    """(name, integer plane) of the train split: first frame, every sample, centred crop."""
+def train_integer_planes(max_side: int = MAX_SIDE, images=None):
+    """(name, integer plane) of the train split (or of `images`, (name, Image) pairs): first frame, every
+    sample, centred crop."""
     from keras_codec.fit_default import train_crops
 
-    return train_crops(max_side, max_frames=1)
+    return train_crops(max_side, max_frames=1, images=images)
 
 
 def collect_samples(coder, planes, model, bounds=FIT_BOUNDS, progress=print) -> dict:
@@ -93,8 +94,9 @@ def bits_per_pixel(coder, planes, model, bounds=FIT_BOUNDS) -> dict:
     return out
 
 
-def fit_residual(bundle_dir, seed: int = 0, progress=print) -> dict:
-    """Fit on the train split with the bundle's own coder and write residual.npz into it."""
+def fit_residual(bundle_dir, seed: int = 0, progress=print, images=None, max_side: int = MAX_SIDE) -> dict:
+    """Fit on the train split (or on `images`, (name, Image) pairs; centred crops of at most `max_side`²)
+    with the bundle's own coder and write residual.npz into it."""
     from edge_runtime.bundle import load_bundle, model_id_of
     from edge_runtime.runtime import load_codec
 
@@ -102,11 +104,13 @@ def fit_residual(bundle_dir, seed: int = 0, progress=print) -> dict:
     bundle_dir = Path(bundle_dir)
     bundle, coder = load_codec(load_bundle(bundle_dir))
     params = bundle.manifest["codec"]
-    planes = train_integer_planes()
+    planes = train_integer_planes(max_side, images)
+    if not planes:
+        raise ValueError("fit_residual: no train plane with more than one value to fit the residual model on")
     progress(f"fitting the residual model on {len(planes)} train planes, bounds {FIT_BOUNDS}")
     model0 = initial_model(params)
     model = fit_model(collect_samples(coder, planes, model0, progress=progress), params, seed=seed)
-    record = {"seed": seed, "bounds": list(FIT_BOUNDS), "max_side": MAX_SIDE, "split": "train",
+    record = {"seed": seed, "bounds": list(FIT_BOUNDS), "max_side": max_side, "split": "train",
               "planes": [n for n, _ in planes], "train_bits_per_pixel": bits_per_pixel(coder, planes, model),
               "initial_train_bits_per_pixel": bits_per_pixel(coder, planes, model0),
               "wall_seconds": round(time.time() - t0, 1)}

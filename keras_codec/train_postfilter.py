@@ -122,8 +122,9 @@ def _restore_postfilter(config: CodecConfig, arch: dict, out_dir: Path, refine=N
 
 
 def measure_gain(bundle_dir, postfilter, images=GAIN_IMAGES, qualities=GAIN_QUALITIES,
-                 progress=print) -> dict:
-    """PSNR with and without the post-filter through the real coder (same bytes), on train images only."""
+                 progress=print, sources=None) -> dict:
+    """PSNR with and without the post-filter through the real coder (same bytes), on train images only:
+    the corpus train images named in `images`, or `sources` ((name, Image) pairs) when given."""
     from data.corpus import corpus, load
     from edge_runtime.bundle import load_bundle
     from edge_runtime.codec import PlaneCoder, decode_image, encode_image
@@ -141,12 +142,12 @@ def measure_gain(bundle_dir, postfilter, images=GAIN_IMAGES, qualities=GAIN_QUAL
                           {n: bundle_transforms(bundle, n, pf if n == trained_on else None) for n in names})
 
     plain, filtered = coder(None), coder(postfilter)
-    items = {it.name: it for it in corpus("train")}
+    if sources is None:
+        items = {it.name: it for it in corpus("train")}
+        sources = [(name, load(items[name])) for name in images if name in items]
+    images = [name for name, _ in sources]
     rows = []
-    for name in images:
-        if name not in items:
-            continue
-        img = load(items[name])
+    for name, img in sources:
         bits = 8 * img.pixels.dtype.itemsize
         for q in qualities:
             data = encode_image(img, coder=plain, model_id=bundle.model_id, quality=q)
@@ -177,8 +178,12 @@ def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_o
                      layers: int = 3, input_scaling: str = "step", batch_size: int = 8,
                      learning_rate: float = 1e-3, patch_size: int = 128, log_every: int = 100,
                      ckpt_every: int = 500, measure: bool = True, progress: bool = True,
-                     init_from_bundle: bool = False) -> dict:
-    """Train (or resume) the post-filter in `out_dir`, save `<out_dir>/postfilter.npz`, optionally a bundle copy."""
+                     init_from_bundle: bool = False, images=None, gain_sources=None, strategy=None) -> dict:
+    """Train (or resume) the post-filter in `out_dir`, save `<out_dir>/postfilter.npz`, optionally a bundle copy.
+
+    `images`: Image records to draw the patches from instead of the corpus train split; `gain_sources`:
+    (name, Image) pairs to measure the gain on (measure_gain); `strategy`: a tf.distribute strategy
+    (keras_codec.train.train; `batch_size` is then the global batch)."""
     from data.pipeline import make_dataset
 
     from edge_runtime.bundle import load_bundle
@@ -206,10 +211,11 @@ def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_o
         init = pf0.get_weights()
 
     def dataset_fn(ctx):
-        return make_dataset(split="train", patch_size=patch_size, batch_size=batch_size, seed=seed, scale=None)
+        return make_dataset(images, split="train", patch_size=patch_size, batch_size=batch_size, seed=seed,
+                            scale=None, input_context=ctx)
 
     summary = train(lambda c: _trainer_for(c, arch, refine, init), config, dataset_fn, str(out_dir), steps,
-                    log_every=log_every, ckpt_every=ckpt_every, progress=progress)
+                    log_every=log_every, ckpt_every=ckpt_every, progress=progress, strategy=strategy)
     pf = _restore_postfilter(config, arch, out_dir, refine)
     weights = out_dir / POSTFILTER_FILE
     save_postfilter(pf, weights)
@@ -227,7 +233,7 @@ def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_o
     if init_from_bundle:
         entry["initialized_from"] = manifest["postfilter"].get("command", str(bundle_dir))
     if measure:
-        gain = measure_gain(bundle_dir, pf, progress=print if progress else (lambda *_: None))
+        gain = measure_gain(bundle_dir, pf, progress=print if progress else (lambda *_: None), sources=gain_sources)
         entry["measured_gain_db"] = {"images": gain["images"], "by_quality": gain["mean_gain_db"]}
         (out_dir / "gain.json").write_text(json.dumps(gain, indent=2) + "\n")
     (out_dir / "postfilter_entry.json").write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")

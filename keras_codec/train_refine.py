@@ -187,9 +187,12 @@ def _training_config(manifest: dict, seed: int, batch_size: int, learning_rate: 
                                   patch_size=patch_size, lmbda=1.0 / LAMBDA, wavelet={"refine_channels": channels})
 
 
-def _trainer(config: CodecConfig, arch: dict, detail: np.ndarray) -> RefineTrainer:
+def _trainer(config: CodecConfig, arch: dict, detail: np.ndarray, init=None) -> RefineTrainer:
     w = config.wavelet
-    return RefineTrainer(config, arch, detail, w.deadzone, w.recon_bias, w.levels)
+    model = RefineTrainer(config, arch, detail, w.deadzone, w.recon_bias, w.levels)
+    if init is not None:  # start from these refinement weights (a checkpoint, when there is one, overrides them)
+        model.refine.set_weights(init)
+    return model
 
 
 def restore_trainer(config: CodecConfig, arch: dict, detail: np.ndarray, out_dir: Path) -> RefineTrainer:
@@ -203,8 +206,9 @@ def restore_trainer(config: CodecConfig, arch: dict, detail: np.ndarray, out_dir
 
 
 def write_refined_bundle(bundle_dir, bundle_out, weights_path, entry: dict, refit: bool = True,
-                         context_hidden: int = CONTEXT_HIDDEN, progress=print) -> Path:
-    """Copy the bundle with the refinement; refit its context weights and tables on the refined transform."""
+                         context_hidden: int = CONTEXT_HIDDEN, progress=print, refit_options=None) -> Path:
+    """Copy the bundle with the refinement; refit its context weights and tables on the refined transform
+    (`refit_options`: keyword arguments of keras_codec.fit_default.refit_context, e.g. images)."""
     from edge_runtime.bundle import load_bundle, save_bundle
 
     def update(manifest):
@@ -216,7 +220,8 @@ def write_refined_bundle(bundle_dir, bundle_out, weights_path, entry: dict, refi
         from keras_codec.fit_default import refit_context
 
         bundle = load_bundle(dst)
-        weights, tables, info = refit_context(bundle, hidden=context_hidden, progress=progress)
+        weights, tables, info = refit_context(bundle, hidden=context_hidden, progress=progress,
+                                              **(refit_options or {}))
         manifest = dict(bundle.manifest)
         manifest["training"] = {**manifest.get("training", {}), "refit_after_refine": info}
         save_bundle(dst, {k: v for k, v in manifest.items() if k != "format"}, weights, tables)
@@ -231,8 +236,13 @@ def _run_wall_seconds(out_dir: Path, summary: dict) -> float:
 def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=None, channels: int = 8,
                  layers: int = 3, batch_size: int = 8, learning_rate: float = 5e-4, patch_size: int = 128,
                  log_every: int = 100, ckpt_every: int = 500, progress: bool = True,
-                 context_hidden: int = CONTEXT_HIDDEN) -> dict:
-    """Train (or resume) the refinement in `out_dir`, save `<out_dir>/refine.npz`, optionally a refined bundle."""
+                 context_hidden: int = CONTEXT_HIDDEN, images=None, strategy=None, init_from_bundle: bool = False,
+                 refit_options=None) -> dict:
+    """Train (or resume) the refinement in `out_dir`, save `<out_dir>/refine.npz`, optionally a refined bundle.
+
+    `images`: Image records to draw the patches from instead of the corpus train split (pass the same
+    pairs to the refit through `refit_options={"images": ...}`); `strategy`: a tf.distribute strategy
+    (`batch_size` is then the global batch); `init_from_bundle`: start from the bundle's own refinement."""
     from data.pipeline import make_dataset
     from edge_runtime.bundle import load_bundle
 
@@ -249,12 +259,21 @@ def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=N
     arch_path.write_text(json.dumps(arch, sort_keys=True) + "\n")
     config = _training_config(manifest, seed, batch_size, learning_rate, patch_size, channels)
     detail = bundle.coding.weights.detail
+    init = None
+    if init_from_bundle:
+        from keras_codec.models.refine import load_refinement
 
-    def dataset_fn(_ctx):
-        return make_dataset(split="train", patch_size=patch_size, batch_size=batch_size, seed=seed, scale=None)
+        r0 = load_refinement(bundle, codec.get("wavelet", "cdf97"))
+        if r0 is None or {k: manifest["refine"].get(k) for k in arch} != arch:
+            raise ValueError(f"{bundle_dir}: init_from_bundle needs a refinement of the same architecture {arch}")
+        init = r0.get_weights()
 
-    summary = train(lambda c: _trainer(c, arch, detail), config, dataset_fn, str(out_dir), steps,
-                    log_every=log_every, ckpt_every=ckpt_every, progress=progress)
+    def dataset_fn(ctx):
+        return make_dataset(images, split="train", patch_size=patch_size, batch_size=batch_size, seed=seed,
+                            scale=None, input_context=ctx)
+
+    summary = train(lambda c: _trainer(c, arch, detail, init), config, dataset_fn, str(out_dir), steps,
+                    log_every=log_every, ckpt_every=ckpt_every, progress=progress, strategy=strategy)
     model = restore_trainer(config, arch, detail, out_dir)
     weights = out_dir / REFINE_FILE
     save_refinement(model.refine, weights)
@@ -269,7 +288,7 @@ def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=N
     (out_dir / "refine_entry.json").write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
     if bundle_out is not None:
         write_refined_bundle(bundle_dir, bundle_out, weights, entry, context_hidden=context_hidden,
-                             progress=print if progress else (lambda *_: 0))
+                             progress=print if progress else (lambda *_: 0), refit_options=refit_options)
     return {"summary": summary, "entry": entry, "weights": str(weights)}
 
 
