@@ -158,12 +158,19 @@ class PlaneCoder:
     every CPU. Their stream is: uint8 base quality, uint32 divisor g, uint32
     base length (little-endian); when g = 0 (lossless tiles coded as indices into a table
     of their values) uint32 count and count int32 values, increasing; then the base tile
-    stream and the residual's range-coded words.
+    stream and the residual's range-coded words. The quality byte's high bit (ADAPTIVE)
+    says the residual is the adaptive stream (res.encode_residual_adaptive: tables chosen
+    for the tile per context bucket) rather than the fixed-table one of earlier releases
+    (res.encode_residual), which still decodes; `adaptive=False` writes the older stream.
     """
 
+    ADAPTIVE = 0x80
+    """Flag in an error-bounded tile's quality byte: the residual is res.encode_residual_adaptive's."""
+
     def __init__(self, params: dict, coding: CodingModel, transforms, residual: res.ResidualModel | None = None,
-                 refine: exact_refine.ExactRefinement | None = None):
+                 refine: exact_refine.ExactRefinement | None = None, adaptive: bool = True):
         self.p = params
+        self.adaptive = bool(adaptive)
         self.coding = coding
         self.residual = residual
         self.refine = refine
@@ -299,7 +306,8 @@ class PlaneCoder:
             q = self.search_base_quality(u, top, d, transform) if quality is None else quality
             st = {} if stats is not None else None
             base_stream, body = self._bounded_body(u, top, d, q, st, transform)
-            data = struct.pack("<BII", q, g, len(base_stream)) + table + base_stream + body
+            data = struct.pack("<BII", q | (self.ADAPTIVE if self.adaptive else 0), g,
+                               len(base_stream)) + table + base_stream + body
             if best is None or len(data) < len(best[0]):
                 best = (data, st, len(table))
         if stats is not None:
@@ -319,7 +327,8 @@ class PlaneCoder:
         """(base tile stream, residual stream) of integer tile u in [0, top] within d."""
         model = self._residual_model()
         base_stream, base = self.exact_base(u, top, quality, stats, transform)
-        return base_stream, res.encode_residual(res.quantize(u - base, d), base, d, model, stats=stats)
+        code = res.encode_residual_adaptive if self.adaptive else res.encode_residual
+        return base_stream, code(res.quantize(u - base, d), base, d, model, stats=stats)
 
     def search_base_quality(self, u: np.ndarray, top: int, d: int, transform: str | None = None) -> int:
         """The base quality giving the shortest stream, on a central crop of at most SEARCH_SIDE².
@@ -348,6 +357,7 @@ class PlaneCoder:
         if len(data) < 9:
             raise ValueError("error-bounded tile stream shorter than its 9-byte header")
         q, g, n = struct.unpack_from("<BII", data, 0)
+        adaptive, q = bool(q & self.ADAPTIVE), q & ~self.ADAPTIVE
         off, values = 9, None
         if g == 0:  # indices into a table of values (lossless only)
             count = struct.unpack_from("<I", data, 9)[0] if len(data) >= 13 else 0
@@ -365,7 +375,8 @@ class PlaneCoder:
         if q not in BASE_QUALITIES or n > len(data) - off:
             raise ValueError(f"error-bounded tile header (quality {q}, divisor {g}, base length {n}) is inconsistent")
         base = res.reconstruct_base(self.decode_exact(data[off:off + n], rows, cols, q), 0, top)
-        u = res.dequantize(base, res.decode_residual(data[off + n:], base, d, model), d, 0, top)
+        decode = res.decode_residual_adaptive if adaptive else res.decode_residual
+        u = res.dequantize(base, decode(data[off + n:], base, d, model), d, 0, top)
         return values[u] if values is not None else lo + g * u
 
 

@@ -290,3 +290,177 @@ def collect(e: np.ndarray, base: np.ndarray, max_error: int, model: ResidualMode
 
     _walk(base, max_error, model, visit)
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The adaptive residual stream: the learned model as the prior, tables chosen for the image it codes.
+#
+# The learned context model's table index says how large a residual is likely to be; how large it really is
+# on this image depends on the scanner, the dose, the noise level of each tissue. So the encoder groups the
+# positions of each pass into buckets it shares with the decoder,
+#     bucket = (learned index k, zero context z, intensity class c of the base),
+# and chooses for every bucket that occurs the table that codes its symbols in the fewest bits (two passes over
+# the image: collect, then code). The stream sends, first, the class count code (uniform over
+# len(ADAPTIVE_CLASSES)); then per pass: the prediction code (passes after the first, as in encode_residual),
+# one table number per occurring bucket in increasing bucket order (uniform over the table count), and the
+# symbols. The intensity classes split the base's values at the quantiles the decoder computes from the base
+# (integer thresholds), so noise that grows with the signal (quantum noise in radiographs, CT through bone)
+# gets its own tables. Everything is integer: the same buckets and tables on every CPU.
+
+ADAPTIVE_CLASSES = (1, 2, 4, 8, 16)
+"""Intensity class counts the encoder may choose (per tile; it sends the position in this list)."""
+
+
+def intensity_classes(base: np.ndarray, count: int, sorted_base: np.ndarray | None = None) -> np.ndarray:
+    """Flat class (0..count-1) of every position: the base split at its count-quantiles (integer thresholds).
+
+    `sorted_base` (optional): the base's values already sorted, shared by several counts."""
+    flat = np.asarray(base, np.int64).ravel()
+    if count <= 1 or flat.size == 0:
+        return np.zeros(flat.size, np.int64)
+    s = np.sort(flat) if sorted_base is None else sorted_base
+    thresholds = s[(np.arange(1, count, dtype=np.int64) * s.size) // count]
+    return np.searchsorted(thresholds, flat, side="right").astype(np.int64)
+
+
+def _bucket_keys(idx: np.ndarray, zero: np.ndarray, cls: np.ndarray, count: int) -> np.ndarray:
+    return (idx * 2 + zero) * count + cls
+
+
+_MAG_EXACT = 64
+_MAG_BINS = 48
+
+
+def _mag_bin(mag: np.ndarray) -> np.ndarray:
+    """Magnitude -> cost bin: exact below _MAG_EXACT, then quarter-octave bins (rate estimates only)."""
+    big = mag >= _MAG_EXACT
+    out = np.minimum(mag, _MAG_EXACT - 1)
+    if big.any():
+        o = np.log2(mag[big] / _MAG_EXACT) * 4
+        out[big] = _MAG_EXACT + np.minimum(o.astype(np.int64), _MAG_BINS - 1)
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _bin_costs(tables) -> np.ndarray:
+    """(tables, bins) bits of one symbol of each magnitude bin under each table (bin's centre magnitude)."""
+    centres = np.concatenate([np.arange(_MAG_EXACT), np.round(_MAG_EXACT * 2.0 ** ((np.arange(_MAG_BINS) + 0.5) / 4))])
+    centres = centres.astype(np.int64)
+    return np.stack([tables.symbol_bits(centres, np.full(centres.size, k)) for k in range(tables.num_tables)])
+
+
+def _bucket_choice(keys: np.ndarray, bins: np.ndarray, num_keys: int,
+                   costs: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(occurring buckets ascending, best table of each, estimated bits of the symbols); keys < num_keys."""
+    nbins = costs.shape[1]
+    hist = np.bincount(keys * nbins + bins, minlength=num_keys * nbins).reshape(num_keys, nbins)
+    buckets = np.flatnonzero(hist.any(1))
+    per = hist[buckets].astype(np.float64) @ costs.T  # (buckets, tables)
+    best = per.argmin(1)
+    return buckets, best, float(per[np.arange(buckets.size), best].sum())
+
+
+def _num_keys(tables, count: int) -> int:
+    return tables.num_tables * 2 * count
+
+
+_SHIFT_CODES = 128
+
+
+def _choice_plan(delta: np.ndarray, tables) -> tuple[int, int]:
+    """(shift, table) coding the per-bucket deltas (chosen table - learned index) in the fewest bits."""
+    shift = int(np.clip(np.sort(delta)[delta.size // 2], -_SHIFT_CODES // 2, _SHIFT_CODES // 2 - 1)) if delta.size else 0
+    d = delta - shift
+    k = np.arange(tables.num_tables)[:, None]
+    return shift, int(np.argmin(tables.symbol_bits(np.broadcast_to(d, (k.size, d.size)), k).sum(1)))
+
+
+def _choice_bits(delta: np.ndarray, tables) -> float:
+    shift, t = _choice_plan(delta, tables)
+    return np.log2(_SHIFT_CODES) + np.log2(tables.num_tables) + tables.bits(delta - shift, np.full(delta.size, t))
+
+
+def _encode_choice(enc, delta: np.ndarray, tables) -> None:
+    """A pass's bucket tables as deltas to their learned index: a shift (uniform), a table, the deltas."""
+    shift, t = _choice_plan(delta, tables)
+    enc.encode_uniform([shift + _SHIFT_CODES // 2, t], max(_SHIFT_CODES, tables.num_tables))
+    enc.encode(delta - shift, np.full(delta.size, t))
+
+
+def _decode_choice(dec, n: int, tables) -> np.ndarray:
+    shift, t = (int(v) for v in dec.decode_uniform(2, max(_SHIFT_CODES, tables.num_tables)))
+    if t >= tables.num_tables:
+        raise ValueError(f"adaptive residual stream names table {t} of {tables.num_tables}")
+    return dec.decode(np.full(n, t)) + shift - _SHIFT_CODES // 2
+
+
+def encode_residual_adaptive(e: np.ndarray, base: np.ndarray, max_error: int, model: ResidualModel,
+                             stats: dict | None = None) -> bytes:
+    """Range-coded residual symbols `e` with per-image bucket tables (see ADAPTIVE_CLASSES)."""
+    passes = []
+
+    def visit(phase, idx, f, nb):
+        vals = e[pass_mask(e.shape, phase)]
+        k = choose_prediction(vals, nb) if phase > 0 else 0
+        sym = vals - prediction(nb, k) if phase > 0 else vals
+        passes.append((phase, idx, zero_context(f, len(idx)).astype(np.int64), k, sym))
+        return vals
+
+    _walk(base, max_error, model, visit)
+    tables = model.tables
+    costs = _bin_costs(tables)
+    geometry = _geometry(tuple(base.shape))
+    bins = [_mag_bin(np.abs(p[4])) for p in passes]
+    sorted_base = np.sort(base.ravel())
+    best = None
+    for code, count in enumerate(ADAPTIVE_CLASSES):
+        cls = intensity_classes(base, count, sorted_base)
+        plan, bits = [], 0.0
+        for (phase, idx, zero, k, sym), b_ in zip(passes, bins):
+            keys = _bucket_keys(idx, zero, cls[geometry[phase][0]], count)
+            buckets, choice, b = _bucket_choice(keys, b_, _num_keys(tables, count), costs)
+            plan.append((keys, buckets, choice))
+            bits += b + _choice_bits(choice - buckets // (2 * count), tables)
+        if best is None or bits < best[0]:
+            best = (bits, code, plan)
+        if count > 1 and bits > best[0]:  # the estimate rises with more classes from here on: stop
+            break
+    _bits, code, plan = best
+    enc = Encoder(tables, track=stats is not None)
+    enc.encode_uniform([code], len(ADAPTIVE_CLASSES))
+    for (phase, _idx, _zero, k, sym), (keys, buckets, choice) in zip(passes, plan):
+        if phase > 0:
+            enc.encode_uniform([k], PRED_CODES)
+        _encode_choice(enc, choice - buckets // (2 * ADAPTIVE_CLASSES[code]), tables)
+        lut = np.zeros(_num_keys(tables, ADAPTIVE_CLASSES[code]), np.int64)
+        lut[buckets] = choice
+        enc.encode(sym, lut[keys])
+    if stats is not None:
+        stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + enc.estimated_bits
+    return enc.getvalue()
+
+
+def decode_residual_adaptive(data: bytes, base: np.ndarray, max_error: int, model: ResidualModel) -> np.ndarray:
+    """Inverse of encode_residual_adaptive."""
+    tables = model.tables
+    dec = Decoder(tables, data)
+    code = int(dec.decode_uniform(1, len(ADAPTIVE_CLASSES))[0])
+    count = ADAPTIVE_CLASSES[code]
+    cls = intensity_classes(base, count)
+    geometry = _geometry(tuple(base.shape))
+    num_keys = _num_keys(tables, count)
+
+    def visit(phase, idx, f, nb):
+        pred = prediction(nb, int(dec.decode_uniform(1, PRED_CODES)[0])) if phase > 0 else 0
+        keys = _bucket_keys(idx, zero_context(f, len(idx)).astype(np.int64), cls[geometry[phase][0]], count)
+        present = np.zeros(num_keys, bool)
+        present[keys] = True
+        buckets = np.flatnonzero(present)
+        choice = buckets // (2 * count) + _decode_choice(dec, buckets.size, tables)
+        if choice.size and (choice.min() < 0 or choice.max() >= tables.num_tables):
+            raise ValueError("adaptive residual stream chooses a table outside the model's")
+        lut = np.zeros(num_keys, np.int64)
+        lut[buckets] = choice
+        return dec.decode(lut[keys]) + pred
+
+    return _walk(base, max_error, model, visit)

@@ -50,12 +50,12 @@ def train_integer_planes(max_side: int = MAX_SIDE, images=None):
     return train_crops(max_side, max_frames=1, images=images)
 
 
-def collect_samples(coder, planes, model, bounds=FIT_BOUNDS, progress=print) -> dict:
-    """{phase: (features list, symbols list)} over planes × bounds × base qualities."""
+def collect_samples(coder, planes, model, bounds=FIT_BOUNDS, progress=print, qualities=FIT_QUALITIES) -> dict:
+    """{phase: (features list, symbols list)} over planes × bounds × base `qualities`."""
     groups = {p: ([], []) for p in range(res.NUM_PASSES)}
     for i, (name, x) in enumerate(planes):
         u = x - x.min()
-        for q in FIT_QUALITIES:
+        for q in qualities:
             _, base = coder.exact_base(u, int(u.max()), q)
             for d in bounds:
                 e = res.quantize(u - base, d)

@@ -49,3 +49,32 @@ def test_every_pixel_within_the_bound(image, d, q):
     err = np.abs(out.pixels.astype(np.int64) - image.pixels.astype(np.int64)).max()
     assert err <= d and out.pixels.dtype == image.pixels.dtype
     assert header.lossless == (d == 0) and header.max_error == d
+
+
+_FIXED = PlaneCoder(_P, _BUNDLE.coding, _CODER.transforms, _BUNDLE.residual, _BUNDLE.refine, adaptive=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(image=images(), d=st.integers(0, 40))
+def test_adaptive_and_fixed_table_streams_both_keep_the_bound(image, d):
+    """The adaptive residual (the default) and the fixed-table stream of earlier releases: every pixel
+    within D, whichever coder decodes (the tile's flag picks the residual stream)."""
+    x = image.pixels.astype(np.int64)
+    for writer in (_CODER, _FIXED):
+        data = encode_image(image, coder=writer, model_id=_BUNDLE.model_id, quality=None, max_error=d)
+        for reader in (_CODER, _FIXED):
+            out, _ = decode_image(data, coder=reader, model_ids=[_BUNDLE.model_id])
+            assert np.abs(out.pixels.astype(np.int64) - x).max() <= d
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.integers(1, 40), cols=st.integers(1, 40), d=st.integers(0, 20), seed=st.integers(0, 2 ** 32 - 1),
+       spread=st.sampled_from([0, 1, 30, 5000, 70000]))
+def test_adaptive_residual_symbols_round_trip(rows, cols, d, seed, spread):
+    from edge_runtime import residual as res
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 1 + spread, (rows, cols))
+    e = res.quantize(rng.integers(-spread, spread + 1, (rows, cols)), d)
+    data = res.encode_residual_adaptive(e, base, d, _BUNDLE.residual)
+    assert np.array_equal(res.decode_residual_adaptive(data, base, d, _BUNDLE.residual), e)
