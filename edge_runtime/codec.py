@@ -166,6 +166,8 @@ class PlaneCoder:
 
     ADAPTIVE = 0x80
     """Flag in an error-bounded tile's quality byte: the residual is res.encode_residual_adaptive's."""
+    SEARCH_STEPS = (3,)
+    """Refinement steps of search_base_quality after SEARCH_START."""
 
     def __init__(self, params: dict, coding: CodingModel, transforms, residual: res.ResidualModel | None = None,
                  refine: exact_refine.ExactRefinement | None = None, adaptive: bool = True):
@@ -333,22 +335,42 @@ class PlaneCoder:
     def search_base_quality(self, u: np.ndarray, top: int, d: int, transform: str | None = None) -> int:
         """The base quality giving the shortest stream, on a central crop of at most SEARCH_SIDE².
 
-        Coarse to fine over BASE_QUALITIES: SEARCH_START, then ±3, then ±1 around the best so
-        far (the size is close to unimodal in the quality): at most 7 trial encodes.
+        Coarse to fine over BASE_QUALITIES: SEARCH_START, then ±SEARCH_STEPS around the best so
+        far (the size is close to unimodal in the quality), then one trial at the vertex of the
+        parabola through the best and its nearest tried neighbours: at most 6 trial encodes.
         """
         r0, c0 = max(0, (u.shape[0] - SEARCH_SIDE) // 2), max(0, (u.shape[1] - SEARCH_SIDE) // 2)
         crop = u[r0:r0 + SEARCH_SIDE, c0:c0 + SEARCH_SIDE]
         sizes = {}
 
+        def trial(q):
+            if not self.adaptive:
+                return sum(map(len, self._bounded_body(crop, top, d, q, None, transform)))
+            # the adaptive residual's size as its encoder estimates it (no range coding in the trials)
+            base_stream, base = self.exact_base(crop, top, q, None, transform)
+            bits = res.adaptive_plan(res.quantize(crop - base, d), base, d, self._residual_model())[0]
+            return len(base_stream) + int(np.ceil(bits / 8))
+
         def size(q):
             if q not in sizes:
-                sizes[q] = (sum(map(len, self._bounded_body(crop, top, d, q, None, transform))) if q in BASE_QUALITIES
-                            else np.inf)
+                sizes[q] = trial(q) if q in BASE_QUALITIES else np.inf
             return sizes[q]
 
         best = min(SEARCH_START, key=size)
-        for delta in (3, 1):
+        for delta in self.SEARCH_STEPS:
             best = min((best - delta, best, best + delta), key=size)
+        # one more trial at the vertex of the parabola through the best and its nearest tried neighbours
+        # (beyond them when the best is at the edge of what was tried), at most h - 1 away
+        h = self.SEARCH_STEPS[-1]
+        tried = sorted(q for q, v in sizes.items() if np.isfinite(v))
+        if h > 1 and len(tried) >= 3:
+            i = min(max(tried.index(best), 1), len(tried) - 2)
+            qs = np.array(tried[i - 1:i + 2], np.float64)
+            a, b_, _c = np.polyfit(qs, [float(sizes[q]) for q in tried[i - 1:i + 2]], 2)
+            if a > 0:
+                step = int(np.clip(np.round(-b_ / (2 * a) - best), 1 - h, h - 1))
+                if step:
+                    best = min((best, best + step), key=size)
         return best
 
     def decode_bounded(self, data: bytes, rows: int, cols: int, lo: int, hi: int, max_error: int) -> np.ndarray:

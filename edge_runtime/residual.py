@@ -318,8 +318,13 @@ def intensity_classes(base: np.ndarray, count: int, sorted_base: np.ndarray | No
     flat = np.asarray(base, np.int64).ravel()
     if count <= 1 or flat.size == 0:
         return np.zeros(flat.size, np.int64)
-    s = np.sort(flat) if sorted_base is None else sorted_base
-    thresholds = s[(np.arange(1, count, dtype=np.int64) * s.size) // count]
+    ranks = (np.arange(1, count, dtype=np.int64) * flat.size) // count
+    if sorted_base is not None:
+        thresholds = sorted_base[ranks]
+    else:  # the values at those ranks of the sorted base, from its histogram (no sort)
+        lo = int(flat.min())
+        below = np.cumsum(np.bincount(flat - lo))  # below[v - lo]: how many values are <= v
+        thresholds = lo + np.searchsorted(below, ranks, side="right")
     return np.searchsorted(thresholds, flat, side="right").astype(np.int64)
 
 
@@ -394,9 +399,9 @@ def _decode_choice(dec, n: int, tables) -> np.ndarray:
     return dec.decode(np.full(n, t)) + shift - _SHIFT_CODES // 2
 
 
-def encode_residual_adaptive(e: np.ndarray, base: np.ndarray, max_error: int, model: ResidualModel,
-                             stats: dict | None = None) -> bytes:
-    """Range-coded residual symbols `e` with per-image bucket tables (see ADAPTIVE_CLASSES)."""
+def adaptive_plan(e: np.ndarray, base: np.ndarray, max_error: int, model: ResidualModel) -> tuple:
+    """The encoder's choices for residual symbols `e`: (estimated bits, class count code, per-pass
+    (phase, prediction code, symbols), per-pass (bucket keys, occurring buckets, their tables))."""
     passes = []
 
     def visit(phase, idx, f, nb):
@@ -425,10 +430,17 @@ def encode_residual_adaptive(e: np.ndarray, base: np.ndarray, max_error: int, mo
             best = (bits, code, plan)
         if count > 1 and bits > best[0]:  # the estimate rises with more classes from here on: stop
             break
-    _bits, code, plan = best
+    return best[0], best[1], [(p[0], p[3], p[4]) for p in passes], best[2]
+
+
+def encode_residual_adaptive(e: np.ndarray, base: np.ndarray, max_error: int, model: ResidualModel,
+                             stats: dict | None = None) -> bytes:
+    """Range-coded residual symbols `e` with per-image bucket tables (see ADAPTIVE_CLASSES)."""
+    _bits, code, passes, plan = adaptive_plan(e, base, max_error, model)
+    tables = model.tables
     enc = Encoder(tables, track=stats is not None)
     enc.encode_uniform([code], len(ADAPTIVE_CLASSES))
-    for (phase, _idx, _zero, k, sym), (keys, buckets, choice) in zip(passes, plan):
+    for (phase, k, sym), (keys, buckets, choice) in zip(passes, plan):
         if phase > 0:
             enc.encode_uniform([k], PRED_CODES)
         _encode_choice(enc, choice - buckets // (2 * ADAPTIVE_CLASSES[code]), tables)

@@ -59,6 +59,14 @@ def test_intensity_classes_split_at_quantiles():
     assert len(np.unique(res.intensity_classes(np.full((4, 4), 7), 8))) == 1  # one value, one class
 
 
+def test_intensity_class_thresholds_from_the_histogram_equal_those_from_sorting():
+    rng = np.random.default_rng(11)
+    for _ in range(50):
+        base = rng.integers(-3, int(rng.integers(1, 70000)), int(rng.integers(1, 400))) * int(rng.integers(1, 3))
+        for count in res.ADAPTIVE_CLASSES:
+            assert np.array_equal(res.intensity_classes(base, count), res.intensity_classes(base, count, np.sort(base)))
+
+
 @pytest.mark.parametrize("d", [0, 2])
 def test_tile_stream_flags_the_adaptive_residual_and_old_streams_still_decode(shipped, d):
     b, coder = shipped
