@@ -435,7 +435,8 @@ def encode_plane(plane: np.ndarray, *, coder: PlaneCoder, quality: int | None, m
 
 def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: int | None,
                  tile: int = 2048, metadata: bytes | None = None, stats: dict | None = None,
-                 max_error: int | None = None, plane_map=None, colour: bool = True) -> bytes:
+                 max_error: int | None = None, plane_map=None, colour: bool = True, series: bool = False,
+                 inter: bool = True, group: int | None = None) -> bytes:
     """Image -> .kcd bytes (every frame and sample plane, tile by tile).
 
     `max_error` D (stored units, >= 0) codes every tile within D of the original (D = 0:
@@ -452,6 +453,13 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
     Unsigned RGB images go through a colour transform (edge_runtime.colour: the RCT when lossy or
     lossless, the green difference with a max error; grey frames as one plane) unless `colour`
     is False, which codes R, G and B as independent planes (the stream of earlier releases).
+
+    A multi-frame image is coded in groups of `group` frames (default DEFAULT_GROUP; container
+    version 2, edge_runtime.bitstream): each frame after a group's first is coded as the difference
+    from the previous frame as decoded when that pays (encode_group), and `plane_map` then runs over
+    the groups. `inter=False` codes every frame on its own (version 1, the stream of earlier releases);
+    single frames are version 1 unless `series` (the frames are a series' slices, flag bit 4 of
+    version 2; `metadata` holds their packed DICOM headers, edge_runtime.series).
     """
     bounded = max_error is not None
     if bounded and (int(max_error) != max_error or max_error < 0):
@@ -461,6 +469,11 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
     if image.photometric == bs.PALETTE and max_error != 0:
         raise ValueError("PALETTE COLOR indices are labels, not intensities: code them losslessly (max error 0)")
     options = dict(quality=quality, max_error=int(max_error) if bounded else None, tile=tile)
+    if group is not None and (int(group) != group or group < 1):
+        raise ValueError(f"group must be a whole number of frames >= 1, got {group!r}")
+    if series or (inter and image.frames > 1):
+        return _encode_groups(image, coder, options, metadata, model_id, plane_map, colour, series,
+                              DEFAULT_GROUP if group is None else int(group), stats)
     if plane_map is None or stats is not None:
         plane_map = lambda fn, items, opts, keyword: (fn(coder=coder, **({"stats": stats} if fn is encode_plane else {}),
                                                          **item, **opts) for item in items)
@@ -491,6 +504,27 @@ def _pack_image(image: Image, coder: PlaneCoder, options: dict, norm: list, stre
                        lossless=bounded and options["max_error"] == 0, levels=int(coder.p["levels"]),
                        tile_rows=tile, tile_cols=tile, norm=norm, **colour_fields)
     return bs.pack(header, streams, metadata)
+
+
+def _encode_groups(image: Image, coder: PlaneCoder, options: dict, metadata, model_id: bytes, plane_map,
+                   colour: bool, series: bool, group: int, stats) -> bytes:
+    """A version 2 stream: encode_group over the image's groups of frames, in order."""
+    group = min(group, image.frames)
+    transform = col.transform_for(options["max_error"]) if colour and col.applies(image) else bs.COLOUR_NONE
+    opts = dict(options, transform=transform, clip=image.value_range)
+    items = ({"frames": image.pixels[g:g + group]} for g in range(0, image.frames, group))
+    if plane_map is None or stats is not None:
+        results = (encode_group(coder=coder, stats=stats, **item, **opts) for item in items)
+    else:
+        results = plane_map(encode_group, items, opts, keyword=True)
+    kinds, modes, norm, streams = [], [], [], []
+    for r in results:
+        kinds += r["kinds"]
+        modes += r["modes"]
+        norm += r["norm"]
+        streams += r["streams"]
+    return _pack_image(image, coder, options, norm, streams, metadata, model_id=model_id, colour=transform,
+                       frame_kinds=kinds, group=group, frame_modes=modes, series=bool(series))
 
 
 COLOUR_GROUP = 8
@@ -576,14 +610,16 @@ def _green_difference_group(image: Image, frames: list, kinds: list, coder: Plan
 @single_blas_thread()
 def decode_plane(streams: list, *, coder: PlaneCoder, rows: int, cols: int, tile_rows: int, tile_cols: int,
                  lohi: tuple, clip: tuple, quality: int, max_error: int, dtype: str, first_tile: int = 0,
-                 source=None) -> np.ndarray:
+                 source=None, span: int | None = None) -> np.ndarray:
     """One plane's tile streams -> the plane (rows, cols) of stored values: the unit of work of decode_image.
 
     `lohi` is the plane's (lo, hi) from the header, `clip` the stored range; `first_tile` numbers the
-    tiles in error messages. InvalidBitstreamError when a tile does not decode.
+    tiles in error messages. InvalidBitstreamError when a tile does not decode. A lossy plane's samples
+    are lo + span x its normalized samples (span: hi - lo unless given; a predicted frame's differences
+    are normalized by their group's span, see decode_frames).
     """
     lo, hi = lohi
-    scale = float(max(hi - lo, 1))
+    scale = float(max(hi - lo, 1)) if span is None else float(span)
     lo_c, hi_c = max(lo, clip[0]), min(hi, clip[1])
     out = np.empty((rows, cols), dtype=np.dtype(dtype))
     for i, (r0, r1, c0, c1) in enumerate(bs.tile_grid(rows, cols, tile_rows, tile_cols)):
@@ -609,14 +645,18 @@ def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None,
                  plane_map=None) -> tuple[Image, bs.Header]:
     """.kcd bytes -> Image (stored values, clipped to the stored range).
 
-    `plane_map` (optional, e.g. runtime.PlanePool.map) runs decode_plane over the planes in worker
-    processes, in order: the same pixels as without it.
+    `plane_map` (optional, e.g. runtime.PlanePool.map) runs decode_plane over the planes (decode_group
+    over the groups of a version 2 stream) in worker processes, in order: the same pixels as without it.
     """
     header, streams, _meta = bs.parse(data, source=source, expected_model_ids=model_ids)
     dtype = np.dtype(header.dtype)
     pixels = np.empty((header.frames, header.rows, header.cols, header.samples), dtype=dtype)
     image = Image(pixels=pixels, bits_stored=header.bits_stored, signed=header.signed,
                   photometric=header.photometric, source=source)
+    if header.version == bs.GROUPS_VERSION:
+        for first, frames in _group_frames(header, streams, coder, source, plane_map):
+            pixels[first:first + len(frames)] = frames
+        return image, header
     per_plane = len(bs.tile_grid(header.rows, header.cols, header.tile_rows, header.tile_cols))
     options = dict(rows=header.rows, cols=header.cols, tile_rows=header.tile_rows, tile_cols=header.tile_cols,
                    clip=image.value_range, quality=header.quality,
@@ -642,3 +682,356 @@ def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None,
         f, s = divmod(p, header.samples)
         pixels[f, :, :, s] = plane
     return image, header
+
+
+# --- frame groups (container version 2) -----------------------------------------------------------
+
+DEFAULT_GROUP = 8
+"""Frames per group of a multi-frame stream: a frame decodes after at most this many (random access)."""
+_ESTIMATE_LEVELS = 3
+ESTIMATE_DOUBT = 0.15
+"""A frame after a group's second whose calibrated estimate of predicted / intra bits is within 1 +- this is
+coded both ways (the estimate is off by up to about 15 % on the corpus' multi-frame images)."""
+
+
+def _predictions(prev: np.ndarray, kind: int, transform: int, mode: int) -> list:
+    """The prediction of each plane of a frame (int64), from the previous frame as decoded (rows, cols, samples).
+
+    The planes are those the stream codes for the frame's kind (bitstream's module docstring): the
+    samples without colour transform; G of a grey frame; Y, Cb, Cr (RCT) or G, B - G, R - G (green
+    difference) of a colour frame."""
+    prev = np.asarray(prev, np.int64)
+    if transform == bs.COLOUR_NONE:
+        planes = [prev[:, :, s] for s in range(prev.shape[2])]
+    elif kind == bs.FRAME_GREY:
+        planes = [prev[:, :, 1]]
+    elif transform == bs.COLOUR_RCT:
+        planes = list(col.rct_forward(prev))
+    else:
+        g = prev[:, :, 1]
+        planes = [g, prev[:, :, 2] - g, prev[:, :, 0] - g]
+    num, den = bs.PREDICTION_WEIGHTS[mode - 1]
+    if num == den:
+        return [p.astype(np.int64) for p in planes]
+    return [(num * p.astype(np.int64) + den // 2) // den for p in planes]
+
+
+def _holds_samples(i: int, transform: int) -> bool:
+    """Whether plane i of a frame holds samples (clipped to the stored range) rather than colour differences."""
+    return transform == bs.COLOUR_NONE or i == 0
+
+
+def _difference_span(i: int, transform: int, first_norm: list) -> int:
+    """Normalization span of plane i of a lossy predicted frame: that of the group's first (intra) frame,
+    plane 0 (times CHROMA_STEP_RATIO for chroma) with a colour transform, plane i without."""
+    if transform == bs.COLOUR_NONE:
+        lo, hi = first_norm[i]
+        return max(int(hi) - int(lo), 1)
+    lo, hi = first_norm[0]
+    return max(int(hi) - int(lo), 1) * (1 if i == 0 else col.CHROMA_STEP_RATIO)
+
+
+def _assemble(planes: list, transform: int, value_range: tuple) -> np.ndarray:
+    """The decoded (rows, cols, samples) int64 frame of its decoded planes."""
+    if transform == bs.COLOUR_NONE:
+        return np.stack([np.asarray(p, np.int64) for p in planes], axis=-1)
+    return col.frame_from_planes(planes, transform, value_range)
+
+
+def _rate_estimate(plane: np.ndarray, step: float) -> float:
+    """A cheap stand-in for the bits of a plane quantized with `step`: sum of log2(1 + |c| / step) over
+    the coefficients of a 3-level Haar transform (the encoder's intra / predicted choice, never decoded)."""
+    x = np.asarray(plane, np.float64)
+    bits = 0.0
+    for _ in range(_ESTIMATE_LEVELS):
+        r, c = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
+        if r == 0 or c == 0:
+            break
+        x = x[:r, :c]
+        a, d = x[0::2] + x[1::2], x[0::2] - x[1::2]
+        x = (a[:, 0::2] + a[:, 1::2]) / 4
+        for band in (a[:, 0::2] - a[:, 1::2], d[:, 0::2] + d[:, 1::2], d[:, 0::2] - d[:, 1::2]):
+            bits += float(np.log2(1.0 + np.abs(band) / (4 * step)).sum())
+    return bits + float(np.log2(1.0 + np.abs(x - x.mean()) / step).sum())
+
+
+class _GroupCodec:
+    """What the encoder and decoder of one group share: the planes of a frame, their predictions, spans
+    and clipping, so both sides rebuild the same previous frame."""
+
+    def __init__(self, coder: PlaneCoder, *, quality, max_error, tile_rows: int, tile_cols: int, transform: int,
+                 clip: tuple, source=None, first_tile: int = 0):
+        self.coder, self.quality, self.max_error = coder, quality, max_error
+        self.tile_rows, self.tile_cols, self.transform, self.clip = tile_rows, tile_cols, transform, tuple(clip)
+        self.lossy = max_error is None or max_error < 0
+        self.source, self.next_tile = source, first_tile
+
+    def n_planes(self, kind: int, samples: int) -> int:
+        if self.transform == bs.COLOUR_NONE:
+            return samples
+        return 1 if kind == bs.FRAME_GREY else 3
+
+    def plane_clip(self, i: int, mode: int, lohi: tuple) -> tuple:
+        """What decode_plane clips plane i to: the stored range for samples of an intra frame, else (lo, hi)."""
+        return self.clip if mode == bs.FRAME_INTRA and _holds_samples(i, self.transform) else tuple(lohi)
+
+    def span(self, i: int, mode: int, first_norm: list):
+        return _difference_span(i, self.transform, first_norm) if mode and self.lossy else None
+
+    def add_prediction(self, i: int, v: np.ndarray, preds) -> np.ndarray:
+        v = np.asarray(v, np.int64)
+        if preds is None:
+            return v
+        v = preds[i] + v
+        return np.clip(v, *self.clip) if _holds_samples(i, self.transform) else v
+
+    def decode_frame(self, streams: list, norm: list, kind: int, mode: int, prev, first_norm: list,
+                     rows: int, cols: int) -> np.ndarray:
+        """The decoded (rows, cols, samples) int64 frame of its planes' tile streams."""
+        preds = _predictions(prev, kind, self.transform, mode) if mode else None
+        per_plane = len(bs.tile_grid(rows, cols, self.tile_rows, self.tile_cols))
+        planes = []
+        for i, lohi in enumerate(norm):
+            v = decode_plane(streams[i * per_plane:(i + 1) * per_plane], coder=self.coder, rows=rows, cols=cols,
+                             tile_rows=self.tile_rows, tile_cols=self.tile_cols, lohi=tuple(lohi),
+                             clip=self.plane_clip(i, mode, lohi), quality=self.quality,
+                             max_error=-1 if self.lossy else self.max_error, dtype="int32",
+                             first_tile=self.next_tile, source=self.source, span=self.span(i, mode, first_norm))
+            self.next_tile += per_plane
+            planes.append(self.add_prediction(i, v, preds))
+        return _assemble(planes, self.transform, self.clip)
+
+
+class _GroupEncoder(_GroupCodec):
+    """Codes the frames of one group in order, each intra or predicted from the previous one as decoded."""
+
+    def __init__(self, coder: PlaneCoder, *, quality, max_error, tile: int, transform: int, clip: tuple,
+                 stats=None):
+        super().__init__(coder, quality=quality, max_error=max_error, tile_rows=tile, tile_cols=tile,
+                         transform=transform, clip=clip)
+        self.tile, self.stats, self.chosen = tile, stats, {}
+
+    def targets(self, frame: np.ndarray, kind: int) -> list:
+        """The planes a frame codes (v1's), int64; None for a green-difference plane (it needs the decoded G)."""
+        if self.transform == bs.COLOUR_NONE:
+            return [frame[:, :, s].astype(np.int64) for s in range(frame.shape[2])]
+        if kind == bs.FRAME_GREY:
+            return [frame[:, :, 1].astype(np.int64)]
+        if self.transform == bs.COLOUR_RCT:
+            return [p.astype(np.int64) for p in col.rct_forward(frame)]
+        return [frame[:, :, 1].astype(np.int64), None, None]
+
+    def step(self, span: int) -> float:
+        """Quantizer step in stored units of a plane (for the rate estimate)."""
+        if self.lossy:
+            return quantizer_step(self.quality if self.quality is not None else BASE_QUALITIES[-1]) * span
+        return float(2 * self.max_error + 1)
+
+    def cost(self, frame: np.ndarray, coded: tuple, first_norm: list) -> float:
+        """Rate-distortion cost of a coded frame (norm, streams, decoded): its bits, plus in a lossy stream
+        its squared error in units of its plane 0's quantizer step², over the bundle's rdo_lambda."""
+        bits = 8.0 * sum(map(len, coded[1]))
+        if not self.lossy:
+            return bits
+        step = self.step(_difference_span(0, self.transform, first_norm))
+        sse = float(((coded[2] - frame.astype(np.int64)) ** 2).sum())
+        return bits + sse / (step * step) / float(self.coder.p["rdo_lambda"])
+
+    def estimate_ratio(self, frame: np.ndarray, kind: int, prev, first_norm: list) -> float:
+        """Estimated bits of the frame predicted (mode 1) over its bits coded intra (_rate_estimate)."""
+        targets = self.targets(frame, kind)
+        if self.transform == bs.COLOUR_GREEN_DIFFERENCE and kind == bs.FRAME_COLOUR:
+            g = targets[0]
+            targets = [g, frame[:, :, 2].astype(np.int64) - g, frame[:, :, 0].astype(np.int64) - g]
+        steps = [self.step(_difference_span(i, self.transform, first_norm)) for i in range(len(targets))]
+        preds = _predictions(prev, kind, self.transform, 1)
+        intra = sum(_rate_estimate(x, st) for x, st in zip(targets, steps))
+        predicted = sum(_rate_estimate(x - p, st) for x, p, st in zip(targets, preds, steps))
+        if intra <= 0:
+            return 1.0 if predicted <= 0 else np.inf
+        return predicted / intra
+
+    def code_plane(self, x: np.ndarray, lohi: tuple, span, clip: tuple, role, need_decoded: bool) -> tuple[list, np.ndarray | None]:
+        """(tile streams, the plane as decode_plane will return it, or None when not needed) of integer plane x."""
+        coder, lo, hi = self.coder, int(lohi[0]), int(lohi[1])
+        transforms = self.chosen.get(role)
+        grid = bs.tile_grid(x.shape[0], x.shape[1], self.tile, self.tile)
+        streams, names = [], []
+        out = np.empty(x.shape, np.int64) if need_decoded else None
+        scale = float(max(hi - lo, 1)) if span is None else float(span)
+        lo_c, hi_c = max(lo, clip[0]), min(hi, clip[1])
+        for t, (r0, r1, c0, c1) in enumerate(grid):
+            transform = transforms[t] if transforms is not None else None
+            part = x[r0:r1, c0:c1]
+            if not self.lossy:
+                data = coder.encode_bounded(part, lo, hi, int(self.max_error), self.quality, self.stats, transform)
+                names.append(coder.tile_transform(data, True))
+            else:
+                data, name, levels, q = coder._encode((part.astype(np.float64) - lo) / scale, self.quality,
+                                                      self.stats, transform)
+                names.append(name)
+                if need_decoded:  # what decode_plane computes, without entropy-decoding q again
+                    bands, step = coder._dequantize(q, levels, self.quality)
+                    y = coder.transforms[name].synthesis(bands, levels, step=step)
+                    out[r0:r1, c0:c1] = np.clip(np.round(y[:r1 - r0, :c1 - c0].astype(np.float64) * scale + lo),
+                                                lo_c, hi_c)
+            streams.append(data)
+        self.chosen.setdefault(role, names)
+        if need_decoded and not self.lossy:
+            if self.max_error == 0:
+                out[:] = x
+            else:
+                out[:] = decode_plane(streams, coder=coder, rows=x.shape[0], cols=x.shape[1],
+                                      tile_rows=self.tile, tile_cols=self.tile, lohi=(lo, hi), clip=clip,
+                                      quality=0, max_error=int(self.max_error), dtype="int32")
+        return streams, out
+
+    def encode_frame(self, frame: np.ndarray, kind: int, mode: int, prev, first_norm: list,
+                     need_decoded: bool) -> tuple[list, list, np.ndarray | None]:
+        """(norm, tile streams, decoded frame or None) of one frame."""
+        preds = _predictions(prev, kind, self.transform, mode) if mode else None
+        targets = self.targets(frame, kind)
+        norm, streams, planes = [], [], []
+        green_difference = self.transform == bs.COLOUR_GREEN_DIFFERENCE and kind == bs.FRAME_COLOUR
+        for i, x in enumerate(targets):
+            if x is None:  # B - G' and R - G' against this frame's decoded G
+                x = frame[:, :, 2 if i == 1 else 0].astype(np.int64) - planes[0]
+            if mode:
+                x = x - preds[i]
+                lohi = (int(x.min()), int(x.max()))
+            elif self.lossy and self.transform == bs.COLOUR_RCT and i > 0:
+                lohi = col.chroma_norm(x, norm[0])
+            else:
+                lohi = (int(x.min()), int(x.max()))
+            decoded_needed = need_decoded or (green_difference and i == 0)
+            tiles, v = self.code_plane(x, lohi, self.span(i, mode, first_norm), self.plane_clip(i, mode, lohi),
+                                       (i, bool(mode)), decoded_needed)
+            norm.append(lohi)
+            streams.extend(tiles)
+            planes.append(self.add_prediction(i, v, preds) if decoded_needed else None)
+        decoded = _assemble(planes, self.transform, self.clip) if need_decoded else None
+        return norm, streams, decoded
+
+
+@single_blas_thread()
+def encode_group(frames: np.ndarray, *, coder: PlaneCoder, quality: int | None, max_error: int | None, tile: int,
+                 transform: int, clip: tuple, stats: dict | None = None, modes: list | None = None,
+                 keep_decoded: bool = False) -> dict:
+    """One group of frames (g, rows, cols, samples) -> {"kinds", "modes", "norm", "streams"}: the unit of work
+    of a version 2 encode_image. The first frame is intra; each later one is predicted from the previous
+    frame as decoded when that pays (or as `modes` says): the second frame is coded both ways and the
+    one of lower cost (bits, plus the squared error over lambda when lossy) kept; later frames are
+    predicted when _rate_estimate's ratio of predicted to intra bits, scaled by the ratio the second
+    frame's real costs showed, is below 1, and coded both ways too when that ratio is within
+    ESTIMATE_DOUBT of 1. `keep_decoded` adds
+    "decoded": the frames as the decoder will rebuild them."""
+    enc = _GroupEncoder(coder, quality=quality, max_error=max_error, tile=tile, transform=transform, clip=clip,
+                        stats=stats)
+    kinds = [col.frame_kind(f) if transform != bs.COLOUR_NONE else bs.FRAME_COLOUR for f in frames]
+    out = {"kinds": kinds if transform != bs.COLOUR_NONE else [], "modes": [], "norm": [], "streams": []}
+    decoded_frames = []
+    prev, first_norm, calibration = None, None, 1.0
+    for f, frame in enumerate(frames):
+        need = keep_decoded or f + 1 < len(frames)
+        if f == 0 or modes is not None:
+            mode = bs.FRAME_INTRA if f == 0 else int(modes[f])
+            norm, streams, decoded = enc.encode_frame(frame, kinds[f], mode, prev, first_norm, need)
+        elif f == 1 or abs(enc.estimate_ratio(frame, kinds[f], prev, first_norm) * calibration - 1) < ESTIMATE_DOUBT:
+            # both ways, the cheaper kept; the second frame's costs calibrate the estimate of the later ones
+            tries = []
+            for mode in (bs.FRAME_INTRA, 1):
+                enc.stats = {} if stats is not None else None
+                coded = enc.encode_frame(frame, kinds[f], mode, prev, first_norm, need or enc.lossy)
+                tries.append((mode, coded, enc.stats))
+            enc.stats = stats
+            sizes = [enc.cost(frame, t[1], first_norm) for t in tries]
+            mode, (norm, streams, decoded), st = tries[int(sizes[1] < sizes[0])]
+            if stats is not None:
+                stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + st.get("estimated_bits", 0.0)
+            if f == 1:
+                estimated = enc.estimate_ratio(frame, kinds[f], prev, first_norm)
+                calibration = (sizes[1] / max(sizes[0], 1)) / estimated if 0 < estimated < np.inf else 1.0
+        else:
+            mode = 1 if enc.estimate_ratio(frame, kinds[f], prev, first_norm) * calibration < 1.0 else bs.FRAME_INTRA
+            norm, streams, decoded = enc.encode_frame(frame, kinds[f], mode, prev, first_norm, need)
+        prev = decoded
+        if f == 0:
+            first_norm = norm
+        out["modes"].append(mode)
+        out["norm"].extend(norm)
+        out["streams"].extend(streams)
+        if keep_decoded:
+            decoded_frames.append(decoded)
+    if keep_decoded:
+        out["decoded"] = np.stack(decoded_frames)
+    return out
+
+
+@single_blas_thread()
+def decode_group(streams: list, *, coder: PlaneCoder, norm: list, kinds: list, modes: list, rows: int, cols: int,
+                 samples: int, tile_rows: int, tile_cols: int, transform: int, clip: tuple, quality: int,
+                 max_error: int, dtype: str, first_tile: int = 0, source=None) -> np.ndarray:
+    """One group's tile streams -> its frames (g, rows, cols, samples) of stored values: the unit of work of
+    decode_frames. `norm`, `kinds` (empty without colour transform) and `modes` are the group's share of
+    the header's. InvalidBitstreamError when a tile does not decode."""
+    dec = _GroupCodec(coder, quality=quality, max_error=max_error, tile_rows=tile_rows, tile_cols=tile_cols,
+                      transform=transform, clip=clip, source=source, first_tile=first_tile)
+    per_plane = len(bs.tile_grid(rows, cols, tile_rows, tile_cols))
+    out = np.empty((len(modes), rows, cols, samples), dtype=np.dtype(dtype))
+    prev, first_norm, p = None, None, 0
+    for f, mode in enumerate(modes):
+        kind = kinds[f] if kinds else bs.FRAME_COLOUR
+        n = dec.n_planes(kind, samples)
+        frame_norm = norm[p:p + n]
+        prev = dec.decode_frame(streams[p * per_plane:(p + n) * per_plane], frame_norm, kind, mode, prev,
+                                first_norm, rows, cols)
+        if f == 0:
+            first_norm = frame_norm
+        out[f] = prev
+        p += n
+    return out
+
+
+def decode_frames(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None, plane_map=None):
+    """Yield (first frame index, frames (g, rows, cols, samples)) of a stream, group by group, in order.
+
+    Memory is bounded by a few groups however many frames the stream holds (a series of hundreds of
+    slices is written slice by slice). A version 1 stream comes one frame at a time. `plane_map` as
+    in decode_image. The stream is checked whole (CRC, structure) before the first group decodes.
+    """
+    header, streams, _meta = bs.parse(data, source=source, expected_model_ids=model_ids)
+    if header.version == bs.GROUPS_VERSION:
+        yield from _group_frames(header, streams, coder, source, plane_map)
+        return
+    # version 1 (frames coded on their own, no groups): decoded whole as before, then one frame at a time
+    image, _ = decode_image(data, coder=coder, model_ids=model_ids, source=source, plane_map=plane_map)
+    for f in range(header.frames):
+        yield f, image.pixels[f:f + 1]
+
+
+def _group_frames(header: bs.Header, streams: list, coder: PlaneCoder, source, plane_map):
+    """(first frame, frames) of each group of a version 2 stream, through decode_group."""
+    per_plane = len(bs.tile_grid(header.rows, header.cols, header.tile_rows, header.tile_cols))
+    planes = header.frame_planes()
+    bits = header.bits_stored
+    clip = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if header.signed else (0, (1 << bits) - 1)  # Image.value_range
+    options = dict(rows=header.rows, cols=header.cols, samples=header.samples, tile_rows=header.tile_rows,
+                   tile_cols=header.tile_cols, transform=header.colour, clip=clip, quality=header.quality,
+                   max_error=header.max_error if header.error_bounded else -1, dtype=header.dtype, source=source)
+    firsts = header.groups()
+
+    def jobs():
+        p = 0
+        for g in firsts:
+            frames = range(g, min(g + header.group, header.frames))
+            n = sum(planes[f] for f in frames)
+            yield {"streams": streams[p * per_plane:(p + n) * per_plane], "norm": header.norm[p:p + n],
+                   "kinds": [header.frame_kinds[f] for f in frames] if header.frame_kinds else [],
+                   "modes": [header.frame_modes[f] for f in frames], "first_tile": p * per_plane}
+            p += n
+
+    if plane_map is None:
+        results = (decode_group(coder=coder, **job, **options) for job in jobs())
+    else:
+        results = plane_map(decode_group, jobs(), options, keyword=True)
+    yield from zip(firsts, results)

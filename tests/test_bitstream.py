@@ -148,8 +148,8 @@ def test_wrong_magic():
 
 
 def test_wrong_version():
-    stream = patched(small_stream(), 4, "<H", 2)
-    with pytest.raises(InvalidBitstreamError, match="unsupported format version 2; this decoder reads version 1"):
+    stream = patched(small_stream(), 4, "<H", 3)
+    with pytest.raises(InvalidBitstreamError, match="unsupported format version 3; this decoder reads version 1, 2"):
         parse(stream)
 
 

@@ -15,7 +15,8 @@ from data.readers import read_image
 from edge_runtime import bitstream as bs
 from edge_runtime import colour, exact_dwt, runtime
 from edge_runtime.bundle import default_bundle_path, load_bundle
-from edge_runtime.codec import PlaneCoder, decode_image, decode_plane, encode_image, encode_plane
+from edge_runtime.codec import (PlaneCoder, decode_group, decode_image, decode_plane, encode_group, encode_image,
+                                 encode_plane)
 
 _BUNDLE = load_bundle(default_bundle_path())
 _P = _BUNDLE.manifest["codec"]
@@ -222,7 +223,7 @@ def _fake_pool_map(fn, items, options, keyword=False):
     """The PlanePool.map contract without processes: every plane through a coder of its own."""
     worker = PlaneCoder(_P, _BUNDLE.coding, {n: exact_dwt.ExactTransforms(n, _P["mode"]) for n in _P["transforms"]},
                         _BUNDLE.residual, _BUNDLE.refine)
-    assert fn in (encode_plane, decode_plane)
+    assert fn in (encode_plane, decode_plane, encode_group, decode_group)
     for item in list(items):  # all submitted before any result is read, as a pool may
         yield fn(coder=worker, **item, **options) if keyword else fn(item, coder=worker, **options)
 
