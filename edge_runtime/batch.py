@@ -248,7 +248,7 @@ def _stream_format(path: Path, fmt: Optional[str] = None) -> str:
     """The output format of a stream: ``fmt`` when given (a series stream asked for "dcm" gives SERIES),
     else chosen by the stream (module docstring)."""
     header, _, metadata = bs.parse(path.read_bytes(), source=path)
-    if series.is_series(header, metadata) and fmt in (None, "dcm"):
+    if series.is_series(header, metadata, path) and fmt in (None, "dcm"):
         return SERIES
     if fmt is not None:
         return fmt

@@ -309,10 +309,10 @@ def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: st
     _check_output(in_path, out_path, force)
     data = in_path.read_bytes()
     header, tiles, metadata = bs.parse(data, source=in_path)  # CRC and structure before any model work
-    if suffix in (".dcm", ".dicom") and series.is_series(header, metadata):
+    if suffix in (".dcm", ".dicom") and series.is_series(header, metadata, in_path):
         raise ValueError(f"{in_path}: is a series of {header.frames} slices, decoded to one DICOM file per slice: "
                          f"give an output folder (edge-codec decode {in_path.name} OUTDIR/)")
-    if series.is_series(header, metadata):
+    if series.is_series(header, metadata, in_path):
         metadata = None  # the slices' headers: no one header for a PNG or TIFF
     b, coder = _codec(bundle, kernels, data, in_path)
     if suffix == ".png" and header.frames > 1:
@@ -415,7 +415,7 @@ def verify(path, bundle=None, kernels: str = "xnnpack") -> dict:
     data = path.read_bytes()
     header, _, metadata = bs.parse(data, source=path)
     b, coder = _codec(bundle, kernels, data, path)
-    if series.is_series(header, metadata):  # every slice's header, and the frames group by group
+    if series.is_series(header, metadata, path):  # every slice's header, and the frames group by group
         slices = series.unpack_headers(metadata, path)
         if slices.count != header.frames:
             raise bs.InvalidBitstreamError(path, f"series metadata lists {slices.count} slices for "

@@ -57,7 +57,6 @@ that is checked for every name before the first is written. Writes are atomic (d
 """
 from __future__ import annotations
 
-import inspect
 import io
 import os
 import struct
@@ -443,7 +442,7 @@ def decode_series(in_path, out_dir, *, force: bool = False, bundle=None, kernels
         raise NotADirectoryError(f"{out_dir}: is a file; a series decodes to a folder (new or existing)")
     data = in_path.read_bytes()
     header, tiles, metadata = bs.parse(data, source=in_path)
-    if not is_series(header, metadata):
+    if not is_series(header, metadata, in_path):
         raise ValueError(f"{in_path}: holds one image, not a series of slices; decode it to a file "
                          f"(OUT.dcm, OUT.png or OUT.tif)")
     slices = unpack_headers(metadata, in_path)
@@ -482,28 +481,20 @@ def decode_series(in_path, out_dir, *, force: bool = False, bundle=None, kernels
             "rows": header.rows, "cols": header.cols, "ordering": slices.ordering_name}
 
 
-def is_series(header, metadata: Optional[bytes]) -> bool:
-    """Whether a parsed stream is a series (container flag bit 4), its metadata block in this layout."""
-    flagged = getattr(header, "series", None)
-    if flagged is None:  # a container without the series flag: known by the block's magic
-        return is_series_metadata(metadata)
-    if flagged and not is_series_metadata(metadata):
+def is_series(header, metadata: Optional[bytes], source=None) -> bool:
+    """Whether a parsed stream is a series (container flag bit 4); its metadata block must then be one."""
+    if header.series and not is_series_metadata(metadata):
         from edge_runtime.bitstream import InvalidBitstreamError
 
-        raise InvalidBitstreamError(None, "flagged as a series but its metadata block is not a series block")
-    return bool(flagged)
+        raise InvalidBitstreamError(source, "flagged as a series, but its metadata block is not a series block")
+    return bool(header.series)
 
 
 def frame_groups(data: bytes, *, coder, model_ids=None, source=None, plane_map=None) -> Iterator:
-    """(first frame index, pixels[g, rows, cols, samples]) group by group, as the codec decodes them."""
-    from edge_runtime import codec
+    """(first frame index, pixels[g, rows, cols, samples]) group by group, as codec.decode_frames decodes them."""
+    from edge_runtime.codec import decode_frames
 
-    decode_frames = getattr(codec, "decode_frames", None)
-    if decode_frames is not None:
-        yield from decode_frames(data, coder=coder, model_ids=model_ids, source=source, plane_map=plane_map)
-        return
-    image, _ = codec.decode_image(data, coder=coder, model_ids=model_ids, source=source, plane_map=plane_map)
-    yield 0, image.pixels
+    return decode_frames(data, coder=coder, model_ids=model_ids, source=source, plane_map=plane_map)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -517,7 +508,7 @@ def encode_series(in_dir, out_path, *, quality: Optional[int] = None, bundle=Non
     The summary adds ``slices``, ``ordering`` and ``metadata_bytes`` (the packed headers, before zlib).
     """
     from edge_runtime import bitstream as bs
-    from edge_runtime import codec, runtime
+    from edge_runtime import runtime
 
     in_dir, out_path = Path(in_dir), Path(out_path)
     runtime.check_encode_request(out_path, quality=quality, max_error=max_error, target_psnr=target_psnr,
@@ -532,18 +523,17 @@ def encode_series(in_dir, out_path, *, quality: Optional[int] = None, bundle=Non
         raise InvalidImageError(in_dir, f"the {len(series.names)} slice headers take {len(metadata):,} bytes, over "
                                         f"the stream's {bs.MAX_METADATA_BYTES:,}-byte metadata limit: split the "
                                         f"series into folders of fewer slices")
-    options = {"series": True} if "series" in inspect.signature(codec.encode_image).parameters else {}
     summary = runtime.encode_loaded(series.image, metadata, in_dir, out_path, quality=quality, bundle=bundle,
                                     force=force, kernels=kernels, max_error=max_error, target_psnr=target_psnr,
-                                    target_bpp=target_bpp, jobs=jobs, codec_options=options)
+                                    target_bpp=target_bpp, jobs=jobs, codec_options={"series": True})
     summary.update(slices=len(series.names), ordering=ORDERINGS[series.ordering], metadata_bytes=len(metadata))
     return summary
 
 
 def describe(header, metadata: Optional[bytes], source=None) -> Optional[dict]:
     """``info``'s view of a series stream (slices, ordering, group length), or None for another stream."""
-    if not is_series(header, metadata):
+    if not is_series(header, metadata, source):
         return None
     slices = unpack_headers(metadata, source)
-    return {"slices": slices.count, "ordering": slices.ordering_name, "group": int(getattr(header, "group", 0) or 0),
+    return {"slices": slices.count, "ordering": slices.ordering_name, "group": header.group,
             "common_bytes": len(slices.common)}

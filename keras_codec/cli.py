@@ -83,7 +83,7 @@ def _cmd_train(args) -> int:
 
 def _train_recipe(args) -> int:
     """`keras-codec train --data DIR... --out RUN [--recipe R] [--from [BUNDLE]]`: the whole recipe, resumable."""
-    # MultiWorkerMirroredStrategy must exist before any other TensorFlow op
+    # the strategy first: TensorFlow's multi-worker strategy must exist before any other op (and is refused)
     from keras_codec.train import default_strategy
 
     strategy = default_strategy()
@@ -111,9 +111,6 @@ def _train_recipe(args) -> int:
         data = tdata.corpus_data()
     res = run_recipe(recipe, data, args.out, from_bundle=args.from_bundle, strategy=strategy, progress=say,
                      report=not args.no_report, corpus=not args.data)
-    if res["bundle"] is None:
-        print("worker done (the chief writes the bundle)")
-        return 0
     print(f"bundle {res['bundle']} (model id {res['model_id'][:16]}...)")
     if res["report"]:
         print(f"mean BD-rate vs JPEG 2000 on {len(data.val)} held-out images: "

@@ -140,6 +140,8 @@ def test_recipe_json_round_trip_and_file_override(tmp_path):
     path.write_text(json.dumps({"base": "quick", "stages": [{"kind": "export", "quantum": 1}]}))
     with pytest.raises(ValueError, match="unknown keys \\['quantum'\\]"):
         load_recipe(str(path))
+    with pytest.raises(ValueError, match="a postfilter stage needs steps >= 1, got 0"):
+        Recipe(stages=(PostFilter(steps=0),))
     with pytest.raises(ValueError, match="recipe 'fast': neither a named recipe \\(default, quick\\) nor a JSON file"):
         load_recipe("fast")
 
@@ -280,3 +282,87 @@ def test_training_context_features_are_the_edges(n_sib, with_parent):
         assert np.array_equal(f[mask].astype(np.int64), want), phase
         known |= mask
     assert np.array_equal(p0.numpy()[0], ctx.phase_masks(shape)[0])
+
+
+# --- distribution ----------------------------------------------------------------------------------------
+
+
+def test_dataset_under_a_strategy_batches_each_replicas_share_and_draws_per_pipeline(images):
+    """make_dataset(input_context=...): the global batch split over replicas; pipeline 0 draws the patches
+    of a run without a strategy, pipeline 1 others."""
+    import tensorflow as tf
+
+    from data.pipeline import make_dataset
+
+    imgs = [e.image for e in tdata.collect([images])]
+    plain = next(iter(make_dataset(imgs, patch_size=16, batch_size=2, seed=5)))
+    ctx = [tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=k, num_replicas_in_sync=2)
+           for k in range(2)]
+    first, second = (next(iter(make_dataset(imgs, patch_size=16, batch_size=4, seed=5, input_context=c)))
+                     for c in ctx)
+    assert first.shape == second.shape == (2, 16, 16, 1)
+    assert np.array_equal(first.numpy(), plain.numpy()) and not np.array_equal(first.numpy(), second.numpy())
+
+
+def test_a_multi_worker_strategy_is_refused_before_any_work(images, tmp_path):
+    from keras_codec.training.pipeline import run_recipe
+
+    class MultiWorkerMirroredStrategy:  # what keras_codec.train.default_strategy returns under TF_CONFIG
+        pass
+
+    data = tdata.prepare([images], val_fraction=0.3, seed=0)
+    with pytest.raises(ValueError, match="multi-worker run of the recipe is not supported yet"):
+        run_recipe(tiny_recipe(), data, tmp_path / "run", strategy=MultiWorkerMirroredStrategy())
+    assert not (tmp_path / "run").exists()
+
+
+# --- fine-tuning a bundle ----------------------------------------------------------------------------------
+
+
+def test_from_bundle_runs_the_finetune_stages_starting_from_its_weights(run, images, tmp_path):
+    """With a zero learning rate, the fine-tuned refinement and post-filter are exactly the starting bundle's."""
+    from edge_runtime.bundle import load_bundle, model_id_of
+    from keras_codec.cli import main
+
+    tiny = tiny_recipe()
+    ref = tiny.stages[4]
+    recipe = tiny.replace(name="tiny-ft", finetune=(
+        Refine(steps=1, learning_rate=0.0, batch_size=2, patch_size=32, channels=ref.channels, layers=ref.layers,
+               context_hidden=0,
+               init_from_bundle=True, refit_max_side=64, refit_max_frames=1, refit_qualities=QUALITIES),
+        PostFilter(steps=1, learning_rate=0.0, init_from_bundle=True, **_PF), Export(), Residual(max_side=32)))
+    path = tmp_path / "ft.json"
+    path.write_text(recipe.to_json())
+    out = tmp_path / "ft"
+    src = run / "bundle"
+    assert main(["train", "--data", str(images), "--out", str(out), "--recipe", str(path), "--from", str(src),
+                 "--no-report"]) == 0
+    m = load_bundle(out / "bundle").manifest
+    assert m["training"]["from_model_id"] == model_id_of(src).hex()
+    assert m["training"]["stages"] == ["01_refine", "02_postfilter", "03_export", "04_residual"]
+    for name in ("refine.npz", "postfilter.npz"):
+        a, b = np.load(src / name), np.load(out / "bundle" / name)
+        assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a), name
+
+
+def test_from_without_a_value_is_the_shipped_bundle(images, recipe_file, tmp_path, capsys):
+    from keras_codec.cli import main
+
+    assert main(["train", "--from", "--data", str(images), "--out", str(tmp_path / "r"),
+                 "--recipe", str(recipe_file)]) == 1
+    assert "recipe 'tiny' has no finetune stages" in capsys.readouterr().err
+
+
+def test_recipe_trains_under_mirrored_strategy_on_two_logical_cpus(images, tmp_path):
+    import subprocess
+    import sys
+
+    worker = Path(__file__).with_name("_train_strategy_worker.py")
+    r = subprocess.run([sys.executable, str(worker), str(images), str(tmp_path / "run")], capture_output=True,
+                       text=True, timeout=600, cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["replicas"] == 2
+    rows = (tmp_path / "run" / "stages" / "02_postfilter" / "work" / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and rows[-1].split(",")[0] == "4"
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["bundle"] == res["model_id"]

@@ -142,8 +142,15 @@ def _check_state(state: dict, run: Path, recipe: Recipe, data: TrainingData, fro
                                "or train into a new --out")
 
 
-def _is_chief(strategy) -> bool:
-    return strategy is None or bool(getattr(strategy.extended, "should_checkpoint", True))
+def _check_strategy(strategy) -> None:
+    """One process drives the whole recipe: a MultiWorkerMirroredStrategy is refused, with the reason."""
+    if strategy is not None and "MultiWorker" in type(strategy).__name__:
+        raise ValueError(
+            "keras-codec train runs the whole recipe in one process (every GPU of the machine through "
+            "MirroredStrategy); TF_CONFIG names several workers, and a multi-worker run of the recipe is not "
+            "supported yet: the trainers keep their checkpoints on the chief only, and the fitting stages "
+            "between the training stages would run on every worker. Unset TF_CONFIG, or train the "
+            "post-filter and refinement stages multi-worker with keras_codec.train.train")
 
 
 def run_recipe(recipe: Recipe, data: TrainingData, run_dir, *, from_bundle=None, strategy=None,
@@ -160,6 +167,7 @@ def run_recipe(recipe: Recipe, data: TrainingData, run_dir, *, from_bundle=None,
     from edge_runtime.bundle import load_bundle, model_id_of
 
     say = progress or (lambda s: print(s, file=sys.stderr, flush=True))
+    _check_strategy(strategy)
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     stages = list(recipe.finetune if from_bundle is not None else recipe.stages)
@@ -184,7 +192,6 @@ def run_recipe(recipe: Recipe, data: TrainingData, run_dir, *, from_bundle=None,
     ctx = StageContext(recipe=recipe, images=images, strategy=strategy, progress=say)
     ids = stage_ids(stages)
     estimates = [estimate_seconds(s, est_images) for s in stages]
-    chief = _is_chief(strategy)
     source = None if from_bundle is None else Path(from_bundle)
     t_run = time.time()
     for i, (stage, sid) in enumerate(zip(stages, ids)):
@@ -201,31 +208,22 @@ def run_recipe(recipe: Recipe, data: TrainingData, run_dir, *, from_bundle=None,
         say(f"[{i + 1}/{len(stages)}] {sid}: started; estimated {_fmt(ratio * estimates[i])} for this stage, "
             f"{_fmt(left)} for the run (ETA {time.strftime('%H:%M', time.localtime(time.time() + left))})")
         partial = sdir / "bundle.partial"
-        if chief:
-            shutil.rmtree(partial, ignore_errors=True)
-        else:  # multi-worker: a worker's copy of the stage's result stays out of the chief's folder
-            partial = sdir / "worker.partial"
-            shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
         t0 = time.time()
         _clear_keras_session()
         with contextlib.redirect_stdout(sys.stderr):
             run_stage(stage, source, partial, sdir / "work", ctx)
         load_bundle(partial)  # a stage's result is a valid bundle
         seconds = time.time() - t0
-        if chief:
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(partial, out)
-            state["done"][sid] = {"seconds": round(seconds, 1), "model_id": model_id_of(out).hex()}
-            _write_atomic(run / "state.json", json.dumps(state, indent=2) + "\n")
-            source = out
-        else:
-            source = partial
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(partial, out)
+        state["done"][sid] = {"seconds": round(seconds, 1), "model_id": model_id_of(out).hex()}
+        _write_atomic(run / "state.json", json.dumps(state, indent=2) + "\n")
+        source = out
         say(f"[{i + 1}/{len(stages)}] {sid}: done in {_fmt(seconds)}")
         if after_stage is not None:
             after_stage(sid)
 
-    if not chief:
-        return {"bundle": None, "model_id": None, "report": None, "stages": ids}
     final = run / "bundle"
     if state.get("bundle") is None or not final.is_dir():
         tmp = run / "bundle.partial"

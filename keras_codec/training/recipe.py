@@ -139,6 +139,8 @@ class Recipe:
             for s in getattr(self, which):
                 if not isinstance(s, tuple(STAGE_KINDS.values())):
                     raise ValueError(f"recipe {which}: {s!r} is not a stage")
+                if getattr(s, "steps", 1) < 1:
+                    raise ValueError(f"recipe {which}: a {s.kind} stage needs steps >= 1, got {s.steps}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -236,12 +236,12 @@ def test_encode_decode_info_verify(tmp_path, bounded_bundle, capsys, mode):
     assert main(["encode", "--series", str(tmp_path / "s"), str(kcd), *mode, *bundle]) == 0
     assert "5 slices (ordered by Image Position" in capsys.readouterr().out
     header, _, metadata = bs.parse(kcd.read_bytes())
-    assert header.frames == 5 and series.is_series(header, metadata)
-    assert getattr(header, "series", True)
+    assert header.frames == 5 and header.series and header.version == bs.GROUPS_VERSION
+    assert series.is_series(header, metadata)
 
     assert main(["info", str(kcd), *bundle]) == 0
     shown = capsys.readouterr().out
-    assert "5 slice(s), ordered by Image Position (Patient) along the slice normal" in shown
+    assert f"5 slice(s), ordered by Image Position (Patient) along the slice normal, groups of {header.group}" in shown
 
     assert main(["verify", str(kcd), *bundle]) == 0
     assert main(["decode", str(kcd), str(out) + "/", *bundle]) == 0
@@ -347,3 +347,21 @@ def test_damaged_blocks_fail_only_as_bitstream_errors(tmp_path_factory):
             pass
 
     check()
+
+
+def test_series_flag_without_a_series_block_is_refused(tmp_path, codec, synthetic_dcm):
+    from data.readers import read_image
+    from edge_runtime import runtime
+    from edge_runtime.codec import encode_image
+
+    bundle, coder = codec
+    image = read_image(synthetic_dcm)
+    data = encode_image(image, coder=coder, model_id=bundle.model_id, quality=10, series=True,
+                        metadata=runtime.dicom_metadata(image.dataset))  # a DICOM header, not a series block
+    kcd = tmp_path / "x.kcd"
+    kcd.write_bytes(data)
+    with pytest.raises(bs.InvalidBitstreamError, match="not a series block"):
+        runtime.info(kcd)
+    with pytest.raises(bs.InvalidBitstreamError, match="not a series block"):
+        series.decode_series(kcd, tmp_path / "out", bundle=codec)
+    assert not (tmp_path / "out").exists()
