@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default="default", help="'default', 'paper' or a config .json")
     t.add_argument("--lmbda", type=float, default=None)
     t.add_argument("--steps", type=int, default=0)
-    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--seed", type=int, default=None, help="seed (with a recipe: replaces the recipe's; default 0)")
     t.add_argument("--init-only", action="store_true", help="default: write the untrained (step 0) bundle")
     t.add_argument("--out", required=True, help="run / bundle directory")
     t.add_argument("--stage", choices=["fit", "refine"], default="fit",
