@@ -6,8 +6,9 @@
 Three sets, none of which the residual model was fitted on:
 
   test     the corpus test split, whole images through the engine (encode_image / decode_image);
-  volumes  every --volume-stride-th slice of the test volumes (pyradiomics 3.0.1 lung2: chest CT,
-           brain2: brain MR), one slice per image;
+  volumes  every --volume-stride-th slice of the NRRD test volumes (pyradiomics 3.0.1 lung2: chest CT,
+           brain2: brain MR; data.corpus.volumes), one slice per image (the corpus' other test volume,
+           a cine that came through lossy JPEG, is left out);
   cv       leave-one-modality-out over the whole corpus (CT, MR, CR, US, OT: 5 folds): the residual
            model is fitted (keras_codec.fit_residual, on centred crops of at most --cv-side², base
            qualities CV_QUALITIES) on every other modality, then codes the held-out modality's
@@ -116,15 +117,18 @@ def test_images():
 
 
 def _volume_source(name: str):
-    """(slices, rows, cols) int16 volume: data.corpus.volumes when it exists, else benchmarks/_volumes."""
+    """(slices, rows, cols) volume: data.corpus's reader when this checkout has it, else benchmarks/_volumes."""
     try:
-        from data.corpus import volumes  # noqa: F401 - the shared reader, once it has moved into data/
+        from data.corpus import load_volume, volumes
     except ImportError:
         volumes = None
     if volumes is not None:
-        for vname, vol in volumes("test"):
-            if vname.endswith(name) or name.startswith(vname):
-                return np.asarray(vol)
+        item = next((v for v in volumes("test") if v.name == name), None)
+        if item is not None:
+            try:
+                return load_volume(item).pixels[..., 0]
+            except FileNotFoundError:
+                pass  # not fetched by the set-up here: read it from the sdist below
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import _volumes
 
