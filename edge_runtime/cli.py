@@ -162,6 +162,8 @@ def _print_info(d: dict) -> None:
         ("coding", f"up to {d['levels']} wavelet levels, tiles {d['tile'][0]} x {d['tile'][1]} ({d['tiles']} in all)"),
         *([("colour", f"{d['colour']} transform, {d['grey_frames']} of {d['frames']} frame(s) grey (one plane)")]
           if d.get("colour") else []),
+        *([("frames", f"groups of {d['group']} (random access), {d['predicted_frames']} of {d['frames']} frame(s) "
+                      f"predicted from the previous one")] if d.get("group") else []),
         ("bytes", f"{d['bytes']} ({d['pixel_bytes']} pixel stream)"),
         ("bpp", f"{d['bpp']:.4f} (ratio {d['ratio']:.2f}:1)"),
         ("metadata", f"DICOM header, {d['metadata_bytes']} bytes" if d["has_metadata"] else "none"),

@@ -689,9 +689,11 @@ def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None,
 DEFAULT_GROUP = 8
 """Frames per group of a multi-frame stream: a frame decodes after at most this many (random access)."""
 _ESTIMATE_LEVELS = 3
-ESTIMATE_DOUBT = 0.15
-"""A frame after a group's second whose calibrated estimate of predicted / intra bits is within 1 +- this is
-coded both ways (the estimate is off by up to about 15 % on the corpus' multi-frame images)."""
+ESTIMATE_DOUBT = 0.05
+"""A frame after a group's second whose calibrated estimate of predicted / intra cost is within 1 +- this is
+coded both ways. Calibrated by the group's second frame, the estimate is within about 10 % of the real
+ratio on the cine and the test volumes; a frame that close to break-even gains or loses little either way,
+and coding it twice costs encode time."""
 
 
 def _predictions(prev: np.ndarray, kind: int, transform: int, mode: int) -> list:
@@ -834,7 +836,7 @@ class _GroupEncoder(_GroupCodec):
         if not self.lossy:
             return bits
         step = self.step(_difference_span(0, self.transform, first_norm))
-        sse = float(((coded[2] - frame.astype(np.int64)) ** 2).sum())
+        sse = float(((coded[2]() - frame.astype(np.int64)) ** 2).sum())
         return bits + sse / (step * step) / float(self.coder.p["rdo_lambda"])
 
     def estimate_ratio(self, frame: np.ndarray, kind: int, prev, first_norm: list) -> float:
@@ -851,15 +853,13 @@ class _GroupEncoder(_GroupCodec):
             return 1.0 if predicted <= 0 else np.inf
         return predicted / intra
 
-    def code_plane(self, x: np.ndarray, lohi: tuple, span, clip: tuple, role, need_decoded: bool) -> tuple[list, np.ndarray | None]:
-        """(tile streams, the plane as decode_plane will return it, or None when not needed) of integer plane x."""
+    def code_plane(self, x: np.ndarray, lohi: tuple, span, clip: tuple, role) -> tuple[list, "_Lazy"]:
+        """(tile streams, the plane as decode_plane will return it, computed when first asked) of integer plane x."""
         coder, lo, hi = self.coder, int(lohi[0]), int(lohi[1])
         transforms = self.chosen.get(role)
         grid = bs.tile_grid(x.shape[0], x.shape[1], self.tile, self.tile)
-        streams, names = [], []
-        out = np.empty(x.shape, np.int64) if need_decoded else None
+        streams, names, bands = [], [], []
         scale = float(max(hi - lo, 1)) if span is None else float(span)
-        lo_c, hi_c = max(lo, clip[0]), min(hi, clip[1])
         for t, (r0, r1, c0, c1) in enumerate(grid):
             transform = transforms[t] if transforms is not None else None
             part = x[r0:r1, c0:c1]
@@ -870,32 +870,36 @@ class _GroupEncoder(_GroupCodec):
                 data, name, levels, q = coder._encode((part.astype(np.float64) - lo) / scale, self.quality,
                                                       self.stats, transform)
                 names.append(name)
-                if need_decoded:  # what decode_plane computes, without entropy-decoding q again
-                    bands, step = coder._dequantize(q, levels, self.quality)
-                    y = coder.transforms[name].synthesis(bands, levels, step=step)
-                    out[r0:r1, c0:c1] = np.clip(np.round(y[:r1 - r0, :c1 - c0].astype(np.float64) * scale + lo),
-                                                lo_c, hi_c)
+                bands.append((name, levels, q))
             streams.append(data)
         self.chosen.setdefault(role, names)
-        if need_decoded and not self.lossy:
-            if self.max_error == 0:
-                out[:] = x
-            else:
-                out[:] = decode_plane(streams, coder=coder, rows=x.shape[0], cols=x.shape[1],
-                                      tile_rows=self.tile, tile_cols=self.tile, lohi=(lo, hi), clip=clip,
-                                      quality=0, max_error=int(self.max_error), dtype="int32")
-        return streams, out
 
-    def encode_frame(self, frame: np.ndarray, kind: int, mode: int, prev, first_norm: list,
-                     need_decoded: bool) -> tuple[list, list, np.ndarray | None]:
-        """(norm, tile streams, decoded frame or None) of one frame."""
-        preds = _predictions(prev, kind, self.transform, mode) if mode else None
+        def rebuild() -> np.ndarray:
+            if not self.lossy:
+                if self.max_error == 0:
+                    return x
+                return decode_plane(streams, coder=coder, rows=x.shape[0], cols=x.shape[1], tile_rows=self.tile,
+                                    tile_cols=self.tile, lohi=(lo, hi), clip=clip, quality=0,
+                                    max_error=int(self.max_error), dtype="int32").astype(np.int64)
+            # what decode_plane computes, from the integer bands the encoder holds (no entropy decoding)
+            out = np.empty(x.shape, np.int64)
+            lo_c, hi_c = max(lo, clip[0]), min(hi, clip[1])
+            for (r0, r1, c0, c1), (name, levels, q) in zip(grid, bands):
+                dequantized, step = coder._dequantize(q, levels, self.quality)
+                y = coder.transforms[name].synthesis(dequantized, levels, step=step)
+                out[r0:r1, c0:c1] = np.clip(np.round(y[:r1 - r0, :c1 - c0].astype(np.float64) * scale + lo), lo_c, hi_c)
+            return out
+
+        return streams, _Lazy(rebuild)
+
+    def encode_frame(self, frame: np.ndarray, kind: int, mode: int, prev, first_norm: list) -> tuple:
+        """(norm, tile streams, the decoded frame as a _Lazy) of one frame; `prev` the previous one's _Lazy."""
+        preds = _predictions(prev(), kind, self.transform, mode) if mode else None
         targets = self.targets(frame, kind)
         norm, streams, planes = [], [], []
-        green_difference = self.transform == bs.COLOUR_GREEN_DIFFERENCE and kind == bs.FRAME_COLOUR
         for i, x in enumerate(targets):
             if x is None:  # B - G' and R - G' against this frame's decoded G
-                x = frame[:, :, 2 if i == 1 else 0].astype(np.int64) - planes[0]
+                x = frame[:, :, 2 if i == 1 else 0].astype(np.int64) - planes[0]()
             if mode:
                 x = x - preds[i]
                 lohi = (int(x.min()), int(x.max()))
@@ -903,14 +907,25 @@ class _GroupEncoder(_GroupCodec):
                 lohi = col.chroma_norm(x, norm[0])
             else:
                 lohi = (int(x.min()), int(x.max()))
-            decoded_needed = need_decoded or (green_difference and i == 0)
             tiles, v = self.code_plane(x, lohi, self.span(i, mode, first_norm), self.plane_clip(i, mode, lohi),
-                                       (i, bool(mode)), decoded_needed)
+                                       (i, bool(mode)))
             norm.append(lohi)
             streams.extend(tiles)
-            planes.append(self.add_prediction(i, v, preds) if decoded_needed else None)
-        decoded = _assemble(planes, self.transform, self.clip) if need_decoded else None
-        return norm, streams, decoded
+            planes.append(_Lazy(lambda i=i, v=v: self.add_prediction(i, v(), preds)))
+        return norm, streams, _Lazy(lambda: _assemble([p() for p in planes], self.transform, self.clip))
+
+
+class _Lazy:
+    """A value computed on first use, then kept: the encoder rebuilds a frame as decoded only when a
+    prediction or a cost needs it."""
+
+    def __init__(self, fn):
+        self.fn, self.done, self.value = fn, False, None
+
+    def __call__(self):
+        if not self.done:
+            self.value, self.done, self.fn = self.fn(), True, None
+        return self.value
 
 
 @single_blas_thread()
@@ -921,9 +936,9 @@ def encode_group(frames: np.ndarray, *, coder: PlaneCoder, quality: int | None, 
     of a version 2 encode_image. The first frame is intra; each later one is predicted from the previous
     frame as decoded when that pays (or as `modes` says): the second frame is coded both ways and the
     one of lower cost (bits, plus the squared error over lambda when lossy) kept; later frames are
-    predicted when _rate_estimate's ratio of predicted to intra bits, scaled by the ratio the second
-    frame's real costs showed, is below 1, and coded both ways too when that ratio is within
-    ESTIMATE_DOUBT of 1. `keep_decoded` adds
+    predicted when _rate_estimate's ratio of predicted to intra bits (against the previous frame as it
+    was, not as decoded: an estimate), scaled by the ratio the second frame's real costs showed, is
+    below 1, and coded both ways too when that ratio is within ESTIMATE_DOUBT of 1. `keep_decoded` adds
     "decoded": the frames as the decoder will rebuild them."""
     enc = _GroupEncoder(coder, quality=quality, max_error=max_error, tile=tile, transform=transform, clip=clip,
                         stats=stats)
@@ -932,28 +947,27 @@ def encode_group(frames: np.ndarray, *, coder: PlaneCoder, quality: int | None, 
     decoded_frames = []
     prev, first_norm, calibration = None, None, 1.0
     for f, frame in enumerate(frames):
-        need = keep_decoded or f + 1 < len(frames)
+        ratio = (enc.estimate_ratio(frame, kinds[f], frames[f - 1], first_norm)
+                 if f > 0 and modes is None else None)
         if f == 0 or modes is not None:
             mode = bs.FRAME_INTRA if f == 0 else int(modes[f])
-            norm, streams, decoded = enc.encode_frame(frame, kinds[f], mode, prev, first_norm, need)
-        elif f == 1 or abs(enc.estimate_ratio(frame, kinds[f], prev, first_norm) * calibration - 1) < ESTIMATE_DOUBT:
+            norm, streams, decoded = enc.encode_frame(frame, kinds[f], mode, prev, first_norm)
+        elif f == 1 or abs(ratio * calibration - 1) < ESTIMATE_DOUBT:
             # both ways, the cheaper kept; the second frame's costs calibrate the estimate of the later ones
             tries = []
             for mode in (bs.FRAME_INTRA, 1):
                 enc.stats = {} if stats is not None else None
-                coded = enc.encode_frame(frame, kinds[f], mode, prev, first_norm, need or enc.lossy)
-                tries.append((mode, coded, enc.stats))
+                tries.append((mode, enc.encode_frame(frame, kinds[f], mode, prev, first_norm), enc.stats))
             enc.stats = stats
-            sizes = [enc.cost(frame, t[1], first_norm) for t in tries]
-            mode, (norm, streams, decoded), st = tries[int(sizes[1] < sizes[0])]
+            costs = [enc.cost(frame, t[1], first_norm) for t in tries]
+            mode, (norm, streams, decoded), st = tries[int(costs[1] < costs[0])]
             if stats is not None:
                 stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + st.get("estimated_bits", 0.0)
             if f == 1:
-                estimated = enc.estimate_ratio(frame, kinds[f], prev, first_norm)
-                calibration = (sizes[1] / max(sizes[0], 1)) / estimated if 0 < estimated < np.inf else 1.0
+                calibration = (costs[1] / max(costs[0], 1)) / ratio if 0 < ratio < np.inf else 1.0
         else:
-            mode = 1 if enc.estimate_ratio(frame, kinds[f], prev, first_norm) * calibration < 1.0 else bs.FRAME_INTRA
-            norm, streams, decoded = enc.encode_frame(frame, kinds[f], mode, prev, first_norm, need)
+            mode = 1 if ratio * calibration < 1.0 else bs.FRAME_INTRA
+            norm, streams, decoded = enc.encode_frame(frame, kinds[f], mode, prev, first_norm)
         prev = decoded
         if f == 0:
             first_norm = norm
@@ -961,7 +975,7 @@ def encode_group(frames: np.ndarray, *, coder: PlaneCoder, quality: int | None, 
         out["norm"].extend(norm)
         out["streams"].extend(streams)
         if keep_decoded:
-            decoded_frames.append(decoded)
+            decoded_frames.append(decoded())
     if keep_decoded:
         out["decoded"] = np.stack(decoded_frames)
     return out

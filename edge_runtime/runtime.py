@@ -401,6 +401,8 @@ def info(path, bundle_path=None) -> dict:
         "metadata_bytes": len(metadata) if metadata is not None else 0,
         "colour": _COLOUR_NAMES.get(header.colour), "grey_frames": header.frame_kinds.count(bs.FRAME_GREY),
         "series": series.describe(header, metadata, path),
+        "version": header.version, "group": header.group,
+        "predicted_frames": sum(1 for m in header.frame_modes if m != bs.FRAME_INTRA),
     }
 
 

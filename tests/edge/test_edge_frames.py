@@ -291,3 +291,17 @@ def test_damaged_version_2_streams_raise_only_invalid_bitstream(v2_stream, data)
     except bs.InvalidBitstreamError:
         return
     assert len(tiles) == header.n_tiles and len(header.frame_modes) == header.frames
+
+
+def test_info_shows_the_group_length_and_predicted_frames(capsys):
+    from pathlib import Path
+
+    from edge_runtime import cli, runtime
+
+    golden = Path(__file__).resolve().parents[1] / "golden" / "frames_cine_q14.kcd"
+    header = bs.read_header(golden.read_bytes())
+    d = runtime.info(golden)
+    assert d["version"] == 2 and d["group"] == header.group == 4
+    assert d["predicted_frames"] == sum(1 for m in header.frame_modes if m) > 0
+    assert cli.main(["info", str(golden)]) in (0, None)
+    assert f"groups of 4 (random access), {d['predicted_frames']} of 4 frame(s) predicted" in capsys.readouterr().out
