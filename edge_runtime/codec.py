@@ -459,7 +459,8 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
     from the previous frame as decoded when that pays (encode_group), and `plane_map` then runs over
     the groups. `inter=False` codes every frame on its own (version 1, the stream of earlier releases);
     single frames are version 1 unless `series` (the frames are a series' slices, flag bit 4 of
-    version 2; `metadata` holds their packed DICOM headers, edge_runtime.series).
+    version 2; `metadata` holds their packed DICOM headers, edge_runtime.series; with `inter=False`
+    every slice is then a group of its own).
     """
     bounded = max_error is not None
     if bounded and (int(max_error) != max_error or max_error < 0):
@@ -472,8 +473,8 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
     if group is not None and (int(group) != group or group < 1):
         raise ValueError(f"group must be a whole number of frames >= 1, got {group!r}")
     if series or (inter and image.frames > 1):
-        return _encode_groups(image, coder, options, metadata, model_id, plane_map, colour, series,
-                              DEFAULT_GROUP if group is None else int(group), stats)
+        group = 1 if not inter else DEFAULT_GROUP if group is None else int(group)  # a series without inter: intra
+        return _encode_groups(image, coder, options, metadata, model_id, plane_map, colour, series, group, stats)
     if plane_map is None or stats is not None:
         plane_map = lambda fn, items, opts, keyword: (fn(coder=coder, **({"stats": stats} if fn is encode_plane else {}),
                                                          **item, **opts) for item in items)

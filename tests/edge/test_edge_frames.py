@@ -145,6 +145,16 @@ def test_series_flag_forces_version_2_and_carries_its_metadata(codec):
         _moving(frames=2), coder=coder, model_id=bundle.model_id, quality=12)).series
 
 
+def test_a_series_without_inter_frame_coding_is_all_intra(codec):
+    bundle, coder = codec
+    image = _moving(frames=3)
+    data = encode_image(image, coder=coder, model_id=bundle.model_id, quality=12, series=True, inter=False)
+    header = bs.parse(data)[0]
+    assert header.series and header.group == 1 and header.frame_modes == [bs.FRAME_INTRA] * 3
+    v1 = encode_image(image, coder=coder, model_id=bundle.model_id, quality=12, inter=False)
+    assert np.array_equal(decode_image(data, coder=coder)[0].pixels, decode_image(v1, coder=coder)[0].pixels)
+
+
 def test_group_must_be_a_positive_whole_number(codec):
     bundle, coder = codec
     for bad in (0, -2, 2.5):
