@@ -366,3 +366,34 @@ def test_recipe_trains_under_mirrored_strategy_on_two_logical_cpus(images, tmp_p
     rows = (tmp_path / "run" / "stages" / "02_postfilter" / "work" / "log.csv").read_text().splitlines()
     assert rows[0].startswith("step,") and rows[-1].split(",")[0] == "4"
     assert json.loads((tmp_path / "run" / "state.json").read_text())["bundle"] == res["model_id"]
+
+
+def test_a_training_stage_interrupted_mid_way_resumes_at_its_last_checkpoint(images, tmp_path, monkeypatch):
+    from keras_codec import train as train_mod
+    from keras_codec.training.pipeline import run_recipe
+
+    class Stop(Exception):
+        pass
+
+    recipe = tiny_recipe().replace(stages=tiny_recipe().stages[:1] + (PostFilter(steps=4, **_PF),))
+    data = tdata.prepare([images], val_fraction=recipe.val_fraction, seed=0)
+    flush, seen = train_mod._RunLog.flush, []
+
+    def stop_at_3(self, step, stage):
+        if step == 3:
+            raise Stop
+        flush(self, step, stage)
+
+    def record(self, step, stage):
+        seen.append(step)
+        flush(self, step, stage)
+
+    monkeypatch.setattr(train_mod._RunLog, "flush", stop_at_3)
+    with pytest.raises(Stop):  # killed after step 3; the checkpoint of step 2 is on disk
+        run_recipe(recipe, data, tmp_path / "run", ckpt_every=2, report=False, progress=lambda s: None)
+    assert list(json.loads((tmp_path / "run" / "state.json").read_text())["done"]) == ["01_context_fit"]
+    monkeypatch.setattr(train_mod._RunLog, "flush", record)
+    run_recipe(recipe, data, tmp_path / "run", ckpt_every=2, report=False, progress=lambda s: None)
+    assert seen == [3, 4]  # steps 1-2 were not trained again
+    log = (tmp_path / "run" / "stages" / "02_postfilter" / "work" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in log[1:]] == ["1", "2", "3", "4"]

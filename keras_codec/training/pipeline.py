@@ -155,12 +155,13 @@ def _check_strategy(strategy) -> None:
 
 def run_recipe(recipe: Recipe, data: TrainingData, run_dir, *, from_bundle=None, strategy=None,
                progress: Callable[[str], None] = None, after_stage: Callable[[str], None] = None,
-               report: bool = True, corpus: bool = False) -> dict:
+               report: bool = True, corpus: bool = False, ckpt_every: int = 500) -> dict:
     """Run (or resume) `recipe` on `data` in `run_dir`; return {"bundle", "model_id", "report", "stages"}.
 
     `from_bundle`: fine-tune this bundle with the recipe's `finetune` stages (else its `stages`
     from step 0). `strategy`: the tf.distribute strategy of the training stages. `after_stage(id)`
-    is called when a stage's result is in place and recorded. `corpus`: `data` is the sample corpus,
+    is called when a stage's result is in place and recorded. `ckpt_every`: training stages save a
+    checkpoint every this many steps (a rerun resumes there). `corpus`: `data` is the sample corpus,
     whose train split the trainers read themselves (the shipped bundle's exact path). `progress`
     gets one line per event (default: stderr); the trainers' own lines go to stderr as well.
     """
@@ -189,7 +190,7 @@ def run_recipe(recipe: Recipe, data: TrainingData, run_dir, *, from_bundle=None,
 
     images = None if corpus else data.train_pairs()
     est_images = data.train_pairs()
-    ctx = StageContext(recipe=recipe, images=images, strategy=strategy, progress=say)
+    ctx = StageContext(recipe=recipe, images=images, strategy=strategy, progress=say, ckpt_every=ckpt_every)
     ids = stage_ids(stages)
     estimates = [estimate_seconds(s, est_images) for s in stages]
     source = None if from_bundle is None else Path(from_bundle)
