@@ -94,8 +94,11 @@ def test_nifti_volumes_give_their_slices(tmp_path):
     fvol = rng.random((16, 16, 2)).astype(np.float32)
     nib.save(nib.Nifti1Image(fvol, np.eye(4)), tmp_path / "mr.nii")
     write_png(tmp_path / "x.png", 0)
-    ex = {e.name: e for e in tdata.collect([tmp_path], split_by="file")}
+    (tmp_path / "notes.dcm").write_bytes(b"not an image")
+    lines = []
+    ex = {e.name: e for e in tdata.collect([tmp_path], split_by="file", progress=lines.append)}
     assert sorted(ex) == ["ct.nii.gz", "mr.nii", "x.png"]
+    assert any(s.startswith("data: skipped notes.dcm: ") for s in lines)
     ct = ex["ct.nii.gz"].image
     assert ct.pixels.shape == (3, 24, 20, 1) and ct.signed and ct.pixels.dtype == np.int16
     assert np.array_equal(ct.pixels[1, :, :, 0], vol[:, :, 1].T)
