@@ -118,7 +118,8 @@ def test_default_recipe_is_the_shipped_bundles(tmp_path):
     assert [s.kind for s in r.stages] == ["context_fit", "postfilter", "export", "residual", "refine",
                                           "postfilter", "export", "residual"]
     fit, pf1, ex1, res1, ref, pf2, ex2, _ = r.stages
-    assert list(fit.qualities) == m["training"]["fit_qualities"] and fit.learned_tables == m["training"]["learned_tables"]
+    assert list(fit.qualities) == m["training"]["fit_qualities"]
+    assert fit.learned_tables == m["training"]["learned_tables"]
     assert "--steps 9000" in m["postfilter"]["initialized_from"] and pf1.steps == 9000
     assert "--lr 0.001" in m["postfilter"]["initialized_from"] and pf1.learning_rate == 1e-3
     for key in ("steps", "batch_size", "learning_rate", "patch_size"):

@@ -11,7 +11,7 @@ work and its hyper-parameters' meaning are theirs.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -37,7 +37,6 @@ class StageContext:
     progress: Callable[[str], None] = print
     log_every: int = 100
     ckpt_every: int = 500
-    extra: dict = field(default_factory=dict)
 
     @property
     def image_records(self):
