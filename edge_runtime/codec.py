@@ -162,10 +162,14 @@ class PlaneCoder:
     says the residual is the adaptive stream (res.encode_residual_adaptive: tables chosen
     for the tile per context bucket) rather than the fixed-table one of earlier releases
     (res.encode_residual), which still decodes; `adaptive=False` writes the older stream.
+    Its next bit (SHAPES, only with ADAPTIVE) says buckets may also use the lighter-tailed
+    tables (res.shape_tables); the encoder sets both, and streams with ADAPTIVE alone decode.
     """
 
     ADAPTIVE = 0x80
     """Flag in an error-bounded tile's quality byte: the residual is res.encode_residual_adaptive's."""
+    SHAPES = 0x40
+    """Flag beside ADAPTIVE: the adaptive residual may use res.shape_tables (shapes=True)."""
     SEARCH_STEPS = (3,)
     """Refinement steps of search_base_quality after SEARCH_START."""
 
@@ -308,7 +312,7 @@ class PlaneCoder:
             q = self.search_base_quality(u, top, d, transform) if quality is None else quality
             st = {} if stats is not None else None
             base_stream, body = self._bounded_body(u, top, d, q, st, transform)
-            data = struct.pack("<BII", q | (self.ADAPTIVE if self.adaptive else 0), g,
+            data = struct.pack("<BII", q | (self.ADAPTIVE | self.SHAPES if self.adaptive else 0), g,
                                len(base_stream)) + table + base_stream + body
             if best is None or len(data) < len(best[0]):
                 best = (data, st, len(table))
@@ -329,8 +333,10 @@ class PlaneCoder:
         """(base tile stream, residual stream) of integer tile u in [0, top] within d."""
         model = self._residual_model()
         base_stream, base = self.exact_base(u, top, quality, stats, transform)
-        code = res.encode_residual_adaptive if self.adaptive else res.encode_residual
-        return base_stream, code(res.quantize(u - base, d), base, d, model, stats=stats)
+        e = res.quantize(u - base, d)
+        if self.adaptive:
+            return base_stream, res.encode_residual_adaptive(e, base, d, model, stats=stats, shapes=True)
+        return base_stream, res.encode_residual(e, base, d, model, stats=stats)
 
     def search_base_quality(self, u: np.ndarray, top: int, d: int, transform: str | None = None) -> int:
         """The base quality giving the shortest stream, on a central crop of at most SEARCH_SIDE².
@@ -348,7 +354,7 @@ class PlaneCoder:
                 return sum(map(len, self._bounded_body(crop, top, d, q, None, transform)))
             # the adaptive residual's size as its encoder estimates it (no range coding in the trials)
             base_stream, base = self.exact_base(crop, top, q, None, transform)
-            bits = res.adaptive_plan(res.quantize(crop - base, d), base, d, self._residual_model())[0]
+            bits = res.adaptive_plan(res.quantize(crop - base, d), base, d, self._residual_model(), shapes=True)[0]
             return len(base_stream) + int(np.ceil(bits / 8))
 
         def size(q):
@@ -379,7 +385,10 @@ class PlaneCoder:
         if len(data) < 9:
             raise ValueError("error-bounded tile stream shorter than its 9-byte header")
         q, g, n = struct.unpack_from("<BII", data, 0)
-        adaptive, q = bool(q & self.ADAPTIVE), q & ~self.ADAPTIVE
+        adaptive, shapes, q = bool(q & self.ADAPTIVE), bool(q & self.SHAPES), q & ~(self.ADAPTIVE | self.SHAPES)
+        if shapes and not adaptive:
+            raise ValueError("error-bounded tile header is inconsistent: it flags lighter-tailed tables without the "
+                             "adaptive residual")
         off, values = 9, None
         if g == 0:  # indices into a table of values (lossless only)
             count = struct.unpack_from("<I", data, 9)[0] if len(data) >= 13 else 0
@@ -397,8 +406,11 @@ class PlaneCoder:
         if q not in BASE_QUALITIES or n > len(data) - off:
             raise ValueError(f"error-bounded tile header (quality {q}, divisor {g}, base length {n}) is inconsistent")
         base = res.reconstruct_base(self.decode_exact(data[off:off + n], rows, cols, q), 0, top)
-        decode = res.decode_residual_adaptive if adaptive else res.decode_residual
-        u = res.dequantize(base, decode(data[off + n:], base, d, model), d, 0, top)
+        if adaptive:
+            e = res.decode_residual_adaptive(data[off + n:], base, d, model, shapes=shapes)
+        else:
+            e = res.decode_residual(data[off + n:], base, d, model)
+        u = res.dequantize(base, e, d, 0, top)
         return values[u] if values is not None else lo + g * u
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_runtime import context as ctx
-from edge_runtime.entropy import Decoder, Encoder, EntropyTables
+from edge_runtime.entropy import PRECISION, Decoder, Encoder, EntropyTables
 from edge_runtime.subband_coder import (OFFSET_ALL, OFFSET_ZERO, CodingModel, adjust_indices, choose_offsets,
                                         zero_context)
 
@@ -354,15 +354,21 @@ def _bin_costs(tables) -> np.ndarray:
     return np.stack([tables.symbol_bits(centres, np.full(centres.size, k)) for k in range(tables.num_tables)])
 
 
-def _bucket_choice(keys: np.ndarray, bins: np.ndarray, num_keys: int,
-                   costs: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """(occurring buckets ascending, best table of each, estimated bits of the symbols); keys < num_keys."""
+def _bucket_choice(keys: np.ndarray, bins: np.ndarray, num_keys: int, costs: np.ndarray,
+                   first: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """(occurring buckets ascending, best table of each, estimated bits of the symbols); keys < num_keys.
+    With `first`, also (best table among the first `first` only, its estimated bits) after those."""
     nbins = costs.shape[1]
     hist = np.bincount(keys * nbins + bins, minlength=num_keys * nbins).reshape(num_keys, nbins)
     buckets = np.flatnonzero(hist.any(1))
     per = hist[buckets].astype(np.float64) @ costs.T  # (buckets, tables)
+    rows = np.arange(buckets.size)
     best = per.argmin(1)
-    return buckets, best, float(per[np.arange(buckets.size), best].sum())
+    out = (buckets, best, float(per[rows, best].sum()))
+    if first is not None:
+        best_first = per[:, :first].argmin(1)
+        out += (best_first, float(per[rows, best_first].sum()))
+    return out
 
 
 def _num_keys(tables, count: int) -> int:
@@ -399,9 +405,39 @@ def _decode_choice(dec, n: int, tables) -> np.ndarray:
     return dec.decode(np.full(n, t)) + shift - _SHIFT_CODES // 2
 
 
-def adaptive_plan(e: np.ndarray, base: np.ndarray, max_error: int, model: ResidualModel) -> tuple:
+SHAPE_MAX_TAIL = 1024
+"""Laplace tables up to this tail half-width get a lighter-tailed twin in shape_tables."""
+
+
+@functools.lru_cache(maxsize=4)
+def shape_tables(tables: EntropyTables) -> EntropyTables:
+    """The model's K tables, then K more: each Laplacian convolved with itself (the distribution of the sum of
+    two such residuals: rounder at the top, lighter-tailed, what residuals of Gaussian-like noise look like),
+    computed from the integer tables in integer arithmetic, so every decoder builds the same frequencies.
+    Tables with a tail beyond SHAPE_MAX_TAIL are repeated unchanged (the encoder then never picks the copy)."""
+    freqs, tails = list(tables.freqs), list(int(t) for t in tables.tails)
+    for k in range(tables.num_tables):
+        t = int(tables.tails[k])
+        if t > SHAPE_MAX_TAIL:
+            freqs.append(tables.freqs[k])
+            tails.append(t)
+            continue
+        c = np.convolve(tables.freqs[k][:-1], tables.freqs[k][:-1])  # exact: below 2**59 in int64
+        c = c >> max(int(c.max()).bit_length() - 38, 0)  # so that c * spare stays below 2**62
+        spare = (1 << PRECISION) - (len(c) + 1)
+        q = (c * spare) // int(c.sum())
+        q[int(np.argmax(c))] += spare - int(q.sum())
+        freqs.append(np.concatenate([q + 1, [1]]))
+        tails.append(2 * t)
+    return EntropyTables(freqs, np.array(tails, np.int64))
+
+
+def adaptive_plan(e: np.ndarray, base: np.ndarray, max_error: int, model: ResidualModel,
+                  shapes: bool = False) -> tuple:
     """The encoder's choices for residual symbols `e`: (estimated bits, class count code, per-pass
-    (phase, prediction code, symbols), per-pass (bucket keys, occurring buckets, their tables))."""
+    (phase, prediction code, symbols), per-pass (bucket keys, occurring buckets, their tables)).
+
+    With `shapes`, a bucket's table may also be one of shape_tables' lighter-tailed twins (numbers K..2K-1)."""
     passes = []
 
     def visit(phase, idx, f, nb):
@@ -413,7 +449,7 @@ def adaptive_plan(e: np.ndarray, base: np.ndarray, max_error: int, model: Residu
 
     _walk(base, max_error, model, visit)
     tables = model.tables
-    costs = _bin_costs(tables)
+    costs = _bin_costs(shape_tables(tables) if shapes else tables)
     geometry = _geometry(tuple(base.shape))
     bins = [_mag_bin(np.abs(p[4])) for p in passes]
     sorted_base = np.sort(base.ravel())
@@ -423,9 +459,18 @@ def adaptive_plan(e: np.ndarray, base: np.ndarray, max_error: int, model: Residu
         plan, bits = [], 0.0
         for (phase, idx, zero, k, sym), b_ in zip(passes, bins):
             keys = _bucket_keys(idx, zero, cls[geometry[phase][0]], count)
-            buckets, choice, b = _bucket_choice(keys, b_, _num_keys(tables, count), costs)
+            if shapes:  # per pass: with a family bit per bucket, or the Laplacians alone when that is cheaper
+                buckets, choice, b, choice_lap, b_lap = _bucket_choice(keys, b_, _num_keys(tables, count), costs,
+                                                                       tables.num_tables)
+                if b_lap <= b + buckets.size:
+                    choice, b = choice_lap, b_lap
+                else:
+                    b += buckets.size
+                b += 1
+            else:
+                buckets, choice, b = _bucket_choice(keys, b_, _num_keys(tables, count), costs)
             plan.append((keys, buckets, choice))
-            bits += b + _choice_bits(choice - buckets // (2 * count), tables)
+            bits += b + _choice_bits(choice % tables.num_tables - buckets // (2 * count), tables)
         if best is None or bits < best[0]:
             best = (bits, code, plan)
         if count > 1 and bits > best[0]:  # the estimate rises with more classes from here on: stop
@@ -434,16 +479,25 @@ def adaptive_plan(e: np.ndarray, base: np.ndarray, max_error: int, model: Residu
 
 
 def encode_residual_adaptive(e: np.ndarray, base: np.ndarray, max_error: int, model: ResidualModel,
-                             stats: dict | None = None) -> bytes:
-    """Range-coded residual symbols `e` with per-image bucket tables (see ADAPTIVE_CLASSES)."""
-    _bits, code, passes, plan = adaptive_plan(e, base, max_error, model)
+                             stats: dict | None = None, shapes: bool = False) -> bytes:
+    """Range-coded residual symbols `e` with per-image bucket tables (see ADAPTIVE_CLASSES).
+
+    With `shapes` (a stream the decoder must be told about), a bucket's table may come from
+    shape_tables: after the pass's table numbers, one uniform bit says whether the pass uses the
+    lighter-tailed twins, and if so one uniform bit per bucket gives its family."""
+    _bits, code, passes, plan = adaptive_plan(e, base, max_error, model, shapes)
     tables = model.tables
-    enc = Encoder(tables, track=stats is not None)
+    enc = Encoder(shape_tables(tables) if shapes else tables, track=stats is not None)
     enc.encode_uniform([code], len(ADAPTIVE_CLASSES))
     for (phase, k, sym), (keys, buckets, choice) in zip(passes, plan):
         if phase > 0:
             enc.encode_uniform([k], PRED_CODES)
-        _encode_choice(enc, choice - buckets // (2 * ADAPTIVE_CLASSES[code]), tables)
+        _encode_choice(enc, choice % tables.num_tables - buckets // (2 * ADAPTIVE_CLASSES[code]), tables)
+        if shapes:  # does the pass use the twins? then each bucket's family
+            family = choice // tables.num_tables
+            enc.encode_uniform([int(family.any())], 2)
+            if family.any():
+                enc.encode_uniform(family, 2)
         lut = np.zeros(_num_keys(tables, ADAPTIVE_CLASSES[code]), np.int64)
         lut[buckets] = choice
         enc.encode(sym, lut[keys])
@@ -452,10 +506,11 @@ def encode_residual_adaptive(e: np.ndarray, base: np.ndarray, max_error: int, mo
     return enc.getvalue()
 
 
-def decode_residual_adaptive(data: bytes, base: np.ndarray, max_error: int, model: ResidualModel) -> np.ndarray:
-    """Inverse of encode_residual_adaptive."""
+def decode_residual_adaptive(data: bytes, base: np.ndarray, max_error: int, model: ResidualModel,
+                             shapes: bool = False) -> np.ndarray:
+    """Inverse of encode_residual_adaptive (with the same `shapes`)."""
     tables = model.tables
-    dec = Decoder(tables, data)
+    dec = Decoder(shape_tables(tables) if shapes else tables, data)
     code = int(dec.decode_uniform(1, len(ADAPTIVE_CLASSES))[0])
     count = ADAPTIVE_CLASSES[code]
     cls = intensity_classes(base, count)
@@ -471,6 +526,8 @@ def decode_residual_adaptive(data: bytes, base: np.ndarray, max_error: int, mode
         choice = buckets // (2 * count) + _decode_choice(dec, buckets.size, tables)
         if choice.size and (choice.min() < 0 or choice.max() >= tables.num_tables):
             raise ValueError("adaptive residual stream chooses a table outside the model's")
+        if shapes and dec.decode_uniform(1, 2)[0]:
+            choice = choice + tables.num_tables * dec.decode_uniform(buckets.size, 2)
         lut = np.zeros(num_keys, np.int64)
         lut[buckets] = choice
         return dec.decode(lut[keys]) + pred

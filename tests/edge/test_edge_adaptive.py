@@ -75,7 +75,7 @@ def test_tile_stream_flags_the_adaptive_residual_and_old_streams_still_decode(sh
     new = coder.encode_bounded(x, lo, hi, d, quality=14)
     old_coder = PlaneCoder(coder.p, coder.coding, coder.transforms, coder.residual, coder.refine, adaptive=False)
     old = old_coder.encode_bounded(x, lo, hi, d, quality=14)
-    assert new[0] == 14 | PlaneCoder.ADAPTIVE and old[0] == 14
+    assert new[0] == 14 | PlaneCoder.ADAPTIVE | PlaneCoder.SHAPES and old[0] == 14
     assert struct.unpack_from("<II", new, 1) == struct.unpack_from("<II", old, 1)  # same divisor and base
     for data in (new, old):
         for decoder in (coder, old_coder):  # the flag, not the decoder's setting, picks the residual stream
@@ -100,3 +100,33 @@ def test_corrupt_bucket_tables_are_refused(shipped):
         except ValueError:
             noticed += 1
     assert noticed > 0
+
+
+def test_shape_tables_are_integer_twins_of_the_model_tables(shipped):
+    b, _ = shipped
+    t = b.residual.tables
+    twins = res.shape_tables(t)
+    assert twins.num_tables == 2 * t.num_tables
+    for k in range(t.num_tables):
+        assert np.array_equal(twins.freqs[k], t.freqs[k])
+        f = twins.freqs[t.num_tables + k]
+        if t.tails[k] <= res.SHAPE_MAX_TAIL:
+            assert twins.tails[t.num_tables + k] == 2 * t.tails[k]
+            mid = int(twins.tails[t.num_tables + k])
+            v = f[:2 * mid + 1]
+            assert np.all(np.abs(v - v[::-1]) <= 2 + v // 1000)  # symmetric up to the rounding of its source
+            assert f[mid] == f[:-1].max()
+        else:
+            assert np.array_equal(f, t.freqs[k])
+
+
+@pytest.mark.parametrize("d", [0, 3])
+def test_lighter_tailed_tables_round_trip_and_pay_on_gaussian_noise(shipped, d):
+    b, _ = shipped
+    rng = np.random.default_rng(7 + d)
+    base = rng.integers(0, 3000, (128, 128))
+    e = res.quantize(np.round(rng.normal(0, 12, base.shape)).astype(np.int64), d)
+    plain = res.encode_residual_adaptive(e, base, d, b.residual)
+    twins = res.encode_residual_adaptive(e, base, d, b.residual, shapes=True)
+    assert np.array_equal(res.decode_residual_adaptive(twins, base, d, b.residual, shapes=True), e)
+    assert len(twins) < 0.995 * len(plain)  # Gaussian noise: lighter tails than a Laplacian
