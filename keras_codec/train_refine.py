@@ -237,12 +237,13 @@ def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=N
                  layers: int = 3, batch_size: int = 8, learning_rate: float = 5e-4, patch_size: int = 128,
                  log_every: int = 100, ckpt_every: int = 500, progress: bool = True,
                  context_hidden: int = CONTEXT_HIDDEN, images=None, strategy=None, init_from_bundle: bool = False,
-                 refit_options=None) -> dict:
+                 refit_options=None, refit: bool = True) -> dict:
     """Train (or resume) the refinement in `out_dir`, save `<out_dir>/refine.npz`, optionally a refined bundle.
 
     `images`: Image records to draw the patches from instead of the corpus train split (pass the same
     pairs to the refit through `refit_options={"images": ...}`); `strategy`: a tf.distribute strategy
-    (`batch_size` is then the global batch); `init_from_bundle`: start from the bundle's own refinement."""
+    (`batch_size` is then the global batch); `init_from_bundle`: start from the bundle's own refinement;
+    `refit`: refit the context model and tables of the refined bundle (else it keeps the bundle's)."""
     from data.pipeline import make_dataset
     from edge_runtime.bundle import load_bundle
 
@@ -287,7 +288,7 @@ def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=N
              "context_hidden": context_hidden}
     (out_dir / "refine_entry.json").write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
     if bundle_out is not None:
-        write_refined_bundle(bundle_dir, bundle_out, weights, entry, context_hidden=context_hidden,
+        write_refined_bundle(bundle_dir, bundle_out, weights, entry, refit=refit, context_hidden=context_hidden,
                              progress=print if progress else (lambda *_: 0), refit_options=refit_options)
     return {"summary": summary, "entry": entry, "weights": str(weights)}
 

@@ -324,7 +324,8 @@ def test_a_multi_worker_strategy_is_refused_before_any_work(images, tmp_path):
 
 
 def test_from_bundle_runs_the_finetune_stages_starting_from_its_weights(run, images, tmp_path):
-    """With a zero learning rate, the fine-tuned refinement and post-filter are exactly the starting bundle's."""
+    """With a zero learning rate and no refit, the fine-tuned refinement, post-filter, context model and tables
+    are exactly the starting bundle's."""
     from edge_runtime.bundle import load_bundle, model_id_of
     from keras_codec.cli import main
 
@@ -332,8 +333,7 @@ def test_from_bundle_runs_the_finetune_stages_starting_from_its_weights(run, ima
     ref = tiny.stages[4]
     recipe = tiny.replace(name="tiny-ft", finetune=(
         Refine(steps=1, learning_rate=0.0, batch_size=2, patch_size=32, channels=ref.channels, layers=ref.layers,
-               context_hidden=0,
-               init_from_bundle=True, refit_max_side=64, refit_max_frames=1, refit_qualities=QUALITIES),
+               init_from_bundle=True, refit=False),
         PostFilter(steps=1, learning_rate=0.0, init_from_bundle=True, **_PF), Export(), Residual(max_side=32)))
     path = tmp_path / "ft.json"
     path.write_text(recipe.to_json())
@@ -344,7 +344,7 @@ def test_from_bundle_runs_the_finetune_stages_starting_from_its_weights(run, ima
     m = load_bundle(out / "bundle").manifest
     assert m["training"]["from_model_id"] == model_id_of(src).hex()
     assert m["training"]["stages"] == ["01_refine", "02_postfilter", "03_export", "04_residual"]
-    for name in ("refine.npz", "postfilter.npz"):
+    for name in ("refine.npz", "postfilter.npz", "context.npz", "tables.npz"):
         a, b = np.load(src / name), np.load(out / "bundle" / name)
         assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a), name
 

@@ -96,6 +96,7 @@ class Refine:
     learning_rate: float = 5e-4
     context_hidden: int = 8         # ReLU units per context group in the refit
     init_from_bundle: bool = False  # fine-tune the input bundle's refinement instead of starting at zero
+    refit: bool = True              # refit the context model and tables on the refined transform
     refit_max_side: int = 1024
     refit_max_frames: int = 2
     refit_qualities: tuple = FIT_QUALITIES

@@ -114,7 +114,7 @@ def _refine(stage: Refine, source, out: Path, work: Path, ctx: StageContext) -> 
                  layers=stage.layers, batch_size=stage.batch_size, learning_rate=stage.learning_rate,
                  patch_size=stage.patch_size, log_every=_log_every(ctx, stage.steps), ckpt_every=ctx.ckpt_every,
                  context_hidden=stage.context_hidden, images=ctx.image_records, strategy=ctx.strategy,
-                 init_from_bundle=stage.init_from_bundle, refit_options=refit)
+                 init_from_bundle=stage.init_from_bundle, refit_options=refit, refit=stage.refit)
 
 
 RUNNERS = {"context_fit": _context_fit, "postfilter": _postfilter, "export": _export, "residual": _residual,
