@@ -352,9 +352,10 @@ class PlaneCoder:
         def trial(q):
             if not self.adaptive:
                 return sum(map(len, self._bounded_body(crop, top, d, q, None, transform)))
-            # the adaptive residual's size as its encoder estimates it (no range coding in the trials)
+            # the adaptive residual's size as its encoder estimates it (no range coding in the trials), without
+            # the lighter-tailed tables (twice the tables to weigh)
             base_stream, base = self.exact_base(crop, top, q, None, transform)
-            bits = res.adaptive_plan(res.quantize(crop - base, d), base, d, self._residual_model(), shapes=True)[0]
+            bits = res.adaptive_plan(res.quantize(crop - base, d), base, d, self._residual_model())[0]
             return len(base_stream) + int(np.ceil(bits / 8))
 
         def size(q):
