@@ -870,7 +870,9 @@ class _GroupEncoder(_GroupCodec):
     def code_plane(self, x: np.ndarray, lohi: tuple, span, clip: tuple, role) -> tuple[list, "_Lazy"]:
         """(tile streams, the plane as decode_plane will return it, computed when first asked) of integer plane x."""
         coder, lo, hi = self.coder, int(lohi[0]), int(lohi[1])
-        transforms = self.chosen.get(role)
+        # a difference plane takes the transforms its plane chose in the group's intra frame: trying the
+        # others on it (its zeros look flat to the transform gate) costs encode time and measured no bits
+        transforms = self.chosen.get(role) or self.chosen.get((role[0], False))
         grid = bs.tile_grid(x.shape[0], x.shape[1], self.tile, self.tile)
         streams, names, bands = [], [], []
         scale = float(max(hi - lo, 1)) if span is None else float(span)
