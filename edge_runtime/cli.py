@@ -44,7 +44,7 @@ EXIT_BROKEN_PIPE = 141
 PROGRESS_EVERY = 5.0
 """Seconds between progress lines when stderr is not a terminal."""
 
-ENCODE_OPTIONS = ("quality", "max_error", "target_psnr", "target_bpp")
+ENCODE_OPTIONS = ("quality", "max_error", "target_psnr", "target_bpp", "group")
 """Encoding options set on the command line: runtime.encode_file keyword arguments, the same for one
 file and for a folder (add a new option's argument in build_parser and its name here)."""
 
@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="IN is a folder of single-slice DICOM files of one series: code them as one stream "
                           "(slices ordered by position; edge_runtime.series); with an output folder, each "
                           "subfolder of IN is one series, coded as a batch")
+    enc.add_argument("--group", type=_positive_int, default=None, metavar="N",
+                     help="multi-frame images and series: frames per group (default 8), each frame after a "
+                          "group's first coded from the previous one where that pays; a viewer decodes at most N "
+                          "frames to show any one; 1 codes every frame on its own")
 
     dec = sub.add_parser("decode", parents=[common, bundle, force, jobs, links, cluster],
                          help=".kcd -> DICOM/PNG/TIFF (a file, or every .kcd under a folder)")

@@ -117,7 +117,7 @@ def dicom_metadata(dataset) -> bytes:
 
 def encode_file(in_path, out_path, quality: int | None = None, bundle=None, force: bool = False,
                 kernels: str = "xnnpack", max_error: int | None = None, target_psnr: float | None = None,
-                target_bpp: float | None = None, jobs: int | None = None) -> dict:
+                target_bpp: float | None = None, jobs: int | None = None, group: int | None = None) -> dict:
     """Encode one image file to a .kcd file; returns a summary (bytes, bpp, ratio, what was chosen).
 
     At most one of: `quality` (lossy, default DEFAULT_QUALITY), `max_error` (every pixel within
@@ -128,6 +128,8 @@ def encode_file(in_path, out_path, quality: int | None = None, bundle=None, forc
     (edge_runtime.pool; None: one per CPU when the image has pool.MIN_PLANES planes or more).
     A PALETTE COLOR image is coded as its indices when lossless, and whatever was asked when its tables
     hold 16-bit colours ("palette_kept" in the summary; edge_runtime.colour says why).
+    `group`: frames per group of a multi-frame image (codec.encode_image; None: codec.DEFAULT_GROUP),
+    the most frames a viewer decodes to reach any one; 1 codes every frame on its own.
     """
     in_path, out_path = Path(in_path), Path(out_path)
     check_encode_request(out_path, quality=quality, max_error=max_error, target_psnr=target_psnr,
@@ -142,7 +144,17 @@ def encode_file(in_path, out_path, quality: int | None = None, bundle=None, forc
     metadata = dicom_metadata(image.dataset) if image.dataset is not None else None
     return encode_loaded(image, metadata, in_path, out_path, quality=quality, bundle=bundle, force=force,
                          kernels=kernels, max_error=max_error, target_psnr=target_psnr, target_bpp=target_bpp,
-                         jobs=jobs)
+                         jobs=jobs, codec_options=group_options(group))
+
+
+def group_options(group: int | None, series: bool = False) -> dict:
+    """encode_image keywords for a group length asked for (1: every frame on its own)."""
+    if group is None:
+        return {"series": True} if series else {}
+    if isinstance(group, bool) or int(group) != group or group < 1:
+        raise ValueError(f"group must be a whole number of frames >= 1, got {group!r}")
+    options = {"inter": False} if group == 1 else {"group": int(group)}
+    return {**options, "series": True} if series else options
 
 
 def check_encode_request(out_path, *, quality=None, max_error=None, target_psnr=None, target_bpp=None) -> None:
