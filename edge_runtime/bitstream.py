@@ -14,7 +14,8 @@ offset                size    type      meaning
 4                     2       uint16    format version (1 or 2)
 6                     2       uint16    flags: bit 0 lossless, bit 1 has metadata,
                                         bit 2 error-bounded, bit 3 colour transform,
-                                        bit 4 series (version 2 only); other bits 0
+                                        bit 4 series (version 2 only), bit 5 padding
+                                        map; other bits 0
 8                     32      bytes     model id (SHA-256 of the model bundle)
 40                    4       uint32    rows (>= 1)
 44                    4       uint32    cols (>= 1)
@@ -44,6 +45,11 @@ offset                size    type      meaning
                                         per plane from :func:`tile_grid`)
 76+P+C+V+8N           4*T     uint32    L[0..T-1], tile stream lengths
 76+P+C+V+8N+4T        sum(L)  bytes     tile streams, concatenated
+(only with flag bit 5)
+  next                4       int32     Pixel Padding Value (stored units)
+  next                4       int32     Pixel Padding Range Limit (the value again without one)
+  next                4       uint32    K, padding map length
+  next                K       bytes     padding map (zlib; layout in edge_runtime.padding)
 (only with flag bit 1)
   next                4       uint32    M, compressed metadata length
   next                M       bytes     zlib-compressed metadata (DICOM header
@@ -103,6 +109,11 @@ every sample stays within D (D = 0: exact). Tiles and planes keep version 1's
 frame-major order, so the tiles of group k are contiguous: a group decodes
 from its own tiles and the header alone (random access), sequentially
 within the group.
+
+Padding map (flag bit 5, either version, one sample per pixel only): the pixels
+equal to Pixel Padding Value, or within it and Pixel Padding Range Limit, with
+their values, which the decoder puts back after decoding (edge_runtime.padding;
+decoders before this one refuse the flag).
 
 Series (flag bit 4, version 2 only): the frames are the slices of a series of
 single-slice files; the metadata block holds their DICOM headers, packed as
@@ -164,7 +175,8 @@ FLAG_METADATA = 1 << 1
 FLAG_ERROR_BOUNDED = 1 << 2
 FLAG_COLOUR = 1 << 3
 FLAG_SERIES = 1 << 4
-_KNOWN_FLAGS = FLAG_LOSSLESS | FLAG_METADATA | FLAG_ERROR_BOUNDED | FLAG_COLOUR
+FLAG_PADDING = 1 << 5
+_KNOWN_FLAGS = FLAG_LOSSLESS | FLAG_METADATA | FLAG_ERROR_BOUNDED | FLAG_COLOUR | FLAG_PADDING
 _KNOWN_FLAGS_V2 = _KNOWN_FLAGS | FLAG_SERIES
 
 COLOUR_NONE = 0
@@ -192,6 +204,7 @@ _MODEL_ID_BYTES = 32
 _PRELUDE = struct.Struct("<4sHH32sIIIHBBBB")  # magic .. photometric length
 _CODING = struct.Struct("<BiBII")
 _U32 = struct.Struct("<I")
+_PADDING = struct.Struct("<iiI")  # padding value, range limit, payload length
 _U8 = struct.Struct("<B")
 _MIN_LENGTH = _PRELUDE.size + 1 + _CODING.size + 8 + 4 + 4 + 4
 """One-letter photometric, one plane, one empty tile, no metadata, CRC."""
@@ -242,6 +255,10 @@ class Header:
     """Version 2: per frame FRAME_INTRA (0) or k >= 1, predicted with weight PREDICTION_WEIGHTS[k - 1]."""
     series: bool = False
     """Flag bit 4 (version 2): the frames are the slices of a series, the metadata their DICOM headers."""
+    padding: Optional[tuple] = None
+    """Flag bit 5: (Pixel Padding Value, Range Limit or the value again) in stored units, or None."""
+    padding_map: bytes = b""
+    """Flag bit 5: the padding map's payload (edge_runtime.padding), still compressed."""
 
     @property
     def version(self) -> int:
@@ -306,7 +323,7 @@ def pack(header: Header, tiles: list, metadata: Optional[bytes] = None) -> bytes
     flags = ((FLAG_LOSSLESS if header.lossless else 0) | (FLAG_METADATA if metadata is not None else 0)
              | (FLAG_ERROR_BOUNDED if header.error_bounded else 0)
              | (FLAG_COLOUR if header.colour != COLOUR_NONE else 0)
-             | (FLAG_SERIES if header.series else 0))
+             | (FLAG_SERIES if header.series else 0) | (FLAG_PADDING if header.padding is not None else 0))
     photometric = header.photometric.encode("ascii")
     parts = [
         _PRELUDE.pack(MAGIC, header.version, flags, bytes(header.model_id), header.rows, header.cols,
@@ -321,6 +338,8 @@ def pack(header: Header, tiles: list, metadata: Optional[bytes] = None) -> bytes
         np.asarray([len(t) for t in tiles], dtype="<u4").tobytes(),
         *(bytes(t) for t in tiles),
     ]
+    if header.padding is not None:
+        parts += [_PADDING.pack(*header.padding, len(header.padding_map)), bytes(header.padding_map)]
     if metadata is not None:
         compressed = zlib.compress(bytes(metadata), 9)
         parts += [_U32.pack(len(compressed)), compressed]
@@ -355,6 +374,17 @@ def parse(data: bytes, *, source=None, expected_model_ids: Optional[Iterable[byt
     for length in lengths.tolist():
         tiles.append(bytes(reader.take(length, "a tile stream")))
 
+    if flags & FLAG_PADDING:
+        value, limit, size = _PADDING.unpack(bytes(reader.take(_PADDING.size, "the padding map's header")))
+        lo, hi = _stored_range(header)
+        if not (lo <= value <= hi and lo <= limit <= hi):
+            raise InvalidBitstreamError(source, f"padding value {value} / limit {limit} outside the stored range "
+                                                f"{lo}..{hi}")
+        if header.samples != 1:
+            raise InvalidBitstreamError(source, f"a padding map in a stream of {header.samples} samples per pixel; "
+                                                f"padding is a single-sample attribute")
+        header.padding = (value, limit)
+        header.padding_map = bytes(reader.take(size, f"a padding map of {size} bytes"))
     metadata = None
     if flags & FLAG_METADATA:
         size = reader.u32("the metadata length")
@@ -607,6 +637,12 @@ def _norm_problem(h: Header) -> Optional[str]:
             return (f"normalization of plane {plane} is lo={lo}, hi={hi}; expected "
                     f"{lo_min} <= lo <= hi <= {hi_max} for {h.dtype}")
     return None
+
+
+def _stored_range(header: Header) -> tuple:
+    """The stored values a header's bits and sign allow."""
+    bits = header.bits_stored
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if header.signed else (0, (1 << bits) - 1)
 
 
 def _check_model_id(model_id: bytes, expected: Iterable, source) -> None:

@@ -7,6 +7,7 @@ here, in numpy, so both sides produce and read the same bytes.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import struct
 
@@ -17,6 +18,7 @@ from edge_runtime import QUALITY_LEVELS
 from edge_runtime import bitstream as bs
 from edge_runtime import colour as col
 from edge_runtime import exact_dwt
+from edge_runtime import padding as pad
 from edge_runtime import refine as exact_refine
 from edge_runtime import residual as res
 from edge_runtime.subband_coder import CodingModel, decode_subbands, encode_subbands
@@ -449,8 +451,12 @@ def encode_plane(plane: np.ndarray, *, coder: PlaneCoder, quality: int | None, m
 def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: int | None,
                  tile: int = 2048, metadata: bytes | None = None, stats: dict | None = None,
                  max_error: int | None = None, plane_map=None, colour: bool = True, series: bool = False,
-                 inter: bool = True, group: int | None = None) -> bytes:
+                 inter: bool = True, group: int | None = None, padding: tuple | None = None) -> bytes:
     """Image -> .kcd bytes (every frame and sample plane, tile by tile).
+
+    `padding` (optional, one-sample images, lossy or max error D > 0): (Pixel Padding Value, Range Limit
+    or the value again) in stored units; the pixels within it are carried in a map and decode exactly
+    (edge_runtime.padding), and the planes are coded with those pixels filled in smoothly.
 
     `max_error` D (stored units, >= 0) codes every tile within D of the original (D = 0:
     lossless); its base quality is `quality`, or with None the one the encoder finds
@@ -482,6 +488,17 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
         raise ValueError("a quality level is needed unless coding with a max error")
     if image.photometric == bs.PALETTE and max_error != 0:
         raise ValueError("PALETTE COLOR indices are labels, not intensities: code them losslessly (max error 0)")
+    if padding is not None and image.samples == 1 and max_error != 0:  # lossless keeps padding as it is
+        mask = pad.mask_of(image.pixels, padding)
+        if mask.any():
+            payload = pad.pack(image.pixels, mask, padding)
+            filled = dataclasses.replace(image, pixels=pad.fill(image.pixels, mask))
+            data = encode_image(filled, coder=coder, model_id=model_id, quality=quality, tile=tile, metadata=metadata,
+                                stats=stats, max_error=max_error, plane_map=plane_map, colour=colour, series=series,
+                                inter=inter, group=group)
+            header, tiles, meta = bs.parse(data)
+            header.padding, header.padding_map = (int(padding[0]), int(padding[1])), payload
+            return bs.pack(header, tiles, meta)
     options = dict(quality=quality, max_error=int(max_error) if bounded else None, tile=tile)
     if group is not None and (int(group) != group or group < 1):
         raise ValueError(f"group must be a whole number of frames >= 1, got {group!r}")
@@ -671,6 +688,26 @@ def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None,
         for first, frames in _group_frames(header, streams, coder, source, plane_map):
             pixels[first:first + len(frames)] = frames
         return image, header
+    _decode_frames_v1(header, streams, image, coder, source, plane_map)
+    padding = _padding_map(header, source)
+    if padding is not None:
+        pad.apply(pixels, 0, padding, image.value_range, lossy=not header.error_bounded)
+    return image, header
+
+
+def _padding_map(header: bs.Header, source):
+    """The stream's padding map (edge_runtime.padding), or None; InvalidBitstreamError when it is damaged."""
+    if header.padding is None:
+        return None
+    try:
+        return pad.unpack(header.padding_map, header.padding, header.frames, header.rows, header.cols)
+    except ValueError as exc:
+        raise bs.InvalidBitstreamError(source, f"{exc}; the stream is corrupt") from None
+
+
+def _decode_frames_v1(header: bs.Header, streams: list, image: Image, coder, source, plane_map) -> None:
+    """The frames of a version 1 stream into `image.pixels`, plane by plane (decode_plane)."""
+    pixels, dtype = image.pixels, image.pixels.dtype
     per_plane = len(bs.tile_grid(header.rows, header.cols, header.tile_rows, header.tile_cols))
     options = dict(rows=header.rows, cols=header.cols, tile_rows=header.tile_rows, tile_cols=header.tile_cols,
                    clip=image.value_range, quality=header.quality,
@@ -691,11 +728,10 @@ def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None,
         for f, n in enumerate(header.frame_planes()):
             rgb = col.frame_from_planes([next(planes) for _ in range(n)], header.colour, image.value_range)
             pixels[f] = rgb.astype(dtype)
-        return image, header
+        return
     for p, plane in enumerate(planes):
         f, s = divmod(p, header.samples)
         pixels[f, :, :, s] = plane
-    return image, header
 
 
 # --- frame groups (container version 2) -----------------------------------------------------------
@@ -1064,4 +1100,8 @@ def _group_frames(header: bs.Header, streams: list, coder: PlaneCoder, source, p
         results = (decode_group(coder=coder, **job, **options) for job in jobs())
     else:
         results = plane_map(decode_group, jobs(), options, keyword=True)
-    yield from zip(firsts, results)
+    padding = _padding_map(header, source)
+    for first, frames in zip(firsts, results):
+        if padding is not None:  # after the group: the frames predicted from these saw them as coded
+            frames = pad.apply(np.array(frames), first, padding, clip, lossy=not header.error_bounded)
+        yield first, frames

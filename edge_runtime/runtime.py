@@ -23,7 +23,7 @@ from data.readers import read_image
 from data.writers import DEFAULT_LOSSY_METHOD, note_source_compression, write_dicom, write_png, write_tiff
 from edge_runtime import DEFAULT_QUALITY
 from edge_runtime import bitstream as bs
-from edge_runtime import colour, series
+from edge_runtime import colour, padding, series
 from edge_runtime.bundle import Bundle, default_bundle_path, load_bundle
 from edge_runtime.codec import QUALITY_LEVELS, PlaneCoder, decode_image, encode_image
 from edge_runtime.threads import keep_freed_memory
@@ -142,9 +142,18 @@ def encode_file(in_path, out_path, quality: int | None = None, bundle=None, forc
     if indices is not None:  # PALETTE COLOR kept: its indices, losslessly (edge_runtime.colour says when)
         image, quality, max_error, target_psnr, target_bpp = indices, None, 0, None, None
     metadata = dicom_metadata(image.dataset) if image.dataset is not None else None
+    options = group_options(group)
+    padding = pixel_padding(image)
+    if padding is not None:
+        options["padding"] = padding
     return encode_loaded(image, metadata, in_path, out_path, quality=quality, bundle=bundle, force=force,
                          kernels=kernels, max_error=max_error, target_psnr=target_psnr, target_bpp=target_bpp,
-                         jobs=jobs, codec_options=group_options(group))
+                         jobs=jobs, codec_options=options)
+
+
+def pixel_padding(image):
+    """(Pixel Padding Value, Range Limit) of a grey DICOM image, in stored units, or None (edge_runtime.padding)."""
+    return padding.from_dataset(image.dataset, image.samples)
 
 
 def group_options(group: int | None, series: bool = False) -> dict:

@@ -250,7 +250,7 @@ def _group_offset(data: bytes) -> int:
     (lambda b, o: struct.pack_into("<I", b, o, 3), "frame 3 starts a group of 3 frames but is predicted"),
     (lambda b, o: b.__setitem__(o + 4 + 2, 1), "frame 2 starts a group of 2 frames but is predicted"),
     (lambda b, o: b.__setitem__(o + 4 + 1, 9), "frame 1 has mode 9"),
-    (lambda b, o: struct.pack_into("<H", b, 6, struct.unpack_from("<H", b, 6)[0] | 1 << 5), "unknown flag bits"),
+    (lambda b, o: struct.pack_into("<H", b, 6, struct.unpack_from("<H", b, 6)[0] | 1 << 6), "unknown flag bits"),
 ])
 def test_inconsistent_group_fields_are_refused(v2_stream, patch, message):
     body = bytearray(v2_stream[:-4])
