@@ -6,21 +6,19 @@ only on purpose: KCD_REGENERATE_COLOUR_GOLDEN=1 .venv/bin/python -m pytest tests
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from data.image import Image
 from edge_runtime import bitstream as bs
-from edge_runtime.bundle import default_bundle_path, load_bundle
 from edge_runtime.codec import decode_image, encode_image
 from edge_runtime.runtime import load_codec
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+from _golden import GOLDEN, digest, shipped_spec
+
 SPEC_PATH = GOLDEN / "colour_streams.json"
 STREAMS = {
     "us1_crop_q14.kcd": {"quality": 14},
@@ -28,10 +26,6 @@ STREAMS = {
     "us1_crop_lossless.kcd": {"quality": None, "max_error": 0},
 }
 CROPS = ((180, 150), (300, 100))  # (row, col) of each frame's 64x64 crop: colour Doppler, then grey speckle
-
-
-def _digest(pixels: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<")).tobytes()).hexdigest()
 
 
 def _source() -> Image:
@@ -56,18 +50,13 @@ def test_regenerate_golden_colour_streams():
         out, _ = decode_image(data, coder=coder)
         err = int(np.abs(out.pixels.astype(int) - image.pixels.astype(int)).max())
         spec["streams"][name] = {"shape": list(out.pixels.shape), "dtype": out.pixels.dtype.name,
-                                 "sha256": _digest(out.pixels), "max_abs_err": err, "bytes": len(data)}
+                                 "sha256": digest(out.pixels), "max_abs_err": err, "bytes": len(data)}
     SPEC_PATH.write_text(json.dumps(spec, indent=1) + "\n")
 
 
 @pytest.fixture(scope="module", params=["xnnpack", "reference"])
 def shipped(request):
-    spec = json.loads(SPEC_PATH.read_text())
-    bundle = load_bundle(default_bundle_path())
-    ids = getattr(bundle, "model_ids", [bundle.model_id])  # the bundle's id and the legacy one streams may carry
-    if spec["model_id"] not in [i.hex() for i in ids]:
-        pytest.skip("the golden colour streams belong to an earlier shipped bundle")
-    return spec, ids, load_codec(bundle, kernels=request.param)[1]
+    return shipped_spec(SPEC_PATH, request.param, "colour")
 
 
 @pytest.mark.parametrize("name", sorted(STREAMS))
@@ -79,4 +68,4 @@ def test_golden_colour_stream_decodes_to_the_recorded_pixels(shipped, name):
     assert header.colour == (bs.COLOUR_GREEN_DIFFERENCE if name.endswith("d2.kcd") else bs.COLOUR_RCT)
     assert header.frame_kinds == [bs.FRAME_COLOUR, bs.FRAME_GREY] and header.planes == 4
     assert list(image.pixels.shape) == want["shape"] and image.pixels.dtype.name == want["dtype"]
-    assert _digest(image.pixels) == want["sha256"]
+    assert digest(image.pixels) == want["sha256"]

@@ -7,21 +7,19 @@ KCD_REGENERATE_FRAMES_GOLDEN=1 .venv/bin/python -m pytest tests/edge/test_edge_f
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from data.image import Image
 from edge_runtime import bitstream as bs
-from edge_runtime.bundle import default_bundle_path, load_bundle
 from edge_runtime.codec import decode_frames, decode_image, encode_image
 from edge_runtime.runtime import load_codec
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+from _golden import GOLDEN, digest, shipped_spec
+
 SPEC_PATH = GOLDEN / "frames_streams.json"
 STREAMS = {
     "frames_cine_q14.kcd": ("cine", {"quality": 14}),
@@ -30,10 +28,6 @@ STREAMS = {
 }
 CINE_CROP = (40, 4, 380, 300)  # first frame, frames, row, col of the 64x64 crop: bottom of the sector
 EMRI_FRAMES = (0, 4)  # first frame, frames
-
-
-def _digest(pixels: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<")).tobytes()).hexdigest()
 
 
 def _sources() -> dict:
@@ -70,19 +64,14 @@ def test_regenerate_golden_frame_streams():
         out, _ = decode_image(data, coder=coder)
         err = int(np.abs(out.pixels.astype(int) - image.pixels.astype(int)).max())
         spec["streams"][name] = {"shape": list(out.pixels.shape), "dtype": out.pixels.dtype.name,
-                                 "sha256": _digest(out.pixels), "max_abs_err": err, "bytes": len(data),
+                                 "sha256": digest(out.pixels), "max_abs_err": err, "bytes": len(data),
                                  "frame_modes": header.frame_modes, "group": header.group}
     SPEC_PATH.write_text(json.dumps(spec, indent=1) + "\n")
 
 
 @pytest.fixture(scope="module", params=["xnnpack", "reference"])
 def shipped(request):
-    spec = json.loads(SPEC_PATH.read_text())
-    bundle = load_bundle(default_bundle_path())
-    ids = getattr(bundle, "model_ids", [bundle.model_id])
-    if spec["model_id"] not in [i.hex() for i in ids]:
-        pytest.skip("the golden frame streams belong to an earlier shipped bundle")
-    return spec, ids, load_codec(bundle, kernels=request.param)[1]
+    return shipped_spec(SPEC_PATH, request.param, "frame")
 
 
 @pytest.mark.parametrize("name", sorted(STREAMS))
@@ -95,6 +84,6 @@ def test_golden_frame_stream_decodes_to_the_recorded_pixels(shipped, name):
     assert header.frame_modes == want["frame_modes"] and header.group == want["group"]
     assert any(header.frame_modes)  # the stream exercises prediction
     assert list(image.pixels.shape) == want["shape"] and image.pixels.dtype.name == want["dtype"]
-    assert _digest(image.pixels) == want["sha256"]
+    assert digest(image.pixels) == want["sha256"]
     groups = list(decode_frames(data, coder=coder, model_ids=ids))
-    assert _digest(np.concatenate([g for _, g in groups])) == want["sha256"]
+    assert digest(np.concatenate([g for _, g in groups])) == want["sha256"]

@@ -6,29 +6,23 @@ KCD_REGENERATE_PADDING_GOLDEN=1 .venv/bin/python -m pytest tests/edge/test_edge_
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from data.image import Image
-from edge_runtime.bundle import default_bundle_path, load_bundle
 from edge_runtime.codec import decode_image, encode_image
 from edge_runtime.runtime import load_codec
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+from _golden import GOLDEN, digest, shipped_spec
+
 SPEC_PATH = GOLDEN / "padding_streams.json"
 STREAMS = {"ct693_crop_q12_padding.kcd": {"quality": 12},
            "ct693_crop_d2_padding.kcd": {"quality": None, "max_error": 2}}
 CROP = (40, 40)  # (row, col) of the 96x96 crop: the top left edge of the field of view, 2,596 padding pixels
 PADDING = (-2000, -2000)
-
-
-def _digest(pixels: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<")).tobytes()).hexdigest()
 
 
 def _source() -> Image:
@@ -52,19 +46,14 @@ def test_regenerate_golden_padding_streams():
         (GOLDEN / name).write_bytes(data)
         out, _ = decode_image(data, coder=coder)
         spec["streams"][name] = {"shape": list(out.pixels.shape), "dtype": out.pixels.dtype.name,
-                                 "sha256": _digest(out.pixels), "bytes": len(data),
+                                 "sha256": digest(out.pixels), "bytes": len(data),
                                  "padding_pixels": int((image.pixels == PADDING[0]).sum())}
     SPEC_PATH.write_text(json.dumps(spec, indent=1) + "\n")
 
 
 @pytest.fixture(scope="module", params=["xnnpack", "reference"])
 def shipped(request):
-    spec = json.loads(SPEC_PATH.read_text())
-    bundle = load_bundle(default_bundle_path())
-    ids = getattr(bundle, "model_ids", [bundle.model_id])
-    if spec["model_id"] not in [i.hex() for i in ids]:
-        pytest.skip("the golden padding streams belong to an earlier shipped bundle")
-    return spec, ids, load_codec(bundle, kernels=request.param)[1]
+    return shipped_spec(SPEC_PATH, request.param, "padding")
 
 
 @pytest.mark.parametrize("name", sorted(STREAMS))
@@ -74,7 +63,7 @@ def test_golden_padding_stream_decodes_to_the_recorded_pixels(shipped, name):
     image, header = decode_image((GOLDEN / name).read_bytes(), coder=coder, model_ids=ids)
     assert header.padding == tuple(spec["padding"]) and header.padding_map
     assert list(image.pixels.shape) == want["shape"] and image.pixels.dtype.name == want["dtype"]
-    assert _digest(image.pixels) == want["sha256"]
+    assert digest(image.pixels) == want["sha256"]
     source = _source().pixels
     padded = source == PADDING[0]
     assert int(padded.sum()) == want["padding_pixels"] > 0
