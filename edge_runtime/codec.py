@@ -997,7 +997,7 @@ def encode_group(frames: np.ndarray, *, coder: PlaneCoder, quality: int | None, 
     kinds = [col.frame_kind(f) if transform != bs.COLOUR_NONE else bs.FRAME_COLOUR for f in frames]
     out = {"kinds": kinds if transform != bs.COLOUR_NONE else [], "modes": [], "norm": [], "streams": []}
     decoded_frames = []
-    prev, first_norm, calibration = None, None, 1.0
+    prev, first_norm, calibration, intra_cost = None, None, 1.0, np.inf
     for f, frame in enumerate(frames):
         ratio = (enc.estimate_ratio(frame, kinds[f], frames[f - 1], first_norm)
                  if f > 0 and modes is None else None)
@@ -1019,7 +1019,21 @@ def encode_group(frames: np.ndarray, *, coder: PlaneCoder, quality: int | None, 
                 calibration = (costs[1] / max(costs[0], 1)) / ratio if 0 < ratio < np.inf else 1.0
         else:
             mode = 1 if ratio * calibration < 1.0 else bs.FRAME_INTRA
-            norm, streams, decoded = enc.encode_frame(frame, kinds[f], mode, prev, first_norm)
+            enc.stats = {} if stats is not None else None  # only the stats of the coding kept are counted
+            coded, coded_stats = enc.encode_frame(frame, kinds[f], mode, prev, first_norm), enc.stats
+            if mode != bs.FRAME_INTRA and enc.cost(frame, coded, first_norm) > intra_cost * (1 + ESTIMATE_DOUBT):
+                # the estimate missed (the last frame coded on its own cost less than this prediction):
+                # code this one on its own too and keep the cheaper
+                enc.stats = {} if stats is not None else None
+                alone = enc.encode_frame(frame, kinds[f], bs.FRAME_INTRA, prev, first_norm)
+                if enc.cost(frame, alone, first_norm) < enc.cost(frame, coded, first_norm):
+                    mode, coded, coded_stats = bs.FRAME_INTRA, alone, enc.stats
+            enc.stats = stats
+            if stats is not None:
+                stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + coded_stats.get("estimated_bits", 0.0)
+            norm, streams, decoded = coded
+        if mode == bs.FRAME_INTRA:
+            intra_cost = enc.cost(frame, (norm, streams, decoded), first_norm if f else norm)
         prev = decoded
         if f == 0:
             first_norm = norm

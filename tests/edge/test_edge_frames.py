@@ -205,6 +205,23 @@ def test_unrelated_frames_cost_no_more_than_frame_by_frame(shipped):
         assert len(grouped) <= len(by_frame) + 4 + image.frames  # the group length and the frame modes
 
 
+def test_a_missed_estimate_falls_back_to_intra(shipped):
+    """On pydicom-data's RGB cine examples_ybr_color.dcm with max error 2 (green difference: G's quantization
+    noise makes prediction poor), the rate estimate once chose prediction for frame 11 at 2.8x the bits of
+    coding it on its own; the check against the last intra frame's cost codes it on its own instead."""
+    from pydicom.data import get_testdata_file
+
+    from data.readers import read_image
+
+    px = read_image(get_testdata_file("examples_ybr_color.dcm")).pixels[:12]
+    image = Image(pixels=np.ascontiguousarray(px), bits_stored=8, signed=False, photometric="RGB", modality="US")
+    bundle, coder = shipped
+    options = {"quality": None, "max_error": 2}
+    by_frame = encode_image(image, coder=coder, model_id=bundle.model_id, inter=False, **options)
+    grouped = encode_image(image, coder=coder, model_id=bundle.model_id, **options)
+    assert len(grouped) <= len(by_frame) + 4 + image.frames
+
+
 # --- workers and kernels ----------------------------------------------------------------------------
 
 def test_the_same_bytes_and_pixels_through_a_worker_pool(shipped):
