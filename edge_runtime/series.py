@@ -69,6 +69,7 @@ import numpy as np
 
 from data.image import Image, InvalidImageError
 from data.readers import IMAGE_SUFFIXES, MAX_IMAGE_BYTES, read_image
+from edge_runtime import padding
 
 __all__ = ["MAGIC", "ORDERINGS", "LAYOUT_VERSION", "Series", "SeriesHeaders", "decode_series", "describe",
            "encode_series", "frame_groups", "is_series", "output_names", "pack_headers", "read_series",
@@ -102,6 +103,8 @@ class Series:
     names: list
     ordering: int
     folder: str
+    padding: Optional[tuple] = None
+    """(Pixel Padding Value, Range Limit) when every slice has the same (edge_runtime.padding), else None."""
 
 
 # --------------------------------------------------------------------------- reading
@@ -270,8 +273,9 @@ def read_series(folder, *, max_bytes: int = MAX_IMAGE_BYTES) -> Series:
                          photometric=template.photometric, rescale_slope=template.rescale_slope,
                          rescale_intercept=template.rescale_intercept, modality=template.modality,
                          source=str(folder))
+    paddings = {padding.from_dataset(ds, volume_image.samples) for ds in datasets}
     return Series(image=volume_image, headers=headers, names=[p.name for p in paths], ordering=ordering,
-                  folder=str(folder))
+                  folder=str(folder), padding=paddings.pop() if len(paddings) == 1 else None)
 
 
 # --------------------------------------------------------------------------- metadata layout
@@ -520,6 +524,8 @@ def encode_series(in_dir, out_path, *, quality: Optional[int] = None, bundle=Non
     if out_path.exists() and not force:
         raise FileExistsError(f"{out_path}: already exists; use --force (force=True) to replace it")
     series = read_series(in_dir)
+    if series.padding is not None:
+        codec_options["padding"] = series.padding
     metadata = pack_headers(series.headers, series.names, series.ordering, dedup=dedup)
     if len(metadata) > bs.MAX_METADATA_BYTES:
         raise InvalidImageError(in_dir, f"the {len(series.names)} slice headers take {len(metadata):,} bytes, over "

@@ -10,7 +10,7 @@ from data.image import Image
 from data.readers import read_image
 from edge_runtime import bitstream as bs
 from edge_runtime import padding as pad
-from edge_runtime import runtime
+from edge_runtime import runtime, series
 from edge_runtime.codec import decode_frames, decode_image, encode_image
 
 
@@ -121,3 +121,28 @@ def test_map_round_trip_and_fill():
     filled = pad.fill(image.pixels, mask)
     assert np.array_equal(filled[..., 0][~mask], image.pixels[..., 0][~mask])
     assert filled[..., 0][mask].min() > -1995  # continued from the image, not the padding step
+
+
+def test_a_series_keeps_the_padding_of_its_slices(tmp_path, bundle_path):
+    from edge_runtime.cli import main
+    from test_edge_series import make_series
+
+    made = make_series(tmp_path / "s", n=4)
+    for name, _ in made:
+        ds = pydicom.dcmread(tmp_path / "s" / name)
+        px = ds.pixel_array.copy()
+        r, c = np.mgrid[0:px.shape[0], 0:px.shape[1]]
+        px[r + c < 12] = -2000
+        ds.PixelData = px.tobytes()
+        ds.add_new(0x00280120, "SS", -2000)
+        ds.save_as(tmp_path / "s" / name, enforce_file_format=True)
+    kcd, out = tmp_path / "s.kcd", tmp_path / "out"
+    assert main(["encode", "--series", str(tmp_path / "s"), str(kcd), "-q", "4", "--bundle", str(bundle_path)]) == 0
+    assert bs.parse(kcd.read_bytes())[0].padding == (-2000, -2000)
+    assert main(["decode", str(kcd), str(out) + "/", "--bundle", str(bundle_path)]) == 0
+    for name, _ in made:
+        original = pydicom.dcmread(tmp_path / "s" / name).pixel_array
+        decoded = pydicom.dcmread(out / series.output_names([name])[0]).pixel_array
+        mask = original == -2000
+        assert mask.any() and np.array_equal(decoded[mask], original[mask])
+        assert not (decoded[~mask] == -2000).any()
