@@ -257,6 +257,9 @@ def _print_batch_summary(s: dict) -> None:
 def _run_folder(args) -> int:
     from edge_runtime import batch
 
+    if args.scheduler is not None and args.jobs is not None:
+        print(f"edge-codec {args.command}: --jobs is ignored with --scheduler (the cluster's workers code the "
+              f"files, one per worker thread)", file=sys.stderr)
     progress = _Progress(args.command, args.input)
     common = dict(jobs=args.jobs, force=args.force, bundle=args.bundle, kernels=args.kernels, on_file=progress,
                   follow_symlinks=args.follow_symlinks, scheduler=args.scheduler)

@@ -117,6 +117,8 @@ def test_cli_local_n(tree, tmp_path, bundle_path, capsys):
     assert _outputs(tmp_path / "dask") == _outputs(tmp_path / "local")
     assert main(["encode", str(tree / "im000.dcm"), str(tmp_path / "x.kcd"), "--scheduler", "local:1"] + args) == 1
     assert "--scheduler codes folders" in capsys.readouterr().err
+    assert main(["encode", str(tree), str(tmp_path / "dask2"), "--scheduler", "local:1", "--jobs", "2"] + args) == 1
+    assert "--jobs is ignored with --scheduler" in capsys.readouterr().err
 
 
 def test_scheduler_unreachable_writes_nothing(tree, tmp_path, bundle_path, monkeypatch, capsys):
@@ -193,3 +195,37 @@ def test_edge_import_does_not_import_dask():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 0, r.stderr
+
+
+def _count_codec_loads():
+    """On a worker: count runtime.load_codec calls from now on (the worker keeps the count)."""
+    from edge_runtime import runtime
+
+    original = getattr(runtime.load_codec, "counted", runtime.load_codec)
+
+    def counting(*args, **kwargs):
+        counting.calls += 1
+        return original(*args, **kwargs)
+
+    counting.calls, counting.counted = 0, original
+    runtime.load_codec = counting
+    cluster._codecs.__dict__.clear()  # forget codecs earlier tests loaded on this worker thread
+
+
+def _codec_loads():
+    from edge_runtime import runtime
+
+    return runtime.load_codec.calls
+
+
+def test_each_worker_loads_the_codec_once_not_once_per_file(tmp_path, bundle_path):
+    src = tmp_path / "in"
+    _images(src, 8)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address="127.0.0.1:0") as c, distributed.Client(c) as client:
+        client.run(_count_codec_loads)
+        s = batch.encode_folder(src, tmp_path / "out", encode_options={"quality": Q}, bundle=bundle_path,
+                                scheduler=c.scheduler_address)
+        loads = client.run(_codec_loads)
+    assert s["ok"] == 8 and s["failed"] == 0
+    assert sum(loads.values()) == s["workers_used"] >= 1 and max(loads.values()) == 1  # one per worker, 8 files
