@@ -23,7 +23,7 @@ DIR ?=
 NEED_311 := make setup and make test (the training stack: TensorFlow 2.14, which tensorflow-compression's last release is built for)
 NEED_EDGE := make demo (no TensorFlow)
 
-.PHONY: demo test setup clean dicom3tools volumes
+.PHONY: demo test setup clean dicom3tools ffmpeg volumes
 
 # The venv is made (and its Python checked) before pip downloads anything.
 $(STAMP): requirements.txt setup.cfg pyproject.toml
@@ -62,9 +62,13 @@ demo: $(EDGE_STAMP)
 
 # dciodvfy for tests/test_dicom_conformance.py: installed with apt-get where possible, else that test is skipped.
 dicom3tools:
-	@/bin/sh .ci/dicom3tools
+	@/bin/sh .ci/apt-install dicom3tools dciodvfy "tests/test_dicom_conformance.py"
 
-test: $(STAMP) $(EDGE_STAMP) dicom3tools volumes
+# ffmpeg (with libx265) for the HEVC baseline's tests (tests/test_baselines.py) and benchmarks/bench_series.py.
+ffmpeg:
+	@/bin/sh .ci/apt-install ffmpeg ffmpeg "the HEVC tests of tests/test_baselines.py"
+
+test: $(STAMP) $(EDGE_STAMP) dicom3tools ffmpeg volumes
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 	KERAS_CODEC_EDGE_VENV=1 $(EDGE_BIN)/python -m pytest -q -p no:cacheprovider tests/edge
 
