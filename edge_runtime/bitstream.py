@@ -47,9 +47,11 @@ offset                size    type      meaning
 76+P+C+V+8N+4T        sum(L)  bytes     tile streams, concatenated
 (only with flag bit 5)
   next                4       int32     Pixel Padding Value (stored units)
-  next                4       int32     Pixel Padding Range Limit (the value again without one)
+  next                4       int32     Pixel Padding Range Limit (the value
+                                        again without one)
   next                4       uint32    K, padding map length
-  next                K       bytes     padding map (zlib; layout in edge_runtime.padding)
+  next                K       bytes     padding map (zlib; layout in
+                                        edge_runtime.padding)
 (only with flag bit 1)
   next                4       uint32    M, compressed metadata length
   next                M       bytes     zlib-compressed metadata (DICOM header
