@@ -189,36 +189,52 @@ def _before_bound(d: int, before, after) -> int:
     return d * scale
 
 
-def _write(out_dir: Path, rows: list, bd_rows: list) -> None:
+def write_tables(out_dir: Path, stem: str, rows: list, fields: list, bd_rows: list, key: str) -> None:
+    """out_dir/STEM.csv (every point, `fields`) and STEM_bd.csv (BD-rates of `key`, test, anchor)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    fields = ["image", "codec", "mode", "setting", "bytes", "bpp", "psnr", "max_abs_err", "encode_s"]
-    with open(out_dir / "colour.csv", "w", newline="") as f:
+    with open(out_dir / f"{stem}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    with open(out_dir / "colour_bd.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["image", "test", "anchor", "bd_rate_percent"])
+    with open(out_dir / f"{stem}_bd.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, [key, "test", "anchor", "bd_rate_percent"])
         w.writeheader()
         w.writerows(bd_rows)
+
+
+def rd_figure(panels: list, path: Path, xlabel: str, log_rate: bool = False) -> None:
+    """One rate-distortion panel per (title, {curve label: points}); nothing without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return
-    images = sorted({r["image"] for r in rows})
-    fig, axes = plt.subplots(1, len(images), figsize=(6 * len(images), 4.5))
-    for ax, image in zip(np.atleast_1d(axes), images):
-        for codec in ("ours before", "ours after", "jpeg2000"):
-            pts = [r for r in rows if r["image"] == image and r["codec"] == codec and r["mode"] == "lossy"]
-            rates, psnrs = _curve(pts)
-            ax.plot(rates, psnrs, marker="o", ms=3, label=codec)
-        ax.set(title=image, xlabel="bpp (per RGB sample)", ylabel="PSNR (dB, dynamic range)", ylim=(35, 60))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels):
+        for label, points in curves.items():
+            rates, psnrs = _curve(points)
+            ax.plot(rates, psnrs, marker="o", ms=3, label=label)
+        ax.set(title=title, xlabel=xlabel, ylabel="PSNR (dB, dynamic range)", ylim=(35, 60))
+        if log_rate:
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "colour.png", dpi=100)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _write(out_dir: Path, rows: list, bd_rows: list) -> None:
+    fields = ["image", "codec", "mode", "setting", "bytes", "bpp", "psnr", "max_abs_err", "encode_s"]
+    write_tables(out_dir, "colour", rows, fields, bd_rows, "image")
+    panels = [(image, {codec: [r for r in rows if r["image"] == image and r["codec"] == codec and r["mode"] == "lossy"]
+                       for codec in ("ours before", "ours after", "jpeg2000")})
+              for image in sorted({r["image"] for r in rows})]
+    rd_figure(panels, out_dir / "colour.png", "bpp (per RGB sample)")
 
 
 def main(argv=None) -> None:

@@ -27,7 +27,6 @@ Prints the tables and writes out/bench/series.csv (every point), series_bd.csv a
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_colour import BD_RANGE, _curve, _parse_range, bd  # noqa: E402
+from bench_colour import BD_RANGE, _parse_range, bd, rd_figure, write_tables  # noqa: E402
 from keras_codec import baselines, metrics  # noqa: E402
 
 CINES = (("cine", "color3d_jpeg_baseline.dcm"), ("cine30", "examples_ybr_color.dcm"))
@@ -204,36 +203,13 @@ def report(rows: list, bd_rows: list, bound: int) -> None:
 
 
 def write(rows: list, bd_rows: list, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "series.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    with open(out_dir / "series_bd.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, ["sequence", "test", "anchor", "bd_rate_percent"])
-        w.writeheader()
-        w.writerows(bd_rows)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    names = list(dict.fromkeys(r["sequence"] for r in rows))
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.5), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        codecs = dict.fromkeys(r["codec"] for r in rows if r["sequence"] == name and r["mode"] == "lossy")
-        for codec in codecs:
-            rates, psnrs = _curve([r for r in rows if r["sequence"] == name and r["codec"] == codec
-                                   and r["mode"] == "lossy"])
-            ax.plot(rates, psnrs, marker="o", ms=3, label=codec)
-        ax.set(title=name, xlabel="bpp (per sample)", ylabel="PSNR (dB, dynamic range)", xscale="log",
-               ylim=(35, 60))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "series.png", dpi=100)
+    write_tables(out_dir, "series", rows, list(rows[0]), bd_rows, "sequence")
+    panels = []
+    for name in dict.fromkeys(r["sequence"] for r in rows):
+        lossy = [r for r in rows if r["sequence"] == name and r["mode"] == "lossy"]
+        panels.append((name, {codec: [r for r in lossy if r["codec"] == codec]
+                              for codec in dict.fromkeys(r["codec"] for r in lossy)}))
+    rd_figure(panels, out_dir / "series.png", "bpp (per sample)", log_rate=True)
 
 
 def main(argv=None) -> None:
