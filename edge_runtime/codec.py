@@ -488,23 +488,20 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
         raise ValueError("a quality level is needed unless coding with a max error")
     if image.photometric == bs.PALETTE and max_error != 0:
         raise ValueError("PALETTE COLOR indices are labels, not intensities: code them losslessly (max error 0)")
+    fields = {}  # header fields of the padding map, when there is one
     if padding is not None and image.samples == 1 and max_error != 0:  # lossless keeps padding as it is
         mask = pad.mask_of(image.pixels, padding)
         if mask.any():
-            payload = pad.pack(image.pixels, mask, padding)
-            filled = dataclasses.replace(image, pixels=pad.fill(image.pixels, mask))
-            data = encode_image(filled, coder=coder, model_id=model_id, quality=quality, tile=tile, metadata=metadata,
-                                stats=stats, max_error=max_error, plane_map=plane_map, colour=colour, series=series,
-                                inter=inter, group=group)
-            header, tiles, meta = bs.parse(data)
-            header.padding, header.padding_map = (int(padding[0]), int(padding[1])), payload
-            return bs.pack(header, tiles, meta)
+            fields = {"padding": (int(padding[0]), int(padding[1])),
+                      "padding_map": pad.pack(image.pixels, mask, padding)}
+            image = dataclasses.replace(image, pixels=pad.fill(image.pixels, mask))
     options = dict(quality=quality, max_error=int(max_error) if bounded else None, tile=tile)
     if group is not None and (int(group) != group or group < 1):
         raise ValueError(f"group must be a whole number of frames >= 1, got {group!r}")
     if series or (inter and image.frames > 1):
         group = 1 if not inter else DEFAULT_GROUP if group is None else int(group)  # a series without inter: intra
-        return _encode_groups(image, coder, options, metadata, model_id, plane_map, colour, series, group, stats)
+        return _encode_groups(image, coder, options, metadata, model_id, plane_map, colour, series, group, stats,
+                              fields)
     if plane_map is None or stats is not None:
         plane_map = lambda fn, items, opts, keyword: (fn(coder=coder, **({"stats": stats} if fn is encode_plane else {}),
                                                          **item, **opts) for item in items)
@@ -521,11 +518,12 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
     for lohi, tiles in results:
         norm.append(lohi)
         streams.extend(tiles)
-    return _pack_image(image, coder, options, norm, streams, metadata, model_id=model_id)
+    return _pack_image(image, coder, options, norm, streams, metadata, model_id=model_id, **fields)
 
 
 def _pack_image(image: Image, coder: PlaneCoder, options: dict, norm: list, streams: list, metadata,
-                model_id: bytes, **colour_fields) -> bytes:
+                model_id: bytes, **fields) -> bytes:
+    """The stream of coded planes; `fields` are the header's other fields (colour, groups, padding)."""
     bounded, tile = options["max_error"] is not None, options["tile"]
     header = bs.Header(model_id=model_id, rows=image.rows, cols=image.cols, frames=image.frames,
                        samples=image.samples, bits_stored=image.bits_stored, signed=image.signed,
@@ -533,13 +531,14 @@ def _pack_image(image: Image, coder: PlaneCoder, options: dict, norm: list, stre
                        quality=0 if bounded else options["quality"],
                        max_error=options["max_error"] if bounded else -1,
                        lossless=bounded and options["max_error"] == 0, levels=int(coder.p["levels"]),
-                       tile_rows=tile, tile_cols=tile, norm=norm, **colour_fields)
+                       tile_rows=tile, tile_cols=tile, norm=norm, **fields)
     return bs.pack(header, streams, metadata)
 
 
 def _encode_groups(image: Image, coder: PlaneCoder, options: dict, metadata, model_id: bytes, plane_map,
-                   colour: bool, series: bool, group: int, stats) -> bytes:
-    """A version 2 stream: encode_group over the image's groups of frames, in order."""
+                   colour: bool, series: bool, group: int, stats, fields: dict) -> bytes:
+    """A version 2 stream: encode_group over the image's groups of frames, in order (`fields`: more header
+    fields, the padding map's)."""
     group = min(group, image.frames)
     transform = col.transform_for(options["max_error"]) if colour and col.applies(image) else bs.COLOUR_NONE
     opts = dict(options, transform=transform, clip=image.value_range)
@@ -555,7 +554,7 @@ def _encode_groups(image: Image, coder: PlaneCoder, options: dict, metadata, mod
         norm += r["norm"]
         streams += r["streams"]
     return _pack_image(image, coder, options, norm, streams, metadata, model_id=model_id, colour=transform,
-                       frame_kinds=kinds, group=group, frame_modes=modes, series=bool(series))
+                       frame_kinds=kinds, group=group, frame_modes=modes, series=bool(series), **fields)
 
 
 COLOUR_GROUP = 8
@@ -997,7 +996,7 @@ def encode_group(frames: np.ndarray, *, coder: PlaneCoder, quality: int | None, 
     kinds = [col.frame_kind(f) if transform != bs.COLOUR_NONE else bs.FRAME_COLOUR for f in frames]
     out = {"kinds": kinds if transform != bs.COLOUR_NONE else [], "modes": [], "norm": [], "streams": []}
     decoded_frames = []
-    prev, first_norm, calibration, intra_cost = None, None, 1.0, np.inf
+    prev, first_norm, calibration, intra_cost = None, None, 1.0, _Lazy(lambda: np.inf)
     for f, frame in enumerate(frames):
         ratio = (enc.estimate_ratio(frame, kinds[f], frames[f - 1], first_norm)
                  if f > 0 and modes is None else None)
@@ -1021,19 +1020,22 @@ def encode_group(frames: np.ndarray, *, coder: PlaneCoder, quality: int | None, 
             mode = 1 if ratio * calibration < 1.0 else bs.FRAME_INTRA
             enc.stats = {} if stats is not None else None  # only the stats of the coding kept are counted
             coded, coded_stats = enc.encode_frame(frame, kinds[f], mode, prev, first_norm), enc.stats
-            if mode != bs.FRAME_INTRA and enc.cost(frame, coded, first_norm) > intra_cost * (1 + ESTIMATE_DOUBT):
-                # the estimate missed (the last frame coded on its own cost less than this prediction):
-                # code this one on its own too and keep the cheaper
-                enc.stats = {} if stats is not None else None
-                alone = enc.encode_frame(frame, kinds[f], bs.FRAME_INTRA, prev, first_norm)
-                if enc.cost(frame, alone, first_norm) < enc.cost(frame, coded, first_norm):
-                    mode, coded, coded_stats = bs.FRAME_INTRA, alone, enc.stats
+            if mode != bs.FRAME_INTRA:
+                cost = enc.cost(frame, coded, first_norm)
+                if cost > intra_cost() * (1 + ESTIMATE_DOUBT):
+                    # the estimate missed (the last frame coded on its own cost less than this prediction):
+                    # code this one on its own too and keep the cheaper
+                    enc.stats = {} if stats is not None else None
+                    alone = enc.encode_frame(frame, kinds[f], bs.FRAME_INTRA, prev, first_norm)
+                    if enc.cost(frame, alone, first_norm) < cost:
+                        mode, coded, coded_stats = bs.FRAME_INTRA, alone, enc.stats
             enc.stats = stats
             if stats is not None:
                 stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + coded_stats.get("estimated_bits", 0.0)
             norm, streams, decoded = coded
-        if mode == bs.FRAME_INTRA:
-            intra_cost = enc.cost(frame, (norm, streams, decoded), first_norm if f else norm)
+        if mode == bs.FRAME_INTRA:  # its cost only when a later prediction is checked against it
+            intra_cost = _Lazy(lambda frame=frame, coded=(norm, streams, decoded), ref=first_norm if f else norm:
+                               enc.cost(frame, coded, ref))
         prev = decoded
         if f == 0:
             first_norm = norm
