@@ -76,7 +76,7 @@ def main(argv=None) -> int:
                          "TFLite runtime); default: this one")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from keras_codec.metrics import bd_rate
+    from keras_codec.evaluation.metrics import bd_rate
 
     qualities = parse_qualities(args.qualities)
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,7 @@ independent planes (encode_image(colour=False), the stream of earlier releases) 
 output. bpp = 8 x pixel stream bytes (metadata excluded) / (rows x cols x 3); PSNR over the original's dynamic
 range on all RGB samples (DESIGN.md). JPEG 2000 is OpenJPEG through imagecodecs on the interleaved RGB image
 (multiple component transform on: the ICT for lossy, the RCT for lossless), its PSNR target swept to a curve;
-JPEG-LS is CharLS (interleaved RGB, NEAR = D); JPEG XL is libjxl at effort 7. BD-rate (keras_codec.metrics,
+JPEG-LS is CharLS (interleaved RGB, NEAR = D); JPEG XL is libjxl at effort 7. BD-rate (keras_codec.evaluation.metrics,
 PCHIP) over 40-55 dB.
 
     .venv/bin/python benchmarks/bench_colour.py [--qualities 8-22] [--bounds 0,1,2,5] [--out out/bench]
@@ -105,7 +105,7 @@ def bpp_at(points: list, psnr: float) -> float:
 
 
 def bd(test: list, anchor: list) -> float:
-    from keras_codec.metrics import bd_rate
+    from keras_codec.evaluation.metrics import bd_rate
 
     (ra, pa), (rt, pt) = _curve(anchor), _curve(test)
     return bd_rate(ra, pa, rt, pt, *BD_RANGE)

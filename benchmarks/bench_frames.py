@@ -7,7 +7,7 @@ volumes brain2_image.nrrd (MR, 23 slices of 256², 6.5 mm) and lung2_image.nrrd 
 from data/volumes (the set-up fetches them). Per quality: bytes, bpp (8 x pixel stream bytes / samples), PSNR
 over the original's dynamic range on all samples (DESIGN.md), max error, frames coded predicted, and the
 whole-image encode and decode times (one run each, through a PlanePool of --jobs workers). BD-rate of the
-groups against frame by frame over 40-55 dB (keras_codec.metrics, PCHIP). Lossless: bytes both ways (on the
+groups against frame by frame over 40-55 dB (keras_codec.evaluation.metrics, PCHIP). Lossless: bytes both ways (on the
 cine's first --lossless-frames frames). Group length: bytes and PSNR at --group-quality for a few lengths.
 
     .venv-edge/bin/python benchmarks/bench_frames.py [--cases cine,brain2,lung2] [--qualities 10,12,14,16,18,20]
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     from data.image import Image
     from edge_runtime.pool import PlanePool
     from edge_runtime.runtime import load_codec
-    from keras_codec.metrics import bd_rate
+    from keras_codec.evaluation.metrics import bd_rate
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ Three sets, none of which the residual model was fitted on:
            brain2: brain MR; data.corpus.volumes), one slice per image (the corpus' other test volume,
            a cine that came through lossy JPEG, is left out);
   cv       leave-one-modality-out over the whole corpus (CT, MR, CR, US, OT: 5 folds): the residual
-           model is fitted (keras_codec.fit_residual, on centred crops of at most --cv-side², base
+           model is fitted (keras_codec.training.fit_residual, on centred crops of at most --cv-side², base
            qualities CV_QUALITIES) on every other modality, then codes the held-out modality's
            images (first frame, centred crop of at most --cv-side²).
 
@@ -46,8 +46,8 @@ FIELDS = ("set", "image", "modality", "D", "codec", "n_bytes", "bpp", "encode_s"
 
 
 def classical(name: str):
-    from keras_codec import baselines
-    from keras_codec.speed import baseline
+    from keras_codec.evaluation import baselines
+    from keras_codec.evaluation.speed import baseline
 
     if name.startswith("jpegxl"):
         return baselines.JPEGXL(effort=int(name[len("jpegxl"):]))
@@ -159,7 +159,7 @@ def _crop_image(image, side: int):
 def cv_folds(coder, side: int, progress=print):
     """(modality, residual model fitted without it, [(name, cropped image)]) per modality of the corpus."""
     from data.corpus import corpus, load
-    from keras_codec import fit_residual as fr
+    from keras_codec.training import fit_residual as fr
 
     images = []
     for item in corpus(None):

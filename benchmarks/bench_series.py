@@ -12,12 +12,12 @@ previous decoded one where that pays) and "frames" (inter=False: every frame on 
 earlier releases), at each --qualities level, then losslessly (max error 0) and with max error --bound.
 JPEG 2000 (OpenJPEG) and JPEG XL (libjxl, effort 7) code every frame on its own, through imagecodecs (RGB
 frames interleaved, JPEG 2000 with its colour transform); their quality knob is swept, the same value for
-every frame. HEVC is x265 through ffmpeg at constant QP (keras_codec.baselines.HEVC), for the RGB cines only:
+every frame. HEVC is x265 through ffmpeg at constant QP (keras_codec.evaluation.baselines.HEVC), for the RGB cines only:
 4:4:4 GBR (the best HEVC does on RGB) and 4:2:0 (the Main profile of DICOM's HEVC transfer syntaxes), with
 x265's default intra period (250 frames), so it gets more inter-frame redundancy than our groups allow.
 
 bpp = 8 x bytes / samples (our pixel streams without metadata; codestreams for the others); PSNR over the
-whole sequence (one MSE, the sequence's dynamic range: keras_codec.metrics.psnr). BD-rate (PCHIP) over
+whole sequence (one MSE, the sequence's dynamic range: keras_codec.evaluation.metrics.psnr). BD-rate (PCHIP) over
 40-55 dB, negative = fewer bits than the anchor.
 
     .venv/bin/python benchmarks/bench_series.py [--only cine,CT] [--cine-frames 120] [--slices 32] [--lossy-only]
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_colour import BD_RANGE, _parse_range, bd, rd_figure, write_tables  # noqa: E402
-from keras_codec import baselines, metrics  # noqa: E402
+from keras_codec.evaluation import baselines, metrics  # noqa: E402
 
 CINES = (("cine", "color3d_jpeg_baseline.dcm"), ("cine30", "examples_ybr_color.dcm"))
 J2K_TARGETS = (34, 38, 42, 46, 50, 54, 58, 62)

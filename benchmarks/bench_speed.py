@@ -1,7 +1,7 @@
 """Speed benchmark of issue 13: our codec (edge runtime) against OpenJPEG, HTJ2K, JPEG XL and CharLS.
 
 Every case codes the same images with every codec in the same run (baselines are never numbers
-copied from elsewhere), each measurement in a fresh process (keras_codec.speed: timing rule,
+copied from elsewhere), each measurement in a fresh process (keras_codec.evaluation.speed: timing rule,
 peak RSS, the classical codecs):
 
   ct        512x512 CT explicit_VR-UN.dcm at quality 17, warm in-process encode / decode, file to
@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from keras_codec import speed  # noqa: E402  (numpy only; the children import the rest)
+from keras_codec.evaluation import speed  # noqa: E402  (numpy only; the children import the rest)
 
 CASES = ("ct", "lossless", "process", "cr", "folder", "cine")
 TITLES = {
@@ -178,7 +178,7 @@ class Bench:
                 row["vs_openjpeg"] = round(row["median_ms"] / refs[0]["median_ms"], 2)
 
     def quality(self, original, decoded, n_bytes) -> dict:
-        from keras_codec import metrics
+        from keras_codec.evaluation import metrics
 
         return {"bpp": round(8.0 * n_bytes / original.size, 4),
                 "psnr": round(float(metrics.psnr(original, decoded)), 2),
@@ -186,7 +186,7 @@ class Bench:
 
     def match(self, name, pixels, target_psnr, bits_stored):
         """The parameter of a lossy classical codec reaching `target_psnr` on `pixels` (searched, untimed)."""
-        from keras_codec.baselines import PSNRSearch
+        from keras_codec.evaluation.baselines import PSNRSearch
 
         return PSNRSearch(speed.baseline(name), pixels, bits_stored=bits_stored).seek(target_psnr)["param"]
 
@@ -324,7 +324,7 @@ class Bench:
             return self.ct_shared
         from data.corpus import PYDICOM_DATA, corpus_path
         from data.readers import read_image
-        from keras_codec import metrics
+        from keras_codec.evaluation import metrics
 
         src = corpus_path(CT, PYDICOM_DATA)
         image = read_image(src)
@@ -363,7 +363,7 @@ class Bench:
             out = self.tmp / f"proc_{codec}.dcm"
             cmd = speed.baseline_command() + ["decode", codec, stream, out, "--param", param, "--ref", src]
             row = self.process("process", CT, NAMES[codec], f"lossy @ {psnr:.1f} dB", "decode", cmd,
-                               cpus=self.one_cpu, clean=[out], note="python -m keras_codec.speed decode")
+                               cpus=self.one_cpu, clean=[out], note="python -m keras_codec.evaluation.speed decode")
             if row:
                 n_bytes = sum(len(x) for x in speed.read_stream(stream)[1])
                 row.update(self.quality(original, read_image(out).pixels, n_bytes))
@@ -374,7 +374,7 @@ class Bench:
 
         from data.readers import read_image
         from edge_runtime.runtime import pixel_stream_bytes
-        from keras_codec import metrics
+        from keras_codec.evaluation import metrics
 
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from _volumes import ct_slice_folder
@@ -436,7 +436,7 @@ class Bench:
         """bpp over the folder, mean per-slice PSNR, largest error, into the rows of one codec."""
         import numpy as np
 
-        from keras_codec import metrics
+        from keras_codec.evaluation import metrics
 
         if set(decoded) != set(originals):
             for row in rows:
@@ -453,7 +453,7 @@ class Bench:
 
         from data.corpus import PYDICOM_DATA, corpus_path
         from data.readers import read_image
-        from keras_codec import metrics
+        from keras_codec.evaluation import metrics
 
         src = Path(self.args.cine) if self.args.cine else corpus_path(CINE, PYDICOM_DATA)
         name = src.name
@@ -581,7 +581,7 @@ class Bench:
               "the larger of the two); cores: the CPUs ours may use, 1 for a classical codec (one thread), and in "
               "brackets CPU time / wall time; x OpenJPEG: median over OpenJPEG's in the same case and operation "
               "(lossless case: OpenJPEG lossless); whole-process baselines are Python command lines "
-              "(python -m keras_codec.speed: numpy, pydicom, imagecodecs)."]
+              "(python -m keras_codec.evaluation.speed: numpy, pydicom, imagecodecs)."]
         (self.out / "speed.md").write_text("\n".join(md) + "\n")
         plot(self.rows, self.out / "speed.png", "\n".join(head[:2]))
 

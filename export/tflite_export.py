@@ -110,7 +110,7 @@ def _max_levels(manifest: dict) -> int:
 
 
 def _wavelet_config(manifest: dict, name: str):
-    """The WaveletConfig of transform `name`, as `keras_codec.evaluate.workstation_coder` builds it."""
+    """The WaveletConfig of transform `name`, as `keras_codec.models.default.DefaultCodec.from_bundle` builds it."""
     from keras_codec.config import CodecConfig
 
     return dataclasses.replace(CodecConfig.from_dict(manifest["config"]).wavelet, wavelet=name)
@@ -377,7 +377,7 @@ def representative_planes(bundle, qualities=REPRESENTATIVE_QUALITIES, crop: int 
     inverse-DWT output the post-filter gets.
     """
     from edge_runtime.codec import PlaneCoder
-    from keras_codec.models.wavelet import bundle_transforms
+    from keras_codec.models.default import bundle_transforms
 
     entry = bundle.manifest.get("postfilter") or {}
     name = entry.get("wavelet") or _transform_names(bundle.manifest)[0]
@@ -648,7 +648,7 @@ def integer_reference(model, q: np.ndarray) -> np.ndarray:
 
 
 def _interpreter(model, num_threads: int = 1):
-    from keras_codec.tflite_utils import _interpreter_class
+    from export.tflite_utils import _interpreter_class
 
     if hasattr(model, "get_signature_runner"):
         return model
@@ -712,7 +712,8 @@ def verify_export(bundle_dir, shapes=((64, 96), (128, 128)), seed: int = 0, step
     from edge_runtime.bundle import load_bundle
     from edge_runtime.codec import QUALITY_LEVELS, padded_shape, quantizer_step
     from edge_runtime.tflite_runner import Int8PostFilter, postfilter_input, postfilter_spec
-    from keras_codec.models.wavelet import bundle_transforms, join_details
+    from keras_codec.models.default import bundle_transforms
+    from keras_codec.models.wavelet import join_details
 
     bundle = load_bundle(bundle_dir)
     section = bundle.manifest.get("tflite")
@@ -774,11 +775,12 @@ def test_split_report(bundle_dir, qualities=(12, 17), folder=None, progress=prin
     from edge_runtime.bundle import load_bundle
     from edge_runtime.codec import decode_image, encode_image
     from edge_runtime.runtime import load_codec
-    from keras_codec import metrics
-    from keras_codec.evaluate import evaluation_images, workstation_coder
+    from keras_codec.evaluation import metrics
+    from keras_codec.evaluation.evaluate import evaluation_images
+    from keras_codec.models.default import DefaultCodec
 
     bundle = load_bundle(bundle_dir)
-    keras_coder = workstation_coder(bundle)
+    keras_coder = DefaultCodec.from_bundle(bundle).coder
     _b, edge_coder = load_codec(bundle)
     quant = bundle.manifest.get("tflite", {}).get("quantization", "float32")
     rows = []
@@ -801,7 +803,7 @@ def test_split_report(bundle_dir, qualities=(12, 17), folder=None, progress=prin
 
 def bd_rate_report(anchor_dir, test_dir, qualities=None, folder=None, progress=print) -> dict:
     """BD-rate of bundle `test_dir` against bundle `anchor_dir`, both through their TFLite graphs, over
-    40-55 dB (`keras_codec.metrics.bd_rate`), per test image (or image under `folder`) and the mean.
+    40-55 dB (`keras_codec.evaluation.metrics.bd_rate`), per test image (or image under `folder`) and the mean.
 
     The two bundles must be quantizations of one model: the same context model and tables, and
     encoders (float32 in every mode) that code the same streams but for the model id, which is
@@ -811,8 +813,8 @@ def bd_rate_report(anchor_dir, test_dir, qualities=None, folder=None, progress=p
     from edge_runtime import bitstream as bs
     from edge_runtime.codec import QUALITY_LEVELS, decode_image, encode_image
     from edge_runtime.runtime import load_codec
-    from keras_codec import metrics
-    from keras_codec.evaluate import evaluation_images
+    from keras_codec.evaluation import metrics
+    from keras_codec.evaluation.evaluate import evaluation_images
 
     anchor, anchor_coder = load_codec(anchor_dir)
     test, test_coder = load_codec(test_dir)
@@ -865,7 +867,7 @@ def transform_quantization_ceiling(bundle_dir, folder=None, modes=("int8", "int1
 
     from edge_runtime.bundle import load_bundle
     from edge_runtime.codec import levels_for, pad_plane
-    from keras_codec.evaluate import evaluation_images
+    from keras_codec.evaluation.evaluate import evaluation_images
     from keras_codec.models.wavelet import WaveletTransforms, join_details
 
     bundle = load_bundle(bundle_dir)

@@ -33,7 +33,7 @@ def _cmd_corpus(args) -> int:
 
 def _cmd_demo(args) -> int:
     from data.corpus import corpus, corpus_table
-    from keras_codec.demo import run_demo
+    from keras_codec.evaluation.demo import run_demo
 
     if args.dir is None:
         print("keras_codec sample corpus (pydicom + pydicom-data):")
@@ -54,7 +54,7 @@ def _cmd_train(args) -> int:
     cfg = cfg.replace(**{"train.seed": args.seed})
     print(cfg.to_json())
     if cfg.name == "default" and args.stage == "refine":
-        from keras_codec.train_refine import train_refine
+        from keras_codec.training.refine import train_refine
 
         if not args.bundle or args.steps <= 0:
             print("keras-codec train --stage refine needs --bundle (the model to refine) and --steps > 0",
@@ -65,7 +65,7 @@ def _cmd_train(args) -> int:
         print(f"refinement weights {res['weights']}" + (f", bundle {args.bundle_out}" if args.bundle_out else ""))
         return 0
     if cfg.name == "default":
-        from keras_codec.fit_default import fit_default, write_initial_bundle
+        from keras_codec.training.fit_default import fit_default, write_initial_bundle
 
         if args.init_only:
             res = write_initial_bundle(cfg, args.out)
@@ -74,7 +74,7 @@ def _cmd_train(args) -> int:
         print(f"bundle written to {args.out}: model id {res['model_id'][:16]}..., "
               f"{res['planes']} planes, {res['wall_seconds']:.1f} s")
         return 0
-    from keras_codec.train_paper import train_paper
+    from keras_codec.training.paper import train_paper
 
     res = train_paper(cfg, args.out, steps=args.steps)
     print(res)
@@ -84,7 +84,7 @@ def _cmd_train(args) -> int:
 def _train_recipe(args) -> int:
     """`keras-codec train --data DIR... --out RUN [--recipe R] [--from [BUNDLE]]`: the whole recipe, resumable."""
     # the strategy first: TensorFlow's multi-worker strategy must exist before any other op (and is refused)
-    from keras_codec.train import default_strategy
+    from keras_codec.training.loop import default_strategy
 
     strategy = default_strategy()
     from keras_codec.training import data as tdata
@@ -128,7 +128,7 @@ def _cmd_install_bundle(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from keras_codec.evaluate import evaluate_bundle
+    from keras_codec.evaluation.evaluate import evaluate_bundle
 
     qualities = [int(q) for q in args.qualities.split(",")] if args.qualities else None
     res = evaluate_bundle(args.model, folder=args.dir, qualities=qualities, out_dir=args.out)
@@ -139,7 +139,7 @@ def _cmd_eval(args) -> int:
 def _cmd_bench(args) -> int:
     import shlex
 
-    from keras_codec.bench import run_bench
+    from keras_codec.evaluation.bench import run_bench
 
     parts = ["keras-codec", "bench"] + [f"--model {shlex.quote(m)}" for m in args.models or []]
     parts += [f"--dir {shlex.quote(args.dir)}"] if args.dir else []
@@ -151,7 +151,7 @@ def _cmd_bench(args) -> int:
     command = " ".join(parts)
     sections = None
     if args.only:
-        from keras_codec.bench import SECTION_KEYS, SECTIONS
+        from keras_codec.evaluation.bench import SECTION_KEYS, SECTIONS
 
         wanted = args.only.split(",")
         unknown = [w for w in wanted if w not in SECTION_KEYS]
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stage", choices=["fit", "refine"], default="fit",
                    help="default config: 'fit' the context model (stage 1, writes a bundle to --out) or "
                         "'refine': train the learned lifting refinement jointly with the in-graph entropy model "
-                        "from --bundle for --steps (a resumable run in --out; keras_codec.train_refine)")
+                        "from --bundle for --steps (a resumable run in --out; keras_codec.training.refine)")
     t.add_argument("--bundle", default=None, help="--stage refine: the bundle to refine")
     t.add_argument("--bundle-out", default=None, help="--stage refine: write the refined bundle (context refitted)")
     t.set_defaults(func=_cmd_train)

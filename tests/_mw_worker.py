@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import tensorflow as tf  # noqa: E402
 
-from keras_codec import train as train_mod  # noqa: E402
+from keras_codec.training import loop as train_mod  # noqa: E402
 
 
 def main(out_dir, steps, mode):

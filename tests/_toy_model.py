@@ -4,7 +4,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from keras_codec.train import per_replica_batch_size
+from keras_codec.training.loop import per_replica_batch_size
 
 
 class ToyCodec(tf.keras.Model):

@@ -1,12 +1,12 @@
-"""Tests for keras_codec.baselines: exact lossless round trips, error bounds, the PSNR search."""
+"""Tests for keras_codec.evaluation.baselines: exact lossless round trips, error bounds, the PSNR search."""
 
 import numpy as np
 import pydicom
 import pydicom.data
 import pytest
 
-from keras_codec import baselines as b
-from keras_codec import metrics
+from keras_codec.evaluation import baselines as b
+from keras_codec.evaluation import metrics
 
 ROW_KEYS = {"codec", "param", "n_bytes", "bpp", "psnr", "psnr_bitdepth", "ssim", "max_abs_err", "encode_s", "decode_s"}
 CODECS = [b.JPEG2000(), b.JPEGXL(), b.JPEGLS()]

@@ -1,4 +1,4 @@
-"""keras_codec.bench (`keras-codec bench`) and the demo built on it: tiny images, the shipped bundle."""
+"""keras_codec.evaluation.bench (`keras-codec bench`) and the demo built on it: tiny images, the shipped bundle."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +11,7 @@ import pytest
 
 from data.image import Image
 from data.writers import write_png
-from keras_codec import bench
+from keras_codec.evaluation import bench
 from keras_codec.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from data.image import Image
-from keras_codec.bench import OurCodec
-from keras_codec.bench_bounded import BOUNDS, near_lossless_section
+from keras_codec.evaluation.bench import OurCodec
+from keras_codec.evaluation.bounded import BOUNDS, near_lossless_section
 
 
 def _image(seed, rows, cols):

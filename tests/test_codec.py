@@ -9,7 +9,7 @@ from edge_runtime.codec import PlaneCoder, decode_image, encode_image, levels_fo
 from edge_runtime.entropy import laplace_tables
 from edge_runtime.subband_coder import CodingModel
 from keras_codec.config import CodecConfig, WaveletConfig
-from keras_codec.context_fit import default_ll_weights
+from keras_codec.training.context_fit import default_ll_weights
 from keras_codec.models.wavelet import WaveletTransforms, build_functional_codec, build_postfilter
 
 CFG = WaveletConfig(levels=3, num_scales=32)

@@ -6,7 +6,7 @@ import numpy as np
 
 from edge_runtime import context as ctx
 from edge_runtime.entropy import scale_grid
-from keras_codec.context_fit import fit_group, fit_group_mlp, hidden_to_int, theta_to_int
+from keras_codec.training.context_fit import fit_group, fit_group_mlp, hidden_to_int, theta_to_int
 
 K, SMIN, SMAX = 64, 0.05, 512.0
 

@@ -18,7 +18,7 @@ from keras_codec.config import CodecConfig
 from keras_codec.layers import DWT2D, IDWT2D
 from keras_codec.models.wavelet import (WaveletTransforms, build_postfilter, join_details, postfilter_arch,
                                         save_postfilter)
-from keras_codec.tflite_utils import _interpreter_class, run_tflite, to_tflite
+from export.tflite_utils import _interpreter_class, run_tflite, to_tflite
 
 TOL = 1e-5
 
@@ -271,12 +271,12 @@ def test_workstation_stream_decodes_identically_on_the_edge(tmp_path):
     from data.image import Image
     from edge_runtime.codec import decode_image, encode_image
     from edge_runtime.runtime import load_codec
-    from keras_codec.evaluate import workstation_coder
+    from keras_codec.models.default import DefaultCodec
 
     src = _tiny_bundle(tmp_path / "src", postfilter=True)
     export_transforms(src, quant="float32")
     bundle = load_bundle(src)
-    ws = workstation_coder(bundle)
+    ws = DefaultCodec.from_bundle(bundle).coder
     rng = np.random.default_rng(5)
     y, x = np.mgrid[0:48, 0:64]
     px = np.clip(2000 + 1500 * np.sin(x / 5.0) * np.cos(y / 7.0) + rng.normal(0, 30, x.shape), 0, 4095)

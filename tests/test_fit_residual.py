@@ -10,7 +10,7 @@ from edge_runtime import residual as res
 from edge_runtime.bundle import default_bundle_path, load_bundle
 from edge_runtime.codec import PlaneCoder
 from edge_runtime import context as ctx
-from keras_codec.fit_residual import collect_samples, fit_model, initial_model
+from keras_codec.training.fit_residual import collect_samples, fit_model, initial_model
 
 
 def _planes():

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from keras_codec.layers import DCT2D, DWT2D, IDCT2D, IDWT2D
 from keras_codec.layers.dwt import MODES, PYWT_NAMES, WAVELETS
-from keras_codec.tflite_utils import run_tflite, to_tflite
+from export.tflite_utils import run_tflite, to_tflite
 
 # pywt warns that deep levels on tiny test images are all boundary; expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:Level value of:UserWarning")

@@ -1,4 +1,4 @@
-"""Tests for keras_codec.metrics: hand values, scikit-image references, an independent MS-SSIM."""
+"""Tests for keras_codec.evaluation.metrics: hand values, scikit-image references, an independent MS-SSIM."""
 
 import math
 
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from scipy.signal import convolve2d
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from keras_codec import metrics as m
+from keras_codec.evaluation import metrics as m
 
 
 def smooth_image(rows=96, cols=80, bits=12, seed=0):

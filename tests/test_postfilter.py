@@ -13,7 +13,7 @@ from edge_runtime.codec import PlaneCoder, decode_image, encode_image, levels_fo
 from keras_codec.config import CodecConfig, WaveletConfig
 from keras_codec.models.wavelet import (WaveletTransforms, build_functional_codec, build_postfilter, load_postfilter,
                                         postfilter_arch, postfilter_macs, save_postfilter)
-from keras_codec.train_postfilter import PostFilterTrainer, write_bundle_copy
+from keras_codec.training.postfilter import PostFilterTrainer, write_bundle_copy
 
 CFG = WaveletConfig()
 TINY = postfilter_arch(CFG, channels=4, layers=2)
@@ -113,7 +113,7 @@ def test_filtered_decode_has_the_right_shape_and_dtype():
 def test_fine_tuning_starts_from_the_bundles_filter_behind_its_refinement(tmp_path):
     """--init-from-bundle: a step at learning rate 0 leaves the shipped filter as it was (trained behind
     the shipped bundle's refined transform); a filter of another shape is refused."""
-    from keras_codec.train_postfilter import train_postfilter
+    from keras_codec.training.postfilter import train_postfilter
 
     bundle = load_bundle(default_bundle_path())
     arch = bundle.manifest["postfilter"]["architecture"]

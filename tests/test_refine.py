@@ -96,7 +96,7 @@ def test_macs_budget_is_small():
 def test_refine_trainer_loss_goes_down(tmp_path):
     """A tiny refinement trained a few steps on one batch lowers the rate-distortion loss."""
     from edge_runtime.bundle import load_bundle
-    from keras_codec import train_refine as tr
+    from keras_codec.training import refine as tr
 
     bundle = load_bundle("edge_runtime/models/default")
     cfg = tr._training_config(bundle.manifest, 0, 4, 3e-3, 32, 4)
@@ -126,7 +126,7 @@ def test_refined_bundle_exports_codes_and_bounds(tmp_path):
     from edge_runtime.runtime import load_codec
     from export.tflite_export import export_transforms, verify_export
     from keras_codec.config import CodecConfig
-    from keras_codec.evaluate import workstation_coder
+    from keras_codec.models.default import DefaultCodec
     from edge_runtime import context as ctx
 
     w = CodecConfig().wavelet
@@ -148,7 +148,7 @@ def test_refined_bundle_exports_codes_and_bounds(tmp_path):
     assert verify_export(src, shapes=((32, 48),))["max_abs_diff"] <= 1e-4
     bundle = load_bundle(src)
     assert bundle.refine is not None
-    ws = workstation_coder(bundle)
+    ws = DefaultCodec.from_bundle(bundle).coder
     _b, edge = load_codec(src)
     rng = np.random.default_rng(6)
     y, x = np.mgrid[0:40, 0:56]

@@ -1,4 +1,4 @@
-"""keras_codec.speed: the classical codecs' file round trip, its command line, and the whole-process timer."""
+"""keras_codec.evaluation.speed: the classical codecs' file round trip, its command line, and the whole-process timer."""
 from __future__ import annotations
 
 import sys
@@ -9,7 +9,7 @@ import pytest
 from data.image import Image
 from data.readers import read_image
 from data.writers import write_dicom
-from keras_codec import speed
+from keras_codec.evaluation import speed
 
 
 @pytest.fixture()
@@ -36,7 +36,7 @@ def test_classical_file_round_trip(tmp_path, ct_dcm, codec, param, bound):
 
 
 def test_htj2k_lossy_is_lossy_and_searchable(ct_dcm):
-    from keras_codec.baselines import PSNRSearch
+    from keras_codec.evaluation.baselines import PSNRSearch
 
     _, px = ct_dcm
     row = PSNRSearch(speed.baseline("htj2k"), px, bits_stored=16).seek(40.0)

@@ -130,7 +130,7 @@ def test_error_bounded_mode_with_scales():
 
 
 def test_fit_step_scales_on_tiny_planes(codec, tmp_path):
-    from keras_codec.fit_steps import fit_step_scales, write_bundle
+    from keras_codec.training.fit_steps import fit_step_scales, write_bundle
 
     coder = _coder_with(codec, None)
     planes = [(f"synthetic{i}", _plane((32, 32), seed=i, bits=10), 1023) for i in range(2)]

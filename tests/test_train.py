@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from _toy_model import ToyCodec, dataset_fn_for
 from keras_codec.config import CodecConfig
-from keras_codec.train import train
+from keras_codec.training.loop import train
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG = CodecConfig().replace(**{"train.patch_size": 32, "train.batch_size": 4, "train.learning_rate": 3e-3})

@@ -157,7 +157,7 @@ def test_run_writes_a_bundle_the_edge_codes_with(run, tmp_path):
     from data.readers import read_image
     from edge_runtime.bundle import load_bundle
     from edge_runtime.cli import main as edge
-    from keras_codec import metrics
+    from keras_codec.evaluation import metrics
 
     bundle = load_bundle(run / "bundle")
     m = bundle.manifest
@@ -260,12 +260,12 @@ def test_install_bundle_copies_a_run_and_keeps_an_existing_one_without_force(run
 @pytest.mark.parametrize("n_sib", [0, 1, 2])
 @pytest.mark.parametrize("with_parent", [False, True])
 def test_training_context_features_are_the_edges(n_sib, with_parent):
-    """keras_codec.train_refine.context_features (TensorFlow, what the refinement is trained with) gives,
+    """keras_codec.training.refine.context_features (TensorFlow, what the refinement is trained with) gives,
     at every position of every polyphase pass, the integers edge_runtime.context.detail_features gives."""
     import tensorflow as tf
 
     from edge_runtime import context as ctx
-    from keras_codec.train_refine import _codes, context_features
+    from keras_codec.training.refine import _codes, context_features
 
     rng = np.random.default_rng(10 * n_sib + with_parent)
     shape = (16, 24)
@@ -311,7 +311,7 @@ def test_dataset_under_a_strategy_batches_each_replicas_share_and_draws_per_pipe
 def test_a_multi_worker_strategy_is_refused_before_any_work(images, tmp_path):
     from keras_codec.training.pipeline import run_recipe
 
-    class MultiWorkerMirroredStrategy:  # what keras_codec.train.default_strategy returns under TF_CONFIG
+    class MultiWorkerMirroredStrategy:  # what keras_codec.training.loop.default_strategy returns under TF_CONFIG
         pass
 
     data = tdata.prepare([images], val_fraction=0.3, seed=0)
@@ -373,7 +373,7 @@ def test_recipe_trains_under_mirrored_strategy_on_two_logical_cpus(images, tmp_p
 
 
 def test_a_training_stage_interrupted_mid_way_resumes_at_its_last_checkpoint(images, tmp_path, monkeypatch):
-    from keras_codec import train as train_mod
+    from keras_codec.training import loop as train_mod
     from keras_codec.training.pipeline import run_recipe
 
     class Stop(Exception):

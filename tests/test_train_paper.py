@@ -7,8 +7,8 @@ import pytest
 
 from data.image import Image
 from keras_codec.config import CodecConfig
-from keras_codec.eval_paper import code_plane, decode_plane, evaluate_paper, paper_entropy_tables
-from keras_codec.train_paper import load_paper, paper_stages, train_paper
+from keras_codec.evaluation.paper import code_plane, decode_plane, evaluate_paper, paper_entropy_tables
+from keras_codec.training.paper import load_paper, paper_stages, train_paper
 
 CONFIG = CodecConfig(name="paper").replace(
     **{"paper.tile": 32, "paper.filters": (4, 8), "paper.dense_units": 32, "paper.latent_dim": 16,
@@ -74,7 +74,7 @@ def test_real_coding_matches_estimate(run):
     wild = coded["symbols"].copy()
     wild[0, :3] = [500, -700, 12345]
     from edge_runtime.entropy import Encoder
-    from keras_codec.eval_paper import _indices
+    from keras_codec.evaluation.paper import _indices
 
     enc = Encoder(tables.tables)
     enc.encode((wild.astype(np.int64) - tables.centres).ravel(), _indices(*wild.shape))

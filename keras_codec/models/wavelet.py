@@ -166,18 +166,6 @@ def load_postfilter(bundle, wavelet: str | None = None) -> tf.keras.Model | None
     return model
 
 
-def bundle_transforms(bundle, name: str, postfilter: tf.keras.Model | None = None) -> "WaveletTransforms":
-    """The Keras transform pair of a loaded bundle's transform `name`, with the bundle's learned lifting
-    refinement of it (if any) and the given post-filter (None: none)."""
-    import dataclasses
-
-    from keras_codec.config import CodecConfig
-    from keras_codec.models.refine import load_refinement
-
-    cfg = dataclasses.replace(CodecConfig.from_dict(bundle.manifest["config"]).wavelet, wavelet=name)
-    return WaveletTransforms(cfg, postfilter, refine=load_refinement(bundle, name))
-
-
 def tf_deadzone(x, deadzone: float):
     """edge_runtime.codec.deadzone_quantize in TensorFlow: sign(x)·floor(|x| + 0.5 − deadzone)."""
     return tf.sign(x) * tf.floor(tf.abs(x) + 0.5 - deadzone)

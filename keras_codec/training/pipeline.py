@@ -150,7 +150,7 @@ def _check_strategy(strategy) -> None:
             "MirroredStrategy); TF_CONFIG names several workers, and a multi-worker run of the recipe is not "
             "supported yet: the trainers keep their checkpoints on the chief only, and the fitting stages "
             "between the training stages would run on every worker. Unset TF_CONFIG, or train the "
-            "post-filter and refinement stages multi-worker with keras_codec.train.train")
+            "post-filter and refinement stages multi-worker with keras_codec.training.loop.train")
 
 
 def run_recipe(recipe: Recipe, data: TrainingData, run_dir, *, from_bundle=None, strategy=None,
@@ -255,8 +255,8 @@ def _clear_keras_session() -> None:
 
 
 def write_report(bundle, data: TrainingData, out_dir: Path, qualities, say, model_id: str) -> dict:
-    """RD report on the held-out images (keras_codec.evaluate.evaluate_bundle): CSV, PNG, report.json."""
-    from keras_codec.evaluate import evaluate_bundle
+    """RD report on the held-out images (keras_codec.evaluation.evaluate.evaluate_bundle): CSV, PNG, report.json."""
+    from keras_codec.evaluation.evaluate import evaluate_bundle
 
     out_dir = Path(out_dir)
     done = out_dir / "report.json"
@@ -275,7 +275,7 @@ def write_report(bundle, data: TrainingData, out_dir: Path, qualities, say, mode
            "images": {n: {"bd_rate_vs_jpeg2000": v["bd_rate_vs_jpeg2000"], "ours_bpp_psnr": v["ours"]}
                       for n, v in res["images"].items()},
            "bd_rate": "Bjontegaard, piecewise cubic, 40-55 dB, PSNR over each image's dynamic range "
-                      "(keras_codec.metrics); negative = fewer bits than JPEG 2000",
+                      "(keras_codec.evaluation.metrics); negative = fewer bits than JPEG 2000",
            "files": ["eval.csv", "rd_curves.png"]}
     (tmp / "report.json").write_text(json.dumps(rep, indent=2, default=float) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)

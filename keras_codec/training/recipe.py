@@ -48,7 +48,7 @@ FIT_QUALITIES = (2, 5, 9, 12, 14, 16, 18, 20, 22)
 @dataclass(frozen=True)
 class ContextFit:
     """Stage 1 from scratch: the integer context model and the tables by maximum likelihood
-    (keras_codec.fit_default.fit_default)."""
+    (keras_codec.training.fit_default.fit_default)."""
 
     kind: str = "context_fit"
     max_side: int = 1024            # centred crop of each plane
@@ -59,7 +59,7 @@ class ContextFit:
 
 @dataclass(frozen=True)
 class PostFilter:
-    """The learned post-filter behind the codec (keras_codec.train_postfilter)."""
+    """The learned post-filter behind the codec (keras_codec.training.postfilter)."""
 
     kind: str = "postfilter"
     steps: int = 9000
@@ -83,7 +83,7 @@ class Export:
 
 @dataclass(frozen=True)
 class Residual:
-    """The residual model of the --max-error / lossless mode (keras_codec.fit_residual)."""
+    """The residual model of the --max-error / lossless mode (keras_codec.training.fit_residual)."""
 
     kind: str = "residual"
     max_side: int = 512
@@ -92,7 +92,7 @@ class Residual:
 @dataclass(frozen=True)
 class Refine:
     """The learned lifting refinement, trained with the in-graph context entropy model, then the context
-    model refitted on the refined transform (keras_codec.train_refine)."""
+    model refitted on the refined transform (keras_codec.training.refine)."""
 
     kind: str = "refine"
     steps: int = 16000

@@ -5,7 +5,7 @@ recipe entry (keras_codec.training.recipe), `source` the input bundle folder (No
 stage from scratch), `out` the folder to write the new bundle to (created by the stage), `work`
 a folder of its own that survives an interruption (training checkpoints: a rerun resumes at the
 step reached), `ctx` the :class:`StageContext` of the run. The stages wrap the trainers and
-fitters (keras_codec.fit_default, train_postfilter, train_refine, fit_residual, export): the
+fitters (keras_codec.training.fit_default, train_postfilter, train_refine, fit_residual, export): the
 work and its hyper-parameters' meaning are theirs.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _log_every(ctx: StageContext, steps: int) -> int:
 
 
 def _context_fit(stage: ContextFit, source, out: Path, work: Path, ctx: StageContext) -> None:
-    from keras_codec.fit_default import fit_default
+    from keras_codec.training.fit_default import fit_default
 
     if source is not None:
         raise ValueError("a context_fit stage starts a model from step 0; it cannot follow another stage "
@@ -60,7 +60,7 @@ def _context_fit(stage: ContextFit, source, out: Path, work: Path, ctx: StageCon
 
 
 def _postfilter(stage: PostFilter, source, out: Path, work: Path, ctx: StageContext) -> None:
-    from keras_codec.train_postfilter import train_postfilter
+    from keras_codec.training.postfilter import train_postfilter
 
     gain = None if ctx.images is None else ctx.images[:GAIN_IMAGES]
     train_postfilter(source, work, stage.steps, ctx.recipe.seed, bundle_out=out, channels=stage.channels,
@@ -99,14 +99,14 @@ def _export(stage: Export, source, out: Path, work: Path, ctx: StageContext) -> 
 
 
 def _residual(stage: Residual, source, out: Path, work: Path, ctx: StageContext) -> None:
-    from keras_codec.fit_residual import fit_residual
+    from keras_codec.training.fit_residual import fit_residual
 
     shutil.copytree(source, out)
     fit_residual(out, seed=ctx.recipe.seed, progress=ctx.progress, images=ctx.images, max_side=stage.max_side)
 
 
 def _refine(stage: Refine, source, out: Path, work: Path, ctx: StageContext) -> None:
-    from keras_codec.train_refine import train_refine
+    from keras_codec.training.refine import train_refine
 
     refit = {"seed": ctx.recipe.seed, "images": ctx.images, "max_side": stage.refit_max_side,
              "max_frames": stage.refit_max_frames, "qualities": tuple(stage.refit_qualities)}

@@ -15,7 +15,7 @@ with one signature per (transform, levels), in the layout export/tflite_export.p
   checked here against DWT2D("haar")), so the tests exercise the runner's resizing too.
 
 Tensor names follow both conventions the runner must accept: the cdf97 signatures use
-keras_codec.tflite_utils' input_000.../output_000... (the decoder's last input is the step), the
+export.tflite_utils' input_000.../output_000... (the decoder's last input is the step), the
 haar ones export/tflite_export.py's plane / band_00... / step. The step has shape (1,). There is no
 post-filter, but the step is still wired into the graph (multiplied by zero) so the converter keeps it.
 """

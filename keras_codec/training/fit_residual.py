@@ -1,13 +1,13 @@
 """Fit the residual model of the error-bounded / lossless mode and add it to a bundle.
 
-    python -m keras_codec.fit_residual --bundle B [--seed 0]
+    python -m keras_codec.training.fit_residual --bundle B [--seed 0]
 
 For every train plane (a centred crop of at most MAX_SIDE²), every bound D in FIT_BOUNDS
 and base qualities spanning those the encoder picks (FIT_QUALITIES), the base is coded
 and reconstructed exactly as the codec does (PlaneCoder.exact_base), and the residual
 symbols with their features are collected (edge_runtime.residual.collect). Per pass,
 log σ = θ·f of a Laplacian through a uniform quantizer is fitted by maximum likelihood
-(keras_codec.context_fit.fit_group) and mapped onto integer weights. The tables are the
+(keras_codec.training.context_fit.fit_group) and mapped onto integer weights. The tables are the
 bundle's scale grid with no deadzone. Writes `residual.npz` into the bundle (its model id
 changes) and records the fit in the manifest's "residual" entry.
 """
@@ -22,7 +22,7 @@ import numpy as np
 
 from edge_runtime import residual as res
 from edge_runtime.entropy import laplace_tables
-from keras_codec.context_fit import fit_group, theta_to_int
+from keras_codec.training.context_fit import fit_group, theta_to_int
 
 FIT_BOUNDS = (0, 1, 2, 4, 8)
 FIT_QUALITIES = (12, 16, 20, 24, 28)
@@ -45,7 +45,7 @@ def initial_model(params: dict) -> res.ResidualModel:
 def train_integer_planes(max_side: int = MAX_SIDE, images=None):
     """(name, integer plane) of the train split (or of `images`, (name, Image) pairs): first frame, every
     sample, centred crop."""
-    from keras_codec.fit_default import train_crops
+    from keras_codec.training.fit_default import train_crops
 
     return train_crops(max_side, max_frames=1, images=images)
 

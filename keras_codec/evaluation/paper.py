@@ -6,11 +6,11 @@ range-coded for real by `edge_runtime.entropy` with one table per latent channel
 from the model's tensorflow-compression tables (`paper_entropy_tables`). A plane costs its
 coded bytes plus `PLANE_HEADER_BYTES` (tile grid, padding, min and max). The bytes are decoded
 back, the symbols must come out identical, and the decoded plane is de-normalized, rounded
-and clipped to the stored range before `keras_codec.metrics.evaluate` compares it with the
+and clipped to the stored range before `keras_codec.evaluation.metrics.evaluate` compares it with the
 original.
 
 `evaluate_paper(run_dir)` loads `run_dir/final` or, for an unfinished run, its latest
-checkpoint (see `keras_codec.train_paper.load_paper`).
+checkpoint (see `keras_codec.training.paper.load_paper`).
 """
 from __future__ import annotations
 
@@ -114,9 +114,9 @@ def evaluate_paper(run_dir: str, out_dir: str = "out/eval_paper", folder=None, p
     Returns {"rows": per-image dicts, "mean": their mean, "step", "markdown"}.
     """
     from data.pipeline import NormParams
-    from keras_codec import metrics
-    from keras_codec.evaluate import evaluation_images
-    from keras_codec.train_paper import load_paper
+    from keras_codec.evaluation import metrics
+    from keras_codec.evaluation.evaluate import evaluation_images
+    from keras_codec.training.paper import load_paper
 
     model, step = load_paper(run_dir)
     tables = paper_entropy_tables(model.entropy_tables())

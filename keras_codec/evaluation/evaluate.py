@@ -3,25 +3,13 @@
 Per image and quality: real .kcd bytes (bpp), PSNR, SSIM, max abs error, coded with the Keras
 transform layers (the workstation side); JPEG 2000 (OpenJPEG) searched to the same PSNRs; BD-rate
 per image over 40-55 dB and the mean. Writes a CSV and a PNG of the rate-distortion curves.
-The measuring is :mod:`keras_codec.bench`'s; `keras-codec bench` adds JPEG XL, JPEG-LS and more.
+The measuring is :mod:`keras_codec.evaluation.bench`'s; `keras-codec bench` adds JPEG XL, JPEG-LS and more.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-
-
-def workstation_coder(bundle):
-    """PlaneCoder over the Keras transform layers for a loaded bundle."""
-    from edge_runtime.codec import PlaneCoder
-    from keras_codec.config import CodecConfig
-    from keras_codec.models.wavelet import bundle_transforms, load_postfilter
-
-    params = bundle.manifest["codec"]
-    names = params.get("transforms", [CodecConfig.from_dict(bundle.manifest["config"]).wavelet.wavelet])
-    transforms = {n: bundle_transforms(bundle, n, load_postfilter(bundle, n)) for n in names}
-    return PlaneCoder(params, bundle.coding, transforms, refine=bundle.refine)
 
 
 def evaluation_images(folder=None):
@@ -41,11 +29,11 @@ def evaluate_bundle(bundle_path, *, folder=None, qualities=None, out_dir="out/ev
 
     On the test split, the images under `folder`, or `images` ((name, Image) pairs) when given.
 
-    The measuring is :func:`keras_codec.bench.compare_image`'s (the bench with one anchor and
+    The measuring is :func:`keras_codec.evaluation.bench.compare_image`'s (the bench with one anchor and
     the workstation coder); returns {"images": {name: {"bd_rate_vs_jpeg2000", "ours",
     "jpeg2000"}}, "mean_bd_rate", "rows", "model_id"}.
     """
-    from keras_codec import bench
+    from keras_codec.evaluation import bench
 
     codec = bench.OurCodec(bundle_path, backend="keras")
     anchors = bench.classical_codecs(["jpeg2000"]) if with_jpeg2000 else []

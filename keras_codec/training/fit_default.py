@@ -1,7 +1,7 @@
 """Fit the `default` model's context model on the train split and write its bundle.
 
 Stage 1 of training the default model: the integer context weights are fitted by
-maximum likelihood (keras_codec.context_fit) on the quantized wavelet coefficients of
+maximum likelihood (keras_codec.training.context_fit) on the quantized wavelet coefficients of
 every train plane at several quality levels, then refitted once on the coefficients
 the rate-distortion optimized quantizer actually produces with the first fit.
 """
@@ -18,19 +18,12 @@ from edge_runtime.codec import QUALITY_LEVELS, levels_for, pad_plane, quantize_b
 from edge_runtime.entropy import EntropyTables, laplace_tables, quantize_pmf
 from edge_runtime.subband_coder import CodingModel, coded_indices, collect, encode_subbands
 from keras_codec.config import CodecConfig
-from keras_codec.context_fit import default_ll_weights, fit_weights
+from keras_codec.models.default import DefaultCodec
+from keras_codec.training.context_fit import default_ll_weights, fit_weights
 
 FIT_QUALITIES = (2, 5, 9, 12, 14, 16, 18, 20, 22)
 MAX_SIDE = 1024
 MAX_FRAMES = 2
-
-
-def coder_params(config: CodecConfig, rdo_lambda: float = 0.12) -> dict:
-    w = config.wavelet
-    return {"transforms": [w.wavelet, "haar"] if w.wavelet != "haar" else ["haar"], "transform_gate": 0.5,
-            "levels": w.levels, "deadzone": w.deadzone, "recon_bias": w.recon_bias, "rdo_lambda": rdo_lambda,
-            "num_scales": w.num_scales, "scale_min": w.scale_min, "scale_max": w.scale_max,
-            "wavelet": w.wavelet, "mode": w.mode}
 
 
 def train_crops(max_side: int = MAX_SIDE, max_frames: int = MAX_FRAMES, images=None):
@@ -111,7 +104,7 @@ def initial_weights(config: CodecConfig, levels_max: int = 8) -> ctx.ContextWeig
 
     With Laplace tables this is the classical wavelet codec the default model starts from.
     """
-    from keras_codec.context_fit import theta_to_int
+    from keras_codec.training.context_fit import theta_to_int
 
     w = config.wavelet
     detail = np.zeros((levels_max, 3, 3, ctx.NUM_FEATURES), np.int64)
@@ -129,7 +122,7 @@ def write_initial_bundle(config: CodecConfig, out_dir) -> dict:
     """Bundle of the untrained model (step 0): hand-set context rule, Laplace tables."""
     w = config.wavelet
     tables = laplace_tables(w.num_scales, w.scale_min, w.scale_max, w.deadzone)
-    manifest = {"config": config.to_dict(), "codec": coder_params(config), "quality_levels": list(QUALITY_LEVELS),
+    manifest = {"config": config.to_dict(), "codec": DefaultCodec.params_for(config), "quality_levels": list(QUALITY_LEVELS),
                 "tile": 2048, "training": {"stage": "initial (untrained)", "seed": 0,
                                            "command": "keras-codec train --config default --init-only --out <dir>"}}
     model_id = save_bundle(out_dir, manifest, initial_weights(config), tables)
@@ -144,7 +137,7 @@ def fit_default(config: CodecConfig, out_dir, *, seed: int = 0, learned_tables: 
     from keras_codec.models.wavelet import WaveletTransforms
 
     t0 = time.time()
-    params = coder_params(config)
+    params = DefaultCodec.params_for(config)
     w = config.wavelet
     tables = laplace_tables(w.num_scales, w.scale_min, w.scale_max, w.deadzone)
     levels_max = 8
@@ -191,7 +184,7 @@ def refit_context(bundle, *, seed: int = 0, hidden: int = 0, progress=print, ima
     group to the context model. `images`, `max_side`, `max_frames`, `qualities` as in fit_default.
     Returns (weights, tables, info).
     """
-    from keras_codec.models.wavelet import bundle_transforms
+    from keras_codec.models.default import bundle_transforms
 
     t0 = time.time()
     cfg = CodecConfig.from_dict(bundle.manifest["config"])

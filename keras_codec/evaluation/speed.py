@@ -22,7 +22,7 @@ imagecodecs: JPEG 2000 (OpenJPEG), HTJ2K (OpenJPH), JPEG XL (libjxl, effort 7) a
 and writes a small container (:func:`write_stream`: a JSON header with the geometry, then each
 plane's codestream behind its length); a decode reads it, decodes every plane and writes a DICOM
 with the source's header (read with ``stop_before_pixels``; ours carries its header in the stream).
-``python -m keras_codec.speed encode|decode CODEC IN OUT`` is that as a command line, also over
+``python -m keras_codec.evaluation.speed encode|decode CODEC IN OUT`` is that as a command line, also over
 a folder of files, so that whole-process baselines start the same way ours does.
 
 Used by ``keras-codec bench --speed`` (:func:`image_speed`) and by ``benchmarks/bench_speed.py``;
@@ -62,7 +62,7 @@ MIB = 1024.0 * 1024.0
 
 @functools.lru_cache(maxsize=None)
 def _htj2k_class():
-    from keras_codec import baselines
+    from keras_codec.evaluation import baselines
 
     class HTJ2K(baselines.ClassicalCodec):
         """High-throughput JPEG 2000 (OpenJPH through imagecodecs): lossy by OpenJPH's quantization step
@@ -90,7 +90,7 @@ def _htj2k_class():
 
 def baseline(name: str):
     """A classical codec by name: jpeg2000 (OpenJPEG), htj2k (OpenJPH), jpegxl (libjxl), jpegls (CharLS)."""
-    from keras_codec import baselines
+    from keras_codec.evaluation import baselines
 
     if name == "htj2k":
         return _htj2k_class()()
@@ -116,7 +116,7 @@ def read_stream(path) -> tuple[dict, list]:
     """(geometry header, [plane codestream, ...]) of a :func:`write_stream` container."""
     blob = Path(path).read_bytes()
     if not blob.startswith(STREAM_MAGIC):
-        raise ValueError(f"{path}: not a speed-benchmark stream (written by keras_codec.speed.write_stream)")
+        raise ValueError(f"{path}: not a speed-benchmark stream (written by keras_codec.evaluation.speed.write_stream)")
     pos = len(STREAM_MAGIC)
     n = int.from_bytes(blob[pos:pos + 4], "little")
     info = json.loads(blob[pos + 4:pos + 4 + n])
@@ -185,8 +185,8 @@ def _folder_pairs(in_dir: Path, out_dir: Path, suffix_in: str, suffix_out: str) 
 
 
 def _cli(argv=None) -> int:
-    """``python -m keras_codec.speed encode|decode CODEC IN OUT``: a classical codec as a whole process."""
-    p = argparse.ArgumentParser(prog="python -m keras_codec.speed",
+    """``python -m keras_codec.evaluation.speed encode|decode CODEC IN OUT``: a classical codec as a whole process."""
+    p = argparse.ArgumentParser(prog="python -m keras_codec.evaluation.speed",
                                 description="a classical codec, file (or folder) to file, for whole-process timing")
     p.add_argument("command", choices=("encode", "decode"))
     p.add_argument("codec", choices=tuple(LIBRARIES))
@@ -420,8 +420,8 @@ def edge_codec_command() -> list:
 
 
 def baseline_command() -> list:
-    """``python -m keras_codec.speed``: the classical codecs as a command line (see :func:`_cli`)."""
-    return [sys.executable, "-m", "keras_codec.speed"]
+    """``python -m keras_codec.evaluation.speed``: the classical codecs as a command line (see :func:`_cli`)."""
+    return [sys.executable, "-m", "keras_codec.evaluation.speed"]
 
 
 def stats_ms(times) -> tuple[float, float, float]:
@@ -441,7 +441,8 @@ def image_speed(name, path, *, bundle, quality: int, runs: int, threads: int, tm
     """
     from data.readers import read_image
     from edge_runtime.runtime import pixel_stream_bytes
-    from keras_codec import baselines, metrics
+    from keras_codec.evaluation import baselines
+    from keras_codec.evaluation import metrics
 
     path = Path(path)
     image = read_image(path)

@@ -1,6 +1,6 @@
 """Train the learned transform refinement jointly with the context entropy model, by rate + distortion.
 
-    python -m keras_codec.train_refine --bundle edge_runtime/models/default \\
+    python -m keras_codec.training.refine --bundle edge_runtime/models/default \\
         --out runs/refine --steps 4000 [--bundle-out runs/default_refined]
 
 The graph is the codec of one plane, on clean [0, 1] patches of the train split
@@ -27,11 +27,11 @@ refinement).
 
 At the end (`--bundle-out`) a copy of the bundle gets `refine.npz` and a `refine` manifest
 entry; its context weights are then refitted on the refined coefficients by maximum
-likelihood and its tables relearned (the stage-1 fit of keras_codec.fit_default, started
+likelihood and its tables relearned (the stage-1 fit of keras_codec.training.fit_default, started
 from the refined transform), since the coder's quantizer and per-pass offsets are what the
 in-graph model only approximates; the refit gives each (level, orientation, phase) group
 of the context model CONTEXT_HIDDEN ReLU units on top of its linear weights
-(keras_codec.context_fit.fit_group_mlp; integer-exact on the edge). The post-filter and the
+(keras_codec.training.context_fit.fit_group_mlp; integer-exact on the edge). The post-filter and the
 TFLite graphs follow as in checkpoints/README.md.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ from edge_runtime.refine import REFINE_FILE
 from keras_codec.config import CodecConfig, bundle_training_config
 from keras_codec.models.refine import build_refinement, refine_arch, save_refinement
 from keras_codec.models.wavelet import tf_deadzone, tf_dequantize
-from keras_codec.train import copy_bundle, last_logged_row, train
+from keras_codec.training.loop import copy_bundle, last_logged_row, train
 
 __all__ = ["RefineTrainer", "train_refine", "LAMBDA"]
 
@@ -108,7 +108,7 @@ def context_features(codes, parent_codes, sibling_codes):
 
 
 class RefineTrainer(tf.keras.Model):
-    """Refinement + in-graph context entropy model, honouring keras_codec.train's rd_terms contract."""
+    """Refinement + in-graph context entropy model, honouring keras_codec.training.loop's rd_terms contract."""
 
     def __init__(self, config: CodecConfig, arch: dict, context_detail: np.ndarray, deadzone: float,
                  recon_bias: float, levels: int):
@@ -208,7 +208,7 @@ def restore_trainer(config: CodecConfig, arch: dict, detail: np.ndarray, out_dir
 def write_refined_bundle(bundle_dir, bundle_out, weights_path, entry: dict, refit: bool = True,
                          context_hidden: int = CONTEXT_HIDDEN, progress=print, refit_options=None) -> Path:
     """Copy the bundle with the refinement; refit its context weights and tables on the refined transform
-    (`refit_options`: keyword arguments of keras_codec.fit_default.refit_context, e.g. images)."""
+    (`refit_options`: keyword arguments of keras_codec.training.fit_default.refit_context, e.g. images)."""
     from edge_runtime.bundle import load_bundle, save_bundle
 
     def update(manifest):
@@ -217,7 +217,7 @@ def write_refined_bundle(bundle_dir, bundle_out, weights_path, entry: dict, refi
 
     dst = copy_bundle(bundle_dir, bundle_out, {REFINE_FILE: weights_path}, update)
     if refit:
-        from keras_codec.fit_default import refit_context
+        from keras_codec.training.fit_default import refit_context
 
         bundle = load_bundle(dst)
         weights, tables, info = refit_context(bundle, hidden=context_hidden, progress=progress,
@@ -282,7 +282,7 @@ def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=N
              "patch_size": patch_size, "learning_rate": learning_rate, "lambda": LAMBDA,
              "train_qualities": [TRAIN_QUALITIES[0], TRAIN_QUALITIES[-1]], "split": "train",
              "wall_seconds": _run_wall_seconds(out_dir, summary),
-             "command": f"python -m keras_codec.train_refine --bundle {bundle_dir} --out {out_dir} --steps {steps} "
+             "command": f"python -m keras_codec.training.refine --bundle {bundle_dir} --out {out_dir} --steps {steps} "
                         f"--seed {seed} --batch-size {batch_size} --channels {channels} --layers {layers} "
                         f"--lr {learning_rate} --patch-size {patch_size} --context-hidden {context_hidden}",
              "context_hidden": context_hidden}
@@ -294,7 +294,7 @@ def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=N
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m keras_codec.train_refine", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m keras_codec.training.refine", description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", default="edge_runtime/models/default")
     ap.add_argument("--out", default="runs/refine")
     ap.add_argument("--steps", type=int, required=True)

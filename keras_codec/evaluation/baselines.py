@@ -7,7 +7,7 @@ measurement returns the same row::
      encode_s, decode_s[, ms_ssim]}
 
 ``n_bytes`` is the length of the real codestreams, headers included; metrics
-follow :mod:`keras_codec.metrics`. ``param`` is the codec's quality knob
+follow :mod:`keras_codec.evaluation.metrics`. ``param`` is the codec's quality knob
 (None = lossless):
 
 - JPEG 2000 (OpenJPEG, raw J2K codestream): ``param`` is OpenJPEG's fixed-
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_codec import metrics
+from keras_codec.evaluation import metrics
 
 __all__ = [
     "ClassicalCodec",

@@ -6,15 +6,15 @@ The engine behind ``keras-codec bench``, ``keras-codec demo`` (a small bench) an
   runtime's TFLite graphs (or the Keras transforms); :func:`our_points` measures it at given
   quality levels, or walks the levels outward from a start until the PSNR leaves a window;
 - classical codecs: :func:`classical_points` searches each codec's quality knob toward our
-  PSNRs (:func:`keras_codec.baselines.psnr_sweep`, one shared search), so every setting it tried
+  PSNRs (:func:`keras_codec.evaluation.baselines.psnr_sweep`, one shared search), so every setting it tried
   is a point of its rate-distortion curve;
 - comparison: :func:`pareto` (the settings worth using), :func:`bpp_at` (log bpp interpolated
   over PSNR with PCHIP, the interpolation BD-rate integrates) and :func:`bd_rate` (Bjontegaard
-  over 40-55 dB, :func:`keras_codec.metrics.bd_rate`; negative = fewer bits than the anchor);
+  over 40-55 dB, :func:`keras_codec.evaluation.metrics.bd_rate`; negative = fewer bits than the anchor);
 - report: :func:`run_bench` measures, then each entry of :data:`SECTIONS` (a function of a
   :class:`BenchContext`) writes its files and returns its part of ``results.md``.
 
-Metrics are :mod:`keras_codec.metrics`' (stored integers, PSNR over the dynamic range, SSIM with
+Metrics are :mod:`keras_codec.evaluation.metrics`' (stored integers, PSNR over the dynamic range, SSIM with
 the Gaussian window; multi-frame and RGB images are measured over all their planes); bpp counts
 the whole pixel bitstream, headers included, metadata excluded.
 """
@@ -30,8 +30,8 @@ from typing import Callable
 
 import numpy as np
 
-from keras_codec import metrics
-from keras_codec.bench_bounded import near_lossless_section
+from keras_codec.evaluation import metrics
+from keras_codec.evaluation.bounded import near_lossless_section
 
 __all__ = ["BD_RANGE", "BENCH_WINDOW", "CLASSICAL", "PAPER", "SECTIONS", "BenchContext", "ImageResult",
            "OurCodec", "bd_rate", "bpp_at", "classical_points", "compare_image", "image_sources", "our_points",
@@ -140,9 +140,9 @@ class OurCodec:
                 if backend == "edge":
                     raise
         if self.coder is None:
-            from keras_codec.evaluate import workstation_coder
+            from keras_codec.models.default import DefaultCodec
 
-            self.coder = workstation_coder(self.bundle)
+            self.coder = DefaultCodec.from_bundle(self.bundle).coder
             backend = "keras"
         self.backend = backend
 
@@ -248,7 +248,7 @@ def our_points(codec: OurCodec, image, levels=None, start=None, window=None, spa
 
 
 def classical_codecs(names=CLASSICAL) -> list:
-    from keras_codec import baselines
+    from keras_codec.evaluation import baselines
 
     known = {"jpeg2000": baselines.JPEG2000, "jpegxl": baselines.JPEGXL, "jpegls": baselines.JPEGLS}
     unknown = [n for n in names if n not in known]
@@ -263,7 +263,7 @@ def classical_points(codec, image, targets, tol: float = 0.1, with_ssim: bool = 
     Every setting tried is a row (fewest bytes first). JPEG-LS's NEAR is an integer, so a target
     usually falls between two NEAR values: the rows bracket it and :func:`bpp_at` interpolates.
     """
-    from keras_codec import baselines
+    from keras_codec.evaluation import baselines
 
     rows = baselines.psnr_sweep(codec, image.pixels, targets, tol=tol, bits_stored=image.bits_stored,
                                 with_ssim=with_ssim)
@@ -669,7 +669,7 @@ def _interp_ssim(rows, psnr: float) -> float:
 
 def lossless_section(ctx: BenchContext) -> str:
     """Lossless bpp of JPEG-LS, JPEG 2000 and JPEG XL on every image, for reference."""
-    from keras_codec import baselines
+    from keras_codec.evaluation import baselines
 
     rows = []
     for name, _, image in ctx.sources:
@@ -697,7 +697,7 @@ def speed_section(ctx: BenchContext) -> str:
     """Encode / decode time (median of runs, file to file) and peak memory: ours and the classical codecs."""
     import tempfile
 
-    from keras_codec import speed
+    from keras_codec.evaluation import speed
 
     if not ctx.speed:
         return ""

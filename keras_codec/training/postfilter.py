@@ -1,6 +1,6 @@
 """Train the decoder post-filter of the `default` model on the CPU, behind the real wavelet codec.
 
-    python -m keras_codec.train_postfilter --bundle edge_runtime/models/default \\
+    python -m keras_codec.training.postfilter --bundle edge_runtime/models/default \\
         --out runs/postfilter --steps 6000 [--bundle-out runs/default_pf]
 
 Training pairs come from the codec's own path, without entropy coding: clean [0, 1] patches of
@@ -17,7 +17,7 @@ quality weighs the same in decibels (a plain MSE would be dominated by quality 1
 is 12.6x that of quality 12). `mse` and `psnr` are logged in normalized units; `gain_db` is
 the mean PSNR gain over the unfiltered decode. The rate is untouched (`bpp` = 0).
 
-The run is resumable (`keras_codec.train.train`). At the end the weights go to
+The run is resumable (`keras_codec.training.loop.train`). At the end the weights go to
 `<out>/postfilter.npz`, the gain is measured through the real codec on train images, and
 with `--bundle-out` a copy of the bundle gets the weights and a `postfilter` manifest entry.
 """
@@ -37,7 +37,7 @@ from keras_codec.layers import DWT2D, IDWT2D
 from edge_runtime.codec import QUALITY_LEVELS, levels_for, quantizer_step
 from keras_codec.models.wavelet import (POSTFILTER_FILE, build_postfilter, postfilter_arch, save_postfilter,
                                         tf_deadzone, tf_dequantize)
-from keras_codec.train import copy_bundle, last_logged_row, train
+from keras_codec.training.loop import copy_bundle, last_logged_row, train
 
 __all__ = ["PostFilterTrainer", "train_postfilter", "measure_gain", "GAIN_IMAGES", "GAIN_QUALITIES"]
 
@@ -46,7 +46,7 @@ GAIN_QUALITIES = (2, 6, 10)
 
 
 class PostFilterTrainer(tf.keras.Model):
-    """The post-filter behind a simulated codec, honouring `keras_codec.train`'s rd_terms contract."""
+    """The post-filter behind a simulated codec, honouring `keras_codec.training.loop`'s rd_terms contract."""
 
     def __init__(self, config: CodecConfig, arch: dict, deadzone: float, recon_bias: float, levels: int,
                  refine=None):
@@ -128,8 +128,8 @@ def measure_gain(bundle_dir, postfilter, images=GAIN_IMAGES, qualities=GAIN_QUAL
     from data.corpus import corpus, load
     from edge_runtime.bundle import load_bundle
     from edge_runtime.codec import PlaneCoder, decode_image, encode_image
-    from keras_codec import metrics
-    from keras_codec.models.wavelet import bundle_transforms
+    from keras_codec.evaluation import metrics
+    from keras_codec.models.default import bundle_transforms
 
     bundle = load_bundle(bundle_dir)
     cfg = CodecConfig.from_dict(bundle.manifest["config"])
@@ -183,7 +183,7 @@ def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_o
 
     `images`: Image records to draw the patches from instead of the corpus train split; `gain_sources`:
     (name, Image) pairs to measure the gain on (measure_gain); `strategy`: a tf.distribute strategy
-    (keras_codec.train.train; `batch_size` is then the global batch)."""
+    (keras_codec.training.loop.train; `batch_size` is then the global batch)."""
     from data.pipeline import make_dataset
 
     from edge_runtime.bundle import load_bundle
@@ -226,7 +226,7 @@ def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_o
              "trained_with": {"deadzone": config.wavelet.deadzone, "recon_bias": config.wavelet.recon_bias,
                               "rdo": False, "split": "train"},
              "train_psnr": float(last.get("psnr", "nan")) if last else None,
-             "command": f"python -m keras_codec.train_postfilter --bundle {bundle_dir} --out {out_dir} "
+             "command": f"python -m keras_codec.training.postfilter --bundle {bundle_dir} --out {out_dir} "
                         f"--steps {steps} --seed {seed} --batch-size {batch_size} --channels {arch['channels']} "
                         f"--layers {arch['layers']} --input-scaling {arch['input_scaling']} --lr {learning_rate}"
                         + (" --init-from-bundle" if init_from_bundle else "")}
@@ -243,7 +243,7 @@ def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_o
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m keras_codec.train_postfilter", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m keras_codec.training.postfilter", description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", default="edge_runtime/models/default")
     ap.add_argument("--out", default="runs/postfilter")
     ap.add_argument("--steps", type=int, required=True)

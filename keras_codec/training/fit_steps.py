@@ -6,11 +6,11 @@ candidate value (the current one times 0.8, 0.9, 1.1, 1.25) is measured by REAL 
 encode and decode through the bundle's coder (its TFLite graphs on the edge path), of
 centred crops of the train planes at several quality levels spanning about 40-55 dB, and
 kept when it lowers the objective: the mean over planes of the BD-rate (40-55 dB, PSNR
-over the dynamic range, keras_codec.metrics.bd_rate) against the neutral codec. The test
+over the dynamic range, keras_codec.evaluation.metrics.bd_rate) against the neutral codec. The test
 split is never read. Multipliers are stored as dyadic rationals (edge_runtime.codec.dyadic_scale),
 so every decoder rebuilds the same band steps.
 
-    python -m keras_codec.fit_steps --bundle runs/default_pf --out runs/default_steps
+    python -m keras_codec.training.fit_steps --bundle runs/default_pf --out runs/default_steps
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.codec import PlaneCoder, dyadic_scale, levels_for
-from keras_codec.metrics import bd_rate
+from keras_codec.evaluation.metrics import bd_rate
 
 FIT_QUALITIES = (12, 14, 16, 18, 20, 22)
 """About 36-56 dB nominal: the BD range 40-55 dB with room for the interpolation."""
@@ -39,8 +39,8 @@ MIN_GAIN = 0.02
 
 def fit_planes(max_side: int = CROP, max_frames: int = 2) -> list:
     """(name, plane in stored integers from 0, its dynamic range R) for the train split: centred crops of
-    at most max_side², every sample, up to max_frames frames (keras_codec.fit_default.train_crops)."""
-    from keras_codec.fit_default import train_crops
+    at most max_side², every sample, up to max_frames frames (keras_codec.training.fit_default.train_crops)."""
+    from keras_codec.training.fit_default import train_crops
 
     out = []
     for name, p in train_crops(max_side, max_frames):
@@ -165,7 +165,7 @@ def write_bundle(src, out, scales, record: dict, force: bool = False) -> bytes:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m keras_codec.fit_steps", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m keras_codec.training.fit_steps", description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", required=True, help="bundle to start from (with TFLite graphs for the edge path)")
     ap.add_argument("--out", required=True, help="folder of the fitted bundle (a copy of --bundle)")
     ap.add_argument("--crop", type=int, default=CROP, help="centred crop side of each train plane")
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
               "history": res["history"],
               "from_bundle": str(args.bundle), "from_model_id": bundle.model_id.hex(),
               "wall_seconds": res["wall_seconds"], "python": platform.python_version(),
-              "command": "python -m keras_codec.fit_steps " + " ".join(sys.argv[1:] if argv is None else argv)}
+              "command": "python -m keras_codec.training.fit_steps " + " ".join(sys.argv[1:] if argv is None else argv)}
     model_id = write_bundle(args.bundle, args.out, res["level_step_scale"], record, force=args.force)
     print(f"fit-steps: multipliers {res['level_step_scale']} objective {res['objective']:+.3f} %; "
           f"wrote {args.out} (model {model_id.hex()[:16]}...)")

@@ -1,6 +1,6 @@
 """`keras-codec demo` (`make demo`): the shipped default bundle on the sample corpus's test split, or a folder.
 
-A small bench (:mod:`keras_codec.bench`): each image is coded through the edge runtime (TFLite, no
+A small bench (:mod:`keras_codec.evaluation.bench`): each image is coded through the edge runtime (TFLite, no
 Keras) at a few quality levels spanning about 40-55 dB, and JPEG 2000, JPEG XL and JPEG-LS are
 searched to the same PSNRs; one table per image, then BD-rates. At the default quality the image
 goes file to file: encoded to .kcd, decoded back to DICOM, verified, and drawn as an error map.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_codec import bench
+from keras_codec.evaluation import bench
 
 DEMO_WINDOW = (40.0, 55.0)
 """The demo walks quality levels from the default until the PSNR leaves this window (one level beyond kept)."""

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from keras_codec import baselines, metrics
+from keras_codec.evaluation import baselines, metrics
 
 BOUNDS = (0, 1, 2, 4, 8)
 
@@ -64,7 +64,7 @@ def _bpp(rows, image, d, codec) -> float:
 
 
 def markdown(rows, labels, bounds=BOUNDS) -> str:
-    from keras_codec.bench import fmt_num, fmt_pct
+    from keras_codec.evaluation.bench import fmt_num, fmt_pct
 
     images = list(dict.fromkeys(r["image"] for r in rows))
     lines = ["bpp with every pixel within D of the original (max error checked on decode), against JPEG-LS "
@@ -126,8 +126,8 @@ def plot(rows, labels, path, bounds=BOUNDS) -> None:
 
 
 def near_lossless_section(ctx) -> str:
-    """The bench section (see keras_codec.bench.SECTIONS)."""
-    from keras_codec.bench import write_csv
+    """The bench section (see keras_codec.evaluation.bench.SECTIONS)."""
+    from keras_codec.evaluation.bench import write_csv
 
     models = [m for m in ctx.models if m.bundle.residual is not None]
     for m in ctx.models:

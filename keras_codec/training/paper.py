@@ -1,6 +1,6 @@
 """Train the `paper` model (the seed paper's CNN + DCT + dense autoencoder) and freeze it for coding.
 
-`train_paper(config, out_dir, steps)` runs `keras_codec.train.train` on random tiles of the
+`train_paper(config, out_dir, steps)` runs `keras_codec.training.loop.train` on random tiles of the
 training split in two stages: "entropy" (the prior alone, min(200, steps // 10) steps, so the
 rate term starts from a fitted density) then "joint" (everything, the rest). The trainer
 resumes from `out_dir/ckpt`, so calling it again with more steps continues the run.
@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_codec.config import CodecConfig
-from keras_codec.train import per_replica_batch_size, train
+from keras_codec.training.loop import per_replica_batch_size, train
 
 __all__ = ["train_paper", "load_paper", "paper_stages", "FINAL_DIR"]
 
