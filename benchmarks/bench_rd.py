@@ -1,6 +1,6 @@
 """Rate-distortion (and, with --speed, speed) of model bundles against JPEG 2000, JPEG XL and JPEG-LS.
 
-A script form of ``keras-codec bench`` (the engine is :mod:`keras_codec.evaluation.bench`, inside the installed
+A script form of ``keras-codec bench`` (the engine is :mod:`keras_codec.evaluation.engine`, inside the installed
 package so that ``pip install -e .`` is enough to run it from anywhere); it takes the same options:
 
     .venv/bin/python benchmarks/bench_rd.py [--model B [--model B2]] [--dir D] [--speed] [--out out/bench]

@@ -1,4 +1,4 @@
-"""keras_codec.evaluation.bench (`keras-codec bench`) and the demo built on it: tiny images, the shipped bundle."""
+"""The evaluation engine and its presets (`keras-codec bench`, `keras-codec demo`): tiny images, the shipped bundle."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +11,7 @@ import pytest
 
 from data.image import Image
 from data.writers import write_png
-from keras_codec.evaluation import bench
+from keras_codec.evaluation import bench, engine
 from keras_codec.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -97,13 +97,13 @@ def test_bench_reports_and_skips_a_bad_file(bench_run):
 
 
 def test_paper_marker_is_computed_from_the_containers_bits():
-    assert bench.paper_point(16) == {"bpp": pytest.approx(5.12), "psnr": 46.0, "ssim": 0.91}
-    assert bench.paper_point(8)["bpp"] == pytest.approx(2.56)
+    assert engine.paper_point(16) == {"bpp": pytest.approx(5.12), "psnr": 46.0, "ssim": 0.91}
+    assert engine.paper_point(8)["bpp"] == pytest.approx(2.56)
     with pytest.raises(ValueError, match="bits_allocated"):
-        bench.paper_point(12)
+        engine.paper_point(12)
     # a 12-bit image stored in 16-bit words: 68 % smaller than its 16 stored bits per sample
-    res = bench.ImageResult(name="ct", path="", modality="CT", geometry="8x8", bits_stored=12, bits_allocated=16)
-    _, _, markers = bench.image_panel(res)
+    res = engine.ImageResult(name="ct", path="", modality="CT", geometry="8x8", bits_stored=12, bits_allocated=16)
+    _, _, markers = engine.image_panel(res)
     assert [(bpp, psnr) for _, bpp, psnr in markers] == [(pytest.approx(0.32 * 16), 46.0)]
 
 
@@ -147,34 +147,34 @@ def test_walk_covers_the_window_and_brackets_it():
         calls.append(q)
         return {"quality": q, "psnr": 12.0 + 2.0 * q}
 
-    rows = bench.walk_levels(measure, range(1, 23), start=17, window=(40.0, 55.0))
+    rows = engine.walk_levels(measure, range(1, 23), start=17, window=(40.0, 55.0))
     assert [r["quality"] for r in rows] == list(range(13, 23))  # 38 .. 56 dB: one level beyond each end
     calls.clear()
-    rows = bench.walk_levels(measure, range(1, 23), start=17, window=(40.0, 55.0), spacing=4.0)
+    rows = engine.walk_levels(measure, range(1, 23), start=17, window=(40.0, 55.0), spacing=4.0)
     # first stride from the 1.25 dB/level prior (3 levels), then from the measured 2 dB/level (2 levels)
     assert [r["quality"] for r in rows] == [12, 14, 17, 20, 22]
     assert sorted(calls) == [12, 14, 17, 20, 22]  # each level measured once
-    assert len(bench.walk_levels(measure, [3, 5])) == 2  # no window: every level
+    assert len(engine.walk_levels(measure, [3, 5])) == 2  # no window: every level
 
 
 def test_pareto_interpolation_and_bd_rate():
     curve = [{"bpp": b, "psnr": p} for b, p in ((0.1, 40.0), (0.2, 45.0), (0.4, 50.0), (0.8, 55.0))]
     noisy = curve + [{"bpp": 0.3, "psnr": 44.0}, {"bpp": 1.0, "psnr": math.inf}]
-    assert bench.pareto(noisy) == curve
-    assert bench.bpp_at(noisy, 45.0) == pytest.approx(0.2)
-    assert bench.bpp_at(curve, 47.5) == pytest.approx(0.2 * math.sqrt(2.0))  # log-linear between nodes here
-    assert math.isnan(bench.bpp_at(curve, 39.0)) and math.isnan(bench.bpp_at(curve, 56.0))
+    assert engine.pareto(noisy) == curve
+    assert engine.bpp_at(noisy, 45.0) == pytest.approx(0.2)
+    assert engine.bpp_at(curve, 47.5) == pytest.approx(0.2 * math.sqrt(2.0))  # log-linear between nodes here
+    assert math.isnan(engine.bpp_at(curve, 39.0)) and math.isnan(engine.bpp_at(curve, 56.0))
     half = [{"bpp": r["bpp"] / 2, "psnr": r["psnr"]} for r in curve]
-    assert bench.bd_rate(half, curve) == pytest.approx(-50.0)
-    assert bench.bd_rate(curve, curve) == pytest.approx(0.0)
-    assert bench.bd_overlap(half, curve[:2]) == pytest.approx(5.0)
+    assert engine.bd_rate(half, curve) == pytest.approx(-50.0)
+    assert engine.bd_rate(curve, curve) == pytest.approx(0.0)
+    assert engine.bd_overlap(half, curve[:2]) == pytest.approx(5.0)
 
 
 def test_classical_codec_that_cannot_take_an_image_is_a_note():
     px = (np.arange(24 * 32, dtype=np.int64).reshape(1, 24, 32, 1) % 200 - 100).astype(np.int8)
     image = Image(pixels=px, bits_stored=8, signed=True, modality="OT")
     notes = []
-    res = bench.compare_image("tiny_int8", image, [], bench.classical_codecs(), progress=notes.append)
+    res = engine.compare_image("tiny_int8", image, [], engine.classical_codecs(), progress=notes.append)
     assert res.classical == {} and len(res.notes) == 3
     assert all("left out" in n and "uint8, uint16 or int16" in n for n in res.notes)
 
@@ -186,3 +186,25 @@ def test_only_picks_sections(tmp_path, capsys):
     assert main(["bench", "--only", "lossless", "--dir", str(src), "--out", str(tmp_path / "o")]) == 0
     text = (tmp_path / "o" / "results.md").read_text()
     assert "## Lossless (classical codecs)" in text and "## Rate-distortion" not in text
+
+
+def test_layers_import_one_way():
+    """metrics <- baselines <- engine <- presets: no module imports a layer above its own."""
+    import ast
+    from pathlib import Path
+
+    import keras_codec.evaluation as evaluation
+
+    layers = {"metrics": 0, "baselines": 1, "speed": 2, "engine": 2, "bounded": 3, "bench": 4, "evaluate": 3,
+              "demo": 3, "paper": 3}
+    folder = Path(evaluation.__file__).parent
+    for name, level in layers.items():
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "keras_codec.evaluation":
+                imported |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keras_codec.evaluation."):
+                imported.add(node.module.rsplit(".", 1)[1])
+        above = sorted(m for m in imported if layers[m] >= level and m != name)
+        assert not above, f"{name} imports {above}"

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from data.image import Image
-from keras_codec.evaluation.bench import OurCodec
+from keras_codec.evaluation.engine import OurCodec
 from keras_codec.evaluation.bounded import BOUNDS, near_lossless_section
 
 

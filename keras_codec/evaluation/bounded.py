@@ -1,5 +1,7 @@
 """The bench's near-lossless and lossless section: our codec with a max error D against JPEG-LS NEAR = D.
 
+A preset of :mod:`keras_codec.evaluation.engine`, one of :data:`keras_codec.evaluation.bench.SECTIONS`.
+
 For every image and every bundle with a residual model: bpp (real pixel-stream bytes), the
 max error reached (checked <= D) and PSNR at D in BOUNDS, beside CharLS JPEG-LS with
 NEAR = D (the same guarantee); lossless (D = 0) also beside JPEG 2000 and JPEG XL lossless;
@@ -13,15 +15,17 @@ import time
 
 import numpy as np
 
+from edge_runtime.codec import encode_image
+from edge_runtime.runtime import pixel_stream_bytes
 from keras_codec.evaluation import baselines, metrics
+from keras_codec.evaluation.engine import fmt_num, fmt_pct, write_csv
+
+__all__ = ["BOUNDS", "markdown", "measure_image", "near_lossless_section", "plot"]
 
 BOUNDS = (0, 1, 2, 4, 8)
 
 
 def _ours(model, image, d: int) -> dict:
-    from edge_runtime.codec import encode_image
-    from edge_runtime.runtime import pixel_stream_bytes
-
     t0 = time.perf_counter()
     data = encode_image(image, coder=model.coder, model_id=model.model_id, quality=None, max_error=d,
                         tile=int(model.bundle.manifest.get("tile", 2048)))
@@ -64,8 +68,6 @@ def _bpp(rows, image, d, codec) -> float:
 
 
 def markdown(rows, labels, bounds=BOUNDS) -> str:
-    from keras_codec.evaluation.bench import fmt_num, fmt_pct
-
     images = list(dict.fromkeys(r["image"] for r in rows))
     lines = ["bpp with every pixel within D of the original (max error checked on decode), against JPEG-LS "
              "with NEAR = D; Δ = ours / JPEG-LS − 1:", "",
@@ -102,7 +104,7 @@ def markdown(rows, labels, bounds=BOUNDS) -> str:
 
 
 def plot(rows, labels, path, bounds=BOUNDS) -> None:
-    import matplotlib
+    import matplotlib  # plots only: loaded when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -126,9 +128,7 @@ def plot(rows, labels, path, bounds=BOUNDS) -> None:
 
 
 def near_lossless_section(ctx) -> str:
-    """The bench section (see keras_codec.evaluation.bench.SECTIONS)."""
-    from keras_codec.evaluation.bench import write_csv
-
+    """The bench section (see keras_codec.evaluation.bench.SECTIONS): bounded.csv, bounded.png and a markdown table."""
     models = [m for m in ctx.models if m.bundle.residual is not None]
     for m in ctx.models:
         if m.bundle.residual is None:

@@ -1,9 +1,10 @@
 """`keras-codec demo` (`make demo`): the shipped default bundle on the sample corpus's test split, or a folder.
 
-A small bench (:mod:`keras_codec.evaluation.bench`): each image is coded through the edge runtime (TFLite, no
-Keras) at a few quality levels spanning about 40-55 dB, and JPEG 2000, JPEG XL and JPEG-LS are
-searched to the same PSNRs; one table per image, then BD-rates. At the default quality the image
-goes file to file: encoded to .kcd, decoded back to DICOM, verified, and drawn as an error map.
+A preset of :mod:`keras_codec.evaluation.engine`, a small bench: each image is coded through the
+edge runtime (TFLite, no Keras) at a few quality levels spanning about 40-55 dB, and JPEG 2000,
+JPEG XL and JPEG-LS are searched to the same PSNRs; one table per image, then BD-rates. At the
+default quality the image goes file to file: encoded to .kcd, decoded back to DICOM, verified,
+and drawn as an error map.
 
 Nothing on this path imports the training side (TensorFlow, Keras, `export`): `make demo` runs it in
 the TensorFlow-free .venv-edge on Python 3.11-3.13 (tests/edge/test_edge_demo.py holds it to that).
@@ -17,7 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_codec.evaluation import bench
+from data.readers import read_image
+from edge_runtime import runtime
+from keras_codec.evaluation import engine
+
+__all__ = ["DEMO_SPACING", "DEMO_TOL", "DEMO_WINDOW", "image_table", "plot_error_map", "run_demo", "summary_table"]
 
 DEMO_WINDOW = (40.0, 55.0)
 """The demo walks quality levels from the default until the PSNR leaves this window (one level beyond kept)."""
@@ -29,10 +34,7 @@ DEMO_TOL = 0.2
 
 def _file_point(ours, name, path, image, quality, out_dir: Path, progress) -> tuple[dict, object]:
     """Encode to .kcd, decode to .dcm, verify; the measured row and the decoded image as a user reads it."""
-    from data.readers import read_image
-    from edge_runtime import runtime
-
-    stem = bench.safe_name(name)
+    stem = engine.safe_name(name)
     kcd, dcm = out_dir / f"{stem}.kcd", out_dir / f"{stem}.dcm"
     t0 = time.perf_counter()
     enc = runtime.encode_file(path, kcd, quality=quality, bundle=ours.runtime_codec, force=True)
@@ -41,34 +43,32 @@ def _file_point(ours, name, path, image, quality, out_dir: Path, progress) -> tu
     t2 = time.perf_counter()
     runtime.verify(kcd, bundle=ours.runtime_codec)
     decoded = read_image(dcm)
-    row = bench.our_row(ours, image, quality, decoded, enc["pixel_bytes"], t1 - t0, t2 - t1)
+    row = engine.our_row(ours, image, quality, decoded, enc["pixel_bytes"], t1 - t0, t2 - t1)
     return row, decoded
 
 
 def run_demo(folder=None, out_dir="out/demo", quality=None, progress=print) -> list[dict]:
     """Run the demo; returns our rows (every image and level). Files go to `out_dir`."""
-    from edge_runtime import runtime
-
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     quality = runtime.DEFAULT_QUALITY if quality is None else int(quality)
-    ours = bench.OurCodec(None, backend="edge")
+    ours = engine.OurCodec(None, backend="edge")
     progress(f"bundle {ours.path} (model {ours.model_id.hex()[:16]}…), edge runtime (TFLite); files at quality "
              f"{quality}; levels walked from there across {DEMO_WINDOW[0]:.0f}-{DEMO_WINDOW[1]:.0f} dB")
     progress(f"classical codecs at our PSNR: quality knob searched (JPEG 2000 PSNR target, JPEG XL distance, "
              f"JPEG-LS NEAR) to within {DEMO_TOL} dB, bpp then interpolated (PCHIP, log bpp) to our exact PSNR")
     results, rows = [], []
-    for name, path, image in bench.read_sources(bench.image_sources(folder), progress):
+    for name, path, image in engine.read_sources(engine.image_sources(folder), progress):
         t0 = time.perf_counter()
         try:
             file_row, decoded = _file_point(ours, name, path, image, quality, out_dir, progress)
 
             def measure(codec, q, file_row=file_row, image=image):
-                return file_row if q == quality else bench.our_point(codec, image, q)
+                return file_row if q == quality else engine.our_point(codec, image, q)
 
-            res = bench.compare_image(name, image, [ours], bench.classical_codecs(), start=quality,
+            res = engine.compare_image(name, image, [ours], engine.classical_codecs(), start=quality,
                                       window=DEMO_WINDOW, spacing=DEMO_SPACING, tol=DEMO_TOL, with_ssim=False,
                                       measure=measure, path=path, progress=lambda _: None)
         except (ValueError, OSError, RuntimeError) as exc:
@@ -76,8 +76,8 @@ def run_demo(folder=None, out_dir="out/demo", quality=None, progress=print) -> l
             continue
         results.append(res)
         rows += [{"image": name, "modality": image.modality, **r} for r in res.ours[ours.label]]
-        stem = bench.safe_name(name)
-        bench.plot_rd(out_dir / f"{stem}_rd.png", [bench.image_panel(res)],
+        stem = engine.safe_name(name)
+        engine.plot_rd(out_dir / f"{stem}_rd.png", [engine.image_panel(res)],
                       (DEMO_WINDOW[0] - 3, DEMO_WINDOW[1] + 3))
         plot_error_map(out_dir / f"{stem}_error.png", name, image, decoded, file_row)
         progress("")
@@ -90,7 +90,7 @@ def run_demo(folder=None, out_dir="out/demo", quality=None, progress=print) -> l
     progress("")
     for line in summary_table(results, ours.label):
         progress(line)
-    bench.write_csv(out_dir / "demo.csv", [r for res in results for r in res.rows()])
+    engine.write_csv(out_dir / "demo.csv", [r for res in results for r in res.rows()])
     load_end = os.getloadavg()
     progress(f"\nwrote to {out_dir}/: <image>.kcd and <image>.dcm (quality {quality}, verified), "
              "<image>_rd.png (RD curves), <image>_error.png (error map), demo.csv")
@@ -101,38 +101,38 @@ def run_demo(folder=None, out_dir="out/demo", quality=None, progress=print) -> l
 
 def image_table(res, model: str, quality: int) -> list:
     """One image's table: our levels with bpp, PSNR, SSIM, max error, and each classical codec's bpp at that PSNR."""
-    codecs = [c for c in bench.CLASSICAL if c in res.classical]
+    codecs = [c for c in engine.CLASSICAL if c in res.classical]
     head = (f"{res.name} ({res.modality}, {res.geometry}, {res.bits_stored} bits stored in "
             f"{res.bits_allocated}): bpp of each codec at our PSNR")
     cols = f"{'q':>4s} {'bpp':>7s} {'PSNR dB':>8s} {'SSIM':>7s} {'max err':>8s} |" + \
-        "".join(f"{bench.LABELS[c]:>10s}" for c in codecs) + f" | {'smallest':<9s}"
+        "".join(f"{engine.LABELS[c]:>10s}" for c in codecs) + f" | {'smallest':<9s}"
     lines = [head, cols, "-" * len(cols)]
     for r in res.ours[model]:
-        theirs = {c: bench.bpp_at(res.classical[c], r["psnr"]) for c in codecs}
+        theirs = {c: engine.bpp_at(res.classical[c], r["psnr"]) for c in codecs}
         sizes = {"ours": r["bpp"], **{c: v for c, v in theirs.items() if math.isfinite(v)}}
         smallest = min(sizes, key=sizes.get) if math.isfinite(r["psnr"]) else ""
         mark = "*" if r["quality"] == quality else " "
-        lines.append(f"{r['quality']:>3d}{mark} {r['bpp']:7.3f} {bench.fmt_num(r['psnr'], '8.2f')} {r['ssim']:7.4f} "
-                     f"{r['max_abs_err']:8d} |" + "".join(f"{bench.fmt_num(theirs[c], '10.3f')}" for c in codecs) +
-                     f" | {bench.LABELS.get(smallest, smallest):<9s}")
+        lines.append(f"{r['quality']:>3d}{mark} {r['bpp']:7.3f} {engine.fmt_num(r['psnr'], '8.2f')} {r['ssim']:7.4f} "
+                     f"{r['max_abs_err']:8d} |" + "".join(f"{engine.fmt_num(theirs[c], '10.3f')}" for c in codecs) +
+                     f" | {engine.LABELS.get(smallest, smallest):<9s}")
     lines.append("  * written to .kcd and .dcm, verified; — = outside the PSNR range that codec's lossy settings "
                  "reach (e.g. JPEG-LS with NEAR <= 255)")
-    lines.append(f"  {bench.bd_line(res, model).split(': ', 1)[1]} (negative = ours smaller)")
+    lines.append(f"  {engine.bd_line(res, model).split(': ', 1)[1]} (negative = ours smaller)")
     lines += [f"  note: {n}" for n in res.notes]
     return lines
 
 
 def summary_table(results, model: str) -> list:
     """BD-rate of ours against each classical codec, per image and the mean over images."""
-    head = (f"BD-rate of ours over {bench.BD_RANGE[0]:.0f}-{bench.BD_RANGE[1]:.0f} dB (negative = fewer bits than "
-            f"that codec; † = curves overlap < {bench.MIN_OVERLAP:.0f} dB, width given, left out of the mean)")
-    cols = f"{'image':36s} {'modality':>8s}" + "".join(f"{bench.LABELS[c]:>20s}" for c in bench.CLASSICAL)
+    head = (f"BD-rate of ours over {engine.BD_RANGE[0]:.0f}-{engine.BD_RANGE[1]:.0f} dB (negative = fewer bits than "
+            f"that codec; † = curves overlap < {engine.MIN_OVERLAP:.0f} dB, width given, left out of the mean)")
+    cols = f"{'image':36s} {'modality':>8s}" + "".join(f"{engine.LABELS[c]:>20s}" for c in engine.CLASSICAL)
     lines = [head, cols, "-" * len(cols)]
     for res in results:
         lines.append(f"{res.name[:36]:36s} {res.modality:>8s}" +
-                     "".join(f"{res.bd_cell(model, c):>20s}" for c in bench.CLASSICAL))
-    lines.append(f"{'mean':36s} {'':>8s}" + "".join(f"{bench.mean_cell(results, model, c):>20s}"
-                                                    for c in bench.CLASSICAL))
+                     "".join(f"{res.bd_cell(model, c):>20s}" for c in engine.CLASSICAL))
+    lines.append(f"{'mean':36s} {'':>8s}" + "".join(f"{engine.mean_cell(results, model, c):>20s}"
+                                                    for c in engine.CLASSICAL))
     return lines
 
 
@@ -145,7 +145,7 @@ def _display(px: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def plot_error_map(path: Path, name: str, image, decoded, row: dict) -> None:
     """Original, decoded and |difference| (with a colorbar) side by side; the first frame of a multi-frame image."""
-    import matplotlib
+    import matplotlib  # plots only: loaded when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -171,7 +171,7 @@ def plot_error_map(path: Path, name: str, image, decoded, row: dict) -> None:
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{name} ({image.modality}, {bench.geometry(image)}), the .dcm written at quality {row['quality']}",
+    fig.suptitle(f"{name} ({image.modality}, {engine.geometry(image)}), the .dcm written at quality {row['quality']}",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(path, dpi=100)

@@ -10,7 +10,8 @@ and clipped to the stored range before `keras_codec.evaluation.metrics.evaluate`
 original.
 
 `evaluate_paper(run_dir)` loads `run_dir/final` or, for an unfinished run, its latest
-checkpoint (see `keras_codec.training.paper.load_paper`).
+checkpoint (see `keras_codec.training.paper.load_paper`). A preset of the evaluation engine: the
+images are :func:`keras_codec.evaluation.engine.evaluation_images`, the claim its ``PAPER``.
 """
 from __future__ import annotations
 
@@ -23,12 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_runtime.entropy import Decoder, Encoder, EntropyTables, quantize_pmf
+from keras_codec.evaluation import metrics
+from keras_codec.evaluation.engine import PAPER, evaluation_images
 
 __all__ = ["paper_entropy_tables", "PaperTables", "code_plane", "decode_plane", "evaluate_paper",
            "PLANE_HEADER_BYTES", "PAPER_CLAIM"]
 
 PLANE_HEADER_BYTES = 16  # tile rows, cols (2 x u16), pad (2 x u8), plane min / max (2 x f32), stream length (u32), spare
-PAPER_CLAIM = {"psnr": 46.0, "ssim": 0.91, "reduction": 0.68}
+PAPER_CLAIM = {"psnr": PAPER.psnr, "ssim": PAPER.ssim, "reduction": PAPER.reduction}
 PAD_PMF = 1e-9  # probability given to the values added to make a table's range symmetric
 
 
@@ -113,9 +116,8 @@ def evaluate_paper(run_dir: str, out_dir: str = "out/eval_paper", folder=None, p
 
     Returns {"rows": per-image dicts, "mean": their mean, "step", "markdown"}.
     """
+    # imported here: both pull TensorFlow, which the edge venv (keras-codec demo) does not have
     from data.pipeline import NormParams
-    from keras_codec.evaluation import metrics
-    from keras_codec.evaluation.evaluate import evaluation_images
     from keras_codec.training.paper import load_paper
 
     model, step = load_paper(run_dir)
