@@ -1,5 +1,8 @@
 """Classical baseline codecs (JPEG 2000, JPEG XL, JPEG-LS) through imagecodecs.
 
+The evaluation layer above :mod:`~keras_codec.evaluation.metrics` and below the engine
+(:mod:`~keras_codec.evaluation.engine`) and the speed benchmark.
+
 One small interface, :class:`ClassicalCodec`, with a subclass per codec; every
 measurement returns the same row::
 
@@ -41,6 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 
 from keras_codec.evaluation import metrics
@@ -158,8 +162,6 @@ class JPEG2000(ClassicalCodec):
         self.resolutions = resolutions
 
     def _encode(self, plane, param, precision):
-        import imagecodecs
-
         if param is None:
             return imagecodecs.jpeg2k_encode(
                 plane, codecformat="J2K", reversible=True, bitspersample=precision, resolutions=self.resolutions
@@ -177,8 +179,6 @@ class JPEG2000(ClassicalCodec):
         )
 
     def _decode(self, data):
-        import imagecodecs
-
         return imagecodecs.jpeg2k_decode(data)
 
 
@@ -194,8 +194,6 @@ class JPEGXL(ClassicalCodec):
         self.effort = effort
 
     def _encode(self, plane, param, precision):
-        import imagecodecs
-
         if plane.dtype == np.uint16:
             precision = min(max(precision, 9), 16)  # imagecodecs takes 9..16 bits for uint16
         if param is None:
@@ -205,8 +203,6 @@ class JPEGXL(ClassicalCodec):
         )
 
     def _decode(self, data):
-        import imagecodecs
-
         return imagecodecs.jpegxl_decode(data)
 
 
@@ -224,8 +220,6 @@ class JPEGLS(ClassicalCodec):
     sweep_params = True
 
     def _encode(self, plane, param, precision):
-        import imagecodecs
-
         near = 0 if param is None else int(param)
         if near < 0:
             raise ValueError(f"JPEG-LS NEAR must be >= 0, got {param}")
@@ -233,8 +227,6 @@ class JPEGLS(ClassicalCodec):
         return imagecodecs.jpegls_encode(plane, level=near)
 
     def _decode(self, data):
-        import imagecodecs
-
         return imagecodecs.jpegls_decode(data)
 
 

@@ -27,7 +27,8 @@ a folder of files, so that whole-process baselines start the same way ours does.
 
 Used by ``keras-codec bench --speed`` (:func:`image_speed`) and by ``benchmarks/bench_speed.py``;
 it lives in the package (not under ``benchmarks/``) so that the spawned children can import it
-from any working folder. Nothing here imports TensorFlow.
+from any working folder. Nothing here imports TensorFlow. Beside the engine, not on top of it: it
+uses only :mod:`~keras_codec.evaluation.baselines` and :mod:`~keras_codec.evaluation.metrics`.
 """
 from __future__ import annotations
 
@@ -36,12 +37,16 @@ import functools
 import json
 import multiprocessing as mp
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+# The children import only what their codec needs (data, pydicom and imagecodecs, or the edge
+# runtime), inside the functions below: their memory after setup and their peak are measured.
 
 __all__ = ["COLUMNS", "LIBRARIES", "LOSSY_METHODS", "baseline", "base_decode_file", "base_encode_file",
            "edge_codec_command", "image_speed", "measure", "plot", "read_stream", "run_process", "stats_ms",
@@ -62,7 +67,7 @@ MIB = 1024.0 * 1024.0
 
 @functools.lru_cache(maxsize=None)
 def _htj2k_class():
-    from keras_codec.evaluation import baselines
+    from keras_codec.evaluation import baselines  # in the classical child only (see the imports)
 
     class HTJ2K(baselines.ClassicalCodec):
         """High-throughput JPEG 2000 (OpenJPH through imagecodecs): lossy by OpenJPH's quantization step
@@ -74,14 +79,14 @@ def _htj2k_class():
         log_param = True
 
         def _encode(self, plane, param, precision):
-            import imagecodecs
+            import imagecodecs  # in the classical child only (see the imports)
 
             if param is None:
                 return imagecodecs.htj2k_encode(plane, reversible=True)
             return imagecodecs.htj2k_encode(plane, float(param), reversible=False)
 
         def _decode(self, data):
-            import imagecodecs
+            import imagecodecs  # in the classical child only (see the imports)
 
             return imagecodecs.htj2k_decode(data)
 
@@ -90,7 +95,7 @@ def _htj2k_class():
 
 def baseline(name: str):
     """A classical codec by name: jpeg2000 (OpenJPEG), htj2k (OpenJPH), jpegxl (libjxl), jpegls (CharLS)."""
-    from keras_codec.evaluation import baselines
+    from keras_codec.evaluation import baselines  # in the classical child only (see the imports)
 
     if name == "htj2k":
         return _htj2k_class()()
@@ -135,7 +140,7 @@ def read_stream(path) -> tuple[dict, list]:
 
 def base_encode_file(codec, param, src, out) -> int:
     """Read an image file, code every plane with a classical codec, write the container; returns pixel bytes."""
-    from data.readers import read_image
+    from data.readers import read_image  # in the classical child only (see the imports)
 
     image = read_image(src)
     px = image.pixels
@@ -146,7 +151,7 @@ def base_encode_file(codec, param, src, out) -> int:
 
 def base_decode_file(codec, stream, out, ref=None, lossless: bool = False) -> Path:
     """Decode a container to a DICOM file (with the header of the source file `ref`, when given)."""
-    import pydicom
+    import pydicom  # in the classical child only (see the imports)
 
     from data.image import Image
     from data.writers import write_dicom
@@ -247,7 +252,7 @@ def _child(conn, job: dict):
                    "cores": len(os.sched_getaffinity(0)), "threads": job["threads"], "tensorflow": bool(tf),
                    "runtime": job.get("_runtime", "")})
     except BaseException as exc:  # noqa: BLE001 - reported by the parent
-        import traceback
+        import traceback  # on failure only: not in a measured child's memory
 
         conn.send({"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
 
@@ -259,7 +264,7 @@ def _ours_options(job) -> dict:
 
 
 def _ours_encode(job):
-    from edge_runtime import runtime, tflite_runner
+    from edge_runtime import runtime, tflite_runner  # in our child only (see the imports)
 
     job["_runtime"] = tflite_runner.interpreter_module().__name__.split(".")[0]
     codec = runtime.load_codec(job["bundle"], num_threads=job["threads"])
@@ -268,7 +273,7 @@ def _ours_encode(job):
 
 
 def _ours_decode(job):
-    from edge_runtime import runtime, tflite_runner
+    from edge_runtime import runtime, tflite_runner  # in our child only (see the imports)
 
     job["_runtime"] = tflite_runner.interpreter_module().__name__.split(".")[0]
     codec = runtime.load_codec(job["bundle"], num_threads=job["threads"])
@@ -410,8 +415,6 @@ def run_process(cmd, *, runs: int, log, warmup: bool = True, clean=(), cpus=None
 
 def edge_codec_command() -> list:
     """The ``edge-codec`` console script of this interpreter's environment (else ``python -m edge_runtime.cli``)."""
-    import shutil
-
     here = Path(sys.executable).parent / "edge-codec"
     if here.is_file():
         return [str(here)]
@@ -439,10 +442,10 @@ def image_speed(name, path, *, bundle, quality: int, runs: int, threads: int, tm
     Warm, in-process, file to file. A classical codec that cannot code this image (or reach our
     PSNR) is left out with a line saying why, instead of stopping the benchmark.
     """
+    # the parent's side; imported here so that the children, which import this module, stay lean
     from data.readers import read_image
     from edge_runtime.runtime import pixel_stream_bytes
-    from keras_codec.evaluation import baselines
-    from keras_codec.evaluation import metrics
+    from keras_codec.evaluation import baselines, metrics
 
     path = Path(path)
     image = read_image(path)
@@ -522,7 +525,7 @@ def table_lines(rows) -> list:
 
 def plot(rows, path: Path, title: str):
     """Bar chart (log scale) of :func:`image_speed` rows, one panel per image."""
-    import matplotlib
+    import matplotlib  # plots only: loaded when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
