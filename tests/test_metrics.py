@@ -100,6 +100,46 @@ def test_psnr_matches_scikit_image():
     assert m.psnr(a, b) == pytest.approx(peak_signal_noise_ratio(a, b, data_range=r), rel=1e-12)
 
 
+def _edge_pairs():
+    rng = np.random.default_rng(5)
+    u16 = rng.integers(0, 65536, (24, 20), dtype=np.uint16)
+    u16_dec = np.clip(u16.astype(np.int64) + rng.integers(-300, 301, u16.shape), 0, 65535).astype(np.uint16)
+    s16 = rng.integers(-2048, 2048, (16, 18, 3)).astype(np.int16)
+    s16_dec = (s16 + rng.integers(-3, 4, s16.shape)).astype(np.int16)
+    ct = smooth_image(40, 36)[None, :, :, None]
+    constant = np.full((8, 8), 7, dtype=np.uint16)
+    return {
+        "16-bit": (u16, u16_dec),
+        "signed RGB": (s16, s16_dec),
+        "12-bit frame": (ct, noisy(ct, 6)),
+        "identical": (ct, ct.copy()),
+        "constant original": (constant, constant + np.eye(8, dtype=np.uint16)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_edge_pairs()))
+def test_psnr_agrees_with_the_edge_runtimes_on_stored_integers(case):
+    """The edge keeps its own PSNR (it may not import keras_codec): same figure on integer images."""
+    from edge_runtime.runtime import psnr as edge_psnr
+
+    a, b = _edge_pairs()[case]
+    ours, edge = m.psnr(a, b), edge_psnr(a, b)
+    if math.isinf(ours):
+        assert edge == math.inf
+    else:
+        assert edge == pytest.approx(ours, rel=1e-12)
+
+
+def test_psnr_differs_from_the_edge_runtimes_only_below_a_unit_range():
+    """On a float original with 0 < max - min < 1 (never a stored image) the edge floors R at 1, metrics does not."""
+    from edge_runtime.runtime import psnr as edge_psnr
+
+    a = np.array([[0.0, 0.5]])
+    b = np.array([[0.1, 0.5]])
+    assert m.psnr(a, b) == pytest.approx(10 * math.log10(0.25 / 0.005))
+    assert edge_psnr(a, b) == pytest.approx(10 * math.log10(1.0 / 0.005))
+
+
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="shape"):
         m.psnr(np.zeros((4, 4)), np.zeros((4, 5)))

@@ -16,6 +16,10 @@ array is always read as ``(rows, cols, samples)``.
 - BD-rate is Bjontegaard's delta rate with piecewise cubic (PCHIP)
   interpolation over the overlapping PSNR range within 40-55 dB.
 
+The bottom layer of :mod:`keras_codec.evaluation` (numpy only at import), and the one PSNR of
+the workstation side; the edge runtime keeps its own (``edge_runtime.runtime.psnr``, the same
+figure on stored integers, since the edge may not import this package).
+
 The names returned by :func:`evaluate` (``bpp``, ``psnr``, ``psnr_bitdepth``,
 ``ssim``, ``ms_ssim``, ``max_abs_err``, ``cr``, ``reduction``) are the names
 logged in training, evaluation and benchmarks.
@@ -142,7 +146,7 @@ def ssim(original, decoded, data_range=None):
 
     Planes smaller than 11 pixels on a side use the largest odd window that fits.
     """
-    from skimage.metrics import structural_similarity
+    from skimage.metrics import structural_similarity  # lazy: scipy would add ~40 MiB to each speed-benchmark child
 
     a, b = _pair(original, decoded)
     r = dynamic_range(original) if data_range is None else float(data_range)
@@ -163,7 +167,7 @@ def ssim(original, decoded, data_range=None):
 
 def _ssim_terms(x, y, data_range):
     """Mean SSIM and mean contrast-structure term of one plane, filtered exactly as scikit-image does."""
-    from scipy.ndimage import gaussian_filter
+    from scipy.ndimage import gaussian_filter  # lazy: scipy would add ~40 MiB to each speed-benchmark child
 
     def blur(z):
         return gaussian_filter(z, sigma=SSIM_SIGMA, truncate=SSIM_TRUNCATE, mode="reflect")
@@ -307,7 +311,7 @@ def bd_rate(rates_anchor, psnr_anchor, rates_test, psnr_test, min_psnr=40.0, max
     and among points with equal PSNR the smallest rate is kept. Returns nan
     when a curve has fewer than 2 points or the interval is empty.
     """
-    from scipy.interpolate import PchipInterpolator
+    from scipy.interpolate import PchipInterpolator  # lazy: scipy would add ~40 MiB to each speed-benchmark child
 
     la, pa = _log_rate_curve(rates_anchor, psnr_anchor)
     lt, pt = _log_rate_curve(rates_test, psnr_test)
@@ -332,7 +336,7 @@ def bd_psnr(rates_anchor, psnr_anchor, rates_test, psnr_test):
     :func:`bd_rate` applies (ties in rate keep the highest PSNR). nan when a
     curve has fewer than 2 points or the interval is empty.
     """
-    from scipy.interpolate import PchipInterpolator
+    from scipy.interpolate import PchipInterpolator  # lazy: scipy would add ~40 MiB to each speed-benchmark child
 
     la, pa = _log_rate_curve(rates_anchor, psnr_anchor)
     lt, pt = _log_rate_curve(rates_test, psnr_test)
