@@ -488,20 +488,22 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
         raise ValueError("a quality level is needed unless coding with a max error")
     if image.photometric == bs.PALETTE and max_error != 0:
         raise ValueError("PALETTE COLOR indices are labels, not intensities: code them losslessly (max error 0)")
-    fields = {}  # header fields of the padding map, when there is one
-    if padding is not None and image.samples == 1 and max_error != 0:  # lossless keeps padding as it is
-        mask = pad.mask_of(image.pixels, padding)
-        if mask.any():
-            fields = {"padding": (int(padding[0]), int(padding[1])),
-                      "padding_map": pad.pack(image.pixels, mask, padding)}
-            image = dataclasses.replace(image, pixels=pad.fill(image.pixels, mask))
+    if padding is not None and (image.samples != 1 or max_error == 0):
+        padding = None  # lossless keeps padding as it is
     options = dict(quality=quality, max_error=int(max_error) if bounded else None, tile=tile)
     if group is not None and (int(group) != group or group < 1):
         raise ValueError(f"group must be a whole number of frames >= 1, got {group!r}")
     if series or (inter and image.frames > 1):
         group = 1 if not inter else DEFAULT_GROUP if group is None else int(group)  # a series without inter: intra
         return _encode_groups(image, coder, options, metadata, model_id, plane_map, colour, series, group, stats,
-                              fields)
+                              padding)
+    fields = {}  # header fields of the padding map, when there is one
+    if padding is not None:
+        mask = pad.mask_of(image.pixels, padding)
+        if mask.any():
+            fields = {"padding": (int(padding[0]), int(padding[1])),
+                      "padding_map": pad.pack(image.pixels, mask, padding)}
+            image = dataclasses.replace(image, pixels=pad.fill(image.pixels, mask))
     if plane_map is None or stats is not None:
         plane_map = lambda fn, items, opts, keyword: (fn(coder=coder, **({"stats": stats} if fn is encode_plane else {}),
                                                          **item, **opts) for item in items)
@@ -536,13 +538,28 @@ def _pack_image(image: Image, coder: PlaneCoder, options: dict, norm: list, stre
 
 
 def _encode_groups(image: Image, coder: PlaneCoder, options: dict, metadata, model_id: bytes, plane_map,
-                   colour: bool, series: bool, group: int, stats, fields: dict) -> bytes:
-    """A version 2 stream: encode_group over the image's groups of frames, in order (`fields`: more header
-    fields, the padding map's)."""
+                   colour: bool, series: bool, group: int, stats, padding) -> bytes:
+    """A version 2 stream: encode_group over the image's groups of frames, in order.
+
+    The frames are taken from `image.pixels` a group at a time (a series' slices are read as they are
+    needed: edge_runtime.series.SliceStack), and so is the padding map (`padding`: as in encode_image), so
+    memory is bounded by a few groups, not by the frames.
+    """
     group = min(group, image.frames)
     transform = col.transform_for(options["max_error"]) if colour and col.applies(image) else bs.COLOUR_NONE
     opts = dict(options, transform=transform, clip=image.value_range)
-    items = ({"frames": image.pixels[g:g + group]} for g in range(0, image.frames, group))
+    writer = pad.MapWriter(padding) if padding is not None else None
+
+    def group_frames(g):
+        frames = np.asarray(image.pixels[g:g + group])
+        if writer is not None:
+            mask = pad.mask_of(frames, padding)
+            writer.add(frames, mask)
+            if mask.any():
+                frames = pad.fill(frames, mask)
+        return frames
+
+    items = ({"frames": group_frames(g)} for g in range(0, image.frames, group))
     if plane_map is None or stats is not None:
         results = (encode_group(coder=coder, stats=stats, **item, **opts) for item in items)
     else:
@@ -553,6 +570,8 @@ def _encode_groups(image: Image, coder: PlaneCoder, options: dict, metadata, mod
         modes += r["modes"]
         norm += r["norm"]
         streams += r["streams"]
+    payload = writer.payload() if writer is not None else None
+    fields = {"padding": (int(padding[0]), int(padding[1])), "padding_map": payload} if payload else {}
     return _pack_image(image, coder, options, norm, streams, metadata, model_id=model_id, colour=transform,
                        frame_kinds=kinds, group=group, frame_modes=modes, series=bool(series), **fields)
 

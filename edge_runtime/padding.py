@@ -18,12 +18,12 @@ are left as decoded there, because the side the original lies on is unknown and 
 """
 from __future__ import annotations
 
+import tempfile
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PaddingMap", "apply", "fill", "from_dataset", "mask_of", "pack", "unpack"]
+__all__ = ["MapWriter", "PaddingMap", "apply", "fill", "from_dataset", "mask_of", "pack", "unpack"]
 
 
 def from_dataset(dataset, samples: int):
@@ -73,53 +73,193 @@ def fill(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def pack(pixels: np.ndarray, mask: np.ndarray, padding) -> bytes:
     """The map's payload (module docstring) for padding pixels `mask` of `pixels`."""
-    values = pixels[..., 0][mask].astype(np.int64) - min(padding)
-    return zlib.compress(np.packbits(mask.ravel()).tobytes() + values.astype("<u4").tobytes(), 9)
+    writer = MapWriter(padding)
+    writer.add(pixels, mask)
+    return writer.payload()
 
 
-@dataclass
+_CHUNK = 1 << 20
+"""Bytes handed to zlib at a time when writing or reading a map."""
+
+
+class MapWriter:
+    """The map's payload built group by group (the same bytes as :func:`pack` of the whole image).
+
+    Memory is bounded by a group: the mask bits go to the compressor as they come (with fewer than
+    8 bits carried to the next group), and the values, which follow every mask bit in the payload,
+    wait in a temporary file; without a range limit they are all zero and only counted.
+    """
+
+    def __init__(self, padding):
+        self.lo, self.hi = min(padding), max(padding)
+        self._deflate = zlib.compressobj(9)
+        self._out = []
+        self._carry = np.zeros(0, bool)
+        self._count = 0
+        self._values = tempfile.TemporaryFile() if self.hi > self.lo else None
+
+    def add(self, pixels: np.ndarray, mask: np.ndarray) -> None:
+        """The next frames' stored values (frames, rows, cols, 1) and their padding pixels (frames, rows, cols)."""
+        bits = np.concatenate([self._carry, mask.ravel()])
+        whole = len(bits) // 8 * 8
+        self._out.append(self._deflate.compress(np.packbits(bits[:whole]).tobytes()))
+        self._carry = bits[whole:]
+        n = int(np.count_nonzero(mask))
+        self._count += n
+        if self._values is not None and n:
+            self._values.write((pixels[..., 0][mask].astype(np.int64) - self.lo).astype("<u4").tobytes())
+
+    def payload(self) -> bytes | None:
+        """The finished payload, or None when no pixel was padding (then the stream carries no map)."""
+        if not self._count:
+            return None
+        out, deflate = self._out, self._deflate
+        if len(self._carry):
+            out.append(deflate.compress(np.packbits(self._carry).tobytes()))
+        left = 4 * self._count
+        if self._values is not None:
+            self._values.seek(0)
+        while left:
+            n = min(left, _CHUNK)
+            out.append(deflate.compress(self._values.read(n) if self._values is not None else bytes(n)))
+            left -= n
+        out.append(deflate.flush())
+        if self._values is not None:
+            self._values.close()
+        return b"".join(out)
+
+
+class _Inflater:
+    """Reads a zlib payload's bytes in order, a bounded amount at a time."""
+
+    def __init__(self, payload: bytes):
+        self._payload = memoryview(payload)
+        self._pos = 0
+        self._z = zlib.decompressobj()
+
+    def read(self, n: int) -> bytes:
+        """The next `n` bytes (fewer only at the end of the data); ValueError on invalid zlib data."""
+        parts, have = [], 0
+        try:
+            while have < n:
+                if self._z.unconsumed_tail:
+                    chunk = self._z.decompress(self._z.unconsumed_tail, n - have)
+                elif self._pos < len(self._payload) and not self._z.eof:
+                    data = self._payload[self._pos:self._pos + _CHUNK]
+                    self._pos += len(data)
+                    chunk = self._z.decompress(data, n - have)
+                else:
+                    break
+                parts.append(chunk)
+                have += len(chunk)
+        except zlib.error as exc:
+            raise ValueError(f"the padding map is not valid zlib data ({exc})") from None
+        return b"".join(parts)
+
+    def at_end(self) -> bool:
+        """Whether the data ended exactly here: end of the zlib stream, nothing after it."""
+        return (self._z.eof and not self._z.unconsumed_tail and not self._z.unused_data
+                and self._pos >= len(self._payload))
+
+
 class PaddingMap:
-    """A decoded map: the padding range and, per frame, the mask and the original values."""
+    """A stream's map, read frame range by frame range (in order, as groups decode: memory bounded by a
+    group; going back re-reads from the start). `counts[f]` is frame f's number of padding pixels."""
 
-    lo: int
-    hi: int
-    mask: np.ndarray
-    values: np.ndarray
-    offsets: np.ndarray  # first value of each frame in `values`
+    def __init__(self, payload: bytes, lo: int, hi: int, frames: int, rows: int, cols: int, counts: np.ndarray):
+        self.lo, self.hi = lo, hi
+        self.frames, self.rows, self.cols = frames, rows, cols
+        self.counts = counts
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._payload = payload
+        self._mask_reader = self._value_reader = None
+
+    def frame_mask(self, first: int, n: int) -> np.ndarray:
+        """Padding pixels of frames [first, first + n) as a (n, rows, cols) bool array."""
+        per = self.rows * self.cols
+        if n <= 0:
+            return np.zeros((0, self.rows, self.cols), bool)
+        if self._mask_reader is None or self._mask_reader[1] > first:
+            self._mask_reader = [_Inflater(self._payload), 0, np.zeros(0, bool)]
+        reader, at, carry = self._mask_reader
+        out = None
+        while at < first + n:
+            step = (first + n - at) if at >= first else (first - at)
+            need = step * per
+            new = np.unpackbits(np.frombuffer(reader.read(-(-(need - len(carry)) // 8)), np.uint8))
+            bits = np.concatenate([carry, new.astype(bool)])
+            if len(bits) < need:
+                raise ValueError(f"the padding map holds too few mask bytes for {self.frames} frames")
+            if at >= first:
+                out = bits[:need]
+            carry, at = bits[need:], at + step
+        self._mask_reader[1:] = [at, carry]
+        return out.reshape(n, self.rows, self.cols)
+
+    def frame_values(self, first: int, n: int) -> np.ndarray:
+        """Original values (int64) of frames [first, first + n)'s padding pixels, in mask order."""
+        start, stop = int(self.offsets[first]), int(self.offsets[first + n])
+        mask_bytes = -(-self.frames * self.rows * self.cols // 8)
+        if self._value_reader is None or self._value_reader[1] > start:
+            reader = _Inflater(self._payload)
+            left = mask_bytes
+            while left:
+                left -= len(reader.read(min(left, _CHUNK)))
+            self._value_reader = [reader, 0]
+        reader, at = self._value_reader
+        while at < start:
+            k = min(start - at, _CHUNK // 4)
+            reader.read(4 * k)
+            at += k
+        data = reader.read(4 * (stop - start))
+        self._value_reader[1] = stop
+        return np.frombuffer(data, "<u4").astype(np.int64) + self.lo
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Every frame's mask at once (frames, rows, cols)."""
+        return self.frame_mask(0, self.frames)
+
+    @property
+    def values(self) -> np.ndarray:
+        """Every padding pixel's original value at once."""
+        return self.frame_values(0, self.frames)
 
 
 def unpack(payload: bytes, padding, frames: int, rows: int, cols: int) -> PaddingMap:
-    """The map of a stream (ValueError when the payload is not one for this geometry)."""
-    n = frames * rows * cols
-    nbytes = -(-n // 8)
-    inflater = zlib.decompressobj()
-    try:
-        head = inflater.decompress(payload, nbytes)
-    except zlib.error as exc:
-        raise ValueError(f"the padding map is not valid zlib data ({exc})") from None
-    if len(head) != nbytes:
-        raise ValueError(f"the padding map holds {len(head)} mask bytes, the geometry needs {nbytes}")
-    mask = np.unpackbits(np.frombuffer(head, np.uint8), count=n).astype(bool)
-    count = int(mask.sum())
-    try:
-        rest = inflater.decompress(inflater.unconsumed_tail, 4 * count + 1)
-    except zlib.error as exc:
-        raise ValueError(f"the padding map is not valid zlib data ({exc})") from None
-    if len(rest) != 4 * count or not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
-        raise ValueError(f"the padding map does not hold exactly one value per padding pixel ({count})")
+    """The map of a stream, checked whole in one pass of bounded memory (ValueError when the payload is not
+    one for this geometry)."""
     lo, hi = min(padding), max(padding)
-    values = np.frombuffer(rest, "<u4").astype(np.int64) + lo
-    if count and int(values.max()) > hi:
-        raise ValueError("the padding map holds a value outside the padding range")
-    mask = mask.reshape(frames, rows, cols)
-    offsets = np.concatenate([[0], np.cumsum(mask.reshape(frames, -1).sum(axis=1))])
-    return PaddingMap(lo, hi, mask, values, offsets)
+    per = rows * cols
+    batch = max(1, (8 * _CHUNK) // max(per, 1))  # frames whose mask bits are counted at a time
+    reader, carry, counts = _Inflater(payload), np.zeros(0, bool), []
+    for f in range(0, frames, batch):
+        n = min(batch, frames - f)
+        data = reader.read(-(-(n * per - len(carry)) // 8))
+        bits = np.concatenate([carry, np.unpackbits(np.frombuffer(data, np.uint8)).astype(bool)])
+        if len(bits) < n * per:
+            raise ValueError(f"the padding map holds too few mask bytes: the geometry needs {-(-frames * per // 8)}")
+        counts.append(bits[:n * per].reshape(n, per).sum(axis=1))
+        carry = bits[n * per:]
+    counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+    left = int(counts.sum())
+    while left:
+        k = min(left, _CHUNK // 4)
+        data = reader.read(4 * k)
+        if len(data) != 4 * k:
+            raise ValueError(f"the padding map does not hold exactly one value per padding pixel ({int(counts.sum())})")
+        if int(np.frombuffer(data, "<u4").max()) > hi - lo:
+            raise ValueError("the padding map holds a value outside the padding range")
+        left -= k
+    if reader.read(1) or not reader.at_end():
+        raise ValueError(f"the padding map does not hold exactly one value per padding pixel ({int(counts.sum())})")
+    return PaddingMap(payload, lo, hi, frames, rows, cols, counts.astype(np.int64))
 
 
 def apply(frames: np.ndarray, first: int, padding: PaddingMap, clip: tuple, lossy: bool) -> np.ndarray:
     """Frames [first, first + len) as decoded, with their padding pixels put back (in place, returned)."""
     plane = frames[..., 0]
-    mask = padding.mask[first:first + len(frames)]
+    mask = padding.frame_mask(first, len(frames))
     if lossy:  # image pixels decoded into the padding range go to its nearer side, within the stored range
         inside = (plane >= padding.lo) & (plane <= padding.hi) & ~mask
         if inside.any():
@@ -129,5 +269,5 @@ def apply(frames: np.ndarray, first: int, padding: PaddingMap, clip: tuple, loss
             moved = np.where(to_below, below, above)
             ok = (moved >= clip[0]) & (moved <= clip[1])
             plane[inside] = np.where(ok, moved, v).astype(plane.dtype)
-    plane[mask] = padding.values[padding.offsets[first]:padding.offsets[first + len(frames)]].astype(plane.dtype)
+    plane[mask] = padding.frame_values(first, len(frames)).astype(plane.dtype)
     return frames

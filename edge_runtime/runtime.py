@@ -25,7 +25,7 @@ from edge_runtime import DEFAULT_QUALITY
 from edge_runtime import bitstream as bs
 from edge_runtime import colour, padding, series
 from edge_runtime.bundle import Bundle, default_bundle_path, load_bundle
-from edge_runtime.codec import QUALITY_LEVELS, PlaneCoder, decode_image, encode_image
+from edge_runtime.codec import QUALITY_LEVELS, PlaneCoder, decode_frames, decode_image, encode_image
 from edge_runtime.threads import keep_freed_memory
 from edge_runtime.tflite_runner import transforms_for_bundle
 
@@ -201,8 +201,8 @@ def encode_loaded(image, metadata, in_path, out_path, *, quality=None, bundle=No
             data = encode(None if max_error is not None else int(quality), max_error)
             point = {}
             if max_error is not None:
-                decoded = decode_image(data, coder=coder, model_ids=[b.model_id], plane_map=plane_map)[0]
-                _check_bound(image, decoded, max_error, in_path)
+                err, _ = compare_stream(image, data, coder, plane_map=plane_map, model_ids=[b.model_id])
+                _raise_over_bound(err, max_error, in_path)
     bs.atomic_write_bytes(out_path, data, overwrite=force)
     header, tiles, _ = bs.parse(data)
     pixel_bytes = pixel_stream_bytes(data, header, tiles)
@@ -221,12 +221,28 @@ def _mode(header) -> str:
     return f"max error {header.max_error}" if header.error_bounded else "lossy"
 
 
-def _check_bound(image, decoded, max_error: int, source) -> None:
-    """Check every decoded pixel against the bound before the stream is written (never write a broken promise)."""
-    err = int(np.abs(decoded.pixels.astype(np.int64) - image.pixels.astype(np.int64)).max())
+def _raise_over_bound(err: int, max_error: int, source) -> None:
+    """Refuse a stream that decodes beyond its bound before it is written (never write a broken promise)."""
     if err > max_error:
         raise RuntimeError(f"{source}: the coded stream decodes with max error {err} > {max_error}; "
                            "nothing was written")
+
+
+def compare_stream(image, data: bytes, coder, plane_map=None, model_ids=None) -> tuple[int, float]:
+    """(max abs error, PSNR as :func:`psnr`) of a stream against `image`, decoded and compared group by group,
+    so memory is bounded by a group (a series' slices are read again as they are compared)."""
+    err, sse, lo, hi = 0, 0, None, None
+    for first, frames in decode_frames(data, coder=coder, model_ids=model_ids, plane_map=plane_map):
+        orig = np.asarray(image.pixels[first:first + len(frames)]).astype(np.int64)
+        diff = np.asarray(frames).astype(np.int64) - orig
+        err = max(err, int(np.abs(diff).max()))
+        sse += int(np.einsum("i,i->", diff.ravel(), diff.ravel()))
+        lo = int(orig.min()) if lo is None else min(lo, int(orig.min()))
+        hi = int(orig.max()) if hi is None else max(hi, int(orig.max()))
+    if sse == 0:
+        return err, float("inf")
+    r = max(float(hi - lo), 1.0)
+    return err, float(10.0 * np.log10(r * r / (sse / image.pixels.size)))
 
 
 def psnr(original: np.ndarray, decoded: np.ndarray) -> float:
@@ -261,11 +277,10 @@ def choose_operating_point(image, encode, coder, target_psnr: float | None = Non
     def point(q, d):
         if (q, d) not in tried:
             data = encode(q, d)
-            decoded, _ = decode_image(data, coder=coder, plane_map=plane_map)
+            err, value = compare_stream(image, data, coder, plane_map=plane_map)
             if d is not None:
-                _check_bound(image, decoded, d, source)
-            tried[(q, d)] = {"data": data, "quality": q, "max_error": d,
-                             "psnr": psnr(image.pixels, decoded.pixels),
+                _raise_over_bound(err, d, source)
+            tried[(q, d)] = {"data": data, "quality": q, "max_error": d, "psnr": value,
                              "bpp": 8.0 * pixel_stream_bytes(data) / samples}
         return tried[(q, d)]
 

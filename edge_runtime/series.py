@@ -235,11 +235,73 @@ def _order(datasets: list, paths: list) -> tuple[list, int]:
     return list(range(n)), ORDER_NAME
 
 
-def read_series(folder, *, max_bytes: int = MAX_IMAGE_BYTES) -> Series:
-    """Read a folder of single-slice DICOM files of one series into one volume (module docstring).
+class SliceStack:
+    """A series' volume (slices, rows, cols, samples) read from its files as frames are asked for.
 
-    Every header is read and checked before any pixel is decoded; the volume is allocated once
-    (refused from the header values when it would exceed ``max_bytes``) and filled slice by slice.
+    Indexing the first axis (an int or a slice, optionally followed by more indices) reads those slices
+    and returns a numpy array; ``np.asarray`` reads them all. Each slice is checked against the first
+    as it is read (a file changed since :func:`read_series` checked it is refused the same way), so an
+    encoder taking a group of frames at a time holds a group, not the series.
+    """
+
+    ndim = 4
+
+    def __init__(self, folder: Path, paths: list, template, max_bytes: int):
+        self.folder, self.paths, self.max_bytes = folder, paths, max_bytes
+        self.dtype = template.pixels.dtype
+        self.shape = (len(paths),) + template.pixels.shape[1:]
+        self._key = (template.bits_stored, template.signed, template.photometric)
+        self.size = int(np.prod(self.shape))
+        self.nbytes = self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read_slice(self, k: int) -> Image:
+        """Slice k as read from its file (one frame), checked against the first slice."""
+        path = self.paths[k]
+        image = read_image(path, max_bytes=self.max_bytes)
+        if image.frames != 1:
+            raise InvalidImageError(self.folder, f"{path.name} holds {image.frames} frames, not one slice")
+        if (image.pixels.shape[1:], image.pixels.dtype, image.bits_stored, image.signed, image.photometric) != (
+                self.shape[1:], self.dtype) + self._key:
+            raise InvalidImageError(self.folder, f"{path.name} decodes to other pixels than {self.paths[0].name} "
+                                                 f"({image.pixels.shape[1:]} {image.pixels.dtype}, {image.photometric}, "
+                                                 f"{image.bits_stored} bits, against {self.shape[1:]} {self.dtype}, "
+                                                 f"{self._key[2]}, {self._key[0]} bits)")
+        return image
+
+    def slice_pixels(self, k: int) -> np.ndarray:
+        """Slice k's stored values (rows, cols, samples)."""
+        return self.read_slice(k).pixels[0]
+
+    def __getitem__(self, key):
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if isinstance(first, slice):
+            picked = range(*first.indices(len(self)))
+            out = np.empty((len(picked),) + self.shape[1:], self.dtype)
+            for i, k in enumerate(picked):
+                out[i] = self.slice_pixels(k)
+        else:
+            k = int(first)
+            if not -len(self) <= k < len(self):
+                raise IndexError(f"slice {k} of a series of {len(self)}")
+            out = self.slice_pixels(k % len(self))
+        return out[(slice(None),) + rest] if rest and isinstance(first, slice) else out[rest] if rest else out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+def read_series(folder, *, max_bytes: int = MAX_IMAGE_BYTES) -> Series:
+    """Read a folder of single-slice DICOM files of one series (module docstring) as one volume.
+
+    Every header is read and checked before any pixel is decoded; then each slice is decoded once,
+    checked against the first and its header kept, one slice in memory at a time. The volume is a
+    :class:`SliceStack`: pixels are read again from the files as they are needed, so encoding a
+    series holds a group of slices, not the series (refused from the header values when the whole
+    volume would exceed ``max_bytes``, the limit of one image).
     """
     from edge_runtime.runtime import dicom_metadata
 
@@ -249,27 +311,22 @@ def read_series(folder, *, max_bytes: int = MAX_IMAGE_BYTES) -> Series:
     _check_same(folder, paths, datasets)
     order, ordering = _order(datasets, paths)
     paths = [paths[i] for i in order]
-    volume, headers, template = None, [], None
+    stack, headers, template = None, [], None
     for k, path in enumerate(paths):
-        image = read_image(path, max_bytes=max_bytes)
-        if image.frames != 1:
-            raise InvalidImageError(folder, f"{path.name} holds {image.frames} frames, not one slice")
-        if volume is None:
-            nbytes = len(paths) * image.pixels.nbytes
+        if stack is None:
+            template = read_image(path, max_bytes=max_bytes)
+            if template.frames != 1:
+                raise InvalidImageError(folder, f"{path.name} holds {template.frames} frames, not one slice")
+            nbytes = len(paths) * template.pixels.nbytes
             if nbytes > max_bytes:
-                raise InvalidImageError(folder, f"{len(paths)} slices of {image.pixels.nbytes:,} bytes would take "
+                raise InvalidImageError(folder, f"{len(paths)} slices of {template.pixels.nbytes:,} bytes would take "
                                                 f"{nbytes:,} bytes, over the limit of {max_bytes:,}")
-            volume = np.empty((len(paths),) + image.pixels.shape[1:], dtype=image.pixels.dtype)
-            template = image
-        elif (image.pixels.shape[1:], image.pixels.dtype, image.bits_stored, image.signed, image.photometric) != (
-                volume.shape[1:], volume.dtype, template.bits_stored, template.signed, template.photometric):
-            raise InvalidImageError(folder, f"{path.name} decodes to other pixels than {paths[0].name} "
-                                            f"({image.pixels.shape[1:]} {image.pixels.dtype}, {image.photometric}, "
-                                            f"{image.bits_stored} bits, against {volume.shape[1:]} {volume.dtype}, "
-                                            f"{template.photometric}, {template.bits_stored} bits)")
-        volume[k] = image.pixels[0]
-        headers.append(dicom_metadata(image.dataset))
-    volume_image = Image(pixels=volume, bits_stored=template.bits_stored, signed=template.signed,
+            stack = SliceStack(folder, paths, template, max_bytes)
+            dataset = template.dataset
+        else:
+            dataset = stack.read_slice(k).dataset
+        headers.append(dicom_metadata(dataset))
+    volume_image = Image(pixels=stack, bits_stored=template.bits_stored, signed=template.signed,
                          photometric=template.photometric, rescale_slope=template.rescale_slope,
                          rescale_intercept=template.rescale_intercept, modality=template.modality,
                          source=str(folder))
