@@ -20,6 +20,9 @@ from keras_codec.models.wavelet import WaveletTransforms, load_postfilter
 
 __all__ = ["DefaultCodec", "bundle_transforms"]
 
+BUNDLE_POSTFILTER = "bundle"
+"""`DefaultCodec.from_bundle`'s default post-filter: the bundle's own."""
+
 
 def bundle_transforms(bundle, name: str, postfilter=None) -> WaveletTransforms:
     """The Keras transform pair of a loaded bundle's transform `name`, with the bundle's learned lifting
@@ -52,11 +55,19 @@ class DefaultCodec:
                 "wavelet": w.wavelet, "mode": w.mode}
 
     @classmethod
-    def from_bundle(cls, bundle) -> "DefaultCodec":
-        """The model of a loaded bundle (:func:`edge_runtime.bundle.load_bundle`), on Keras transforms."""
+    def from_bundle(cls, bundle, postfilter=BUNDLE_POSTFILTER) -> "DefaultCodec":
+        """The model of a loaded bundle (:func:`edge_runtime.bundle.load_bundle`), on Keras transforms.
+
+        `postfilter`: the bundle's own post-filter (default), None for none, or a Keras post-filter to put
+        behind the bundle's transform (the codec's "wavelet") instead, e.g. one being trained."""
         params = bundle.manifest["codec"]
-        names = params.get("transforms", [CodecConfig.from_dict(bundle.manifest["config"]).wavelet.wavelet])
-        transforms = {n: bundle_transforms(bundle, n, load_postfilter(bundle, n)) for n in names}
+        wavelet = CodecConfig.from_dict(bundle.manifest["config"]).wavelet.wavelet
+        names = params.get("transforms", [wavelet])
+        if isinstance(postfilter, str) and postfilter == BUNDLE_POSTFILTER:
+            filters = {n: load_postfilter(bundle, n) for n in names}
+        else:
+            filters = {params.get("wavelet", wavelet): postfilter}
+        transforms = {n: bundle_transforms(bundle, n, filters.get(n)) for n in names}
         return cls(params, bundle.coding, transforms, refine=bundle.refine)
 
     def compress(self, plane: np.ndarray, quality: int) -> bytes:

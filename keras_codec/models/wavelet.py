@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keras_codec.config import WaveletConfig
+from keras_codec.config import CodecConfig, WaveletConfig
 from keras_codec.layers import DWT2D, IDWT2D
 
 from edge_runtime.codec import QUALITY_LEVELS, quantizer_step
@@ -150,8 +150,6 @@ def load_postfilter(bundle, wavelet: str | None = None) -> tf.keras.Model | None
     None when the manifest has no `postfilter` entry or when `wavelet` names another
     transform than the one the filter was trained behind.
     """
-    from keras_codec.config import CodecConfig
-
     entry = bundle.manifest.get("postfilter")
     if not entry:
         return None

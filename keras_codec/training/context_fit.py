@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
+import tensorflow as tf
 from scipy.optimize import minimize
 
 from edge_runtime import context as ctx
@@ -67,8 +68,6 @@ def fit_group_mlp(features: np.ndarray, symbols: np.ndarray, deadzone: float, th
     TensorFlow, started from the linear θ0 and c = 0 (so the start is the linear model).
     `features` are in natural-log units (first column the constant 1). Returns (θ, V (H, F), c).
     """
-    import tensorflow as tf
-
     rng = np.random.default_rng(seed)
     if len(symbols) > max_samples:
         sel = rng.choice(len(symbols), max_samples, replace=False)

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+import nibabel as nib
 import numpy as np
 
-from data.corpus import pixel_hash
+from data.corpus import corpus, load, pixel_hash
 from data.image import Image, InvalidImageError
 from data.readers import list_images, read_image
 
@@ -98,8 +99,6 @@ def read_nifti(path) -> Image:
     every slice of every time point). Stored values are kept when they are 8- or 16-bit integers
     (or wider integers within a 16-bit range); otherwise (floats, wide integers) the volume's
     range is mapped linearly onto 0..65535 (training normalizes each plane to [0, 1] anyway)."""
-    import nibabel as nib
-
     path = Path(path)
     try:
         vol = nib.load(str(path))
@@ -226,8 +225,6 @@ def prepare(paths, *, val_fraction: float, seed: int, split_by: str = "patient",
 
 def corpus_data() -> TrainingData:
     """The sample corpus (DESIGN.md): its train split to train on, its test split for the report."""
-    from data.corpus import corpus, load
-
     def examples(part):
         return tuple(Example(name=it.name, group=f"file:{it.name}", image=load(it), pixel_hash=it.pixel_hash)
                      for it in corpus(part))

@@ -16,10 +16,12 @@ from edge_runtime import context as ctx
 from edge_runtime.bundle import save_bundle
 from edge_runtime.codec import QUALITY_LEVELS, levels_for, pad_plane, quantize_bands, quantizer_step
 from edge_runtime.entropy import EntropyTables, laplace_tables, quantize_pmf
+from data.corpus import corpus, load
 from edge_runtime.subband_coder import CodingModel, coded_indices, collect, encode_subbands
 from keras_codec.config import CodecConfig
-from keras_codec.models.default import DefaultCodec
-from keras_codec.training.context_fit import default_ll_weights, fit_weights
+from keras_codec.models.default import DefaultCodec, bundle_transforms
+from keras_codec.models.wavelet import WaveletTransforms
+from keras_codec.training.context_fit import default_ll_weights, fit_weights, theta_to_int
 
 FIT_QUALITIES = (2, 5, 9, 12, 14, 16, 18, 20, 22)
 MAX_SIDE = 1024
@@ -32,8 +34,6 @@ def train_crops(max_side: int = MAX_SIDE, max_frames: int = MAX_FRAMES, images=N
 
     `images`: (name, Image) pairs to take the planes from instead of the corpus train split."""
     if images is None:
-        from data.corpus import corpus, load
-
         images = ((item.name, load(item)) for item in corpus("train"))
     out = []
     for name, img in images:
@@ -104,8 +104,6 @@ def initial_weights(config: CodecConfig, levels_max: int = 8) -> ctx.ContextWeig
 
     With Laplace tables this is the classical wavelet codec the default model starts from.
     """
-    from keras_codec.training.context_fit import theta_to_int
-
     w = config.wavelet
     detail = np.zeros((levels_max, 3, 3, ctx.NUM_FEATURES), np.int64)
     unit = np.log(2.0) / 16.0  # one magnitude-code step in natural-log units
@@ -134,8 +132,6 @@ def fit_default(config: CodecConfig, out_dir, *, seed: int = 0, learned_tables: 
                 qualities=FIT_QUALITIES) -> dict:
     """Fit the context model on the train split (or on `images`, (name, Image) pairs) and write the bundle
     to out_dir; `max_side`, `max_frames` and `qualities` choose the planes and quality levels fitted on."""
-    from keras_codec.models.wavelet import WaveletTransforms
-
     t0 = time.time()
     params = DefaultCodec.params_for(config)
     w = config.wavelet
@@ -184,8 +180,6 @@ def refit_context(bundle, *, seed: int = 0, hidden: int = 0, progress=print, ima
     group to the context model. `images`, `max_side`, `max_frames`, `qualities` as in fit_default.
     Returns (weights, tables, info).
     """
-    from keras_codec.models.default import bundle_transforms
-
     t0 = time.time()
     cfg = CodecConfig.from_dict(bundle.manifest["config"])
     params = bundle.manifest["codec"]

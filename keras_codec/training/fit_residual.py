@@ -21,8 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime import residual as res
+from edge_runtime.bundle import load_bundle, model_id_of
 from edge_runtime.entropy import laplace_tables
+from edge_runtime.runtime import load_codec
 from keras_codec.training.context_fit import fit_group, theta_to_int
+from keras_codec.training.fit_default import train_crops
 
 FIT_BOUNDS = (0, 1, 2, 4, 8)
 FIT_QUALITIES = (12, 16, 20, 24, 28)
@@ -45,8 +48,6 @@ def initial_model(params: dict) -> res.ResidualModel:
 def train_integer_planes(max_side: int = MAX_SIDE, images=None):
     """(name, integer plane) of the train split (or of `images`, (name, Image) pairs): first frame, every
     sample, centred crop."""
-    from keras_codec.training.fit_default import train_crops
-
     return train_crops(max_side, max_frames=1, images=images)
 
 
@@ -97,9 +98,6 @@ def bits_per_pixel(coder, planes, model, bounds=FIT_BOUNDS) -> dict:
 def fit_residual(bundle_dir, seed: int = 0, progress=print, images=None, max_side: int = MAX_SIDE) -> dict:
     """Fit on the train split (or on `images`, (name, Image) pairs; centred crops of at most `max_side`²)
     with the bundle's own coder and write residual.npz into it."""
-    from edge_runtime.bundle import load_bundle, model_id_of
-    from edge_runtime.runtime import load_codec
-
     t0 = time.time()
     bundle_dir = Path(bundle_dir)
     bundle, coder = load_codec(load_bundle(bundle_dir))

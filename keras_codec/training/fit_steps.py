@@ -25,8 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.bundle import load_bundle, model_id_of
 from edge_runtime.codec import PlaneCoder, dyadic_scale, levels_for
-from keras_codec.evaluation.metrics import bd_rate
+from edge_runtime.runtime import load_codec
+from keras_codec.evaluation.metrics import bd_rate, psnr
+from keras_codec.training.fit_default import train_crops
 
 FIT_QUALITIES = (12, 14, 16, 18, 20, 22)
 """About 36-56 dB nominal: the BD range 40-55 dB with room for the interpolation."""
@@ -40,8 +43,6 @@ MIN_GAIN = 0.02
 def fit_planes(max_side: int = CROP, max_frames: int = 2) -> list:
     """(name, plane in stored integers from 0, its dynamic range R) for the train split: centred crops of
     at most max_side², every sample, up to max_frames frames (keras_codec.training.fit_default.train_crops)."""
-    from keras_codec.training.fit_default import train_crops
-
     out = []
     for name, p in train_crops(max_side, max_frames):
         lo, hi = int(p.min()), int(p.max())
@@ -52,14 +53,13 @@ def fit_planes(max_side: int = CROP, max_frames: int = 2) -> list:
 def rd_curve(coder: PlaneCoder, plane: np.ndarray, rng: int, qualities) -> tuple[np.ndarray, np.ndarray]:
     """(bits, PSNR over the dynamic range) of one integer plane at each quality, by real encode + decode."""
     x = plane.astype(np.float64) / rng
-    bits, psnr = [], []
+    bits, db = [], []
     for q in qualities:
         data = coder.encode(x, q)
         y = np.clip(np.round(coder.decode(data, *x.shape, q).astype(np.float64) * rng), 0, rng)
-        mse = float(np.mean((y - plane) ** 2))
         bits.append(8.0 * len(data))
-        psnr.append(10.0 * math.log10(rng * rng / mse) if mse > 0 else math.inf)
-    return np.array(bits), np.array(psnr)
+        db.append(psnr(plane, y, data_range=rng))
+    return np.array(bits), np.array(db)
 
 
 def _with_scales(params: dict, scales) -> dict:
@@ -146,8 +146,6 @@ def fit_step_scales(coder: PlaneCoder, planes, *, qualities=FIT_QUALITIES, facto
 
 def write_bundle(src, out, scales, record: dict, force: bool = False) -> bytes:
     """Copy bundle `src` to `out` with codec["level_step_scale"] = scales and manifest["steps"] = record."""
-    from edge_runtime.bundle import load_bundle, model_id_of
-
     src, out = Path(src), Path(out)
     if out.exists():
         if not force:
@@ -179,8 +177,6 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="recorded (the crops are deterministic)")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
-
-    from edge_runtime.runtime import load_codec
 
     qualities = tuple(int(q) for q in args.qualities.split(","))
     factors = tuple(float(f) for f in args.factors.split(","))

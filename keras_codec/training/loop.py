@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 import time
+from pathlib import Path
 from typing import Callable
 
 import tensorflow as tf
@@ -441,8 +442,6 @@ def copy_bundle(bundle_dir, bundle_out, files: dict, update: Callable[[dict], No
     manifest in place. The TFLite graphs and the manifest's `tflite` section are left out: they
     hold the old weights (export the copy again).
     """
-    from pathlib import Path
-
     src, dst = Path(bundle_dir), Path(bundle_out)
     if dst.resolve() == src.resolve():
         raise ValueError(f"{dst}: write the new bundle to another directory (--bundle-out), then promote it")

@@ -27,7 +27,9 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import tensorflow as tf
 
+from data.pipeline import make_dataset
 from keras_codec.config import CodecConfig
+from keras_codec.models.paper import build_paper
 from keras_codec.training.loop import per_replica_batch_size, train
 
 __all__ = ["train_paper", "load_paper", "paper_stages", "FINAL_DIR"]
@@ -45,8 +47,6 @@ def paper_stages(steps: int) -> list[tuple[str, int]]:
 
 
 def _dataset_fn(config: CodecConfig, images: Optional[list]) -> Callable:
-    from data.pipeline import make_dataset
-
     def dataset_fn(input_context=None):
         seed = config.train.seed
         if input_context is not None:
@@ -59,8 +59,6 @@ def _dataset_fn(config: CodecConfig, images: Optional[list]) -> Callable:
 
 
 def _build(config: CodecConfig):
-    from keras_codec.models.paper import build_paper
-
     model = build_paper(config)
     # Creates every variable (the trainer builds the model the same way before restoring).
     model.rd_terms(tf.zeros((1, config.paper.tile, config.paper.tile, 1)), training=False)
@@ -85,8 +83,6 @@ def train_paper(config: CodecConfig, out_dir: str, steps: int, progress: bool = 
         config = config.replace(**{"train.patch_size": config.paper.tile})
     if dataset_fn is None:
         dataset_fn = _dataset_fn(config, None if images is None else list(images))
-    from keras_codec.models.paper import build_paper
-
     res = train(build_paper, config, dataset_fn, out_dir, steps, stages=paper_stages(steps),
                 log_every=log_every, ckpt_every=ckpt_every, progress=progress)
 

@@ -27,6 +27,10 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import tensorflow as tf
+
+from edge_runtime.bundle import load_bundle, model_id_of
+from keras_codec.evaluation.evaluate import evaluate_bundle
 from keras_codec.training.data import TrainingData
 from keras_codec.training.recipe import Recipe
 from keras_codec.training.stages import StageContext, run_stage
@@ -165,8 +169,6 @@ def run_recipe(recipe: Recipe, data: TrainingData, run_dir, *, from_bundle=None,
     whose train split the trainers read themselves (the shipped bundle's exact path). `progress`
     gets one line per event (default: stderr); the trainers' own lines go to stderr as well.
     """
-    from edge_runtime.bundle import load_bundle, model_id_of
-
     say = progress or (lambda s: print(s, file=sys.stderr, flush=True))
     _check_strategy(strategy)
     run = Path(run_dir)
@@ -249,15 +251,11 @@ def run_recipe(recipe: Recipe, data: TrainingData, run_dir, *, from_bundle=None,
 
 def _clear_keras_session() -> None:
     """Fresh Keras name counters per stage, so a resumed stage builds the same graphs as in one long run."""
-    import tensorflow as tf
-
     tf.keras.backend.clear_session()
 
 
 def write_report(bundle, data: TrainingData, out_dir: Path, qualities, say, model_id: str) -> dict:
     """RD report on the held-out images (keras_codec.evaluation.evaluate.evaluate_bundle): CSV, PNG, report.json."""
-    from keras_codec.evaluation.evaluate import evaluate_bundle
-
     out_dir = Path(out_dir)
     done = out_dir / "report.json"
     if done.is_file():
@@ -291,8 +289,6 @@ def install_bundle(run_dir, dest, *, force: bool = False) -> str:
     The copy goes to a temporary sibling first and is swapped in by rename, so `dest` is either the old
     bundle or the new one. Returns the installed model id.
     """
-    from edge_runtime.bundle import load_bundle, model_id_of
-
     src = Path(run_dir) / "bundle"
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: no bundle; finish the run first (keras-codec train ... --out {run_dir})")

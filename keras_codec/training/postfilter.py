@@ -32,11 +32,17 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from data.corpus import corpus, load
+from data.pipeline import make_dataset
+from edge_runtime.bundle import load_bundle
+from edge_runtime.codec import QUALITY_LEVELS, decode_image, encode_image, levels_for, quantizer_step
 from keras_codec.config import CodecConfig, bundle_training_config
+from keras_codec.evaluation import metrics
 from keras_codec.layers import DWT2D, IDWT2D
-from edge_runtime.codec import QUALITY_LEVELS, levels_for, quantizer_step
-from keras_codec.models.wavelet import (POSTFILTER_FILE, build_postfilter, postfilter_arch, save_postfilter,
-                                        tf_deadzone, tf_dequantize)
+from keras_codec.models.default import DefaultCodec
+from keras_codec.models.refine import load_refinement
+from keras_codec.models.wavelet import (POSTFILTER_FILE, build_postfilter, load_postfilter, postfilter_arch,
+                                        save_postfilter, tf_deadzone, tf_dequantize)
 from keras_codec.training.loop import copy_bundle, last_logged_row, train
 
 __all__ = ["PostFilterTrainer", "train_postfilter", "measure_gain", "GAIN_IMAGES", "GAIN_QUALITIES"]
@@ -125,23 +131,9 @@ def measure_gain(bundle_dir, postfilter, images=GAIN_IMAGES, qualities=GAIN_QUAL
                  progress=print, sources=None) -> dict:
     """PSNR with and without the post-filter through the real coder (same bytes), on train images only:
     the corpus train images named in `images`, or `sources` ((name, Image) pairs) when given."""
-    from data.corpus import corpus, load
-    from edge_runtime.bundle import load_bundle
-    from edge_runtime.codec import PlaneCoder, decode_image, encode_image
-    from keras_codec.evaluation import metrics
-    from keras_codec.models.default import bundle_transforms
-
     bundle = load_bundle(bundle_dir)
-    cfg = CodecConfig.from_dict(bundle.manifest["config"])
-    params = bundle.manifest["codec"]
-    names = params.get("transforms", [params.get("wavelet", cfg.wavelet.wavelet)])
-    trained_on = params.get("wavelet", cfg.wavelet.wavelet)
-
-    def coder(pf):
-        return PlaneCoder(params, bundle.coding,
-                          {n: bundle_transforms(bundle, n, pf if n == trained_on else None) for n in names})
-
-    plain, filtered = coder(None), coder(postfilter)
+    plain = DefaultCodec.from_bundle(bundle, postfilter=None).coder
+    filtered = DefaultCodec.from_bundle(bundle, postfilter=postfilter).coder
     if sources is None:
         items = {it.name: it for it in corpus("train")}
         sources = [(name, load(items[name])) for name in images if name in items]
@@ -184,12 +176,6 @@ def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_o
     `images`: Image records to draw the patches from instead of the corpus train split; `gain_sources`:
     (name, Image) pairs to measure the gain on (measure_gain); `strategy`: a tf.distribute strategy
     (keras_codec.training.loop.train; `batch_size` is then the global batch)."""
-    from data.pipeline import make_dataset
-
-    from edge_runtime.bundle import load_bundle
-    from keras_codec.models.refine import load_refinement
-    from keras_codec.models.wavelet import load_postfilter
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(bundle_dir)

@@ -46,13 +46,16 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_compression as tfc
 
+from data.pipeline import make_dataset
 from edge_runtime import context as ctx
+from edge_runtime.bundle import load_bundle, save_bundle
 from edge_runtime.codec import levels_for, quantizer_step
 from edge_runtime.entropy import scale_grid
 from edge_runtime.refine import REFINE_FILE
 from keras_codec.config import CodecConfig, bundle_training_config
-from keras_codec.models.refine import build_refinement, refine_arch, save_refinement
+from keras_codec.models.refine import build_refinement, load_refinement, refine_arch, save_refinement
 from keras_codec.models.wavelet import tf_deadzone, tf_dequantize
+from keras_codec.training.fit_default import refit_context
 from keras_codec.training.loop import copy_bundle, last_logged_row, train
 
 __all__ = ["RefineTrainer", "train_refine", "LAMBDA"]
@@ -209,16 +212,12 @@ def write_refined_bundle(bundle_dir, bundle_out, weights_path, entry: dict, refi
                          context_hidden: int = CONTEXT_HIDDEN, progress=print, refit_options=None) -> Path:
     """Copy the bundle with the refinement; refit its context weights and tables on the refined transform
     (`refit_options`: keyword arguments of keras_codec.training.fit_default.refit_context, e.g. images)."""
-    from edge_runtime.bundle import load_bundle, save_bundle
-
     def update(manifest):
         manifest["refine"] = entry
         manifest["config"]["wavelet"]["refine_channels"] = entry["channels"]
 
     dst = copy_bundle(bundle_dir, bundle_out, {REFINE_FILE: weights_path}, update)
     if refit:
-        from keras_codec.training.fit_default import refit_context
-
         bundle = load_bundle(dst)
         weights, tables, info = refit_context(bundle, hidden=context_hidden, progress=progress,
                                               **(refit_options or {}))
@@ -244,9 +243,6 @@ def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=N
     pairs to the refit through `refit_options={"images": ...}`); `strategy`: a tf.distribute strategy
     (`batch_size` is then the global batch); `init_from_bundle`: start from the bundle's own refinement;
     `refit`: refit the context model and tables of the refined bundle (else it keeps the bundle's)."""
-    from data.pipeline import make_dataset
-    from edge_runtime.bundle import load_bundle
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(bundle_dir)
@@ -262,8 +258,6 @@ def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=N
     detail = bundle.coding.weights.detail
     init = None
     if init_from_bundle:
-        from keras_codec.models.refine import load_refinement
-
         r0 = load_refinement(bundle, codec.get("wavelet", "cdf97"))
         if r0 is None or {k: manifest["refine"].get(k) for k in arch} != arch:
             raise ValueError(f"{bundle_dir}: init_from_bundle needs a refinement of the same architecture {arch}")
