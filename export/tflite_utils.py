@@ -17,6 +17,9 @@ needs a TensorFlow op fails at conversion instead of at the edge.
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
+
+from edge_runtime.tflite_runner import interpreter_module
 
 __all__ = ["to_tflite", "run_tflite"]
 
@@ -35,8 +38,6 @@ def to_tflite(model_or_fn, optimizations=None) -> bytes:
 
     ``optimizations`` is passed to the converter as is (default: none, float32).
     """
-    import tensorflow as tf
-
     trackable = None
     if isinstance(model_or_fn, tf.keras.Model):
         model = trackable = model_or_fn
@@ -85,11 +86,8 @@ def to_tflite(model_or_fn, optimizations=None) -> bytes:
 
 
 def _interpreter_class():
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        from tflite_runtime.interpreter import Interpreter
-    return Interpreter
+    """The TFLite Interpreter class the edge uses (``ai_edge_litert``, else ``tflite_runtime``)."""
+    return interpreter_module().Interpreter
 
 
 def run_tflite(model_bytes: bytes, inputs: list[np.ndarray], num_threads: int = 1) -> list[np.ndarray]:

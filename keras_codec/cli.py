@@ -171,7 +171,7 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from export.tflite_export import main as export_main
+    from export.__main__ import main as export_main
 
     argv = [args.model, "--quant", args.quant] + (["--out", args.out] if args.out else [])
     argv += ["--report"] if args.report else []

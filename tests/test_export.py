@@ -13,12 +13,15 @@ import tensorflow as tf
 from edge_runtime import context as ctx
 from edge_runtime.bundle import load_bundle, model_id_of, save_bundle
 from edge_runtime.entropy import laplace_tables
-from export.tflite_export import _postfilter_for, export_transforms, op_names, run_signature, verify_export
+from export import verify
+from export.conversion import export_transforms
+from export.int8 import integer_reference, representative_planes
+from export.tflite_utils import _interpreter_class, run_tflite, to_tflite
+from export.verify import op_names, run_signature, verify_export
 from keras_codec.config import CodecConfig
 from keras_codec.layers import DWT2D, IDWT2D
-from keras_codec.models.wavelet import (WaveletTransforms, build_postfilter, join_details, postfilter_arch,
-                                        save_postfilter)
-from export.tflite_utils import _interpreter_class, run_tflite, to_tflite
+from keras_codec.models.wavelet import (WaveletTransforms, build_postfilter, join_details, load_postfilter,
+                                        postfilter_arch, save_postfilter)
 
 TOL = 1e-5
 
@@ -200,7 +203,6 @@ def test_int8_postfilter_export_is_integer_and_deterministic(tmp_path):
     from edge_runtime.codec import decode_image, encode_image
     from edge_runtime.runtime import load_codec
     from edge_runtime.tflite_runner import TFLiteTransforms, postfilter_input, tflite_paths
-    from export.tflite_export import integer_reference, representative_planes
     from keras_codec.models.wavelet import build_postfilter_correction, postfilter_integer_form
 
     src = _tiny_bundle(tmp_path / "src", postfilter=True)
@@ -252,7 +254,7 @@ def test_int8_postfilter_export_is_integer_and_deterministic(tmp_path):
     np.testing.assert_array_equal(r, integer_reference(pf_model, q))
     # ... and tracks the float filter it quantizes (same int8 input), within a few output steps.
     core = build_postfilter_correction(postfilter_integer_form(
-        _postfilter_for(bundle, "cdf97"), entry["diff_scale"], entry["log_step_offset"], entry["log_step_gain"]))
+        load_postfilter(bundle, wavelet="cdf97"), entry["diff_scale"], entry["log_step_offset"], entry["log_step_gain"]))
     r_float = core(q.astype(np.float32) * entry["diff_scale"]).numpy()
     out_scale = entry["activation_scales"][-1]
     err = np.abs(r.astype(np.float64) * out_scale - r_float)
@@ -297,11 +299,10 @@ def test_workstation_stream_decodes_identically_on_the_edge(tmp_path):
             assert diff.max() <= 1 and (diff == 0).mean() > 0.99
 
     from data.writers import write_png
-    from export.tflite_export import test_split_report
 
     folder = tmp_path / "imgs"
     folder.mkdir()
     write_png(folder / "a.png", img)
-    (row,) = test_split_report(src, qualities=(12,), folder=folder, progress=lambda *_: None)
+    (row,) = verify.test_split_report(src, qualities=(12,), folder=folder, progress=lambda *_: None)
     assert row["same_stream"] and row["bpp_keras"] == row["bpp_tflite"]
     assert abs(row["psnr_tflite"] - row["psnr_keras"]) < 0.01

@@ -124,7 +124,8 @@ def test_refined_bundle_exports_codes_and_bounds(tmp_path):
     from edge_runtime.codec import decode_image, encode_image
     from edge_runtime.entropy import laplace_tables
     from edge_runtime.runtime import load_codec
-    from export.tflite_export import export_transforms, verify_export
+    from export.conversion import export_transforms
+    from export.verify import verify_export
     from keras_codec.config import CodecConfig
     from keras_codec.models.default import DefaultCodec
     from edge_runtime import context as ctx

@@ -75,7 +75,7 @@ class PostFilter:
 
 @dataclass(frozen=True)
 class Export:
-    """TFLite encoder/decoder graphs (and the int8 post-filter) for the edge (export.tflite_export)."""
+    """TFLite encoder/decoder graphs (and the int8 post-filter) for the edge (export.conversion)."""
 
     kind: str = "export"
     quant: str = "int8"
