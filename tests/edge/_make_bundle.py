@@ -6,7 +6,7 @@ one stops decoding):
     .venv/bin/python tests/edge/_make_bundle.py
 
 The bundle is the shipped default's manifest, context model and tables plus two TFLite files
-with one signature per (transform, levels), in the layout export/tflite_export.py writes:
+with one signature per (transform, levels), in the layout export/graphs.py describes:
 
 - ``cdf97_L2`` and ``cdf97_L4`` from keras_codec.layers.DWT2D / IDWT2D with STATIC shapes
   (40x56 and 128x128: the padded sizes of the tests' synthetic image and of CT_small.dcm),
@@ -16,7 +16,7 @@ with one signature per (transform, levels), in the layout export/tflite_export.p
 
 Tensor names follow both conventions the runner must accept: the cdf97 signatures use
 export.tflite_utils' input_000.../output_000... (the decoder's last input is the step), the
-haar ones export/tflite_export.py's plane / band_00... / step. The step has shape (1,). There is no
+haar ones export/graphs.py's plane / band_00... / step. The step has shape (1,). There is no
 post-filter, but the step is still wired into the graph (multiplied by zero) so the converter keeps it.
 """
 from __future__ import annotations
