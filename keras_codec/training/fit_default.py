@@ -22,10 +22,10 @@ from keras_codec.config import CodecConfig
 from keras_codec.models.default import DefaultCodec, bundle_transforms
 from keras_codec.models.wavelet import WaveletTransforms
 from keras_codec.training.context_fit import default_ll_weights, fit_weights, theta_to_int
+from keras_codec.training.recipe import FIT_QUALITIES, ContextFit
 
-FIT_QUALITIES = (2, 5, 9, 12, 14, 16, 18, 20, 22)
-MAX_SIDE = 1024
-MAX_FRAMES = 2
+MAX_SIDE = ContextFit.max_side
+MAX_FRAMES = ContextFit.max_frames
 
 
 def train_crops(max_side: int = MAX_SIDE, max_frames: int = MAX_FRAMES, images=None):

@@ -26,10 +26,11 @@ from edge_runtime.entropy import laplace_tables
 from edge_runtime.runtime import load_codec
 from keras_codec.training.context_fit import fit_group, theta_to_int
 from keras_codec.training.fit_default import train_crops
+from keras_codec.training.recipe import Residual
 
 FIT_BOUNDS = (0, 1, 2, 4, 8)
 FIT_QUALITIES = (12, 16, 20, 24, 28)
-MAX_SIDE = 512
+MAX_SIDE = Residual.max_side
 _CODE_UNITS = 16.0 / np.log(2.0)  # magnitude codes -> natural-log units
 
 

@@ -44,6 +44,7 @@ from keras_codec.models.refine import load_refinement
 from keras_codec.models.wavelet import (POSTFILTER_FILE, build_postfilter, load_postfilter, postfilter_arch,
                                         save_postfilter, tf_deadzone, tf_dequantize)
 from keras_codec.training.loop import copy_bundle, last_logged_row, train
+from keras_codec.training.recipe import PostFilter
 
 __all__ = ["PostFilterTrainer", "train_postfilter", "measure_gain", "GAIN_IMAGES", "GAIN_QUALITIES"]
 
@@ -166,9 +167,11 @@ def write_bundle_copy(bundle_dir, bundle_out, weights_path, entry: dict) -> Path
     return copy_bundle(bundle_dir, bundle_out, {POSTFILTER_FILE: weights_path}, update)
 
 
-def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=None, channels: int = 12,
-                     layers: int = 3, input_scaling: str = "step", batch_size: int = 8,
-                     learning_rate: float = 1e-3, patch_size: int = 128, log_every: int = 100,
+def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=None,
+                     channels: int = PostFilter.channels, layers: int = PostFilter.layers,
+                     input_scaling: str = PostFilter.input_scaling, batch_size: int = 8,
+                     learning_rate: float = PostFilter.learning_rate, patch_size: int = PostFilter.patch_size,
+                     log_every: int = 100,
                      ckpt_every: int = 500, measure: bool = True, progress: bool = True,
                      init_from_bundle: bool = False, images=None, gain_sources=None, strategy=None) -> dict:
     """Train (or resume) the post-filter in `out_dir`, save `<out_dir>/postfilter.npz`, optionally a bundle copy.
@@ -235,11 +238,11 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bundle-out", default=None, help="copy of the bundle with the post-filter (e.g. runs/default_pf)")
-    ap.add_argument("--channels", type=int, default=12)
-    ap.add_argument("--layers", type=int, default=3)
-    ap.add_argument("--input-scaling", choices=("step", "none"), default="step")
+    ap.add_argument("--channels", type=int, default=PostFilter.channels)
+    ap.add_argument("--layers", type=int, default=PostFilter.layers)
+    ap.add_argument("--input-scaling", choices=("step", "none"), default=PostFilter.input_scaling)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=PostFilter.learning_rate)
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--no-measure", action="store_true")
     ap.add_argument("--init-from-bundle", action="store_true",

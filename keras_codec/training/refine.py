@@ -57,11 +57,12 @@ from keras_codec.models.refine import build_refinement, load_refinement, refine_
 from keras_codec.models.wavelet import tf_deadzone, tf_dequantize
 from keras_codec.training.fit_default import refit_context
 from keras_codec.training.loop import copy_bundle, last_logged_row, train
+from keras_codec.training.recipe import Refine
 
 __all__ = ["RefineTrainer", "train_refine", "LAMBDA"]
 
 LAMBDA = 1.0 / 0.12
-CONTEXT_HIDDEN = 8
+CONTEXT_HIDDEN = Refine.context_hidden
 TRAIN_QUALITIES = tuple(range(6, 23))  # about 24-56 dB: the range the codec is used at
 
 
@@ -232,8 +233,9 @@ def _run_wall_seconds(out_dir: Path, summary: dict) -> float:
     return round(float(last_logged_row(out_dir).get("wall_s", summary.get("wall_s", 0.0))), 1)
 
 
-def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=None, channels: int = 8,
-                 layers: int = 3, batch_size: int = 8, learning_rate: float = 5e-4, patch_size: int = 128,
+def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=None, channels: int = Refine.channels,
+                 layers: int = Refine.layers, batch_size: int = 8, learning_rate: float = Refine.learning_rate,
+                 patch_size: int = Refine.patch_size,
                  log_every: int = 100, ckpt_every: int = 500, progress: bool = True,
                  context_hidden: int = CONTEXT_HIDDEN, images=None, strategy=None, init_from_bundle: bool = False,
                  refit_options=None, refit: bool = True) -> dict:
@@ -294,11 +296,11 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bundle-out", default=None, help="copy of the bundle with the refinement (e.g. runs/refined)")
-    ap.add_argument("--channels", type=int, default=8)
-    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--channels", type=int, default=Refine.channels)
+    ap.add_argument("--layers", type=int, default=Refine.layers)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--patch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--patch-size", type=int, default=Refine.patch_size)
+    ap.add_argument("--lr", type=float, default=Refine.learning_rate)
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--context-hidden", type=int, default=CONTEXT_HIDDEN,
                     help="ReLU units per group of the refitted context model (0 = linear)")

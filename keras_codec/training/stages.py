@@ -17,7 +17,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from edge_runtime.bundle import load_bundle
+from export.conversion import export_transforms
+from export.int8 import representative_planes
+from keras_codec.training.fit_default import fit_default
+from keras_codec.training.fit_residual import fit_residual
+from keras_codec.training.postfilter import train_postfilter
 from keras_codec.training.recipe import ContextFit, Export, PostFilter, Recipe, Refine, Residual
+from keras_codec.training.refine import train_refine
 
 __all__ = ["StageContext", "run_stage", "REPRESENTATIVE_PLANES_PER_IMAGE"]
 
@@ -48,8 +55,6 @@ def _log_every(ctx: StageContext, steps: int) -> int:
 
 
 def _context_fit(stage: ContextFit, source, out: Path, work: Path, ctx: StageContext) -> None:
-    from keras_codec.training.fit_default import fit_default
-
     if source is not None:
         raise ValueError("a context_fit stage starts a model from step 0; it cannot follow another stage "
                          "or fine-tune a bundle (use the recipe's `finetune` stages with --from)")
@@ -60,8 +65,6 @@ def _context_fit(stage: ContextFit, source, out: Path, work: Path, ctx: StageCon
 
 
 def _postfilter(stage: PostFilter, source, out: Path, work: Path, ctx: StageContext) -> None:
-    from keras_codec.training.postfilter import train_postfilter
-
     gain = None if ctx.images is None else ctx.images[:GAIN_IMAGES]
     train_postfilter(source, work, stage.steps, ctx.recipe.seed, bundle_out=out, channels=stage.channels,
                      layers=stage.layers, input_scaling=stage.input_scaling, batch_size=stage.batch_size,
@@ -72,9 +75,7 @@ def _postfilter(stage: PostFilter, source, out: Path, work: Path, ctx: StageCont
 
 
 def _representative(bundle, images) -> list:
-    """int8 calibration set from the user's train images, as export.tflite_export does on the corpus."""
-    from export.tflite_export import representative_planes
-
+    """int8 calibration set from the user's train images, as export.int8 does on the corpus."""
     def planes():
         for _name, img in images:
             which = [(f, s) for f in range(img.frames) for s in range(img.samples)]
@@ -87,9 +88,6 @@ def _representative(bundle, images) -> list:
 
 
 def _export(stage: Export, source, out: Path, work: Path, ctx: StageContext) -> None:
-    from edge_runtime.bundle import load_bundle
-    from export.tflite_export import export_transforms
-
     shutil.copytree(source, out)
     rep = None
     if stage.quant == "int8" and ctx.images is not None:
@@ -99,15 +97,11 @@ def _export(stage: Export, source, out: Path, work: Path, ctx: StageContext) -> 
 
 
 def _residual(stage: Residual, source, out: Path, work: Path, ctx: StageContext) -> None:
-    from keras_codec.training.fit_residual import fit_residual
-
     shutil.copytree(source, out)
     fit_residual(out, seed=ctx.recipe.seed, progress=ctx.progress, images=ctx.images, max_side=stage.max_side)
 
 
 def _refine(stage: Refine, source, out: Path, work: Path, ctx: StageContext) -> None:
-    from keras_codec.training.refine import train_refine
-
     refit = {"seed": ctx.recipe.seed, "images": ctx.images, "max_side": stage.refit_max_side,
              "max_frames": stage.refit_max_frames, "qualities": tuple(stage.refit_qualities)}
     train_refine(source, work, stage.steps, ctx.recipe.seed, bundle_out=out, channels=stage.channels,
