@@ -1,15 +1,20 @@
 """`keras-codec`: the workstation command line. Thin: parsing and printing here, the work elsewhere.
 
-Each subcommand imports what it needs lazily: `demo`, `corpus`, `encode`, `decode` and `bench` (edge
-backend) run without TensorFlow, as in the TensorFlow-free venv of `make demo`. `train`, `eval` and
-`export` need the workstation install; without it they say so in one line.
+Each subcommand imports what it needs inside its function (one import per subcommand): `demo`, `corpus`,
+`encode`, `decode` and `bench` (edge backend) run without TensorFlow, as in the TensorFlow-free venv of
+`make demo`, and `keras-codec --help` starts at once. `train`, `eval` and `export` need the workstation
+install; without it they say so in one line.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import platform
+import shlex
 import sys
+
+from keras_codec import __version__
+from keras_codec.config import CodecConfig, named
 
 TRAINING_STACK = ("tensorflow", "tensorflow_compression", "keras", "tf_keras")
 """Top-level modules of the training stack: only the workstation install (Python 3.11, requirements.txt) has them."""
@@ -46,7 +51,7 @@ def _cmd_demo(args) -> int:
 def _cmd_train(args) -> int:
     if args.data or args.recipe or args.from_bundle is not None:
         return _train_recipe(args)
-    from keras_codec.config import CodecConfig, named
+    from keras_codec.training import fit_default, paper, refine
 
     cfg = CodecConfig.from_json(open(args.config).read()) if args.config.endswith(".json") else named(args.config)
     if args.lmbda is not None:
@@ -54,29 +59,23 @@ def _cmd_train(args) -> int:
     cfg = cfg.replace(**{"train.seed": args.seed})
     print(cfg.to_json())
     if cfg.name == "default" and args.stage == "refine":
-        from keras_codec.training.refine import train_refine
-
         if not args.bundle or args.steps <= 0:
             print("keras-codec train --stage refine needs --bundle (the model to refine) and --steps > 0",
                   file=sys.stderr)
             return 2
-        res = train_refine(args.bundle, args.out, args.steps, args.seed, bundle_out=args.bundle_out,
-                           channels=cfg.wavelet.refine_channels or 8)
+        res = refine.train_refine(args.bundle, args.out, args.steps, args.seed, bundle_out=args.bundle_out,
+                                  channels=cfg.wavelet.refine_channels or 8)
         print(f"refinement weights {res['weights']}" + (f", bundle {args.bundle_out}" if args.bundle_out else ""))
         return 0
     if cfg.name == "default":
-        from keras_codec.training.fit_default import fit_default, write_initial_bundle
-
         if args.init_only:
-            res = write_initial_bundle(cfg, args.out)
+            res = fit_default.write_initial_bundle(cfg, args.out)
         else:
-            res = fit_default(cfg, args.out, seed=args.seed)
+            res = fit_default.fit_default(cfg, args.out, seed=args.seed)
         print(f"bundle written to {args.out}: model id {res['model_id'][:16]}..., "
               f"{res['planes']} planes, {res['wall_seconds']:.1f} s")
         return 0
-    from keras_codec.training.paper import train_paper
-
-    res = train_paper(cfg, args.out, steps=args.steps)
+    res = paper.train_paper(cfg, args.out, steps=args.steps)
     print(res)
     return 0
 
@@ -87,11 +86,9 @@ def _train_recipe(args) -> int:
     from keras_codec.training.loop import default_strategy
 
     strategy = default_strategy()
-    from keras_codec.training import data as tdata
-    from keras_codec.training.pipeline import run_recipe
-    from keras_codec.training.recipe import load_recipe
+    from keras_codec.training import data as tdata, pipeline, recipe as recipes
 
-    recipe = load_recipe(args.recipe or "default")
+    recipe = recipes.load_recipe(args.recipe or "default")
     if args.split_by:
         recipe = recipe.replace(split_by=args.split_by)
     if args.seed_given:
@@ -109,7 +106,7 @@ def _train_recipe(args) -> int:
     else:
         say("data: the sample corpus (train split to train on, test split for the report)")
         data = tdata.corpus_data()
-    res = run_recipe(recipe, data, args.out, from_bundle=args.from_bundle, strategy=strategy, progress=say,
+    res = pipeline.run_recipe(recipe, data, args.out, from_bundle=args.from_bundle, strategy=strategy, progress=say,
                      report=not args.no_report, corpus=not args.data)
     print(f"bundle {res['bundle']} (model id {res['model_id'][:16]}...)")
     if res["report"]:
@@ -137,9 +134,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    import shlex
-
-    from keras_codec.evaluation.bench import run_bench
+    from keras_codec.evaluation.bench import SECTION_KEYS, SECTIONS, run_bench
 
     parts = ["keras-codec", "bench"] + [f"--model {shlex.quote(m)}" for m in args.models or []]
     parts += [f"--dir {shlex.quote(args.dir)}"] if args.dir else []
@@ -151,8 +146,6 @@ def _cmd_bench(args) -> int:
     command = " ".join(parts)
     sections = None
     if args.only:
-        from keras_codec.evaluation.bench import SECTION_KEYS, SECTIONS
-
         wanted = args.only.split(",")
         unknown = [w for w in wanted if w not in SECTION_KEYS]
         if unknown:
@@ -197,8 +190,6 @@ def _default_model_lazy() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from keras_codec import __version__
-
     p = argparse.ArgumentParser(prog="keras-codec", description="keras_codec: a learned codec for medical images")
     p.add_argument("--version", action="version", version=f"keras-codec {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
