@@ -51,32 +51,26 @@ def _cmd_demo(args) -> int:
 def _cmd_train(args) -> int:
     if args.data or args.recipe or args.from_bundle is not None:
         return _train_recipe(args)
-    from keras_codec.training import fit_default, paper, refine
+    from keras_codec.training import stages
 
     cfg = CodecConfig.from_json(open(args.config).read()) if args.config.endswith(".json") else named(args.config)
     if args.lmbda is not None:
         cfg = cfg.replace(**{"train.lmbda": args.lmbda})
     cfg = cfg.replace(**{"train.seed": args.seed})
     print(cfg.to_json())
-    if cfg.name == "default" and args.stage == "refine":
-        if not args.bundle or args.steps <= 0:
-            print("keras-codec train --stage refine needs --bundle (the model to refine) and --steps > 0",
-                  file=sys.stderr)
-            return 2
-        res = refine.train_refine(args.bundle, args.out, args.steps, args.seed, bundle_out=args.bundle_out,
-                                  channels=cfg.wavelet.refine_channels or 8)
+    if cfg.name == "default" and args.stage == "refine" and (not args.bundle or args.steps <= 0):
+        print("keras-codec train --stage refine needs --bundle (the model to refine) and --steps > 0",
+              file=sys.stderr)
+        return 2
+    kind, res = stages.train_config(cfg, args.out, stage=args.stage, steps=args.steps, seed=args.seed,
+                                    init_only=args.init_only, bundle=args.bundle, bundle_out=args.bundle_out)
+    if kind == "refine":
         print(f"refinement weights {res['weights']}" + (f", bundle {args.bundle_out}" if args.bundle_out else ""))
-        return 0
-    if cfg.name == "default":
-        if args.init_only:
-            res = fit_default.write_initial_bundle(cfg, args.out)
-        else:
-            res = fit_default.fit_default(cfg, args.out, seed=args.seed)
+    elif kind == "fit":
         print(f"bundle written to {args.out}: model id {res['model_id'][:16]}..., "
               f"{res['planes']} planes, {res['wall_seconds']:.1f} s")
-        return 0
-    res = paper.train_paper(cfg, args.out, steps=args.steps)
-    print(res)
+    else:
+        print(res)
     return 0
 
 
@@ -100,14 +94,9 @@ def _train_recipe(args) -> int:
     say(f"recipe {recipe.name} (digest {recipe.digest()[:12]}...), "
         f"{len(recipe.finetune if args.from_bundle else recipe.stages)} stages, "
         f"{strategy.num_replicas_in_sync} replica(s) ({type(strategy).__name__})")
-    if args.data:
-        data = tdata.prepare(args.data, val_fraction=recipe.val_fraction, seed=recipe.seed,
-                             split_by=recipe.split_by, progress=say)
-    else:
-        say("data: the sample corpus (train split to train on, test split for the report)")
-        data = tdata.corpus_data()
+    data = tdata.recipe_data(args.data, recipe, progress=say)
     res = pipeline.run_recipe(recipe, data, args.out, from_bundle=args.from_bundle, strategy=strategy, progress=say,
-                     report=not args.no_report, corpus=not args.data)
+                              report=not args.no_report, corpus=not args.data)
     print(f"bundle {res['bundle']} (model id {res['model_id'][:16]}...)")
     if res["report"]:
         print(f"mean BD-rate vs JPEG 2000 on {len(data.val)} held-out images: "

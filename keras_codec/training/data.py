@@ -6,7 +6,8 @@ TIFF, and NIfTI volumes through nibabel, one plane per slice) into :class:`Examp
 each with the group it is split by: the DICOM PatientID, else its StudyInstanceUID, else the
 file (``split_by="file"``: always the file). :func:`split` holds out whole groups,
 deterministically for a seed, so no patient's slices are both trained on and reported on.
-:func:`corpus_data` is the sample corpus: train split for training, test split for the report.
+:func:`corpus_data` is the sample corpus: train split for training, test split for the report;
+:func:`recipe_data` picks between the two for a recipe's run.
 
 The data fingerprint (:attr:`TrainingData.fingerprint`) is the SHA-256 of every image's name
 and decoded pixels: a run refuses to resume on other data.
@@ -27,8 +28,8 @@ from data.corpus import corpus, load, pixel_hash
 from data.image import Image, InvalidImageError
 from data.readers import list_images, read_image
 
-__all__ = ["Example", "TrainingData", "collect", "split", "prepare", "corpus_data", "read_nifti",
-           "NIFTI_SUFFIXES"]
+__all__ = ["Example", "TrainingData", "collect", "split", "prepare", "corpus_data", "recipe_data",
+           "read_nifti", "NIFTI_SUFFIXES"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -230,3 +231,14 @@ def corpus_data() -> TrainingData:
                      for it in corpus(part))
 
     return TrainingData(train=examples("train"), val=examples("test"), source="corpus")
+
+
+def recipe_data(paths, recipe, progress=None) -> TrainingData:
+    """The images a recipe's run trains on: `paths` split as the recipe says (its val_fraction, seed and
+    split_by), or, with no paths, the sample corpus."""
+    if paths:
+        return prepare(paths, val_fraction=recipe.val_fraction, seed=recipe.seed, split_by=recipe.split_by,
+                       progress=progress)
+    if progress:
+        progress("data: the sample corpus (train split to train on, test split for the report)")
+    return corpus_data()

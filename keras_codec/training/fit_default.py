@@ -120,8 +120,8 @@ def write_initial_bundle(config: CodecConfig, out_dir) -> dict:
     """Bundle of the untrained model (step 0): hand-set context rule, Laplace tables."""
     w = config.wavelet
     tables = laplace_tables(w.num_scales, w.scale_min, w.scale_max, w.deadzone)
-    manifest = {"config": config.to_dict(), "codec": DefaultCodec.params_for(config), "quality_levels": list(QUALITY_LEVELS),
-                "tile": 2048, "training": {"stage": "initial (untrained)", "seed": 0,
+    manifest = {"config": config.to_dict(), "codec": DefaultCodec.params_for(config),
+                "quality_levels": list(QUALITY_LEVELS), "tile": 2048, "training": {"stage": "initial (untrained)", "seed": 0,
                                            "command": "keras-codec train --config default --init-only --out <dir>"}}
     model_id = save_bundle(out_dir, manifest, initial_weights(config), tables)
     return {"model_id": model_id.hex(), "wall_seconds": 0.0, "planes": 0}

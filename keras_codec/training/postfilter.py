@@ -50,6 +50,9 @@ __all__ = ["PostFilterTrainer", "train_postfilter", "measure_gain", "GAIN_IMAGES
 
 GAIN_IMAGES = ("CT_small.dcm", "MR_small.dcm", "693_UNCR.dcm", "MR2_UNCR.dcm", "US1_UNCR.dcm")
 GAIN_QUALITIES = (2, 6, 10)
+BATCH_SIZE = 8
+"""Batch of this module's `python -m` when --batch-size is not given, half the recipe's `PostFilter.batch_size`:
+a recipe run passes its own."""
 
 
 class PostFilterTrainer(tf.keras.Model):
@@ -169,7 +172,7 @@ def write_bundle_copy(bundle_dir, bundle_out, weights_path, entry: dict) -> Path
 
 def train_postfilter(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=None,
                      channels: int = PostFilter.channels, layers: int = PostFilter.layers,
-                     input_scaling: str = PostFilter.input_scaling, batch_size: int = 8,
+                     input_scaling: str = PostFilter.input_scaling, batch_size: int = BATCH_SIZE,
                      learning_rate: float = PostFilter.learning_rate, patch_size: int = PostFilter.patch_size,
                      log_every: int = 100,
                      ckpt_every: int = 500, measure: bool = True, progress: bool = True,
@@ -241,7 +244,7 @@ def main(argv=None) -> int:
     ap.add_argument("--channels", type=int, default=PostFilter.channels)
     ap.add_argument("--layers", type=int, default=PostFilter.layers)
     ap.add_argument("--input-scaling", choices=("step", "none"), default=PostFilter.input_scaling)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     ap.add_argument("--lr", type=float, default=PostFilter.learning_rate)
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--no-measure", action="store_true")

@@ -63,6 +63,9 @@ __all__ = ["RefineTrainer", "train_refine", "LAMBDA"]
 
 LAMBDA = 1.0 / 0.12
 CONTEXT_HIDDEN = Refine.context_hidden
+BATCH_SIZE = 8
+"""Batch of the single-stage commands (this module's `python -m`, `keras-codec train --stage refine`), half
+the recipe's `Refine.batch_size`: a recipe run passes its own."""
 TRAIN_QUALITIES = tuple(range(6, 23))  # about 24-56 dB: the range the codec is used at
 
 
@@ -234,7 +237,7 @@ def _run_wall_seconds(out_dir: Path, summary: dict) -> float:
 
 
 def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=None, channels: int = Refine.channels,
-                 layers: int = Refine.layers, batch_size: int = 8, learning_rate: float = Refine.learning_rate,
+                 layers: int = Refine.layers, batch_size: int = BATCH_SIZE, learning_rate: float = Refine.learning_rate,
                  patch_size: int = Refine.patch_size,
                  log_every: int = 100, ckpt_every: int = 500, progress: bool = True,
                  context_hidden: int = CONTEXT_HIDDEN, images=None, strategy=None, init_from_bundle: bool = False,
@@ -298,7 +301,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bundle-out", default=None, help="copy of the bundle with the refinement (e.g. runs/refined)")
     ap.add_argument("--channels", type=int, default=Refine.channels)
     ap.add_argument("--layers", type=int, default=Refine.layers)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     ap.add_argument("--patch-size", type=int, default=Refine.patch_size)
     ap.add_argument("--lr", type=float, default=Refine.learning_rate)
     ap.add_argument("--log-every", type=int, default=100)

@@ -6,7 +6,8 @@ stage from scratch), `out` the folder to write the new bundle to (created by the
 a folder of its own that survives an interruption (training checkpoints: a rerun resumes at the
 step reached), `ctx` the :class:`StageContext` of the run. The stages wrap the trainers and
 fitters (keras_codec.training.fit_default, train_postfilter, train_refine, fit_residual, export): the
-work and its hyper-parameters' meaning are theirs.
+work and its hyper-parameters' meaning are theirs. :func:`train_config` is the single stage of a model
+config that `keras-codec train --config` runs.
 """
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ import numpy as np
 from edge_runtime.bundle import load_bundle
 from export.conversion import export_transforms
 from export.int8 import representative_planes
-from keras_codec.training.fit_default import fit_default
+from keras_codec.config import CodecConfig
+from keras_codec.training.fit_default import fit_default, write_initial_bundle
 from keras_codec.training.fit_residual import fit_residual
+from keras_codec.training.paper import train_paper
 from keras_codec.training.postfilter import train_postfilter
 from keras_codec.training.recipe import ContextFit, Export, PostFilter, Recipe, Refine, Residual
 from keras_codec.training.refine import train_refine
 
-__all__ = ["StageContext", "run_stage", "REPRESENTATIVE_PLANES_PER_IMAGE"]
+__all__ = ["StageContext", "run_stage", "train_config", "REPRESENTATIVE_PLANES_PER_IMAGE"]
 
 REPRESENTATIVE_PLANES_PER_IMAGE = 3
 """int8 calibration on the user's images: the first planes of each image, as export does on the corpus."""
@@ -119,3 +122,18 @@ def run_stage(stage, source, out, work, ctx: StageContext) -> None:
     """Run one recipe stage: `source` bundle (or None) -> new bundle folder `out`; resumable state in `work`."""
     Path(work).mkdir(parents=True, exist_ok=True)
     RUNNERS[stage.kind](stage, None if source is None else Path(source), Path(out), Path(work), ctx)
+
+
+def train_config(config: CodecConfig, out, *, stage: str = "fit", steps: int = 0, seed: int = 0,
+                 init_only: bool = False, bundle=None, bundle_out=None) -> tuple:
+    """One stage of a model config (`keras-codec train --config`): for `default`, the context fit into `out`
+    (`init_only`: the untrained bundle) or, `stage="refine"`, the refinement of `bundle` for `steps`; for
+    `paper`, its training for `steps`. Returns (which ran: "fit", "refine" or "paper", the trainer's result)."""
+    if config.name == "default" and stage == "refine":
+        return "refine", train_refine(bundle, out, steps, seed, bundle_out=bundle_out,
+                                      channels=config.wavelet.refine_channels or Refine.channels)
+    if config.name == "default":
+        if init_only:
+            return "fit", write_initial_bundle(config, out)
+        return "fit", fit_default(config, out, seed=seed)
+    return "paper", train_paper(config, out, steps=steps)
