@@ -2,8 +2,10 @@
 
 Each subcommand imports what it needs inside its function (one import per subcommand): `demo`, `corpus`,
 `encode`, `decode` and `bench` (edge backend) run without TensorFlow, as in the TensorFlow-free venv of
-`make demo`, and `keras-codec --help` starts at once. `train`, `eval` and `export` need the workstation
-install; without it they say so in one line.
+`make demo`, and `keras-codec --help` starts at once (so the shipped bundle's path, which needs NumPy, is
+looked up only when a command uses it). `train`, `eval` and `export` need the workstation install; without
+it they say so in one line. `train` with a recipe imports its strategy before the rest of training, as
+TensorFlow's multi-worker strategy must exist before any other op.
 """
 from __future__ import annotations
 
