@@ -9,7 +9,7 @@ so the padding map is exercised), then ``edge-codec encode --series DIR OUT.kcd 
 ``edge-codec decode OUT.kcd OUTDIR`` run as whole processes. Each is timed once after a warm-up
 (keras_codec.evaluation.speed.run_process): wall time, and peak RSS of the largest process and of the
 process tree (sampled every 20 ms: the plane workers count). ``--ref-src DIR`` runs the same commands
-with another checkout's ``edge_runtime`` first on PYTHONPATH, in the same run, as the reference.
+with another checkout's ``edge_runtime`` (and ``data``) first on sys.path, in the same run, as the reference.
 The volume itself (N x 512 x 512 x 2 bytes) is printed beside, for scale. Prints a table and writes
 series_memory.csv and series_memory.png into --out.
 """
@@ -63,16 +63,17 @@ def write_series(volume: np.ndarray, n: int, folder: Path) -> None:
         ds.save_as(folder / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
 
 
-def measure(label: str, env: dict, n: int, folder: Path, tmp: Path, quality: int, log: Path) -> list:
+def measure(label: str, ref, n: int, folder: Path, tmp: Path, quality: int, log: Path) -> list:
     """Encode and decode rows of one build on one series folder."""
     stream, out_dir = tmp / f"{label}_{n}.kcd", tmp / f"{label}_{n}_out"
-    cmd = speed.edge_codec_command() if not env else [sys.executable, "-m", "edge_runtime.cli"]
+    cmd = speed.edge_codec_command() if ref is None else [
+        sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ref)!r}); from edge_runtime.cli import main; "
+                              f"sys.exit(main())"]
     rows = []
     for op, argv, clean in (("encode", cmd + ["encode", "--series", str(folder), str(stream), "-q", str(quality),
                                                "--force"], [stream]),
                             ("decode", cmd + ["decode", str(stream), str(out_dir)], [out_dir])):
-        r = speed.run_process(argv, runs=1, log=log / f"{label}_{op}_{n}", clean=clean, sample=0.02,
-                              env=env or None)
+        r = speed.run_process(argv, runs=1, log=log / f"{label}_{op}_{n}", clean=clean, sample=0.02)
         rows.append({"build": label, "slices": n, "operation": op, "wall_s": round(r["times"][0], 2),
                      "peak_mib": round(r["peak_rss_mib"], 1), "tree_mib": round(r["tree_mib"], 1),
                      "volume_mib": round(n * 512 * 512 * 2 / 2 ** 20, 1),
@@ -112,17 +113,15 @@ def main(argv=None) -> None:
     item = next(v for v in volumes("test") if v.modality == "CT")
     volume = load_volume(item).pixels[..., 0]
     args.out.mkdir(parents=True, exist_ok=True)
-    builds = [("this", {})]
-    if args.ref_src:
-        builds.append(("reference", {"PYTHONPATH": str(args.ref_src.resolve())}))
+    builds = [("this", None)] + ([("reference", args.ref_src.resolve())] if args.ref_src else [])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for n in (int(s) for s in args.slices.split(",")):
             folder = tmp / f"series_{n}"
             write_series(volume, n, folder)
-            for label, env in builds:
-                rows += measure(label, env, n, folder, tmp, args.quality, tmp)
+            for label, ref in builds:
+                rows += measure(label, ref, n, folder, tmp, args.quality, tmp)
             shutil.rmtree(folder)
     with open(args.out / "series_memory.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
