@@ -349,6 +349,45 @@ def test_from_bundle_runs_the_finetune_stages_starting_from_its_weights(run, ima
         assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a), name
 
 
+def test_from_bundle_keeps_the_starting_bundle_when_fine_tuning_loses_on_held_out_images(run, images, tmp_path,
+                                                                                         monkeypatch):
+    """The held-out reports decide between the fine-tuned bundle and the one it started from."""
+    from edge_runtime.bundle import load_bundle, model_id_of
+    from keras_codec.cli import main
+    from keras_codec.training import pipeline
+
+    src = run / "bundle"
+    start_id = model_id_of(src).hex()
+    scores = {}
+
+    def fake_report(bundle, data, out_dir, qualities, say, model_id):
+        assert {e.name for e in data.val} and not {e.name for e in data.val} & {e.name for e in data.train}
+        return {"mean_bd_rate_vs_jpeg2000": scores["start" if model_id == start_id else "tuned"]}
+
+    monkeypatch.setattr(pipeline, "write_report", fake_report)
+    tiny = tiny_recipe()
+    ref = tiny.stages[4]
+    recipe = tiny.replace(name="tiny-ft2", finetune=(
+        Refine(steps=2, learning_rate=0.05, batch_size=2, patch_size=32, channels=ref.channels, layers=ref.layers,
+               init_from_bundle=True, refit=False), Export(), Residual(max_side=32)))
+    path = tmp_path / "ft.json"
+    path.write_text(recipe.to_json())
+    scores.update(start=-5.0, tuned=-4.0)  # fine-tuning lost 1 point on the held-out images
+    out = tmp_path / "ft"
+    assert main(["train", "--data", str(images), "--out", str(out), "--recipe", str(path), "--from", str(src)]) == 0
+    tuned = out / "stages" / "01_refine" / "bundle"
+    assert not np.array_equal(np.load(tuned / "refine.npz")["w0"], np.load(src / "refine.npz")["w0"])
+    m = load_bundle(out / "bundle").manifest
+    assert m["training"]["finetune_gate"]["kept"] == "start"
+    for name in ("refine.npz", "postfilter.npz", "context.npz", "tables.npz", "residual.npz"):
+        assert (out / "bundle" / name).read_bytes() == (src / name).read_bytes(), name
+    # and the fine-tuned one when it is no worse
+    data = tdata.prepare([images], val_fraction=tiny.val_fraction, seed=tiny.seed)
+    scores.update(start=-5.0, tuned=-5.0)
+    chosen, record = pipeline._keep_the_better(src, tuned, data, tmp_path / "gate", recipe, print)
+    assert chosen == tuned and record["kept"] == "finetuned"
+
+
 def test_from_without_a_value_is_the_shipped_bundle(images, recipe_file, tmp_path, capsys):
     from keras_codec.cli import main
 

@@ -10,6 +10,10 @@ A run lives in one folder RUN:
     bundle/           the final bundle, ready for `edge-codec --bundle RUN/bundle`
     report/           RD report on the held-out images: eval.csv, rd_curves.png, report.json
 
+With a starting bundle (`--from`), the fine-tuned bundle is kept only when its mean BD-rate against
+JPEG 2000 on the held-out images is no worse than the starting bundle's; else the final bundle is the
+starting one (state.json and the manifest's `training.finetune_gate` say which, with both numbers).
+
 A rerun continues at the first stage not done; a rerun with another recipe, other images or
 another starting bundle is refused (a new RUN folder starts afresh). The final bundle's manifest
 records the recipe and the data fingerprint (`training.recipe`, `training.data`) instead of the
@@ -229,12 +233,18 @@ def run_recipe(recipe: Recipe, data: TrainingData, run_dir, *, from_bundle=None,
 
     final = run / "bundle"
     if state.get("bundle") is None or not final.is_dir():
+        kept = None
+        if from_bundle is not None and report and data.val:
+            source, kept = _keep_the_better(Path(from_bundle), source, data, run, recipe, say)
+            state["finetune_gate"] = kept
+            _write_atomic(run / "state.json", json.dumps(state, indent=2) + "\n")
         tmp = run / "bundle.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source, tmp)
-        manifest = json.loads((tmp / "manifest.json").read_text())
-        (tmp / "manifest.json").write_text(json.dumps(finalize_manifest(manifest, recipe, data, ids, from_id),
-                                                      indent=2, sort_keys=True) + "\n")
+        manifest = finalize_manifest(json.loads((tmp / "manifest.json").read_text()), recipe, data, ids, from_id)
+        if kept is not None:
+            manifest["training"]["finetune_gate"] = kept
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         load_bundle(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -243,10 +253,33 @@ def run_recipe(recipe: Recipe, data: TrainingData, run_dir, *, from_bundle=None,
         _write_atomic(run / "state.json", json.dumps(state, indent=2) + "\n")
     model_id = state["bundle"]
     say(f"bundle: {final} (model id {model_id[:16]}...), {_fmt(time.time() - t_run)} in this call")
-    result = {"bundle": str(final), "model_id": model_id, "stages": ids, "report": None}
+    result = {"bundle": str(final), "model_id": model_id, "stages": ids, "report": None,
+              "finetune_gate": state.get("finetune_gate")}
     if report:
         result["report"] = write_report(final, data, run / "report", recipe.report_qualities, say, model_id)
     return result
+
+
+def _keep_the_better(start: Path, tuned: Path, data: TrainingData, run: Path, recipe: Recipe, say) -> tuple:
+    """(bundle, record): of a fine-tuned bundle and the bundle it started from, the one with the lower mean
+    BD-rate against JPEG 2000 on the held-out images (the fine-tuned one on a tie).
+
+    Fine-tuning on a few images can fit them and lose on the rest of their kind; the held-out part, never
+    trained on, decides, so `--from` never returns a bundle that does worse there than the one it was given.
+    Both reports stay in RUN/stages (report_start, report_finetuned).
+    """
+    reports = {}
+    for key, bundle in (("finetuned", tuned), ("start", start)):
+        reports[key] = write_report(bundle, data, run / "stages" / f"report_{key}", recipe.report_qualities, say,
+                                    model_id_of(bundle).hex())["mean_bd_rate_vs_jpeg2000"]
+    keep = "finetuned" if not reports["finetuned"] > reports["start"] else "start"
+    say(f"fine-tune: held-out mean BD-rate vs JPEG 2000 {reports['finetuned']:+.2f} % fine-tuned, "
+        f"{reports['start']:+.2f} % the bundle it started from: "
+        + ("the fine-tuned bundle is kept" if keep == "finetuned" else "the starting bundle is kept (fine-tuning "
+                                                                        "did not help on the held-out images)"))
+    record = {"kept": keep, "held_out_mean_bd_rate": {k: round(float(v), 4) for k, v in reports.items()},
+              "rule": "the lower held-out mean BD-rate against JPEG 2000 (the fine-tuned bundle on a tie)"}
+    return (tuned if keep == "finetuned" else start), record
 
 
 def _clear_keras_session() -> None:
