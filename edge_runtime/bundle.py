@@ -236,7 +236,7 @@ def _check_graphs(folder: Path, manifest: dict, files: dict, contents: dict) -> 
             found = _signatures_cached(hashlib.sha256(contents[role]).digest(), contents[role])
         except ValueError as exc:
             raise InvalidBundleError(f"{folder}: {name}: not a TFLite model ({exc}); re-run the TFLite export "
-                                     f"(export/tflite_export.py) or re-copy the bundle") from None
+                                     f"(keras-codec export) or re-copy the bundle") from None
         missing = [k for k in signatures if k not in found]
         if missing:
             raise InvalidBundleError(f"{folder}: {name}: lacks the signature(s) {', '.join(missing)} that "

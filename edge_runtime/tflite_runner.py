@@ -43,7 +43,7 @@ Inside the graph every requantization multiplier is a power of two 2^-k (k >= 3)
 accumulator is 2 mod 4 (weights multiples of 4, biases 2 mod 4), so no product lies on or next
 to a rounding tie: double-rounding fixed point (the reference kernels), single rounding
 (optimized kernels) and float requantization (XNNPACK) all give the same integers
-(export/tflite_export.py builds the graph that way and checks it against exact integer
+(export/int8.py builds the graph that way and checks it against exact integer
 arithmetic).
 
 Bundles with a learned lifting refinement (manifest ``refine``): its transform's decoder graph
@@ -100,7 +100,7 @@ def postfilter_spec(bundle) -> dict | None:
     missing = [k for k in ("transform", "diff_scale", "log_step_offset", "log_step_gain") if k not in spec]
     if missing:
         raise InvalidBundleError(f"{bundle.path}: manifest.json tflite.postfilter_int8 lacks {', '.join(missing)}; "
-                                 f"re-run the int8 export (export/tflite_export.py --quant int8)")
+                                 f"re-run the int8 export (keras-codec export --quant int8)")
     return spec
 
 
@@ -123,7 +123,7 @@ def tflite_paths(bundle) -> dict:
     if missing:
         raise MissingTFLiteError(
             f"{bundle.path}: the bundle has no {' or '.join(missing)}, which the edge runtime needs: run the TFLite "
-            f"export on a workstation (export/tflite_export.py) to add {' and '.join(missing)}")
+            f"export on a workstation (keras-codec export) to add {' and '.join(missing)}")
     return paths
 
 
@@ -221,7 +221,7 @@ class Int8PostFilter:
         self.path, self.spec = Path(path), dict(spec)
         if not self.path.is_file():
             raise MissingTFLiteError(f"{self.path}: no such TFLite model: run the int8 export on a workstation "
-                                     f"(export/tflite_export.py --quant int8) to add it to the bundle")
+                                     f"(keras-codec export --quant int8) to add it to the bundle")
         self.kernels, self.num_threads = kernels, int(num_threads)
         self._sig = None
 
@@ -300,7 +300,7 @@ class TFLiteTransforms:
             if not p.is_file():
                 raise MissingTFLiteError(
                     f"{p}: no such TFLite model: run the TFLite export on a workstation "
-                    f"(export/tflite_export.py) to add encoder.tflite and decoder.tflite to the bundle")
+                    f"(keras-codec export) to add encoder.tflite and decoder.tflite to the bundle")
         self.wavelet, self.kernels, self.num_threads = wavelet, kernels, int(num_threads)
         self.refine, self.mode = refine, mode
         self.postfilter = None
