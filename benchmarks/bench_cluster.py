@@ -1,4 +1,4 @@
-"""Throughput of folder batches: the local batch mode against the Dask path (issue 17), same folder.
+"""Throughput of folder batches: the local batch mode against the Dask path, same folder.
 
 Codes a folder of synthetic 12-bit DICOMs (--images of --size x --size, a smooth gradient, a disc
 and noise, like a CT slice) with the default bundle, four ways:

@@ -1,5 +1,5 @@
 """Colour images: our codec with and without the colour transform (edge_runtime.colour) against JPEG 2000 with
-its colour transform, JPEG-LS and JPEG XL, on RGB ultrasound frames (issue 14's target: BD-rate against
+its colour transform, JPEG-LS and JPEG XL, on RGB ultrasound frames (the target: BD-rate against
 JPEG 2000 <= -10 %).
 
 Images: pydicom-data's US1_UNCR.dcm (RGB, train split) and pydicom's examples_palette.dcm (PALETTE COLOR, test

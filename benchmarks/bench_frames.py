@@ -1,6 +1,6 @@
 """Frame groups: multi-frame images coded with prediction from the previous decoded frame (container version 2,
-codec.encode_image's default) against frame by frame (inter=False, version 1), issue 14's "≥ 15 % fewer bits
-than our frame-by-frame mode at equal PSNR" on the cine.
+codec.encode_image's default) against frame by frame (inter=False, version 1): the bits the groups save at equal PSNR
+on the cine.
 
 Images: pydicom-data's 120-frame 480x640 RGB cine color3d_jpeg_baseline.dcm (every frame), and the test split's
 volumes brain2_image.nrrd (MR, 23 slices of 256², 6.5 mm) and lung2_image.nrrd (CT, 61 slices of 512², 5 mm)

@@ -1,4 +1,4 @@
-"""Speed benchmark of issue 13: our codec (edge runtime) against OpenJPEG, HTJ2K, JPEG XL and CharLS.
+"""Speed benchmark: our codec (edge runtime) against OpenJPEG, HTJ2K, JPEG XL and CharLS.
 
 Every case codes the same images with every codec in the same run (baselines are never numbers
 copied from elsewhere), each measurement in a fresh process (keras_codec.evaluation.speed: timing rule,
@@ -25,7 +25,7 @@ on every CPU of this process (TFLite --threads in process, the CLI's own default
 may use (1 for a classical codec: one thread) and, in brackets, the CPU time the measurement used
 over its wall time. Peak RSS is in MiB (the largest single process; for batches and the cine also
 the sum over the process tree, sampled; a peak target is checked against the larger of the two).
-Each row also shows its time as a multiple of OpenJPEG's in the same case, and ours the issue's
+Each row also shows its time as a multiple of OpenJPEG's in the same case, and ours the speed target's
 target and whether it is met.
 
     .venv/bin/python benchmarks/bench_speed.py              # everything (the cine takes minutes)
@@ -68,7 +68,7 @@ OURS = "ours (edge)"
 NAMES = {"jpeg2000": "OpenJPEG", "htj2k": "HTJ2K (OpenJPH)", "jpegxl": "JPEG XL (libjxl e7)", "jpegls": "CharLS"}
 LOSSY = ("jpeg2000", "htj2k", "jpegxl")
 MB = 1e6
-# issue 13, "Targets": (case, op, our mode kind) -> time limit in ms per image / slice / cine
+# the speed targets: (case, op, our mode kind) -> time limit in ms per image / slice / cine
 TIME_TARGETS = {("ct", "encode", "lossy"): 80, ("ct", "decode", "lossy"): 40, ("process", "decode", "lossy"): 300,
                 ("folder", "encode", "lossy"): 60, ("folder", "decode", "lossy"): 30,
                 ("cine", "encode", "lossy"): 20000, ("cine", "decode", "lossy"): 10000,
@@ -531,7 +531,7 @@ class Bench:
         if min(runs.values()) < 5:
             lines.append("NOTE: fewer than 5 runs in some case: not DESIGN.md's median of >= 5 (a quick check)")
         if self.args.quality != 17:
-            lines.append(f"NOTE: the issue's targets are for quality 17; this run is at q{self.args.quality}")
+            lines.append(f"NOTE: the speed targets are for quality 17; this run is at q{self.args.quality}")
         if self.read_notes:
             lines.append("reading the source is part of every encode (data.readers.read_image, median of 3): "
                          + "; ".join(self.read_notes.values()))
@@ -676,7 +676,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", default=str(ROOT / "edge_runtime" / "models" / "default"),
                    help="model bundle with TFLite graphs (default: the shipped one)")
-    p.add_argument("--quality", type=int, default=17, help="our quality level (default 17, the issue's)")
+    p.add_argument("--quality", type=int, default=17, help="our quality level (default 17, the speed targets')")
     p.add_argument("--runs", type=int, default=5, help="timed runs after one warm-up, every case (default 5)")
     p.add_argument("--case-runs", type=_case_runs, action="append", default=[], metavar="CASE=N",
                    help="runs for one case (repeatable), e.g. cine=1 folder=5")

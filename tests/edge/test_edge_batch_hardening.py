@@ -1,4 +1,4 @@
-"""What a PACS operator expects of `edge-codec encode|decode DIR OUTDIR` and of the CLI (issue 15 items 7, 9, 10):
+"""What a PACS operator expects of `edge-codec encode|decode DIR OUTDIR` and of the CLI:
 SIGTERM stops the workers, links do not lead out of the trees, outputs follow the umask, stale temporary files
 go, a read-only or busy OUTDIR is found before any work, an empty DIR is an error, messages name the input and
 never quote a file's content, and a closed pipe ends quietly."""

@@ -1,4 +1,4 @@
-"""Bundles (issue 15 item 8): the model id covers every byte coding depends on, the legacy id is an
+"""Bundles: the model id covers every byte coding depends on, the legacy id is an
 alias only where it names one bundle, and a bundle is validated when it is loaded."""
 from __future__ import annotations
 

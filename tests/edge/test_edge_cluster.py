@@ -1,4 +1,4 @@
-"""`edge-codec encode|decode DIR OUTDIR --scheduler ...` (issue 17): the batch on a Dask cluster gives the local
+"""`edge-codec encode|decode DIR OUTDIR --scheduler ...`: the batch on a Dask cluster gives the local
 batch's outputs byte for byte, resumes, reports a bad file, survives a killed worker and, with no scheduler to
 reach, writes nothing. LocalClusters of worker processes on 127.0.0.1 only."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What a decoded DICOM says about itself (issue 15): derivation, lossy history, pixel range, UIDs, identity.
+"""What a decoded DICOM says about itself: derivation, lossy history, pixel range, UIDs, identity.
 
 tests/test_dicom_conformance.py runs dciodvfy over real inputs; these are the exact checks, without it.
 """

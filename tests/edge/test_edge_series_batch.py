@@ -1,4 +1,4 @@
-"""Series in batch mode (edge_runtime.batch, issue 17 item 4): with --series each subfolder of DIR is one task and
+"""Series in batch mode (edge_runtime.batch): with --series each subfolder of DIR is one task and
 one stream; a series stream decodes to a folder of slices; resuming knows a complete series folder; on a Dask
 cluster a series is one task too, with the local batch's outputs byte for byte."""
 from __future__ import annotations
