@@ -25,7 +25,7 @@ on every CPU of this process (TFLite --threads in process, the CLI's own default
 may use (1 for a classical codec: one thread) and, in brackets, the CPU time the measurement used
 over its wall time. Peak RSS is in MiB (the largest single process; for batches and the cine also
 the sum over the process tree, sampled; a peak target is checked against the larger of the two).
-Each row also shows its time as a multiple of OpenJPEG's in the same case, and ours the speed target's
+Each row also shows its time as a multiple of OpenJPEG's in the same case, and ours the speed
 target and whether it is met.
 
     .venv/bin/python benchmarks/bench_speed.py              # everything (the cine takes minutes)
