@@ -323,7 +323,9 @@ import json, os, shutil, sys, threading, time
 spec = json.loads(sys.argv[1])
 if spec.get("cpus"):
     os.sched_setaffinity(0, spec["cpus"])
-env = dict(os.environ, **spec.get("env", {}))
+# as an installed package runs: Python caches the modules' bytecode (the warm-up run writes it)
+env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+env.update(spec.get("env", {}))
 
 def tree_rss_kib(pid):
     total, todo = 0, [pid]
@@ -389,7 +391,8 @@ def run_process(cmd, *, runs: int, log, warmup: bool = True, clean=(), cpus=None
     run (counted, and said so in ``note``). ``log``: the command's stdout/stderr go to log.out /
     log.err. Returns times (s), cpu_s, peak_rss_mib (largest single process, max over runs),
     tree_mib (sampled sum over the process tree, max over runs; 0 without ``sample``), runs, note.
-    RuntimeError with the tail of stderr when the command fails.
+    RuntimeError with the tail of stderr when the command fails. The command runs with Python's bytecode
+    cache on (PYTHONDONTWRITEBYTECODE removed from its environment), as on an installed system.
     """
     cmd = [str(c) for c in cmd]
     spec = {"cmd": cmd, "runs": int(runs), "warmup": bool(warmup), "clean": [str(c) for c in clean],
