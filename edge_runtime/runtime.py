@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from data.image import InvalidImageError
-from data.readers import read_image
 from data.writers import DEFAULT_LOSSY_METHOD, note_source_compression, write_dicom, write_png, write_tiff
 from edge_runtime import DEFAULT_QUALITY
 from edge_runtime import bitstream as bs
 from edge_runtime import colour, padding, series
 from edge_runtime.bundle import Bundle, default_bundle_path, load_bundle
 from edge_runtime.codec import QUALITY_LEVELS, PlaneCoder, decode_frames, decode_image, encode_image
+from edge_runtime.frames import read_for_encode
 from edge_runtime.threads import keep_freed_memory
 from edge_runtime.tflite_runner import transforms_for_bundle
 
@@ -137,7 +137,7 @@ def encode_file(in_path, out_path, quality: int | None = None, bundle=None, forc
     if not in_path.exists():
         raise FileNotFoundError(f"{in_path}: no such file")
     _check_output(in_path, out_path, force)
-    image = read_image(in_path)
+    image = read_for_encode(in_path)  # a multi-frame DICOM's frames decoded group by group (edge_runtime.frames)
     indices = colour.palette_indices(image, lossless=max_error == 0)
     if indices is not None:  # PALETTE COLOR kept: its indices, losslessly (edge_runtime.colour says when)
         image, quality, max_error, target_psnr, target_bpp = indices, None, 0, None, None

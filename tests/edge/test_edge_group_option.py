@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from data.image import Image
+from data.readers import read_image
 from data.writers import write_dicom
 from edge_runtime import bitstream as bs
 from edge_runtime import runtime
@@ -41,7 +42,7 @@ def test_the_group_length_asked_for_is_the_streams(cine, tmp_path, bundle_path, 
 def test_group_one_is_the_frame_by_frame_stream(cine, tmp_path, bundle_path):
     a, b = tmp_path / "a.kcd", tmp_path / "b.kcd"
     runtime.encode_file(cine, a, quality=14, bundle=bundle_path, group=1)
-    image = runtime.read_image(cine)
+    image = read_image(cine)
     bundle, coder = runtime.load_codec(bundle_path)
     plain = runtime.encode_image(image, coder=coder, model_id=bundle.model_id, quality=14,
                                  metadata=runtime.dicom_metadata(image.dataset), inter=False,
