@@ -9,6 +9,7 @@ from pydicom.data import get_testdata_file
 from data.readers import read_image
 from edge_runtime import frames, runtime
 from edge_runtime.codec import encode_image
+from test_edge_group_option import cine  # noqa: F401 (a fixture)
 from test_edge_series import bounded_bundle  # noqa: F401 (a fixture)
 
 MULTI = ["emri_small.dcm", "examples_ybr_color.dcm", "SC_rgb_rle_2frame.dcm", "eCT_Supplemental.dcm"]
@@ -48,8 +49,8 @@ class _Watched(frames.FrameStack):
 
 @pytest.mark.parametrize("mode", [{"quality": 10}, {"quality": None, "max_error": 2}])
 def test_a_multi_frame_encode_holds_one_group_and_writes_the_same_stream(tmp_path, bounded_bundle, monkeypatch,
-                                                                        mode):
-    path = get_testdata_file("examples_ybr_color.dcm")
+                                                                        mode, cine):
+    path = cine  # 6 frames: groups of 4 and 2
     monkeypatch.setattr(frames, "FrameStack", _Watched)
     _Watched.asked = []
     out = tmp_path / "a.kcd"
