@@ -16,42 +16,31 @@ import numpy as np
 from data.image import Image, InvalidImageError
 from data.readers import MAX_IMAGE_BYTES, image_from_dataset, read_image
 
-__all__ = ["FrameStack", "read_for_encode"]
+__all__ = ["FrameStack", "LazyFrames", "read_for_encode"]
 
 
-class FrameStack:
-    """The frames (frames, rows, cols, samples) of a DICOM data set, decoded when indexed.
+class LazyFrames:
+    """Frames (frames, rows, cols, samples) produced one at a time by :meth:`frame`, as an array-like.
 
-    Indexing the first axis (an int or a slice, optionally followed by more indices) decodes those
-    frames and returns a numpy array; ``np.asarray`` decodes them all.
+    Indexing the first axis (an int or a slice, optionally followed by more indices) produces those
+    frames and returns a numpy array; ``np.asarray`` produces them all. Subclasses set ``shape`` and
+    ``dtype`` (through :meth:`_set_shape`) and define :meth:`frame`.
     """
 
     ndim = 4
 
-    def __init__(self, dataset, source: Path, frames: int, first: Image):
-        self.dataset, self.source = dataset, source
-        self.dtype = first.pixels.dtype
-        self.shape = (int(frames),) + first.pixels.shape[1:]
+    def _set_shape(self, frames: int, template: np.ndarray) -> None:
+        self.dtype = template.dtype
+        self.shape = (int(frames),) + template.shape[1:]
         self.size = int(np.prod(self.shape))
         self.nbytes = self.size * self.dtype.itemsize
-        self._first = first.pixels[0]
-        self._last = (None, None)  # the last frame decoded: planes of one frame are asked for in turn
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def frame(self, f: int) -> np.ndarray:
         """Frame f's stored values (rows, cols, samples)."""
-        if f == 0:
-            return self._first
-        if self._last[0] == f:
-            return self._last[1]
-        pixels = image_from_dataset(self.dataset, source=self.source, frame=f).pixels
-        if pixels.shape[1:] != self.shape[1:] or pixels.dtype != self.dtype:
-            raise InvalidImageError(self.source, f"frame {f} decodes to {pixels.shape[1:]} {pixels.dtype}, "
-                                                 f"frame 0 to {self.shape[1:]} {self.dtype}")
-        self._last = (f, pixels[0])
-        return pixels[0]
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.shape[0]
 
     def __getitem__(self, key):
         first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
@@ -70,6 +59,29 @@ class FrameStack:
     def __array__(self, dtype=None, copy=None):
         out = self[:]
         return out if dtype is None else out.astype(dtype)
+
+
+class FrameStack(LazyFrames):
+    """The frames of a DICOM data set, each decoded when asked for (the last one kept: the planes of a
+    frame are asked for in turn)."""
+
+    def __init__(self, dataset, source: Path, frames: int, first: Image):
+        self.dataset, self.source = dataset, source
+        self._set_shape(frames, first.pixels)
+        self._first = first.pixels[0]
+        self._last = (None, None)
+
+    def frame(self, f: int) -> np.ndarray:
+        if f == 0:
+            return self._first
+        if self._last[0] == f:
+            return self._last[1]
+        pixels = image_from_dataset(self.dataset, source=self.source, frame=f).pixels
+        if pixels.shape[1:] != self.shape[1:] or pixels.dtype != self.dtype:
+            raise InvalidImageError(self.source, f"frame {f} decodes to {pixels.shape[1:]} {pixels.dtype}, "
+                                                 f"frame 0 to {self.shape[1:]} {self.dtype}")
+        self._last = (f, pixels[0])
+        return pixels[0]
 
 
 def read_for_encode(path, *, max_bytes: int = MAX_IMAGE_BYTES) -> Image:

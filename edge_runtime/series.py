@@ -70,6 +70,7 @@ import numpy as np
 from data.image import Image, InvalidImageError
 from data.readers import IMAGE_SUFFIXES, MAX_IMAGE_BYTES, read_image
 from edge_runtime import padding
+from edge_runtime.frames import LazyFrames
 
 __all__ = ["MAGIC", "ORDERINGS", "LAYOUT_VERSION", "Series", "SeriesHeaders", "decode_series", "describe",
            "encode_series", "frame_groups", "is_series", "output_names", "pack_headers", "read_series",
@@ -235,27 +236,18 @@ def _order(datasets: list, paths: list) -> tuple[list, int]:
     return list(range(n)), ORDER_NAME
 
 
-class SliceStack:
-    """A series' volume (slices, rows, cols, samples) read from its files as frames are asked for.
+class SliceStack(LazyFrames):
+    """A series' volume (slices, rows, cols, samples), each slice read from its file when asked for.
 
-    Indexing the first axis (an int or a slice, optionally followed by more indices) reads those slices
-    and returns a numpy array; ``np.asarray`` reads them all. Each slice is checked against the first
-    as it is read (a file changed since :func:`read_series` checked it is refused the same way), so an
-    encoder taking a group of frames at a time holds a group, not the series.
+    Each slice is checked against the first as it is read (a file changed since :func:`read_series`
+    checked it is refused the same way), so an encoder taking a group of frames at a time holds a
+    group, not the series.
     """
-
-    ndim = 4
 
     def __init__(self, folder: Path, paths: list, template, max_bytes: int):
         self.folder, self.paths, self.max_bytes = folder, paths, max_bytes
-        self.dtype = template.pixels.dtype
-        self.shape = (len(paths),) + template.pixels.shape[1:]
+        self._set_shape(len(paths), template.pixels)
         self._key = (template.bits_stored, template.signed, template.photometric)
-        self.size = int(np.prod(self.shape))
-        self.nbytes = self.size * self.dtype.itemsize
-
-    def __len__(self) -> int:
-        return self.shape[0]
 
     def read_slice(self, k: int) -> Image:
         """Slice k as read from its file (one frame), checked against the first slice."""
@@ -271,27 +263,9 @@ class SliceStack:
                                                  f"{self._key[2]}, {self._key[0]} bits)")
         return image
 
-    def slice_pixels(self, k: int) -> np.ndarray:
+    def frame(self, k: int) -> np.ndarray:
         """Slice k's stored values (rows, cols, samples)."""
         return self.read_slice(k).pixels[0]
-
-    def __getitem__(self, key):
-        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
-        if isinstance(first, slice):
-            picked = range(*first.indices(len(self)))
-            out = np.empty((len(picked),) + self.shape[1:], self.dtype)
-            for i, k in enumerate(picked):
-                out[i] = self.slice_pixels(k)
-        else:
-            k = int(first)
-            if not -len(self) <= k < len(self):
-                raise IndexError(f"slice {k} of a series of {len(self)}")
-            out = self.slice_pixels(k % len(self))
-        return out[(slice(None),) + rest] if rest and isinstance(first, slice) else out[rest] if rest else out
-
-    def __array__(self, dtype=None, copy=None):
-        out = self[:]
-        return out if dtype is None else out.astype(dtype)
 
 
 def read_series(folder, *, max_bytes: int = MAX_IMAGE_BYTES) -> Series:
