@@ -497,13 +497,10 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
         group = 1 if not inter else DEFAULT_GROUP if group is None else int(group)  # a series without inter: intra
         return _encode_groups(image, coder, options, metadata, model_id, plane_map, colour, series, group, stats,
                               padding)
-    fields = {}  # header fields of the padding map, when there is one
-    if padding is not None:
-        mask = pad.mask_of(image.pixels, padding)
-        if mask.any():
-            fields = {"padding": (int(padding[0]), int(padding[1])),
-                      "padding_map": pad.pack(image.pixels, mask, padding)}
-            image = dataclasses.replace(image, pixels=pad.fill(image.pixels, mask))
+    writer = pad.MapWriter(padding) if padding is not None else None
+    if writer is not None:
+        image = dataclasses.replace(image, pixels=_fill_padding(np.asarray(image.pixels), writer))
+    fields = _padding_fields(writer)
     if plane_map is None or stats is not None:
         plane_map = lambda fn, items, opts, keyword: (fn(coder=coder, **({"stats": stats} if fn is encode_plane else {}),
                                                          **item, **opts) for item in items)
@@ -552,12 +549,7 @@ def _encode_groups(image: Image, coder: PlaneCoder, options: dict, metadata, mod
 
     def group_frames(g):
         frames = np.asarray(image.pixels[g:g + group])
-        if writer is not None:
-            mask = pad.mask_of(frames, padding)
-            writer.add(frames, mask)
-            if mask.any():
-                frames = pad.fill(frames, mask)
-        return frames
+        return _fill_padding(frames, writer) if writer is not None else frames
 
     items = ({"frames": group_frames(g)} for g in range(0, image.frames, group))
     if plane_map is None or stats is not None:
@@ -570,10 +562,22 @@ def _encode_groups(image: Image, coder: PlaneCoder, options: dict, metadata, mod
         modes += r["modes"]
         norm += r["norm"]
         streams += r["streams"]
-    payload = writer.payload() if writer is not None else None
-    fields = {"padding": (int(padding[0]), int(padding[1])), "padding_map": payload} if payload else {}
     return _pack_image(image, coder, options, norm, streams, metadata, model_id=model_id, colour=transform,
-                       frame_kinds=kinds, group=group, frame_modes=modes, series=bool(series), **fields)
+                       frame_kinds=kinds, group=group, frame_modes=modes, series=bool(series),
+                       **_padding_fields(writer))
+
+
+def _fill_padding(frames: np.ndarray, writer: pad.MapWriter) -> np.ndarray:
+    """`frames` as coded: their padding pixels (added to the map `writer` builds) filled in smoothly."""
+    mask = pad.mask_of(frames, (writer.lo, writer.hi))
+    writer.add(frames, mask)
+    return pad.fill(frames, mask) if mask.any() else frames
+
+
+def _padding_fields(writer) -> dict:
+    """The header fields of the padding map `writer` built (none without a writer or a padding pixel)."""
+    payload = writer.payload() if writer is not None else None
+    return {"padding": writer.padding, "padding_map": payload} if payload else {}
 
 
 COLOUR_GROUP = 8

@@ -23,7 +23,7 @@ class LazyFrames:
     """Frames (frames, rows, cols, samples) produced one at a time by :meth:`frame`, as an array-like.
 
     Indexing the first axis (an int or a slice, optionally followed by more indices) produces those
-    frames and returns a numpy array; ``np.asarray`` produces them all. Subclasses set ``shape`` and
+    frames and returns a numpy array; any other index (``[..., 0]``) and ``np.asarray`` produce them all. Subclasses set ``shape`` and
     ``dtype`` (through :meth:`_set_shape`) and define :meth:`frame`.
     """
 
@@ -44,6 +44,8 @@ class LazyFrames:
 
     def __getitem__(self, key):
         first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        if not isinstance(first, (slice, int, np.integer)):  # an Ellipsis, an index array...: from every frame
+            return self[:][key]
         if isinstance(first, slice):
             picked = range(*first.indices(len(self)))
             out = np.empty((len(picked),) + self.shape[1:], self.dtype)

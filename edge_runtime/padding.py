@@ -91,7 +91,8 @@ class MapWriter:
     """
 
     def __init__(self, padding):
-        self.lo, self.hi = min(padding), max(padding)
+        self.padding = (int(padding[0]), int(padding[1]))  # (value, range limit), as the header carries it
+        self.lo, self.hi = min(self.padding), max(self.padding)
         self._deflate = zlib.compressobj(9)
         self._out = []
         self._carry = np.zeros(0, bool)
@@ -162,6 +163,30 @@ class _Inflater:
                 and self._pos >= len(self._payload))
 
 
+class _MaskBits:
+    """The mask part of a map, frame after frame (fewer than 8 bits carried between reads)."""
+
+    def __init__(self, payload: bytes, rows: int, cols: int):
+        self.reader, self._carry = _Inflater(payload), np.zeros(0, bool)
+        self.per = rows * cols
+        self.batch = max(1, (8 * _CHUNK) // max(self.per, 1))  # frames read at a time when skipping or counting
+        self.at = 0  # frames read so far
+
+    def frames(self, n: int) -> np.ndarray:
+        """The next `n` frames' mask bits, (n, rows * cols); ValueError when the map holds fewer."""
+        need = n * self.per
+        data = self.reader.read(-(-(need - len(self._carry)) // 8))
+        bits = np.concatenate([self._carry, np.unpackbits(np.frombuffer(data, np.uint8)).astype(bool)])
+        if len(bits) < need:
+            raise ValueError("the padding map holds too few mask bytes for its frames")
+        self._carry, self.at = bits[need:], self.at + n
+        return bits[:need].reshape(n, self.per)
+
+    def skip_to(self, f: int) -> None:
+        while self.at < f:
+            self.frames(min(self.batch, f - self.at))
+
+
 class PaddingMap:
     """A stream's map, read frame range by frame range (in order, as groups decode: memory bounded by a
     group; going back re-reads from the start). `counts[f]` is frame f's number of padding pixels."""
@@ -176,25 +201,12 @@ class PaddingMap:
 
     def frame_mask(self, first: int, n: int) -> np.ndarray:
         """Padding pixels of frames [first, first + n) as a (n, rows, cols) bool array."""
-        per = self.rows * self.cols
         if n <= 0:
             return np.zeros((0, self.rows, self.cols), bool)
-        if self._mask_reader is None or self._mask_reader[1] > first:
-            self._mask_reader = [_Inflater(self._payload), 0, np.zeros(0, bool)]
-        reader, at, carry = self._mask_reader
-        out = None
-        while at < first + n:
-            step = (first + n - at) if at >= first else (first - at)
-            need = step * per
-            new = np.unpackbits(np.frombuffer(reader.read(-(-(need - len(carry)) // 8)), np.uint8))
-            bits = np.concatenate([carry, new.astype(bool)])
-            if len(bits) < need:
-                raise ValueError(f"the padding map holds too few mask bytes for {self.frames} frames")
-            if at >= first:
-                out = bits[:need]
-            carry, at = bits[need:], at + step
-        self._mask_reader[1:] = [at, carry]
-        return out.reshape(n, self.rows, self.cols)
+        if self._mask_reader is None or self._mask_reader.at > first:
+            self._mask_reader = _MaskBits(self._payload, self.rows, self.cols)
+        self._mask_reader.skip_to(first)
+        return self._mask_reader.frames(n).reshape(n, self.rows, self.cols)
 
     def frame_values(self, first: int, n: int) -> np.ndarray:
         """Original values (int64) of frames [first, first + n)'s padding pixels, in mask order."""
@@ -230,17 +242,10 @@ def unpack(payload: bytes, padding, frames: int, rows: int, cols: int) -> Paddin
     """The map of a stream, checked whole in one pass of bounded memory (ValueError when the payload is not
     one for this geometry)."""
     lo, hi = min(padding), max(padding)
-    per = rows * cols
-    batch = max(1, (8 * _CHUNK) // max(per, 1))  # frames whose mask bits are counted at a time
-    reader, carry, counts = _Inflater(payload), np.zeros(0, bool), []
-    for f in range(0, frames, batch):
-        n = min(batch, frames - f)
-        data = reader.read(-(-(n * per - len(carry)) // 8))
-        bits = np.concatenate([carry, np.unpackbits(np.frombuffer(data, np.uint8)).astype(bool)])
-        if len(bits) < n * per:
-            raise ValueError(f"the padding map holds too few mask bytes: the geometry needs {-(-frames * per // 8)}")
-        counts.append(bits[:n * per].reshape(n, per).sum(axis=1))
-        carry = bits[n * per:]
+    bits, counts = _MaskBits(payload, rows, cols), []
+    while bits.at < frames:
+        counts.append(bits.frames(min(bits.batch, frames - bits.at)).sum(axis=1))
+    reader = bits.reader  # the values follow the mask bits
     counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
     left = int(counts.sum())
     while left:

@@ -239,18 +239,19 @@ def compare_stream(image, data: bytes, coder, plane_map=None, model_ids=None) ->
         sse += int(np.einsum("i,i->", diff.ravel(), diff.ravel()))
         lo = int(orig.min()) if lo is None else min(lo, int(orig.min()))
         hi = int(orig.max()) if hi is None else max(hi, int(orig.max()))
-    if sse == 0:
-        return err, float("inf")
-    r = max(float(hi - lo), 1.0)
-    return err, float(10.0 * np.log10(r * r / (sse / image.pixels.size)))
+    return err, _range_psnr(sse / image.pixels.size, hi - lo)
 
 
 def psnr(original: np.ndarray, decoded: np.ndarray) -> float:
     """PSNR over the original's dynamic range (DESIGN.md's protocol), inf when exact."""
     a, b = original.astype(np.float64), decoded.astype(np.float64)
-    mse = float(np.mean((a - b) ** 2))
-    r = max(float(a.max() - a.min()), 1.0)
-    return float("inf") if mse == 0 else 10.0 * np.log10(r * r / mse)
+    return _range_psnr(float(np.mean((a - b) ** 2)), float(a.max() - a.min()))
+
+
+def _range_psnr(mse: float, dynamic_range: float) -> float:
+    """10 log10(R² / MSE) with R the original's dynamic range (at least 1), inf when exact."""
+    r = max(float(dynamic_range), 1.0)
+    return float("inf") if mse == 0 else float(10.0 * np.log10(r * r / mse))
 
 
 BOUND_STEPS = (0, 1, 2, 4, 8, 16, 32, 64)

@@ -62,3 +62,31 @@ def test_a_multi_frame_encode_holds_one_group_and_writes_the_same_stream(tmp_pat
     again = encode_image(whole, coder=coder, model_id=bundle.model_id, metadata=runtime.dicom_metadata(whole.dataset),
                          group=4, tile=int(bundle.manifest.get("tile", 2048)), **mode)
     assert out.read_bytes() == again
+
+
+def test_any_other_index_reads_every_frame():
+    path = get_testdata_file("emri_small.dcm")
+    whole, lazy = read_image(path), frames.read_for_encode(path)
+    assert np.array_equal(lazy.pixels[..., 0], whole.pixels[..., 0])
+    assert np.array_equal(lazy.pixels[[0, 3]], whole.pixels[[0, 3]])
+
+
+def test_frame_by_frame_coding_of_a_padded_multi_frame_file(tmp_path, bundle_path, cine):
+    """--group 1 (every frame on its own) with Pixel Padding Value on a file read frame by frame."""
+    import pydicom
+
+    ds = pydicom.dcmread(cine)
+    px = ds.pixel_array.copy()
+    px[:, :4] = 0
+    ds.PixelData = px.tobytes()
+    ds.add_new(0x00280120, "US", 0)
+    src = tmp_path / "padded.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    out = tmp_path / "p.kcd"
+    runtime.encode_file(src, out, quality=10, bundle=bundle_path, jobs=1, group=1)
+    whole = read_image(src)
+    bundle, coder = runtime.load_codec(bundle_path)
+    again = encode_image(whole, coder=coder, model_id=bundle.model_id, quality=10, inter=False,
+                         metadata=runtime.dicom_metadata(whole.dataset), padding=runtime.pixel_padding(whole),
+                         tile=int(bundle.manifest.get("tile", 2048)))
+    assert out.read_bytes() == again
