@@ -219,10 +219,13 @@ class ContextWeights:
 
     def _group_index_float(self, features, lv, orientation, phase, num_scales):
         weights, bias, out = (a[lv, orientation, phase] for a in self._float)
-        y = features.astype(np.float64) @ weights  # column 0: linear part / 2**SHIFT; then the hidden units'
-        y += bias
-        h = np.maximum(np.floor(y[:, 1:]), 0.0)
-        lin = y[:, 0] + h @ out
+        # transposed, (1 + H, n): row 0 the linear part / 2**SHIFT, then the hidden units', each row contiguous
+        y = weights.T @ np.asarray(features, np.float64).T
+        y += bias[:, None]
+        h = np.floor(y[1:], out=y[1:])
+        np.maximum(h, 0.0, out=h)
+        lin = y[0]
+        lin += out @ h
         lin += 0.5  # (acc + 2**(SHIFT-1)) >> SHIFT, with acc already scaled by 2**-SHIFT
         return np.clip(np.floor(lin, out=lin), 0, num_scales - 1).astype(np.int64)
 
@@ -263,43 +266,69 @@ def phase_positions(shape: tuple) -> tuple:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=64)
+def _neighbour_positions(shape: tuple) -> tuple:
+    """Per phase, the flat positions in the padded band of the already decoded neighbours (`spatial_features`)."""
+    stride = shape[1] + 2
+    out = [()]
+    for phase, offs in ((1, DIAG), (2, DIRECT)):
+        padded = phase_positions(shape)[phase][1]
+        out.append(tuple(padded + (dr * stride + dc) for dr, dc in offs))
+    return tuple(out)
+
+
 class DetailBandContext:
     """The features of one detail subband, pass by pass, as `detail_features` defines them.
 
     What does not change between a band's three passes (parent and sibling codes) is computed
     once, and only the positions of a pass are gathered: the same integers, far fewer operations.
-    `codes` holds g(|v|) of the band's decoded positions (0 elsewhere); when the band is complete
-    it serves as the parent or sibling codes of the bands after it.
+    The codes g(|v|) of the band's decoded positions (0 elsewhere) are kept padded by one mirrored
+    sample, as `_pad1` pads them, so a pass's neighbours are plain gathers; `codes` is the band
+    itself, which, when the band is complete, serves as the parent or sibling codes of the bands
+    after it. Feature matrices are column-major (each feature contiguous).
     """
 
     def __init__(self, shape, parent_codes: np.ndarray | None, sibling_codes: list):
-        self.shape = tuple(shape)
+        self.shape = tuple(int(n) for n in shape)
         par, par_nb = parent_features(parent_codes, self.shape)
         sib = list(sibling_codes) + [None] * (2 - len(sibling_codes))
         zero = np.zeros(self.shape, np.int64)
-        self.static = np.stack([a.ravel() for a in (par, par_nb, sib[0] if sib[0] is not None else zero,
-                                                      sib[1] if sib[1] is not None else zero)], axis=1)
-        self.codes = np.zeros(self.shape, np.int64)
+        self.static = np.stack([np.ravel(a) for a in (par, par_nb, sib[0] if sib[0] is not None else zero,
+                                                      sib[1] if sib[1] is not None else zero)])  # (4, pixels)
+        rows, cols = self.shape
+        self._padded = np.zeros((rows + 2, cols + 2), np.int64)
+        self._reflect = rows >= 2 and cols >= 2  # else edge-repeated, as _pad1
         self.positions = phase_positions(self.shape)
+        self._neighbours = _neighbour_positions(self.shape)
+
+    @property
+    def codes(self) -> np.ndarray:
+        return self._padded[1:-1, 1:-1]
 
     def features(self, phase: int) -> np.ndarray:
-        flat, padded_flat = self.positions[phase]
-        f = np.empty((len(flat), NUM_FEATURES), np.int64)
+        flat = self.positions[phase][0]
+        f = np.empty((len(flat), NUM_FEATURES), np.int64, order="F")
         f[:, 0] = 1
-        f[:, 1:5] = self.static[flat]
+        f[:, 1:5] = np.take(self.static, flat, axis=1).T
         if phase == 0:
             f[:, 5:] = 0
         else:
-            p = _pad1(self.codes).ravel()
-            stride = self.shape[1] + 2
-            nb = [p[padded_flat + (dr * stride + dc)] for dr, dc in (DIAG if phase == 1 else DIRECT)]
-            f[:, 5] = nb[0] + nb[1] + nb[2] + nb[3]
-            f[:, 6] = np.maximum(np.maximum(nb[0], nb[1]), np.maximum(nb[2], nb[3]))
+            p = self._padded.ravel()
+            nb = [np.take(p, at) for at in self._neighbours[phase]]
+            np.add(nb[0], nb[1], out=f[:, 5])
+            f[:, 5] += nb[2]
+            f[:, 5] += nb[3]
+            np.maximum(nb[0], nb[1], out=f[:, 6])
+            np.maximum(f[:, 6], np.maximum(nb[2], nb[3]), out=f[:, 6])
         return f
 
     def set(self, phase: int, values: np.ndarray) -> None:
         """Record the decoded values of a pass."""
-        self.codes.ravel()[self.positions[phase][0]] = mag_code(values)
+        p = self._padded
+        p.ravel()[self.positions[phase][1]] = mag_code(values)
+        top, bottom = (2, -3) if self._reflect else (1, -2)  # the border again, mirrored as _pad1 mirrors
+        p[0, 1:-1], p[-1, 1:-1] = p[top, 1:-1], p[bottom, 1:-1]
+        p[:, 0], p[:, -1] = p[:, top], p[:, bottom]
 
 
 def ll_prediction(q: np.ndarray, phase: int, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

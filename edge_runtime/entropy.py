@@ -86,7 +86,8 @@ class EntropyTables:
         k = np.broadcast_to(indices, symbols.shape)
         t = self.tails[k]
         esc = np.abs(symbols) > t
-        out = self._bits_matrix()[k, np.where(esc, 2 * t + 1, symbols + t)]
+        bits = self._bits_matrix()
+        out = np.take(bits, k * bits.shape[1] + np.where(esc, 2 * t + 1, symbols + t))  # bits[k, position]
         if esc.any():  # sign bit + Exp-Golomb payload
             out[esc] += 1 + _escape_bits(np.abs(symbols[esc]) - t[esc] - 1)
         return out
@@ -110,14 +111,29 @@ def group_spans(indices: np.ndarray) -> tuple[np.ndarray, list]:
     Groups go by table, ascending, each group's symbols in their order (one stable sort): the
     order the format defines.
     """
-    small = indices.size and 0 <= int(indices.min()) and int(indices.max()) < 1 << 16
-    keys = indices.astype(np.uint8 if small and int(indices.max()) < 256 else np.uint16) if small else indices
-    order = np.argsort(keys, kind="stable")  # a radix sort for 8- and 16-bit keys
+    n = int(indices.size)
+    if n and 0 <= int(indices.min()) and int(indices.max()) < 1 << 16:
+        # 8- or 16-bit keys: a radix sort; the runs from the count of each table
+        keys = indices.astype(np.uint8 if int(indices.max()) < 256 else np.uint16)
+        order = np.argsort(keys, kind="stable")
+        counts = np.bincount(keys)
+        ends = np.cumsum(counts)
+        used = np.flatnonzero(counts)
+        return order, list(zip(used.tolist(), (ends[used] - counts[used]).tolist(), ends[used].tolist()))
+    order = np.argsort(indices, kind="stable")
     sorted_idx = indices[order]
     cut = np.flatnonzero(sorted_idx[1:] != sorted_idx[:-1]) + 1
     starts = [0] + cut.tolist()
-    ends = cut.tolist() + [int(indices.size)]
+    ends = cut.tolist() + [n]
     return order, [(int(sorted_idx[a]), a, b) for a, b in zip(starts, ends)]
+
+
+def _run_values(values: np.ndarray, spans: list) -> np.ndarray:
+    """values[k] for every symbol of the runs [(k, start, end), ...], in coding order."""
+    if not spans:
+        return np.zeros(0, values.dtype)
+    ks, starts, ends = (np.array(c) for c in zip(*spans))
+    return np.repeat(values[ks], ends - starts)
 
 
 def _escape_bits(excess: np.ndarray) -> np.ndarray:
@@ -201,7 +217,7 @@ class Encoder:
             return
         order, spans = group_spans(indices)
         s, k = symbols[order], indices[order]  # coding order: tables ascending, stream order within
-        t = self.tables.tails[k]
+        t = _run_values(self.tables.tails, spans)
         esc = np.abs(s) > t
         pos = np.where(esc, 2 * t + 1, s + t).astype(np.int32)
         for kk, a, b in spans:
@@ -258,7 +274,7 @@ class Decoder:
         pos = np.empty(indices.size, np.int64)
         for kk, a, b in spans:
             pos[a:b] = self._dec.decode(self.tables.model(kk), b - a)
-        t = self.tables.tails[indices[order]]
+        t = _run_values(self.tables.tails, spans)
         vals = pos - t
         esc = pos == 2 * t + 1
         if esc.any():  # escapes follow the groups, in the same order

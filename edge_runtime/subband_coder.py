@@ -48,10 +48,11 @@ class CodingModel:
 
 
 def _walk(subbands, model: CodingModel, visit):
-    """Drive the coding order; `visit(key, indices, pred, mask, features)` codes one pass.
+    """Drive the coding order; `visit(key, indices, pred, at, features)` codes one pass.
 
-    `visit` returns the (decoded or given) values of the pass, so the same walk serves
-    the encoder (values known up front) and the decoder (values appear pass by pass).
+    `at` are the flat (row-major) positions of the pass in its band. `visit` returns the
+    (decoded or given) values of the pass, so the same walk serves the encoder (values known
+    up front) and the decoder (values appear pass by pass).
     """
     levels = len(subbands) - 1
     decoded = [np.zeros_like(subbands[0])] + [tuple(np.zeros_like(b) for b in subbands[i])
@@ -62,7 +63,7 @@ def _walk(subbands, model: CodingModel, visit):
         mask = ctx.phase_masks(ll.shape)[phase]
         pred, spread = ctx.ll_prediction(ll, phase, known)
         idx = ctx.ll_index(spread, phase, model.weights, model.num_scales)
-        ll[mask] = visit(("LL", phase), idx, pred, mask, None)
+        ll[mask] = visit(("LL", phase), idx, pred, ctx.phase_positions(ll.shape)[phase][0], None)
         known |= mask
     codes = {}  # (i, o) -> magnitude codes of a completed band
     for i in range(1, levels + 1):
@@ -74,9 +75,9 @@ def _walk(subbands, model: CodingModel, visit):
             for phase in range(3):
                 f = bc.features(phase)
                 idx = model.detail_index(f, level, o, phase)
-                mask = ctx.phase_masks(band.shape)[phase]
-                vals = visit((level, o, phase), idx, None, mask, f)
-                flat_band[bc.positions[phase][0]] = vals
+                at = bc.positions[phase][0]
+                vals = visit((level, o, phase), idx, None, at, f)
+                flat_band[at] = vals
                 bc.set(phase, vals)
             codes[(i, o)] = bc.codes
     return decoded
@@ -91,7 +92,12 @@ def _source_band(src, key):
 
 def zero_context(features: np.ndarray | None, n: int) -> np.ndarray:
     """Positions whose whole context (every feature but the constant) is zero; none in LL (features None)."""
-    return np.zeros(n, bool) if features is None else ~features[:, 1:].any(axis=1)
+    if features is None:
+        return np.zeros(n, bool)
+    any_set = features[:, 1].copy()
+    for j in range(2, features.shape[1]):  # column by column: several times faster than a reduce along rows
+        any_set |= features[:, j]
+    return any_set == 0
 
 
 def adjust_indices(idx, zero_ctx, o_all, o_zero, num_scales):
@@ -112,9 +118,10 @@ def choose_offsets(symbols, idx, zero_ctx, model: CodingModel) -> tuple[int, int
     mag = np.minimum(np.abs(symbols), _CAP - 1)
 
     def best(sel, base_shift, lo, hi):
-        if not sel.any():
+        if sel is not None and not sel.any():
             return 0
-        hist = np.bincount(idx[sel] * _CAP + mag[sel], minlength=k_count * _CAP).reshape(k_count, _CAP)
+        key = idx * _CAP + mag
+        hist = np.bincount(key if sel is None else key[sel], minlength=k_count * _CAP).reshape(k_count, _CAP)
         rows = np.nonzero(hist.any(1))[0]
         per_table = hist[rows].astype(np.float64) @ cost.T  # (n_rows, tables): a row's symbols under each table
         offs = np.arange(lo, hi + 1)
@@ -122,13 +129,14 @@ def choose_offsets(symbols, idx, zero_ctx, model: CodingModel) -> tuple[int, int
         bits = per_table[np.arange(len(rows))[None, :], tgt].sum(axis=1)
         return int(offs[np.argmin(bits)]) if bits.min() < bits[offs == 0][0] else 0
 
-    o_all = best(np.ones(len(idx), bool), 0, *OFFSET_ALL)
+    o_all = best(None, 0, *OFFSET_ALL)
     o_zero = best(zero_ctx, o_all, *OFFSET_ZERO)
     return o_all, o_zero
 
 
 def _prepare(subbands):
-    subbands = [np.array(subbands[0], np.int64)] + [tuple(np.array(b, np.int64) for b in s) for s in subbands[1:]]
+    subbands = [np.array(subbands[0], np.int64, order="C")] + [tuple(np.array(b, np.int64, order="C") for b in s)
+                                                               for s in subbands[1:]]
     mean = int(np.round(subbands[0].mean())) if subbands[0].size else 0
     return [subbands[0] - mean] + subbands[1:], mean
 
@@ -147,16 +155,16 @@ def encode_subbands(subbands, model: CodingModel, *, coeffs=None, lam: float = 0
     src, mean = _prepare(subbands)
     enc = Encoder(model.tables, track=stats is not None)
 
-    def visit(key, idx, pred, mask, f):
+    def visit(key, idx, pred, at, f):
         band = _source_band(src, key)
-        vals = band[mask]
+        vals = np.take(band, at)
         p = pred if pred is not None else 0
         zero_ctx = zero_context(f, len(idx))
         o_all, o_zero = choose_offsets(vals - p, idx, zero_ctx, model)
         idx = adjust_indices(idx, zero_ctx, o_all, o_zero, model.num_scales)
         if coeffs is not None and lam > 0 and key[0] != "LL":
-            vals = _rdo_pass(vals, _source_band(coeffs, key)[mask], idx, model.tables, lam, bias)
-            band[mask] = vals
+            vals = _rdo_pass(vals, np.take(_source_band(coeffs, key), at), idx, model.tables, lam, bias)
+            band.reshape(-1)[at] = vals
         enc.encode_uniform([o_all - OFFSET_ALL[0], o_zero - OFFSET_ZERO[0]], 64)
         enc.encode(vals - p, idx)
         return vals
@@ -170,15 +178,18 @@ def encode_subbands(subbands, model: CodingModel, *, coeffs=None, lam: float = 0
 
 
 def _rdo_pass(q: np.ndarray, x: np.ndarray, idx: np.ndarray, tables, lam: float, bias: float) -> np.ndarray:
-    nz = q != 0
-    if not nz.any():
+    nz = np.flatnonzero(q)  # only non-zero coefficients can be lowered
+    if not nz.size:
         return q
-    alt = q - np.sign(q)
+    qn, xn, kn = q[nz], x[nz], idx[nz]
+    alt = qn - np.sign(qn)
     deq = lambda v: np.sign(v) * (np.abs(v) + bias)
-    d0 = (x - deq(q)) ** 2
-    d1 = (x - deq(alt)) ** 2
-    better = nz & (d1 + lam * tables.symbol_bits(alt, idx) < d0 + lam * tables.symbol_bits(q, idx))
-    return np.where(better, alt, q)
+    d0 = (xn - deq(qn)) ** 2
+    d1 = (xn - deq(alt)) ** 2
+    better = d1 + lam * tables.symbol_bits(alt, kn) < d0 + lam * tables.symbol_bits(qn, kn)
+    out = q.copy()
+    out[nz[better]] = alt[better]
+    return out
 
 
 def decode_subbands(data: bytes, shapes, model: CodingModel):
@@ -189,7 +200,7 @@ def decode_subbands(data: bytes, shapes, model: CodingModel):
     template = [np.zeros(shapes[0], np.int64)] + [tuple(np.zeros(s, np.int64) for s in lv) for lv in shapes[1:]]
     dec = Decoder(model.tables, data[4:])
 
-    def visit(_key, idx, pred, _mask, f):
+    def visit(_key, idx, pred, _at, f):
         o = dec.decode_uniform(2, 64)
         idx = adjust_indices(idx, zero_context(f, len(idx)), int(o[0]) + OFFSET_ALL[0], int(o[1]) + OFFSET_ZERO[0],
                              model.num_scales)
@@ -209,8 +220,8 @@ def collect(subbands, model: CodingModel):
     src, _mean = _prepare(subbands)
     rows = []
 
-    def visit(key, idx, pred, mask, f):
-        vals = _source_band(src, key)[mask]
+    def visit(key, idx, pred, at, f):
+        vals = np.take(_source_band(src, key), at)
         rows.append((key, f, vals - (pred if pred is not None else 0), idx))
         return vals
 
