@@ -192,16 +192,27 @@ class PlaneCoder:
     def levels(self, rows: int, cols: int) -> int:
         return levels_for(rows, cols, int(self.p["levels"]))
 
-    def _encode_with(self, name: str, xp: np.ndarray, levels: int, step: float, stats=None):
+    def _encode_with(self, name: str, xp: np.ndarray, levels: int, step: float, stats=None, weigh: bool = True,
+                     analysed: dict | None = None):
+        """(tile stream, its squared error in base step² units (None unless `weigh`), the coded bands).
+
+        `analysed` (optional) keeps the transform's bands of `xp` per transform name, for encodes of the
+        same plane at other qualities (search_base_quality)."""
         scales = level_step_scales(self.p, levels)
-        scaled, q = quantize_bands(self.transforms[name].analysis(xp, levels), step, float(self.p["deadzone"]),
-                                   scales)
+        bands = None if analysed is None else analysed.get(name)
+        if bands is None:
+            bands = self.transforms[name].analysis(xp, levels)
+            if analysed is not None:
+                analysed[name] = bands
+        scaled, q = quantize_bands(bands, step, float(self.p["deadzone"]), scales)
         bias = float(self.p["recon_bias"])
         final = []
         # The RDO sees each band in its own step units, so its lambda is per band step²
         # (lambda · m² in units of the base step): the coder takes one lambda for all bands.
         data = encode_subbands(q, self.coding, coeffs=scaled, lam=float(self.p["rdo_lambda"]), bias=bias,
                                rdo_out=final, stats=stats)
+        if not weigh:
+            return data, None, final
         # Squared error in units of the base step², each band weighted by (its step / base step)²,
         # so that the transform choice in `encode` compares true D + lambda·R.
         w = [s * s for s in scales]
@@ -217,8 +228,10 @@ class PlaneCoder:
         frame's (encode_image)."""
         return self._encode(x, quality, stats, transform)[0]
 
-    def _encode(self, x: np.ndarray, quality: int, stats: dict | None, transform: str | None):
-        """(tile stream, transform, levels, the integer bands it codes: what its decoder will have)."""
+    def _encode(self, x: np.ndarray, quality: int, stats: dict | None, transform: str | None,
+                analysed: dict | None = None):
+        """(tile stream, transform, levels, the integer bands it codes: what its decoder will have);
+        `analysed` as `_encode_with`'s."""
         levels = self.levels(*x.shape)
         xp = pad_plane(x, levels)
         step = quantizer_step(quality)
@@ -233,8 +246,9 @@ class PlaneCoder:
         best = None
         for name in names:
             st = {} if stats is not None else None
-            data, sse, final = self._encode_with(name, xp, levels, step, st)
-            cost = sse + lam * 8 * len(data)
+            data, sse, final = self._encode_with(name, xp, levels, step, st, weigh=len(names) > 1,
+                                                 analysed=analysed)
+            cost = sse + lam * 8 * len(data) if sse is not None else 0.0
             if best is None or cost < best[0]:
                 best = (cost, bytes([self.names.index(name)]) + data, st, name, final)
         if stats is not None:
@@ -322,10 +336,11 @@ class PlaneCoder:
             stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + 72 + 8 * best[2] + best[1]["estimated_bits"]
         return best[0]
 
-    def exact_base(self, u: np.ndarray, top: int, quality: int, stats=None,
-                   transform: str | None = None) -> tuple[bytes, np.ndarray]:
-        """Base tile stream of integer tile u in [0, top] at `quality`, and the base as every decoder rebuilds it."""
-        base_stream, name, levels, q = self._encode(u / float(max(top, 1)), quality, stats, transform)
+    def exact_base(self, u: np.ndarray, top: int, quality: int, stats=None, transform: str | None = None,
+                   analysed: dict | None = None) -> tuple[bytes, np.ndarray]:
+        """Base tile stream of integer tile u in [0, top] at `quality`, and the base as every decoder rebuilds it
+        (`analysed`: see `_encode_with`)."""
+        base_stream, name, levels, q = self._encode(u / float(max(top, 1)), quality, stats, transform, analysed)
         # the encoder holds the integer bands its stream codes: no need to entropy-decode them again
         y = self._exact_synthesis(name, levels, self._dequantize(q, levels, quality)[0])
         return base_stream, res.reconstruct_base(y[:u.shape[0], :u.shape[1]], 0, top)
@@ -350,13 +365,14 @@ class PlaneCoder:
         r0, c0 = max(0, (u.shape[0] - SEARCH_SIDE) // 2), max(0, (u.shape[1] - SEARCH_SIDE) // 2)
         crop = u[r0:r0 + SEARCH_SIDE, c0:c0 + SEARCH_SIDE]
         sizes = {}
+        analysed = {}  # the crop's transform, computed once for every trial
 
         def trial(q):
             if not self.adaptive:
                 return sum(map(len, self._bounded_body(crop, top, d, q, None, transform)))
             # the adaptive residual's size as its encoder estimates it (no range coding in the trials), without
             # the lighter-tailed tables (twice the tables to weigh)
-            base_stream, base = self.exact_base(crop, top, q, None, transform)
+            base_stream, base = self.exact_base(crop, top, q, None, transform, analysed)
             bits = res.adaptive_plan(res.quantize(crop - base, d), base, d, self._residual_model())[0]
             return len(base_stream) + int(np.ceil(bits / 8))
 

@@ -216,14 +216,14 @@ class Encoder:
         if symbols.size == 0:
             return
         order, spans = group_spans(indices)
-        s, k = symbols[order], indices[order]  # coding order: tables ascending, stream order within
+        s = np.take(symbols, order)  # coding order: tables ascending, stream order within
         t = _run_values(self.tables.tails, spans)
         esc = np.abs(s) > t
         pos = np.where(esc, 2 * t + 1, s + t).astype(np.int32)
         for kk, a, b in spans:
             self._enc.encode(pos[a:b], self.tables.model(kk))
         if self.track:
-            self.estimated_bits += float(self.tables.symbol_bits(s, k).sum())
+            self.estimated_bits += float(self.tables.symbol_bits(s, np.take(indices, order)).sum())
         if esc.any():
             self._encode_escapes(s[esc], t[esc] + 1)
 

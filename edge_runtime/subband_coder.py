@@ -115,12 +115,11 @@ def choose_offsets(symbols, idx, zero_ctx, model: CodingModel) -> tuple[int, int
     """The two offsets that minimise the pass's estimated bits (histogram over table × |symbol|)."""
     k_count = model.num_scales
     cost = model.cost_matrix()
-    mag = np.minimum(np.abs(symbols), _CAP - 1)
+    key = idx * _CAP + np.minimum(np.abs(symbols), _CAP - 1)  # (table, |symbol|) of each position
 
     def best(sel, base_shift, lo, hi):
         if sel is not None and not sel.any():
             return 0
-        key = idx * _CAP + mag
         hist = np.bincount(key if sel is None else key[sel], minlength=k_count * _CAP).reshape(k_count, _CAP)
         rows = np.nonzero(hist.any(1))[0]
         per_table = hist[rows].astype(np.float64) @ cost.T  # (n_rows, tables): a row's symbols under each table
