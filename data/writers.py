@@ -36,6 +36,7 @@ This module imports no TensorFlow: the edge runtime uses it.
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import os
 import re
@@ -325,8 +326,10 @@ def _new_uid() -> str:
     return generate_uid(prefix=None)
 
 
+@functools.lru_cache(maxsize=1)
 def implementation_version_name() -> str:
-    """Implementation Version Name (0002,0013): ``KCODEC_`` and the installed version (16 characters at most)."""
+    """Implementation Version Name (0002,0013): ``KCODEC_`` and the installed version (16 characters at most),
+    looked up once per process (the package metadata search takes about a millisecond)."""
     try:
         from importlib.metadata import version
 
