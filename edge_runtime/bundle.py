@@ -23,14 +23,16 @@ load_bundle validates the bundle: every file the manifest names is present (TFLi
 coder is built, edge_runtime.tflite_runner.tflite_paths, which says to run the export), a plain name
 inside the folder, parses (numpy archives, TFLite flatbuffers) and matches the manifest (table count,
 the signatures the manifest lists, the refinement's layer count); the first failure is one
-InvalidBundleError naming the bundle and the file.
+InvalidBundleError naming the bundle and the file. A decode loads with ``graphs=DECODE_GRAPHS``:
+the encoder graph, which only encoding runs, is then checked by Bundle.check_graphs when an
+encode first needs it (runtime.encode_loaded), with the same error.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,10 @@ MODEL_ID_DOMAIN = b"keras_codec model id 2\0"
 _LEGACY_HASHED = ("manifest.json", "context.npz", "tables.npz", "residual.npz", "postfilter.npz", "refine.npz",
                   "encoder.tflite", "hyper_decoder.tflite", "decoder.tflite", "postfilter.tflite")
 """The fixed names the first model id hashed (in this order), whichever of them existed."""
+GRAPH_ROLES = ("encoder", "decoder", "postfilter_int8", "hyper_decoder")
+"""The TFLite graphs a bundle may hold, by role (bundle_files)."""
+DECODE_GRAPHS = ("decoder", "postfilter_int8", "hyper_decoder")
+"""The graphs a decode may run: all but the encoder's analysis."""
 
 
 class InvalidBundleError(ValueError):
@@ -62,11 +68,21 @@ class Bundle:
     refine: ExactRefinement | None = None
     legacy_model_id: bytes | None = None
     """The first id computation's value, when it names this bundle alone (module docstring)."""
+    _unchecked: dict = field(default_factory=dict, repr=False, compare=False)
+    """{role: (file name, bytes)} of the graphs load_bundle was asked not to check yet (its `graphs`)."""
 
     @property
     def model_ids(self) -> list:
         """The ids a stream may carry to be decoded by this bundle: its own, then the legacy alias."""
         return [self.model_id] + ([self.legacy_model_id] if self.legacy_model_id else [])
+
+    def check_graphs(self, roles=GRAPH_ROLES) -> None:
+        """Check the graphs of `roles` that load_bundle left unchecked, as it would have (InvalidBundleError
+        naming the file); call before running one. The bytes checked are those the model id covers."""
+        for role in [r for r in roles if r in self._unchecked]:
+            name, data = self._unchecked[role]
+            _check_graph(self.path, name, data, _wanted_signatures(self.manifest)[role])
+            self._unchecked.pop(role, None)
 
 
 def bundle_files(folder, manifest: dict) -> dict:
@@ -152,8 +168,11 @@ def _read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def load_bundle(folder) -> Bundle:
-    """Read and validate a bundle (module docstring); InvalidBundleError names the bundle and the file."""
+def load_bundle(folder, graphs=GRAPH_ROLES) -> Bundle:
+    """Read and validate a bundle (module docstring); InvalidBundleError names the bundle and the file.
+
+    `graphs`: the TFLite graphs (GRAPH_ROLES) checked now; the others present wait for Bundle.check_graphs.
+    """
     folder = Path(folder)
     manifest = _read_manifest(folder)
     if manifest.get("format") != BUNDLE_FORMAT:
@@ -196,13 +215,20 @@ def load_bundle(folder) -> Bundle:
             raise InvalidBundleError(f"{folder}: {name}: {_npz_problem(exc)}") from None
     if "postfilter" in files:
         _parse(folder, files, "postfilter", lambda z: [z[k] for k in z.files])
-    _check_graphs(folder, manifest, files, contents)
+    wanted = _wanted_signatures(manifest)
+    unchecked = {}
+    for role in wanted:
+        if role in files:
+            if role in graphs:
+                _check_graph(folder, files[role][0], contents[role], wanted[role])
+            else:
+                unchecked[role] = (files[role][0], contents[role])
 
     model_id = _model_id(folder, files, contents)
     legacy = None
     if all(name in _LEGACY_HASHED for name, _ in files.values()):
         legacy = legacy_model_id_of(folder)
-    return Bundle(folder, manifest, CodingModel(weights, tables), model_id, residual, refine, legacy)
+    return Bundle(folder, manifest, CodingModel(weights, tables), model_id, residual, refine, legacy, unchecked)
 
 
 def _npz_problem(exc: BaseException) -> str:
@@ -220,34 +246,35 @@ def _parse(folder: Path, files: dict, role: str, build):
         raise InvalidBundleError(f"{folder}: {name}: {_npz_problem(exc)}") from None
 
 
-def _check_graphs(folder: Path, manifest: dict, files: dict, contents: dict) -> None:
-    """Each TFLite file is a TFLite flatbuffer holding the signatures the manifest lists."""
+def _wanted_signatures(manifest: dict) -> dict:
+    """{graph role: the signature keys manifest.json lists for it}, in the order the graphs are checked."""
     tflite = manifest.get("tflite") or {}
     listed = tflite.get("signatures") or tflite.get("signature_order") or []
     wanted = {"encoder": sorted(listed), "decoder": sorted(listed), "hyper_decoder": []}
     int8 = tflite.get("postfilter_int8")
     if isinstance(int8, dict):
         wanted["postfilter_int8"] = [int8.get("signature", "postfilter")]
-    for role, signatures in wanted.items():
-        if role not in files:
-            continue
-        name = files[role][0]
-        try:
-            found = _signatures_cached(hashlib.sha256(contents[role]).digest(), contents[role])
-        except ValueError as exc:
-            raise InvalidBundleError(f"{folder}: {name}: not a TFLite model ({exc}); re-run the TFLite export "
-                                     f"(keras-codec export) or re-copy the bundle") from None
-        missing = [k for k in signatures if k not in found]
-        if missing:
-            raise InvalidBundleError(f"{folder}: {name}: lacks the signature(s) {', '.join(missing)} that "
-                                     f"manifest.json lists; re-run the TFLite export")
+    return wanted
+
+
+def _check_graph(folder: Path, name: str, data: bytes, signatures: list) -> None:
+    """The TFLite file `name` (its bytes `data`) is a TFLite flatbuffer holding `signatures`."""
+    try:
+        found = _signatures_cached(hashlib.sha256(data).digest(), data)
+    except ValueError as exc:
+        raise InvalidBundleError(f"{folder}: {name}: not a TFLite model ({exc}); re-run the TFLite export "
+                                 f"(keras-codec export) or re-copy the bundle") from None
+    missing = [k for k in signatures if k not in found]
+    if missing:
+        raise InvalidBundleError(f"{folder}: {name}: lacks the signature(s) {', '.join(missing)} that "
+                                 f"manifest.json lists; re-run the TFLite export")
 
 
 _SIGNATURES: dict = {}
 
 
 def _signatures_cached(digest: bytes, data: bytes) -> list:
-    """tflite_signatures, once per distinct file content in this process (a graph walk takes ~25 ms)."""
+    """tflite_signatures, once per distinct file content in this process (the shipped graphs take ~2.5 ms each)."""
     if digest not in _SIGNATURES:
         _SIGNATURES[digest] = tflite_signatures(data)
     return _SIGNATURES[digest]
@@ -307,13 +334,14 @@ class _Flatbuffer:
         self.size = int(self.bytes.size)
         if self.size < 8 or bytes(data[4:8]) != b"TFL3":
             raise ValueError(f"no TFL3 flatbuffer identifier in its first 8 bytes ({self.size} bytes)")
+        # every position's next 2, 4 and 8 bytes, as views made once (hundreds of reads use them)
+        self._windows = {w: np.lib.stride_tricks.sliding_window_view(self.bytes, w) for w in (2, 4, 8)}
 
     def _uint(self, at: np.ndarray, width: int) -> np.ndarray:
         at = np.asarray(at, np.int64)
         if at.size and (int(at.min()) < 0 or int(at.max()) + width > self.size):
             raise ValueError(f"an offset runs past the end ({self.size} bytes)")
-        windows = np.lib.stride_tricks.sliding_window_view(self.bytes, width)
-        return np.ascontiguousarray(windows[at]).view(f"<u{width}")[..., 0].astype(np.uint64)
+        return np.ascontiguousarray(self._windows[width][at]).view(f"<u{width}")[..., 0].astype(np.uint64)
 
     def u16(self, at):
         return self._uint(at, 2).astype(np.int64)

@@ -8,6 +8,10 @@
 Outputs are written atomically (temporary file, fsync, move), never over an existing file
 unless `force`, and never over the input. A folder of single-slice files of one series is coded
 into one stream and decoded back to one file per slice by edge_runtime.series.
+
+A decode imports only what it runs (the image readers, colour, padding and series modules when the
+stream needs them) and loads the bundle without walking the encoder graph (bundle.DECODE_GRAPHS): start-up
+is most of a one-image `edge-codec decode`.
 """
 from __future__ import annotations
 
@@ -22,10 +26,8 @@ from data.image import InvalidImageError
 from data.writers import DEFAULT_LOSSY_METHOD, note_source_compression, write_dicom, write_png, write_tiff
 from edge_runtime import DEFAULT_QUALITY
 from edge_runtime import bitstream as bs
-from edge_runtime import colour, padding, series
-from edge_runtime.bundle import Bundle, default_bundle_path, load_bundle
+from edge_runtime.bundle import DECODE_GRAPHS, Bundle, default_bundle_path, load_bundle
 from edge_runtime.codec import QUALITY_LEVELS, PlaneCoder, decode_frames, decode_image, encode_image
-from edge_runtime.frames import read_for_encode
 from edge_runtime.threads import keep_freed_memory
 from edge_runtime.tflite_runner import transforms_for_bundle
 
@@ -57,13 +59,20 @@ def _codec(bundle, kernels: str, data: bytes | None = None, source=None) -> tupl
     """Accept a loaded (Bundle, PlaneCoder) pair, a bundle path, or None (default bundle).
 
     With a stream (`data`), its model id is checked against the bundle before the TFLite graphs
-    are loaded, so a stream from another model says so (not that the bundle lacks graphs).
+    are loaded, so a stream from another model says so (not that the bundle lacks graphs); the
+    bundle is then loaded to decode, its encoder graph unchecked (bundle.DECODE_GRAPHS).
     """
     if isinstance(bundle, tuple):
         return bundle
-    b = load_bundle(default_bundle_path() if bundle is None else bundle)
-    if data is not None:
+    path = default_bundle_path() if bundle is None else bundle
+    if data is None:
+        return load_codec(load_bundle(path), kernels=kernels)
+    b = load_bundle(path, graphs=DECODE_GRAPHS)
+    try:
         bs.parse(data, source=source, expected_model_ids=b.model_ids)
+    except bs.InvalidBitstreamError:
+        b.check_graphs()  # a damaged graph changes the model id: name that file, as a full load would
+        raise
     return load_codec(b, kernels=kernels)
 
 
@@ -137,6 +146,9 @@ def encode_file(in_path, out_path, quality: int | None = None, bundle=None, forc
     if not in_path.exists():
         raise FileNotFoundError(f"{in_path}: no such file")
     _check_output(in_path, out_path, force)
+    from edge_runtime import colour
+    from edge_runtime.frames import read_for_encode
+
     image = read_for_encode(in_path)  # a multi-frame DICOM's frames decoded group by group (edge_runtime.frames)
     indices = colour.palette_indices(image, lossless=max_error == 0)
     if indices is not None:  # PALETTE COLOR kept: its indices, losslessly (edge_runtime.colour says when)
@@ -153,6 +165,8 @@ def encode_file(in_path, out_path, quality: int | None = None, bundle=None, forc
 
 def pixel_padding(image):
     """(Pixel Padding Value, Range Limit) of a grey DICOM image, in stored units, or None (edge_runtime.padding)."""
+    from edge_runtime import padding
+
     return padding.from_dataset(image.dataset, image.samples)
 
 
@@ -184,6 +198,7 @@ def encode_loaded(image, metadata, in_path, out_path, *, quality=None, bundle=No
     in_path, out_path = Path(in_path), Path(out_path)
     codec_options = dict(codec_options or {})
     b, coder = _codec(bundle, kernels)
+    b.check_graphs()  # a bundle loaded to decode (bundle.DECODE_GRAPHS) has its encoder graph checked now
     tile = int(b.manifest.get("tile", 2048))
 
     with _plane_pool(b, kernels, image.frames * image.samples, jobs) as plane_map:
@@ -346,10 +361,10 @@ def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: st
     _check_output(in_path, out_path, force)
     data = in_path.read_bytes()
     header, tiles, metadata = bs.parse(data, source=in_path)  # CRC and structure before any model work
-    if suffix in (".dcm", ".dicom") and series.is_series(header, metadata, in_path):
-        raise ValueError(f"{in_path}: is a series of {header.frames} slices, decoded to one DICOM file per slice: "
-                         f"give an output folder (edge-codec decode {in_path.name} OUTDIR/)")
-    if series.is_series(header, metadata, in_path):
+    if _is_series(header, metadata, in_path):
+        if suffix in (".dcm", ".dicom"):
+            raise ValueError(f"{in_path}: is a series of {header.frames} slices, decoded to one DICOM file per "
+                             f"slice: give an output folder (edge-codec decode {in_path.name} OUTDIR/)")
         metadata = None  # the slices' headers: no one header for a PNG or TIFF
     b, coder = _codec(bundle, kernels, data, in_path)
     if suffix == ".png" and header.frames > 1:
@@ -368,6 +383,8 @@ def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: st
                         overwrite=force, derivation=_derivation(header, stored / pixel_bytes))
     else:
         if header.photometric == bs.PALETTE:  # PNG and TIFF get the colours, through the stream's tables
+            from edge_runtime import colour
+
             if metadata is None:
                 raise bs.InvalidBitstreamError(in_path, "PALETTE COLOR indices without the DICOM header that "
                                                         "holds their lookup tables: no colours to write")
@@ -375,6 +392,15 @@ def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: st
         (write_png if suffix == ".png" else write_tiff)(out_path, image, overwrite=force)
     return {"input": str(in_path), "output": str(out_path), "rows": image.rows, "cols": image.cols,
             "frames": image.frames, "samples": image.samples, "has_metadata": metadata is not None}
+
+
+def _is_series(header, metadata, source) -> bool:
+    """series.is_series, importing edge_runtime.series only for a stream flagged as one."""
+    if not header.series:
+        return False
+    from edge_runtime import series
+
+    return series.is_series(header, metadata, source)
 
 
 def _derivation(header, ratio: float) -> str:
@@ -413,6 +439,8 @@ def _dataset_from_metadata(metadata: bytes, source):
 
 def info(path, bundle_path=None) -> dict:
     """What the stream holds, from its header (CRC and structure checked; no model needed)."""
+    from edge_runtime import series
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -454,7 +482,9 @@ def verify(path, bundle=None, kernels: str = "xnnpack") -> dict:
     data = path.read_bytes()
     header, _, metadata = bs.parse(data, source=path)
     b, coder = _codec(bundle, kernels, data, path)
-    if series.is_series(header, metadata, path):  # every slice's header, and the frames group by group
+    if _is_series(header, metadata, path):  # every slice's header, and the frames group by group
+        from edge_runtime import series
+
         slices = series.unpack_headers(metadata, path)
         if slices.count != header.frames:
             raise bs.InvalidBitstreamError(path, f"series metadata lists {slices.count} slices for "
