@@ -231,8 +231,17 @@ class ContextWeights:
 
 
 def table_index(features: np.ndarray, w: np.ndarray, num_scales: int) -> np.ndarray:
-    """k = clip((w·f + 2**(SHIFT-1)) >> SHIFT, 0, num_scales-1), all in int64."""
-    acc = features.astype(np.int64) @ w.astype(np.int64)
+    """k = clip((w·f + 2**(SHIFT-1)) >> SHIFT, 0, num_scales-1), as int64 arithmetic defines it.
+
+    Features are magnitude codes (0..FEATURE_MAX). When every sum then stays far below 2**53, the
+    product runs in integer-valued float64 (BLAS; exact in any summation order, as ContextWeights'
+    float path) and the shift is a floor after scaling by 2**-SHIFT, also exact: the same indices."""
+    w = np.asarray(w, np.int64)
+    if float(np.abs(w).sum()) * FEATURE_MAX < float(1 << 50):
+        acc = np.asarray(features, np.float64) @ (w.astype(np.float64) * (1.0 / (1 << SHIFT)))
+        acc += 0.5
+        return np.clip(np.floor(acc, out=acc), 0, num_scales - 1).astype(np.int64)
+    acc = features.astype(np.int64) @ w
     return np.clip((acc + (1 << (SHIFT - 1))) >> SHIFT, 0, num_scales - 1)
 
 

@@ -87,8 +87,19 @@ def reconstruct_base(y: np.ndarray, lo: int, hi: int) -> np.ndarray:
 
 
 def _activity(base: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
-    diffs = np.stack([np.abs(base - ctx.shifted(base, dr, dc)) for dr, dc in ctx.DIRECT]) // s
-    return ctx.mag_code(diffs.sum(0)), ctx.mag_code(diffs.max(0))
+    """Codes of the sum and of the max of |base - neighbour| // s over the 4 direct neighbours (mirrored)."""
+    p = ctx._pad1(base)
+    rows, cols = base.shape
+    total = top = None
+    for dr, dc in ctx.DIRECT:
+        d = np.abs(base - p[1 + dr:1 + dr + rows, 1 + dc:1 + dc + cols])
+        d //= s
+        if total is None:
+            total, top = d, d.copy()
+        else:
+            total += d
+            np.maximum(top, d, out=top)
+    return ctx.mag_code(total), ctx.mag_code(top)
 
 
 # The passes: (row modulus, col modulus, positions (r, c) of the pass within the modulus, neighbour
@@ -107,6 +118,12 @@ NUM_PASSES = len(PASSES)
 
 
 def pass_mask(shape, p: int) -> np.ndarray:
+    """The positions of pass p (read-only, cached per shape)."""
+    return _pass_mask(tuple(int(n) for n in shape), p)
+
+
+@functools.lru_cache(maxsize=64)
+def _pass_mask(shape: tuple, p: int) -> np.ndarray:
     where, m, _ = PASSES[p]
     r = (np.arange(shape[0]) % m)[:, None]
     c = (np.arange(shape[1]) % m)[None, :]
@@ -115,6 +132,7 @@ def pass_mask(shape, p: int) -> np.ndarray:
         mask |= (r == a) & (c == b)
     if m == 4:  # the 4x4 passes cover the even lattice only
         mask &= ((r % 2) == 0) & ((c % 2) == 0)
+    mask.setflags(write=False)
     return mask
 
 
@@ -177,7 +195,9 @@ def choose_prediction(vals: np.ndarray, nb_sum: np.ndarray) -> int:
 @functools.lru_cache(maxsize=16)
 def _geometry(shape: tuple) -> tuple:
     """Per pass: flat positions (in `pass_mask` order), the same positions in the plane padded by
-    PAD zeros, and how many positions of the 5x5 window around each are decoded before the pass."""
+    PAD zeros, how many positions of the 5x5 window around each are decoded before the pass, the
+    flat positions of each window's corner in the integral image of the padded plane (see `_walk`),
+    and the padded positions of the pass's decoded neighbours."""
     rows, cols = shape
     stride = cols + 2 * _PAD
     known = np.zeros(shape, bool)
@@ -187,7 +207,10 @@ def _geometry(shape: tuple) -> tuple:
         flat = np.flatnonzero(mask)
         r, c = np.divmod(flat, cols)
         count = np.maximum(_box_sum(known.astype(np.int64), 2).ravel()[flat], 1)
-        out.append((flat, (r + _PAD) * stride + (c + _PAD), count))
+        padded = (r + _PAD) * stride + (c + _PAD)
+        corner = r * (stride + 1) + c  # integral[r, c]: the sum above and left of the window
+        neighbours = tuple(padded + (dr * stride + dc) for dr, dc in PASSES[p][2])
+        out.append((flat, padded, count, corner, neighbours))
         known |= mask
     return tuple(out)
 
@@ -195,51 +218,55 @@ def _geometry(shape: tuple) -> tuple:
 _PAD = 2
 
 
-def _window_sum_at(a: np.ndarray, flat: np.ndarray, radius: int) -> np.ndarray:
-    """_box_sum(a, radius) at the flat positions only (integral image, four gathers)."""
-    rows, cols = a.shape
-    k = 2 * radius + 1
-    c = np.zeros((rows + k, cols + k), np.int64)
-    c[1:, 1:] = np.pad(a, radius).cumsum(0).cumsum(1)
-    r0, c0 = np.divmod(flat, cols)
-    w = cols + k
-    at = r0 * w + c0  # c[r0, c0]: the sum above and left of the window
-    cf = c.ravel()
-    return cf[at + k * w + k] - cf[at + k] - cf[at + k * w] + cf[at]
-
-
 def _walk(base: np.ndarray, max_error: int, model: ResidualModel, visit) -> np.ndarray:
     """NUM_PASSES passes; `visit(pass, indices, features, nb_sum)` returns the pass's residual values.
 
     The features and neighbour sums are those of `features` and `neighbour_sum`, computed at the
-    pass's positions only (the pass geometry is cached per plane shape)."""
+    pass's positions only (the pass geometry is cached per plane shape): the decoded residuals and
+    their codes are kept in planes padded by _PAD zeros, so neighbours are gathers, and the 5x5 window
+    sums come from the integral image of the padded codes. Feature matrices are column-major."""
     activity = [a.ravel() for a in _activity(base, 2 * int(max_error) + 1)]
-    shape = base.shape
-    stride = shape[1] + 2 * _PAD
-    e = np.zeros(shape, np.int64)
-    codes = np.zeros(shape, np.int64)
-    for phase, (flat, padded, count) in enumerate(_geometry(tuple(shape))):
-        offs = [dr * stride + dc for dr, dc in PASSES[phase][2]]
-        f = np.empty((len(flat), NUM_FEATURES), np.int64)
+    rows, cols = base.shape
+    e = np.zeros((rows + 2 * _PAD, cols + 2 * _PAD), np.int64)
+    codes = np.zeros_like(e)
+    integral = np.zeros((rows + 2 * _PAD + 1, cols + 2 * _PAD + 1), np.int64)
+    k = 2 * _PAD + 1
+    w = cols + 2 * _PAD + 1
+    for phase, (flat, padded, count, corner, neighbours) in enumerate(_geometry(tuple(base.shape))):
+        f = np.empty((len(flat), NUM_FEATURES), np.int64, order="F")
         f[:, 0] = 1
-        f[:, 1] = activity[0][flat]
-        f[:, 2] = activity[1][flat]
-        if offs:
-            pc = np.pad(codes, _PAD).ravel()
-            nb = np.stack([pc[padded + o] for o in offs])
-            f[:, 3], f[:, 4] = nb.sum(0), nb.max(0)
-            pe = np.pad(e, _PAD).ravel()
-            nb_sum = sum(pe[padded + o] for o in offs)
+        np.take(activity[0], flat, out=f[:, 1])
+        np.take(activity[1], flat, out=f[:, 2])
+        if neighbours:
+            nb = [np.take(codes, at) for at in neighbours]
+            np.add(nb[0], nb[1], out=f[:, 3])
+            np.maximum(nb[0], nb[1], out=f[:, 4])
+            for extra in nb[2:]:
+                f[:, 3] += extra
+                np.maximum(f[:, 4], extra, out=f[:, 4])
+            nb_sum = np.take(e, neighbours[0])
+            for at in neighbours[1:]:
+                nb_sum += np.take(e, at)
         else:
             f[:, 3:5] = 0
             nb_sum = np.zeros(len(flat), np.int64)
         # the mean code of the decoded residuals in the 5x5 window: the local noise level
-        f[:, 5] = _window_sum_at(codes, flat, 2) // count
+        inner = integral[1:, 1:]
+        np.cumsum(codes, axis=0, out=inner)
+        np.cumsum(inner, axis=1, out=inner)
+        ii = integral.ravel()
+        f[:, 5] = (np.take(ii, corner + (k * w + k)) - np.take(ii, corner + k) - np.take(ii, corner + k * w)
+                   + np.take(ii, corner)) // count
         idx = ctx.table_index(f, model.weights[phase], model.coding.num_scales)
         vals = visit(phase, idx, f, nb_sum)
-        e.ravel()[flat] = vals
-        codes.ravel()[flat] = ctx.mag_code(vals)
-    return e
+        e.ravel()[padded] = vals
+        codes.ravel()[padded] = ctx.mag_code(vals)
+    return e[_PAD:_PAD + rows, _PAD:_PAD + cols].copy()
+
+
+def _pass_values(e: np.ndarray, phase: int) -> np.ndarray:
+    """e at the positions of `phase`, in pass order."""
+    return np.take(e, _geometry(tuple(e.shape))[phase][0])
 
 
 def encode_residual(e: np.ndarray, base: np.ndarray, max_error: int, model: ResidualModel,
@@ -248,7 +275,7 @@ def encode_residual(e: np.ndarray, base: np.ndarray, max_error: int, model: Resi
     enc = Encoder(model.tables, track=stats is not None)
 
     def visit(phase, idx, f, nb):
-        vals = e[pass_mask(e.shape, phase)]
+        vals = _pass_values(e, phase)
         sym = vals
         if phase > 0:
             k = choose_prediction(vals, nb)
@@ -284,7 +311,7 @@ def collect(e: np.ndarray, base: np.ndarray, max_error: int, model: ResidualMode
     rows = []
 
     def visit(phase, idx, f, nb):
-        vals = e[pass_mask(e.shape, phase)]
+        vals = _pass_values(e, phase)
         rows.append((phase, f, vals - prediction(nb, choose_prediction(vals, nb)) if phase > 0 else vals))
         return vals
 
@@ -441,7 +468,7 @@ def adaptive_plan(e: np.ndarray, base: np.ndarray, max_error: int, model: Residu
     passes = []
 
     def visit(phase, idx, f, nb):
-        vals = e[pass_mask(e.shape, phase)]
+        vals = _pass_values(e, phase)
         k = choose_prediction(vals, nb) if phase > 0 else 0
         sym = vals - prediction(nb, k) if phase > 0 else vals
         passes.append((phase, idx, zero_context(f, len(idx)).astype(np.int64), k, sym))

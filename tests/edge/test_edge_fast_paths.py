@@ -104,3 +104,43 @@ def test_allocator_tuning_is_idempotent_and_changes_no_result(codec, synthetic_d
     assert keep_freed_memory() is keep_freed_memory() is _glibc()
     assert encode_image(image, coder=coder, model_id=bundle.model_id, quality=12) == data
     assert np.array_equal(decode_image(data, coder=coder)[0].pixels, before)
+
+
+def test_table_index_float_path_is_the_integer_definition():
+    rng = np.random.default_rng(5)
+    f = rng.integers(0, ctx.FEATURE_MAX + 1, (20000, 6))
+    f[:, 0] = 1
+    for scale in (1 << 12, 1 << 24, 1 << 30):
+        w = rng.integers(-scale, scale, 6)
+        ref = np.clip((f @ w + (1 << (ctx.SHIFT - 1))) >> ctx.SHIFT, 0, 63)
+        got = ctx.table_index(np.asfortranarray(f), w, 64)
+        assert got.dtype == np.int64 and np.array_equal(got, ref)
+    w = np.full(6, 1 << 45)  # beyond the float bound: the int64 path
+    assert np.array_equal(ctx.table_index(f, w, 64), np.clip((f @ w + (1 << 11)) >> 12, 0, 63))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (8, 8), (17, 12), (40, 33)])
+def test_residual_walk_features_match_their_definitions(shape):
+    from edge_runtime import residual as res
+    rng = np.random.default_rng(sum(shape))
+    base = rng.integers(0, 4000, shape)
+    e = rng.integers(-30, 30, shape) * (rng.random(shape) < 0.7)
+    weights = rng.integers(-(1 << 14), 1 << 14, (res.NUM_PASSES, res.NUM_FEATURES))
+    model = res.ResidualModel(weights, laplace_tables(16, 0.2, 40.0, 0.0))
+    d = 1
+    activity = res._activity(base, 2 * d + 1)
+    known = np.zeros(shape, bool)
+    seen = []
+
+    def visit(phase, idx, f, nb):
+        partial = np.where(known, e, 0)
+        assert np.array_equal(f, res.features(partial, known, activity, phase))
+        assert np.array_equal(nb, res.neighbour_sum(partial, phase)[res.pass_mask(shape, phase)])
+        assert np.array_equal(idx, ctx.table_index(np.ascontiguousarray(f), weights[phase], 16))
+        mask = res.pass_mask(shape, phase)
+        known[mask] = True
+        seen.append(phase)
+        return e[mask]
+
+    assert np.array_equal(res._walk(base, d, model, visit), e)
+    assert seen == list(range(res.NUM_PASSES))
