@@ -234,7 +234,7 @@ class Encoder:
             raise ValueError("coefficient too large for the escape code")
         self._enc.encode(sign, _stream.model.Uniform(2))
         self._enc.encode(e.astype(np.int32), self._uniform64)
-        for n in np.unique(e):
+        for n in np.flatnonzero(np.bincount(e)):  # the exponents present, ascending (np.unique imports numpy.ma)
             if n == 0:
                 continue
             m = mant[e == n]
@@ -292,7 +292,7 @@ class Decoder:
         if n and e.max() >= _ESC_EXP_MAX:  # never written by the encoder; Uniform(2**(e-20)) would panic in Rust
             raise ValueError(f"escape exponent {int(e.max())} out of range (the encoder writes < {_ESC_EXP_MAX})")
         mant = np.zeros(n, dtype=np.int64)
-        for b in np.unique(e):
+        for b in np.flatnonzero(np.bincount(e)):  # the exponents present, ascending
             if b == 0:
                 continue
             sel = np.flatnonzero(e == b)
