@@ -276,6 +276,18 @@ def phase_positions(shape: tuple) -> tuple:
 
 
 @functools.lru_cache(maxsize=64)
+def _parent_positions(shape: tuple, parent_shape: tuple) -> tuple:
+    """Per phase, the flat position in the parent band of each position's parent: (r // 2, c // 2),
+    the parent's last row or column beyond its edge (as parent_features upsamples)."""
+    h, w = parent_shape
+    out = []
+    for flat, _padded in phase_positions(shape):
+        r, c = np.divmod(flat, shape[1])
+        out.append(np.minimum(r // 2, h - 1) * w + np.minimum(c // 2, w - 1))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=64)
 def _neighbour_positions(shape: tuple) -> tuple:
     """Per phase, the flat positions in the padded band of the already decoded neighbours (`spatial_features`)."""
     stride = shape[1] + 2
@@ -290,7 +302,8 @@ class DetailBandContext:
     """The features of one detail subband, pass by pass, as `detail_features` defines them.
 
     What does not change between a band's three passes (parent and sibling codes) is computed
-    once, and only the positions of a pass are gathered: the same integers, far fewer operations.
+    once (the parent's 3x3 means, at the parent's own size), and only the positions of a pass are
+    gathered: the same integers, far fewer operations.
     The codes g(|v|) of the band's decoded positions (0 elsewhere) are kept padded by one mirrored
     sample, as `_pad1` pads them, so a pass's neighbours are plain gathers; `codes` is the band
     itself, which, when the band is complete, serves as the parent or sibling codes of the bands
@@ -299,11 +312,13 @@ class DetailBandContext:
 
     def __init__(self, shape, parent_codes: np.ndarray | None, sibling_codes: list):
         self.shape = tuple(int(n) for n in shape)
-        par, par_nb = parent_features(parent_codes, self.shape)
-        sib = list(sibling_codes) + [None] * (2 - len(sibling_codes))
-        zero = np.zeros(self.shape, np.int64)
-        self.static = np.stack([np.ravel(a) for a in (par, par_nb, sib[0] if sib[0] is not None else zero,
-                                                      sib[1] if sib[1] is not None else zero)])  # (4, pixels)
+        self._parent = None
+        if parent_codes is not None:  # its codes and 3x3 means, read at each position's parent (parent_features)
+            h, w = parent_codes.shape
+            p = _pad1(parent_codes)
+            nb = sum(p[1 + dr:1 + dr + h, 1 + dc:1 + dc + w] for dr in (-1, 0, 1) for dc in (-1, 0, 1)) // 9
+            self._parent = (np.ravel(parent_codes), nb.ravel(), _parent_positions(self.shape, (h, w)))
+        self._siblings = [np.ravel(s) for s in sibling_codes]
         rows, cols = self.shape
         self._padded = np.zeros((rows + 2, cols + 2), np.int64)
         self._reflect = rows >= 2 and cols >= 2  # else edge-repeated, as _pad1
@@ -318,7 +333,17 @@ class DetailBandContext:
         flat = self.positions[phase][0]
         f = np.empty((len(flat), NUM_FEATURES), np.int64, order="F")
         f[:, 0] = 1
-        f[:, 1:5] = np.take(self.static, flat, axis=1).T
+        if self._parent is None:
+            f[:, 1:3] = 0
+        else:
+            codes, means, at = self._parent
+            np.take(codes, at[phase], out=f[:, 1])
+            np.take(means, at[phase], out=f[:, 2])
+        for j in range(2):
+            if j < len(self._siblings):
+                np.take(self._siblings[j], flat, out=f[:, 3 + j])
+            else:
+                f[:, 3 + j] = 0
         if phase == 0:
             f[:, 5:] = 0
         else:
