@@ -821,6 +821,15 @@ def _difference_span(i: int, transform: int, first_norm: list) -> int:
     return max(int(hi) - int(lo), 1) * (1 if i == 0 else col.CHROMA_STEP_RATIO)
 
 
+def _compact_bands(q: list) -> list:
+    """Integer bands [LL, (H, V, D), ...] as int32 when their values fit (half the memory while a group waits
+    to rebuild its frames; dequantizing gives the same floats), else as they are."""
+    arrays = [q[0]] + [b for trio in q[1:] for b in trio]
+    if max(int(np.abs(b).max(initial=0)) for b in arrays) >= 1 << 31:
+        return q
+    return [q[0].astype(np.int32)] + [tuple(b.astype(np.int32) for b in trio) for trio in q[1:]]
+
+
 def _assemble(planes: list, transform: int, value_range: tuple) -> np.ndarray:
     """The decoded (rows, cols, samples) int64 frame of its decoded planes."""
     if transform == bs.COLOUR_NONE:
@@ -960,14 +969,15 @@ class _GroupEncoder(_GroupCodec):
                 data, name, levels, q = coder._encode((part.astype(np.float64) - lo) / scale, self.quality,
                                                       self.stats, transform)
                 names.append(name)
-                bands.append((name, levels, q))
+                bands.append((name, levels, _compact_bands(q)))
             streams.append(data)
         self.chosen.setdefault(role, names)
+        exact = x if not self.lossy and self.max_error == 0 else None  # the plane is only kept when it is the result
 
         def rebuild() -> np.ndarray:
             if not self.lossy:
-                if self.max_error == 0:
-                    return x
+                if exact is not None:
+                    return exact
                 return decode_plane(streams, coder=coder, rows=x.shape[0], cols=x.shape[1], tile_rows=self.tile,
                                     tile_cols=self.tile, lohi=(lo, hi), clip=clip, quality=0,
                                     max_error=int(self.max_error), dtype="int32").astype(np.int64)
@@ -1002,7 +1012,9 @@ class _GroupEncoder(_GroupCodec):
             norm.append(lohi)
             streams.extend(tiles)
             planes.append(_Lazy(lambda i=i, v=v: self.add_prediction(i, v(), preds)))
-        return norm, streams, _Lazy(lambda: _assemble([p() for p in planes], self.transform, self.clip))
+        # held as the stored samples' own range needs (uint8 for 8-bit video, not int64): the same values
+        compact = np.promote_types(np.min_scalar_type(self.clip[0]), np.min_scalar_type(self.clip[1]))
+        return norm, streams, _Lazy(lambda: _assemble([p() for p in planes], self.transform, self.clip).astype(compact))
 
 
 class _Lazy:
