@@ -973,16 +973,17 @@ class _GroupEncoder(_GroupCodec):
             streams.append(data)
         self.chosen.setdefault(role, names)
         exact = x if not self.lossy and self.max_error == 0 else None  # the plane is only kept when it is the result
+        shape = x.shape
 
         def rebuild() -> np.ndarray:
             if not self.lossy:
                 if exact is not None:
                     return exact
-                return decode_plane(streams, coder=coder, rows=x.shape[0], cols=x.shape[1], tile_rows=self.tile,
+                return decode_plane(streams, coder=coder, rows=shape[0], cols=shape[1], tile_rows=self.tile,
                                     tile_cols=self.tile, lohi=(lo, hi), clip=clip, quality=0,
                                     max_error=int(self.max_error), dtype="int32").astype(np.int64)
             # what decode_plane computes, from the integer bands the encoder holds (no entropy decoding)
-            out = np.empty(x.shape, np.int64)
+            out = np.empty(shape, np.int64)
             lo_c, hi_c = max(lo, clip[0]), min(hi, clip[1])
             for (r0, r1, c0, c1), (name, levels, q) in zip(grid, bands):
                 dequantized, step = coder._dequantize(q, levels, self.quality)
