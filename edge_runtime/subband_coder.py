@@ -34,9 +34,22 @@ class CodingModel:
     def num_scales(self) -> int:
         return self.tables.num_tables
 
-    def detail_index(self, features: np.ndarray, level: int, orientation: int, phase: int) -> np.ndarray:
-        """Table indices of a detail pass (level, orientation, phase) from its feature rows."""
-        return self.weights.group_index(features, level, orientation, phase, self.num_scales)
+    def detail_index(self, features: np.ndarray, level: int, orientation: int, phase: int,
+                     zero: np.ndarray | None = None) -> np.ndarray:
+        """Table indices of a detail pass (level, orientation, phase) from its feature rows.
+
+        `zero` (optional, zero_context of the rows): rows whose context is all zero share one index,
+        computed once; the network runs on the other rows only (most rows of smooth or predicted
+        content). Rows are independent: the same indices."""
+        index = lambda f: self.weights.group_index(f, level, orientation, phase, self.num_scales)
+        if zero is None or 2 * int(np.count_nonzero(zero)) < len(zero):  # worth it when most rows are zero
+            return index(features)
+        first = int(np.argmax(zero))
+        out = np.full(len(zero), index(features[first:first + 1])[0], np.int64)
+        rest = np.flatnonzero(~zero)
+        if rest.size:  # the rows gathered feature by feature (column-major features: contiguous gathers)
+            out[rest] = index(np.take(np.asarray(features).T, rest, axis=1).T)
+        return out
 
     def cost_matrix(self) -> np.ndarray:
         """Bits of |symbol| = 0.._CAP-1 (the last column: a typical large value) under every table."""
@@ -48,9 +61,10 @@ class CodingModel:
 
 
 def _walk(subbands, model: CodingModel, visit):
-    """Drive the coding order; `visit(key, indices, pred, at, features)` codes one pass.
+    """Drive the coding order; `visit(key, indices, pred, at, features, zero)` codes one pass.
 
-    `at` are the flat (row-major) positions of the pass in its band. `visit` returns the
+    `at` are the flat (row-major) positions of the pass in its band, `zero` its zero_context
+    flags (computed once per pass, for the context model and the coder). `visit` returns the
     (decoded or given) values of the pass, so the same walk serves the encoder (values known
     up front) and the decoder (values appear pass by pass).
     """
@@ -63,7 +77,8 @@ def _walk(subbands, model: CodingModel, visit):
         mask = ctx.phase_masks(ll.shape)[phase]
         pred, spread = ctx.ll_prediction(ll, phase, known)
         idx = ctx.ll_index(spread, phase, model.weights, model.num_scales)
-        ll[mask] = visit(("LL", phase), idx, pred, ctx.phase_positions(ll.shape)[phase][0], None)
+        ll[mask] = visit(("LL", phase), idx, pred, ctx.phase_positions(ll.shape)[phase][0], None,
+                         zero_context(None, len(idx)))
         known |= mask
     codes = {}  # (i, o) -> magnitude codes of a completed band
     for i in range(1, levels + 1):
@@ -74,9 +89,10 @@ def _walk(subbands, model: CodingModel, visit):
             flat_band = band.reshape(-1)
             for phase in range(3):
                 f = bc.features(phase)
-                idx = model.detail_index(f, level, o, phase)
+                zero = zero_context(f, len(f))
+                idx = model.detail_index(f, level, o, phase, zero)
                 at = bc.positions[phase][0]
-                vals = visit((level, o, phase), idx, None, at, f)
+                vals = visit((level, o, phase), idx, None, at, f, zero)
                 flat_band[at] = vals
                 bc.set(phase, vals)
             codes[(i, o)] = bc.codes
@@ -154,11 +170,10 @@ def encode_subbands(subbands, model: CodingModel, *, coeffs=None, lam: float = 0
     src, mean = _prepare(subbands)
     enc = Encoder(model.tables, track=stats is not None)
 
-    def visit(key, idx, pred, at, f):
+    def visit(key, idx, pred, at, f, zero_ctx):
         band = _source_band(src, key)
         vals = np.take(band, at)
         p = pred if pred is not None else 0
-        zero_ctx = zero_context(f, len(idx))
         o_all, o_zero = choose_offsets(vals - p, idx, zero_ctx, model)
         idx = adjust_indices(idx, zero_ctx, o_all, o_zero, model.num_scales)
         if coeffs is not None and lam > 0 and key[0] != "LL":
@@ -199,9 +214,9 @@ def decode_subbands(data: bytes, shapes, model: CodingModel):
     template = [np.zeros(shapes[0], np.int64)] + [tuple(np.zeros(s, np.int64) for s in lv) for lv in shapes[1:]]
     dec = Decoder(model.tables, data[4:])
 
-    def visit(_key, idx, pred, _at, f):
+    def visit(_key, idx, pred, _at, _f, zero):
         o = dec.decode_uniform(2, 64)
-        idx = adjust_indices(idx, zero_context(f, len(idx)), int(o[0]) + OFFSET_ALL[0], int(o[1]) + OFFSET_ZERO[0],
+        idx = adjust_indices(idx, zero, int(o[0]) + OFFSET_ALL[0], int(o[1]) + OFFSET_ZERO[0],
                              model.num_scales)
         v = dec.decode(idx)
         return v + (pred if pred is not None else 0)
@@ -219,7 +234,7 @@ def collect(subbands, model: CodingModel):
     src, _mean = _prepare(subbands)
     rows = []
 
-    def visit(key, idx, pred, at, f):
+    def visit(key, idx, pred, at, f, _zero):
         vals = np.take(_source_band(src, key), at)
         rows.append((key, f, vals - (pred if pred is not None else 0), idx))
         return vals

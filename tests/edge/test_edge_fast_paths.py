@@ -144,3 +144,22 @@ def test_residual_walk_features_match_their_definitions(shape):
 
     assert np.array_equal(res._walk(base, d, model, visit), e)
     assert seen == list(range(res.NUM_PASSES))
+
+
+@pytest.mark.parametrize("zero_share", [0.0, 0.3, 0.6, 0.95, 1.0])
+def test_detail_index_with_zero_context_rows_is_the_plain_one(zero_share):
+    from edge_runtime.subband_coder import CodingModel, zero_context
+    rng = np.random.default_rng(int(zero_share * 100))
+    levels, hidden = 2, 8
+    w = ctx.ContextWeights(detail=rng.integers(-300000, 300000, (levels, 3, 3, ctx.NUM_FEATURES)),
+                           ll=np.zeros((3, 2), np.int64),
+                           hidden=rng.integers(-200000, 200000, (levels, 3, 3, hidden, ctx.NUM_FEATURES)),
+                           hidden_bias=rng.integers(-3000000, 3000000, (levels, 3, 3, hidden)),
+                           out=rng.integers(-300, 300, (levels, 3, 3, hidden)))
+    model = CodingModel(w, laplace_tables(64, 0.05, 200.0, 0.2))
+    f = np.asfortranarray(rng.integers(0, 400, (3000, ctx.NUM_FEATURES)))
+    f[:, 0] = 1
+    f[rng.random(3000) < zero_share, 1:] = 0
+    zero = zero_context(f, len(f))
+    for lv in (1, 2):
+        assert np.array_equal(model.detail_index(f, lv, 2, 1, zero), model.detail_index(f, lv, 2, 1))
