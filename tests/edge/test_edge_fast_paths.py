@@ -39,14 +39,18 @@ def test_band_context_features_match_detail_features(shape):
                 known |= mask
 
 
+def _random_context_weights(rng, levels: int, hidden: int = 8) -> ctx.ContextWeights:
+    """A context network with a hidden layer, weights of a trained one's magnitude."""
+    return ctx.ContextWeights(detail=rng.integers(-300000, 300000, (levels, 3, 3, ctx.NUM_FEATURES)),
+                              ll=np.zeros((3, 2), np.int64),
+                              hidden=rng.integers(-200000, 200000, (levels, 3, 3, hidden, ctx.NUM_FEATURES)),
+                              hidden_bias=rng.integers(-3000000, 3000000, (levels, 3, 3, hidden)),
+                              out=rng.integers(-300, 300, (levels, 3, 3, hidden)))
+
+
 def test_context_network_float_path_is_the_integer_one():
     rng = np.random.default_rng(3)
-    levels, hidden = 3, 8
-    w = ctx.ContextWeights(detail=rng.integers(-300000, 300000, (levels, 3, 3, ctx.NUM_FEATURES)),
-                           ll=np.zeros((3, 2), np.int64),
-                           hidden=rng.integers(-200000, 200000, (levels, 3, 3, hidden, ctx.NUM_FEATURES)),
-                           hidden_bias=rng.integers(-3000000, 3000000, (levels, 3, 3, hidden)),
-                           out=rng.integers(-300, 300, (levels, 3, 3, hidden)))
+    w = _random_context_weights(rng, 3)
     f = rng.integers(0, ctx.FEATURE_MAX + 1, (5000, ctx.NUM_FEATURES))
     f[:, 0] = 1
     assert w._float_exact()
@@ -150,13 +154,7 @@ def test_residual_walk_features_match_their_definitions(shape):
 def test_detail_index_with_zero_context_rows_is_the_plain_one(zero_share):
     from edge_runtime.subband_coder import CodingModel, zero_context
     rng = np.random.default_rng(int(zero_share * 100))
-    levels, hidden = 2, 8
-    w = ctx.ContextWeights(detail=rng.integers(-300000, 300000, (levels, 3, 3, ctx.NUM_FEATURES)),
-                           ll=np.zeros((3, 2), np.int64),
-                           hidden=rng.integers(-200000, 200000, (levels, 3, 3, hidden, ctx.NUM_FEATURES)),
-                           hidden_bias=rng.integers(-3000000, 3000000, (levels, 3, 3, hidden)),
-                           out=rng.integers(-300, 300, (levels, 3, 3, hidden)))
-    model = CodingModel(w, laplace_tables(64, 0.05, 200.0, 0.2))
+    model = CodingModel(_random_context_weights(rng, 2), laplace_tables(64, 0.05, 200.0, 0.2))
     f = np.asfortranarray(rng.integers(0, 400, (3000, ctx.NUM_FEATURES)))
     f[:, 0] = 1
     f[rng.random(3000) < zero_share, 1:] = 0
