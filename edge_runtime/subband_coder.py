@@ -42,7 +42,7 @@ class CodingModel:
         computed once; the network runs on the other rows only (most rows of smooth or predicted
         content). Rows are independent: the same indices."""
         index = lambda f: self.weights.group_index(f, level, orientation, phase, self.num_scales)
-        if zero is None or 2 * int(np.count_nonzero(zero)) < len(zero):  # worth it when most rows are zero
+        if zero is None or 2 * int(np.count_nonzero(zero)) <= len(zero):  # worth it when most rows are zero
             return index(features)
         first = int(np.argmax(zero))
         out = np.full(len(zero), index(features[first:first + 1])[0], np.int64)

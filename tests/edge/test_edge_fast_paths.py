@@ -161,3 +161,5 @@ def test_detail_index_with_zero_context_rows_is_the_plain_one(zero_share):
     zero = zero_context(f, len(f))
     for lv in (1, 2):
         assert np.array_equal(model.detail_index(f, lv, 2, 1, zero), model.detail_index(f, lv, 2, 1))
+    empty = f[:0]  # a pass with no positions (a band of one row or column)
+    assert model.detail_index(empty, 1, 0, 2, zero_context(empty, 0)).shape == (0,)
