@@ -79,10 +79,11 @@ class Bundle:
     def check_graphs(self, roles=GRAPH_ROLES) -> None:
         """Check the graphs of `roles` that load_bundle left unchecked, as it would have (InvalidBundleError
         naming the file); call before running one. The bytes checked are those the model id covers."""
+        wanted = _wanted_signatures(self.manifest)
         for role in [r for r in roles if r in self._unchecked]:
             name, data = self._unchecked[role]
-            _check_graph(self.path, name, data, _wanted_signatures(self.manifest)[role])
-            self._unchecked.pop(role, None)
+            _check_graph(self.path, name, data, wanted[role])
+            self._unchecked.pop(role)
 
 
 def bundle_files(folder, manifest: dict) -> dict:

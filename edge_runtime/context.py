@@ -108,15 +108,29 @@ def parent_features(parent_codes: np.ndarray | None, shape) -> tuple[np.ndarray,
     if parent_codes is None:
         z = np.zeros(shape, dtype=np.int64)
         return z, z
-    p = _pad1(parent_codes)
-    h, w = parent_codes.shape
-    nb = sum(p[1 + dr:1 + dr + h, 1 + dc:1 + dc + w] for dr in (-1, 0, 1) for dc in (-1, 0, 1)) // 9
     up = lambda a: np.repeat(np.repeat(a, 2, 0), 2, 1)[:shape[0], :shape[1]]
-    p, n = up(parent_codes), up(nb)
+    p, n = up(parent_codes), up(parent_means(parent_codes))
     if p.shape != tuple(shape):  # parent smaller than expected (odd sizes): pad by edge
         p = np.pad(p, ((0, shape[0] - p.shape[0]), (0, shape[1] - p.shape[1])), mode="edge")
         n = np.pad(n, ((0, shape[0] - n.shape[0]), (0, shape[1] - n.shape[1])), mode="edge")
     return p, n
+
+
+def parent_means(parent_codes: np.ndarray) -> np.ndarray:
+    """The mean code (floor) of each position's 3×3 neighbourhood, mirrored at the borders as `_pad1`."""
+    p = _pad1(parent_codes)
+    h, w = parent_codes.shape
+    return sum(p[1 + dr:1 + dr + h, 1 + dc:1 + dc + w] for dr in (-1, 0, 1) for dc in (-1, 0, 1)) // 9
+
+
+def gather_sum_max(padded: np.ndarray, positions: tuple, out_sum: np.ndarray, out_max: np.ndarray) -> None:
+    """Sum and max of `padded` (a flat array) over the neighbour position arrays `positions`, into the outs."""
+    first, *more = (np.take(padded, at) for at in positions)
+    out_sum[:] = first
+    out_max[:] = first
+    for nb in more:
+        out_sum += nb
+        np.maximum(out_max, nb, out=out_max)
 
 
 HIDDEN_LIMIT = 1 << 40
@@ -226,8 +240,7 @@ class ContextWeights:
         np.maximum(h, 0.0, out=h)
         lin = y[0]
         lin += out @ h
-        lin += 0.5  # (acc + 2**(SHIFT-1)) >> SHIFT, with acc already scaled by 2**-SHIFT
-        return np.clip(np.floor(lin, out=lin), 0, num_scales - 1).astype(np.int64)
+        return _index_of_scaled(lin, num_scales)
 
 
 def table_index(features: np.ndarray, w: np.ndarray, num_scales: int) -> np.ndarray:
@@ -238,11 +251,17 @@ def table_index(features: np.ndarray, w: np.ndarray, num_scales: int) -> np.ndar
     float path) and the shift is a floor after scaling by 2**-SHIFT, also exact: the same indices."""
     w = np.asarray(w, np.int64)
     if float(np.abs(w).sum()) * FEATURE_MAX < float(1 << 50):
-        acc = np.asarray(features, np.float64) @ (w.astype(np.float64) * (1.0 / (1 << SHIFT)))
-        acc += 0.5
-        return np.clip(np.floor(acc, out=acc), 0, num_scales - 1).astype(np.int64)
+        return _index_of_scaled(np.asarray(features, np.float64) @ (w.astype(np.float64) * (1.0 / (1 << SHIFT))),
+                                num_scales)
     acc = features.astype(np.int64) @ w
     return np.clip((acc + (1 << (SHIFT - 1))) >> SHIFT, 0, num_scales - 1)
+
+
+def _index_of_scaled(acc: np.ndarray, num_scales: int) -> np.ndarray:
+    """clip((acc + 2**(SHIFT-1)) >> SHIFT) of an integer-valued float64 acc already scaled by 2**-SHIFT
+    (exact: floor of a value with at most SHIFT fraction bits), in place; int64 table indices."""
+    acc += 0.5
+    return np.clip(np.floor(acc, out=acc), 0, num_scales - 1).astype(np.int64)
 
 
 def detail_features(q: np.ndarray, phase: int, known: np.ndarray, parent: np.ndarray | None,
@@ -314,10 +333,8 @@ class DetailBandContext:
         self.shape = tuple(int(n) for n in shape)
         self._parent = None
         if parent_codes is not None:  # its codes and 3x3 means, read at each position's parent (parent_features)
-            h, w = parent_codes.shape
-            p = _pad1(parent_codes)
-            nb = sum(p[1 + dr:1 + dr + h, 1 + dc:1 + dc + w] for dr in (-1, 0, 1) for dc in (-1, 0, 1)) // 9
-            self._parent = (np.ravel(parent_codes), nb.ravel(), _parent_positions(self.shape, (h, w)))
+            self._parent = (np.ravel(parent_codes), parent_means(parent_codes).ravel(),
+                            _parent_positions(self.shape, parent_codes.shape))
         self._siblings = [np.ravel(s) for s in sibling_codes]
         rows, cols = self.shape
         self._padded = np.zeros((rows + 2, cols + 2), np.int64)
@@ -347,13 +364,7 @@ class DetailBandContext:
         if phase == 0:
             f[:, 5:] = 0
         else:
-            p = self._padded.ravel()
-            nb = [np.take(p, at) for at in self._neighbours[phase]]
-            np.add(nb[0], nb[1], out=f[:, 5])
-            f[:, 5] += nb[2]
-            f[:, 5] += nb[3]
-            np.maximum(nb[0], nb[1], out=f[:, 6])
-            np.maximum(f[:, 6], np.maximum(nb[2], nb[3]), out=f[:, 6])
+            gather_sum_max(self._padded.ravel(), self._neighbours[phase], f[:, 5], f[:, 6])
         return f
 
     def set(self, phase: int, values: np.ndarray) -> None:

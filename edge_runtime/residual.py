@@ -238,12 +238,7 @@ def _walk(base: np.ndarray, max_error: int, model: ResidualModel, visit) -> np.n
         np.take(activity[0], flat, out=f[:, 1])
         np.take(activity[1], flat, out=f[:, 2])
         if neighbours:
-            nb = [np.take(codes, at) for at in neighbours]
-            np.add(nb[0], nb[1], out=f[:, 3])
-            np.maximum(nb[0], nb[1], out=f[:, 4])
-            for extra in nb[2:]:
-                f[:, 3] += extra
-                np.maximum(f[:, 4], extra, out=f[:, 4])
+            ctx.gather_sum_max(codes.ravel(), neighbours, f[:, 3], f[:, 4])
             nb_sum = np.take(e, neighbours[0])
             for at in neighbours[1:]:
                 nb_sum += np.take(e, at)
