@@ -166,12 +166,20 @@ class PlaneCoder:
     (res.encode_residual), which still decodes; `adaptive=False` writes the older stream.
     Its next bit (SHAPES, only with ADAPTIVE) says buckets may also use the lighter-tailed
     tables (res.shape_tables); the encoder sets both, and streams with ADAPTIVE alone decode.
+    The bit after (LOSSLESS) says a tile of a plane coded with a max error D > 0 is coded
+    losslessly (its own bound 0, value tables allowed): graphics, test patterns and screen
+    captures are often smaller that way than near-losslessly.
     """
 
     ADAPTIVE = 0x80
     """Flag in an error-bounded tile's quality byte: the residual is res.encode_residual_adaptive's."""
     SHAPES = 0x40
     """Flag beside ADAPTIVE: the adaptive residual may use res.shape_tables (shapes=True)."""
+    LOSSLESS = 0x20
+    """Flag: the tile is coded losslessly although its plane's max error is above 0."""
+    LOSSLESS_GATE = 0.7
+    """With a max error above 0, tiles with at least this share of equal adjacent pixel pairs (graphics,
+    test patterns, flat backgrounds) are also coded losslessly, and the shorter stream kept."""
     SEARCH_STEPS = (3,)
     """Refinement steps of search_base_quality after SEARCH_START."""
 
@@ -317,19 +325,23 @@ class PlaneCoder:
         """
         x = np.asarray(x, np.int64)
         g = max(int(np.gcd.reduce((x - lo).ravel())), 1) if x.size else 1
-        candidates = [(g, (x - lo) // g, (hi - lo) // g, int(max_error) // g, b"")]
-        if max_error == 0 and x.size:
+        flags = self.ADAPTIVE | self.SHAPES if self.adaptive else 0
+        candidates = [(g, (x - lo) // g, (hi - lo) // g, int(max_error) // g, b"", flags)]
+        lossless = flags if max_error == 0 else None
+        if max_error > 0 and x.size and _equal_pair_fraction(x) >= self.LOSSLESS_GATE:
+            lossless = flags | self.LOSSLESS
+            candidates.append((g, (x - lo) // g, (hi - lo) // g, 0, b"", lossless))
+        if lossless is not None and x.size:
             values, index = np.unique(x, return_inverse=True)
             if len(values) <= ((hi - lo) // g + 1) // 2:
                 table = struct.pack("<I", len(values)) + values.astype("<i4").tobytes()
-                candidates.append((0, index.reshape(x.shape), len(values) - 1, 0, table))
+                candidates.append((0, index.reshape(x.shape), len(values) - 1, 0, table, lossless))
         best = None
-        for g, u, top, d, table in candidates:
+        for g, u, top, d, table, flags in candidates:
             q = self.search_base_quality(u, top, d, transform) if quality is None else quality
             st = {} if stats is not None else None
             base_stream, body = self._bounded_body(u, top, d, q, st, transform)
-            data = struct.pack("<BII", q | (self.ADAPTIVE | self.SHAPES if self.adaptive else 0), g,
-                               len(base_stream)) + table + base_stream + body
+            data = struct.pack("<BII", q | flags, g, len(base_stream)) + table + base_stream + body
             if best is None or len(data) < len(best[0]):
                 best = (data, st, len(table))
         if stats is not None:
@@ -404,12 +416,15 @@ class PlaneCoder:
         if len(data) < 9:
             raise ValueError("error-bounded tile stream shorter than its 9-byte header")
         q, g, n = struct.unpack_from("<BII", data, 0)
-        adaptive, shapes, q = bool(q & self.ADAPTIVE), bool(q & self.SHAPES), q & ~(self.ADAPTIVE | self.SHAPES)
+        adaptive, shapes, lossless = bool(q & self.ADAPTIVE), bool(q & self.SHAPES), bool(q & self.LOSSLESS)
+        q &= ~(self.ADAPTIVE | self.SHAPES | self.LOSSLESS)
         if shapes and not adaptive:
             raise ValueError("error-bounded tile header is inconsistent: it flags lighter-tailed tables without the "
                              "adaptive residual")
+        if lossless:  # a lossless tile in a plane with a max error: its own bound is 0
+            max_error = 0
         off, values = 9, None
-        if g == 0:  # indices into a table of values (lossless only)
+        if g == 0:  # indices into a table of values (lossless tiles only)
             count = struct.unpack_from("<I", data, 9)[0] if len(data) >= 13 else 0
             if max_error != 0 or not 1 <= count <= max(hi - lo + 1, 1) or 13 + 4 * count > len(data):
                 raise ValueError(f"error-bounded tile value table ({count} values, max error {max_error}) is "

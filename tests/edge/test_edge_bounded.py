@@ -218,9 +218,32 @@ def test_few_values_are_coded_as_a_table(exact_coder):
     np.testing.assert_array_equal(out.pixels, image.pixels)
     _, tiles, _ = bs.parse(data)
     assert tiles[0][1:5] == b"\0\0\0\0"  # divisor 0: the value table
-    plain = coder.encode_bounded(x, 0, 255, 1)  # a bound > 0 never uses the table
-    assert plain[1:5] != b"\0\0\0\0"
     bad = bytearray(tiles[0])
     bad[13:17] = (300).to_bytes(4, "little", signed=True)  # a table value outside [lo, hi]
     with pytest.raises(ValueError, match="table"):
         coder.decode_bounded(bytes(bad), 48, 64, 0, 255, 0)
+
+
+def test_graphics_with_a_bound_are_coded_losslessly_when_that_is_shorter(exact_coder):
+    """With a max error D > 0, a tile that is mostly flat (graphics, test patterns) is also coded losslessly,
+    flagged so, and the shorter kept; natural images are not; a lossless tile decodes exactly."""
+    b, coder = exact_coder
+    levels = np.array([0, 17, 40, 41, 90, 200, 255])
+    r, c = np.mgrid[0:64, 0:64]
+    x = levels[(r // 8 + c // 11) % len(levels)]
+    d = 2
+    tile = coder.encode_bounded(x, 0, 255, d)
+    assert tile[0] & PlaneCoder.LOSSLESS and tile[1:5] == b"\0\0\0\0"  # lossless, through the value table
+    near_only = PlaneCoder(coder.p, coder.coding, coder.transforms, coder.residual)
+    near_only.LOSSLESS_GATE = 2.0  # never tries the lossless candidate
+    assert len(near_only.encode_bounded(x, 0, 255, d)) > len(tile)
+    np.testing.assert_array_equal(coder.decode_bounded(tile, 64, 64, 0, 255, d), x)
+    image = Image(pixels=x.astype(np.uint8)[None, :, :, None], bits_stored=8, signed=False)
+    data, out, _ = _roundtrip(coder, b, image, d)
+    np.testing.assert_array_equal(out.pixels, image.pixels)
+    # without the flag, a value table in a tile of a plane with a bound is refused
+    bad = bytes([tile[0] & ~PlaneCoder.LOSSLESS]) + tile[1:]
+    with pytest.raises(ValueError, match="table"):
+        coder.decode_bounded(bad, 64, 64, 0, 255, d)
+    noisy = np.clip(np.round(128 + np.random.default_rng(3).normal(0, 20, (64, 64))), 0, 255).astype(np.int64)
+    assert not coder.encode_bounded(noisy, 0, 255, d)[0] & PlaneCoder.LOSSLESS
