@@ -17,6 +17,7 @@ from data.image import Image
 from edge_runtime import QUALITY_LEVELS
 from edge_runtime import bitstream as bs
 from edge_runtime import colour as col
+from edge_runtime import direct
 from edge_runtime import exact_dwt
 from edge_runtime import padding as pad
 from edge_runtime import refine as exact_refine
@@ -168,7 +169,9 @@ class PlaneCoder:
     tables (res.shape_tables); the encoder sets both, and streams with ADAPTIVE alone decode.
     The bit after (LOSSLESS) says a tile of a plane coded with a max error D > 0 is coded
     losslessly (its own bound 0, value tables allowed): graphics, test patterns and screen
-    captures are often smaller that way than near-losslessly.
+    captures are often smaller that way than near-losslessly. Base quality 0 (lossless tiles
+    only, base length 0) says the tile has no base: its values (or value-table indices) are
+    coded by edge_runtime.direct, after the header and the value table.
     """
 
     ADAPTIVE = 0x80
@@ -184,9 +187,10 @@ class PlaneCoder:
     """Refinement steps of search_base_quality after SEARCH_START."""
 
     def __init__(self, params: dict, coding: CodingModel, transforms, residual: res.ResidualModel | None = None,
-                 refine: exact_refine.ExactRefinement | None = None, adaptive: bool = True):
+                 refine: exact_refine.ExactRefinement | None = None, adaptive: bool = True, direct: bool = True):
         self.p = params
         self.adaptive = bool(adaptive)
+        self.direct = bool(direct)  # lossless tiles may also be coded without a base (edge_runtime.direct)
         self.coding = coding
         self.residual = residual
         self.refine = refine
@@ -263,10 +267,13 @@ class PlaneCoder:
             stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + 8 + best[2]["estimated_bits"]
         return best[1], best[3], levels, best[4]
 
-    def tile_transform(self, stream: bytes, bounded: bool) -> str:
-        """The transform a tile stream (from `encode`, or `encode_bounded` when `bounded`) was coded with."""
+    def tile_transform(self, stream: bytes, bounded: bool) -> str | None:
+        """The transform a tile stream (from `encode`, or `encode_bounded` when `bounded`) was coded with
+        (None: an error-bounded tile without a base)."""
         if bounded:
-            g = struct.unpack_from("<BII", stream, 0)[1]
+            q, g = struct.unpack_from("<BII", stream, 0)[:2]
+            if q & ~(self.ADAPTIVE | self.SHAPES | self.LOSSLESS) == 0:  # no base (edge_runtime.direct)
+                return None
             off = 13 + 4 * struct.unpack_from("<I", stream, 9)[0] if g == 0 else 9
             stream = stream[off:]
         return self.names[stream[0]]
@@ -320,7 +327,8 @@ class PlaneCoder:
         Values are first divided by the greatest common divisor g of x - lo (8-bit data
         stored in 16 bits, palettes: g = 256 or 257), with the bound D // g. Lossless tiles
         that use at most half of the values in their range (graphics, test patterns) are
-        also coded as indices into a table of the values present, and the shorter kept.
+        also coded as indices into a table of the values present. Lossless tiles are also
+        coded without a base (edge_runtime.direct: quality byte 0). The shortest is kept.
         The base quality is `quality`, or with None the one search_base_quality finds.
         """
         x = np.asarray(x, np.int64)
@@ -337,6 +345,12 @@ class PlaneCoder:
                 table = struct.pack("<I", len(values)) + values.astype("<i4").tobytes()
                 candidates.append((0, index.reshape(x.shape), len(values) - 1, 0, table, lossless))
         best = None
+        if lossless is not None and x.size and self.direct:
+            # without a base, on the last lossless candidate (the value table's indices when it applies)
+            g_, u, _top, _d, table, _f = candidates[-1]
+            body = direct.encode(u, self._residual_model().tables)
+            best = (struct.pack("<BII", lossless & self.LOSSLESS, g_, 0) + table + body,
+                    {"estimated_bits": 8.0 * len(body)}, len(table))
         for g, u, top, d, table, flags in candidates:
             q = self.search_base_quality(u, top, d, transform) if quality is None else quality
             st = {} if stats is not None else None
@@ -437,6 +451,12 @@ class PlaneCoder:
             top, d = (hi - lo) // g, int(max_error) // g
         else:
             raise ValueError(f"error-bounded tile divisor {g} exceeds the plane's range {hi - lo}")
+        if q == 0:  # no base: edge_runtime.direct (lossless tiles only)
+            if n != 0 or max_error != 0:
+                raise ValueError(f"error-bounded tile header (no base, base length {n}, max error {max_error}) is "
+                                 "inconsistent")
+            u = direct.decode(data[off:], rows, cols, top, model.tables)
+            return values[u] if values is not None else lo + g * u
         if q not in BASE_QUALITIES or n > len(data) - off:
             raise ValueError(f"error-bounded tile header (quality {q}, divisor {g}, base length {n}) is inconsistent")
         base = res.reconstruct_base(self.decode_exact(data[off:off + n], rows, cols, q), 0, top)

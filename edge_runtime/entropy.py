@@ -47,8 +47,7 @@ class EntropyTables:
 
     def model(self, k: int):
         if self._models[k] is None:
-            p = self.freqs[k].astype(np.float64) / float(1 << PRECISION)
-            self._models[k] = _stream.model.Categorical(p, perfect=False)
+            self._models[k] = categorical(self.freqs[k])
         return self._models[k]
 
     # -- serialization (stored inside the model bundle's tables.npz) --
@@ -228,11 +227,23 @@ class Encoder:
             self._encode_escapes(s[esc], t[esc] + 1)
 
     def _encode_escapes(self, v: np.ndarray, base: np.ndarray) -> None:
-        sign = (v < 0).astype(np.int32)
-        e, mant = _split_escape(np.abs(v) - base)
+        self._enc.encode((v < 0).astype(np.int32), _stream.model.Uniform(2))
+        self._encode_naturals(np.abs(v) - base)  # their bits are already in symbol_bits
+
+    def encode_naturals(self, v: np.ndarray) -> None:
+        """Integers >= 0 (side information): Exp-Golomb, each exponent uniform over 64, then the mantissas
+        grouped by exponent (the payload of an escape)."""
+        v = np.asarray(v, np.int64).ravel()
+        if v.size and self.track:
+            self.estimated_bits += float(_escape_bits(v).sum())
+        self._encode_naturals(v)
+
+    def _encode_naturals(self, v: np.ndarray) -> None:
+        if v.size == 0:
+            return
+        e, mant = _split_escape(v)
         if e.max() >= _ESC_EXP_MAX:
             raise ValueError("coefficient too large for the escape code")
-        self._enc.encode(sign, _stream.model.Uniform(2))
         self._enc.encode(e.astype(np.int32), self._uniform64)
         for n in np.flatnonzero(np.bincount(e)):  # the exponents present, ascending (np.unique imports numpy.ma)
             if n == 0:
@@ -242,6 +253,13 @@ class Encoder:
             if n > 20:
                 self._enc.encode((m >> 20).astype(np.int32), _stream.model.Uniform(1 << (int(n) - 20)))
             self._enc.encode((m & ((1 << 20) - 1)).astype(np.int32), _stream.model.Uniform(1 << min(int(n), 20)))
+
+    def encode_categorical(self, positions: np.ndarray, freqs: np.ndarray) -> None:
+        """Positions 0..len(freqs)-1 under one integer frequency table (>= 1 each, summing to 2**PRECISION)."""
+        positions = np.asarray(positions, np.int32)
+        self._enc.encode(positions, categorical(freqs))
+        if self.track:
+            self.estimated_bits += float(-np.log2(np.asarray(freqs, np.float64)[positions] / (1 << PRECISION)).sum())
 
     def encode_uniform(self, values: np.ndarray, size: int) -> None:
         """Values in 0..size-1, each with probability 1/size (side information)."""
@@ -285,9 +303,18 @@ class Decoder:
     def decode_uniform(self, n: int, size: int) -> np.ndarray:
         return self._dec.decode(_stream.model.Uniform(size), n).astype(np.int64)
 
+    def decode_categorical(self, freqs: np.ndarray, n: int) -> np.ndarray:
+        return self._dec.decode(categorical(freqs), n).astype(np.int64)
+
     def _decode_escapes(self, base: np.ndarray) -> np.ndarray:
-        n = len(base)
-        sign = self._dec.decode(_stream.model.Uniform(2), n).astype(np.int64)
+        sign = self._dec.decode(_stream.model.Uniform(2), len(base)).astype(np.int64)
+        mag = self.decode_naturals(len(base)) + base
+        return np.where(sign == 1, -mag, mag)
+
+    def decode_naturals(self, n: int) -> np.ndarray:
+        """Inverse of Encoder.encode_naturals."""
+        if n == 0:
+            return np.zeros(0, np.int64)
         e = self._dec.decode(self._uniform64, n).astype(np.int64)
         if n and e.max() >= _ESC_EXP_MAX:  # never written by the encoder; Uniform(2**(e-20)) would panic in Rust
             raise ValueError(f"escape exponent {int(e.max())} out of range (the encoder writes < {_ESC_EXP_MAX})")
@@ -301,5 +328,9 @@ class Decoder:
                 hi = self._dec.decode(_stream.model.Uniform(1 << (int(b) - 20)), len(sel)).astype(np.int64)
             lo = self._dec.decode(_stream.model.Uniform(1 << min(int(b), 20)), len(sel)).astype(np.int64)
             mant[sel] = (hi << 20) | lo
-        mag = (np.int64(1) << e) + mant - 1 + base
-        return np.where(sign == 1, -mag, mag)
+        return (np.int64(1) << e) + mant - 1
+
+
+def categorical(freqs: np.ndarray):
+    """constriction's model of an integer frequency table summing to 2**PRECISION (exact in float64)."""
+    return _stream.model.Categorical(np.asarray(freqs, np.float64) / float(1 << PRECISION), perfect=False)

@@ -72,8 +72,10 @@ def test_tile_stream_flags_the_adaptive_residual_and_old_streams_still_decode(sh
     b, coder = shipped
     x = _signal_dependent(np.random.default_rng(d))
     lo, hi = int(x.min()), int(x.max())
-    new = coder.encode_bounded(x, lo, hi, d, quality=14)
-    old_coder = PlaneCoder(coder.p, coder.coding, coder.transforms, coder.residual, coder.refine, adaptive=False)
+    based = PlaneCoder(coder.p, coder.coding, coder.transforms, coder.residual, coder.refine, direct=False)
+    new = based.encode_bounded(x, lo, hi, d, quality=14)
+    old_coder = PlaneCoder(coder.p, coder.coding, coder.transforms, coder.residual, coder.refine, adaptive=False,
+                           direct=False)
     old = old_coder.encode_bounded(x, lo, hi, d, quality=14)
     assert new[0] == 14 | PlaneCoder.ADAPTIVE | PlaneCoder.SHAPES and old[0] == 14
     assert struct.unpack_from("<II", new, 1) == struct.unpack_from("<II", old, 1)  # same divisor and base

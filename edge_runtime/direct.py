@@ -1,0 +1,244 @@
+"""Lossless tiles without a wavelet base: a pyramid of interpolations, with tables fitted to the tile.
+
+Graphics, test patterns, screen captures and the flat backgrounds of ultrasound frames are made of
+regions of one value with sharp edges between them. A wavelet base rings at those edges and the
+learned residual tables expect noise, so the error-bounded coder (edge_runtime.residual) spends bits
+where there is nothing to code. This coder codes the tile's integer values u (0..top) directly:
+
+  1. the coarsest lattice, every STRIDE-th row and column: each value as its difference to its left
+     neighbour on the lattice (the first column: to the one above; the first value: itself);
+  2. then for s = STRIDE/2, ..., 2, 1, two passes: the centres (r, c = s mod 2s), from their 4 diagonal
+     neighbours (r ± s, c ± s); then the rest of the lattice of step s (r = 0, c = s and r = s, c = 0
+     mod 2s), from their 4 direct neighbours at distance s. Every neighbour is decoded by then. One
+     outside the tile is mirrored onto the one opposite (r + s -> r - s); when neither exists (a tile
+     thinner than s), the other axis' pair is used twice.
+
+Each value is coded as its difference to a prediction from its 4 neighbours n0 <= n1 <= n2 <= n3
+(sorted): n1 when three of them are equal (n0 = n2 or n1 = n3), else (n1 + n2) >> 1. Its context is
+how many distinct values the neighbours hold (1, 2, 3 or more) and, when more than one, their range
+min(mag_code(n3 - n0) >> 2, ACT_BUCKETS - 1). The coarsest lattice is one context of its own.
+
+Per pass, for every context present (ascending), the stream says (uniform bit) whether its symbols use
+a table sent here or one of the residual model's tables (then its number, uniform). A sent table is
+the number of distinct symbols minus one, the smallest symbol (zigzag) and the gaps between the next
+ones minus one, and the counts minus one of all but the last (Exp-Golomb, Encoder.encode_naturals);
+its frequencies are 1 + count * (2**PRECISION - m) // n, the rest to the first most frequent, and a
+context with a single symbol codes nothing more. Then the context's symbols. The encoder picks, per
+context, whichever costs fewer bits. All integer: the same values on every CPU.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from edge_runtime import context as ctx
+from edge_runtime.entropy import PRECISION, Decoder, Encoder, EntropyTables, group_spans
+
+__all__ = ["STRIDE", "decode", "encode"]
+
+STRIDE = 16
+ACT_BUCKETS = 32
+LATTICE = 0
+"""Context of the coarsest lattice's symbols (it is a pass of its own)."""
+NUM_CONTEXTS = 1 + 2 * ACT_BUCKETS
+MAX_TILE_VALUE = 1 << 31
+
+
+def _mirror(v: np.ndarray, other: np.ndarray, n: int) -> np.ndarray:
+    """Coordinates `v` outside 0..n-1 replaced by `other` (the neighbour on the opposite side), -1 if outside too."""
+    v = np.where((v < 0) | (v >= n), other, v)
+    return np.where((v < 0) | (v >= n), -1, v)
+
+
+@functools.lru_cache(maxsize=16)
+def _geometry(shape: tuple) -> tuple:
+    """(lattice positions, passes): per pass, the flat positions and the 4 neighbours' flat positions."""
+    rows, cols = shape
+    r = np.arange(rows)[:, None]
+    c = np.arange(cols)[None, :]
+    lattice = np.flatnonzero(((r % STRIDE) == 0) & ((c % STRIDE) == 0))
+    passes = []
+    s = STRIDE // 2
+    while s >= 1:
+        m = 2 * s
+        centres = ((r % m) == s) & ((c % m) == s)
+        edges = (((r % m) == 0) & ((c % m) == s)) | (((r % m) == s) & ((c % m) == 0))
+        for mask, diagonal in ((centres, True), (edges, False)):
+            rr, cc = np.divmod(np.flatnonzero(mask), cols)
+            up, down = _mirror(rr - s, rr + s, rows), _mirror(rr + s, rr - s, rows)
+            left, right = _mirror(cc - s, cc + s, cols), _mirror(cc + s, cc - s, cols)
+            if diagonal:  # r - s and c - s always exist for the centres
+                nb = [up * cols + left, up * cols + right, down * cols + left, down * cols + right]
+            else:
+                vertical = up >= 0
+                horizontal = left >= 0
+                # a pair that does not exist (a tile thinner than s) is replaced by the other axis' pair
+                nb = [np.where(vertical, up * cols + cc, rr * cols + left),
+                      np.where(vertical, down * cols + cc, rr * cols + right),
+                      np.where(horizontal, rr * cols + left, up * cols + cc),
+                      np.where(horizontal, rr * cols + right, down * cols + cc)]
+            flat = rr * cols + cc
+            passes.append((flat, tuple(np.asarray(a, np.int64) for a in nb)))
+        s //= 2
+    return lattice, tuple(passes)
+
+
+def _predict(u_flat: np.ndarray, neighbours: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, context) of a pass's positions from their decoded neighbours."""
+    nb = np.stack([np.take(u_flat, at) for at in neighbours])
+    nb.sort(axis=0)
+    n0, n1, n2, n3 = nb
+    pred = np.where((n0 == n2) | (n1 == n3), n1, (n1 + n2) >> 1)
+    distinct = 1 + (n1 != n0).astype(np.int64) + (n2 != n1) + (n3 != n2)
+    act = np.minimum(ctx.mag_code(n3 - n0) >> 2, ACT_BUCKETS - 1)
+    context = np.where(distinct == 1, 0, 1 + (np.minimum(distinct, 3) - 2) * ACT_BUCKETS + act)
+    return pred, context
+
+
+def _lattice_symbols(lat: np.ndarray) -> np.ndarray:
+    d = np.empty_like(lat)
+    d[:, 1:] = lat[:, 1:] - lat[:, :-1]
+    d[1:, 0] = lat[1:, 0] - lat[:-1, 0]
+    d[0, 0] = lat[0, 0]
+    return d
+
+
+def _lattice_values(d: np.ndarray) -> np.ndarray:
+    lat = d.copy()
+    lat[:, 0] = np.cumsum(d[:, 0])
+    return np.cumsum(lat, axis=1)
+
+
+def _zigzag(v: int) -> int:
+    return 2 * v if v >= 0 else -2 * v - 1
+
+
+def _unzigzag(z: int) -> int:
+    return z >> 1 if z % 2 == 0 else -((z + 1) >> 1)
+
+
+def _frequencies(counts: np.ndarray) -> np.ndarray:
+    """Integer frequencies of a sent table from its symbols' counts (module docstring)."""
+    n, m = int(counts.sum()), len(counts)
+    f = 1 + counts * ((1 << PRECISION) - m) // n
+    f[int(np.argmax(counts))] += (1 << PRECISION) - int(f.sum())
+    return f
+
+
+def _natural_bits(v: np.ndarray) -> float:
+    v = np.asarray(v, np.float64)
+    return float((6 + np.floor(np.log2(v + 1))).sum())
+
+
+def _sent_table_bits(values: np.ndarray, counts: np.ndarray) -> float:
+    """Bits of a context's symbols under a table sent for them, description included."""
+    m, n = len(values), int(counts.sum())
+    desc = _natural_bits([m - 1, _zigzag(int(values[0]))]) + _natural_bits(np.diff(values) - 1)
+    if m == 1:
+        return 1 + desc
+    desc += _natural_bits(counts[:-1] - 1)
+    f = _frequencies(counts)
+    return 1 + desc + float(-(counts * np.log2(f / float(1 << PRECISION))).sum())
+
+
+def _model_table_bits(values: np.ndarray, counts: np.ndarray, tables: EntropyTables) -> tuple[int, float]:
+    """(best table of the residual model, bits of the context's symbols under it, its number included)."""
+    k = np.arange(tables.num_tables)[:, None]
+    bits = tables.symbol_bits(np.broadcast_to(values, (k.size, values.size)), k) @ counts
+    best = int(np.argmin(bits))
+    return best, 1 + np.log2(tables.num_tables) + float(bits[best])
+
+
+def _encode_pass(enc: Encoder, sym: np.ndarray, context: np.ndarray) -> None:
+    tables = enc.tables
+    order, spans = group_spans(context)
+    s = np.take(sym, order)
+    for _k, a, b in spans:
+        v = s[a:b]
+        lo = int(v.min())
+        hist = np.bincount(v - lo)
+        values = np.flatnonzero(hist)
+        counts = hist[values]
+        values = values + lo
+        table, model_bits = _model_table_bits(values, counts, tables)
+        if _sent_table_bits(values, counts) <= model_bits:
+            enc.encode_uniform([1], 2)
+            enc.encode_naturals([len(values) - 1, _zigzag(int(values[0]))])
+            enc.encode_naturals(np.diff(values) - 1)
+            if len(values) > 1:
+                enc.encode_naturals(counts[:-1] - 1)
+                enc.encode_categorical(np.searchsorted(values, v), _frequencies(counts))
+        else:
+            enc.encode_uniform([0], 2)
+            enc.encode_uniform([table], tables.num_tables)
+            enc.encode(v, np.full(v.size, table))
+
+
+def _decode_pass(dec: Decoder, context: np.ndarray) -> np.ndarray:
+    tables = dec.tables
+    order, spans = group_spans(context)
+    out = np.empty(context.size, np.int64)
+    s = np.empty(context.size, np.int64)
+    for _k, a, b in spans:
+        n = b - a
+        if dec.decode_uniform(1, 2)[0]:
+            m1, z = (int(t) for t in dec.decode_naturals(2))
+            if m1 >= n:
+                raise ValueError(f"direct tile: a sent table of {m1 + 1} symbols for {n} positions")
+            first = _unzigzag(z)
+            values = first + np.concatenate([[0], np.cumsum(dec.decode_naturals(m1) + 1)])
+            if np.abs(values).max() >= MAX_TILE_VALUE:
+                raise ValueError("direct tile: a sent table's symbols are out of range")
+            if m1 == 0:
+                s[a:b] = first
+                continue
+            counts = dec.decode_naturals(m1) + 1
+            last = n - int(counts.sum())
+            if last < 1:
+                raise ValueError("direct tile: a sent table's counts exceed its positions")
+            s[a:b] = values[dec.decode_categorical(_frequencies(np.append(counts, last)), n)]
+        else:
+            table = int(dec.decode_uniform(1, tables.num_tables)[0])
+            s[a:b] = dec.decode(np.full(n, table))
+    out[order] = s
+    return out
+
+
+def encode(u: np.ndarray, tables: EntropyTables) -> bytes:
+    """Range-coded words of integer tile u (values >= 0); `tables`: the residual model's."""
+    u = np.asarray(u, np.int64)
+    lattice, passes = _geometry(tuple(u.shape))
+    enc = Encoder(tables)
+    lat_shape = (-(-u.shape[0] // STRIDE), -(-u.shape[1] // STRIDE))
+    d = _lattice_symbols(u.ravel()[lattice].reshape(lat_shape)).ravel()
+    _encode_pass(enc, d, np.zeros(d.size, np.int64))
+    flat = u.ravel()
+    for at, neighbours in passes:
+        if at.size:
+            pred, context = _predict(flat, neighbours)
+            _encode_pass(enc, np.take(flat, at) - pred, context)
+    return enc.getvalue()
+
+
+def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables) -> np.ndarray:
+    """Inverse of `encode`: the (rows, cols) tile, every value checked within 0..top."""
+    lattice, passes = _geometry((int(rows), int(cols)))
+    dec = Decoder(tables, data)
+    lat_shape = (-(-rows // STRIDE), -(-cols // STRIDE))
+    u = np.zeros(rows * cols, np.int64)
+    lat = _lattice_values(_decode_pass(dec, np.zeros(lattice.size, np.int64)).reshape(lat_shape))
+    _check(lat, top)
+    u[lattice] = lat.ravel()
+    for at, neighbours in passes:
+        if at.size:
+            pred, context = _predict(u, neighbours)
+            vals = _decode_pass(dec, context) + pred
+            _check(vals, top)
+            u[at] = vals
+    return u.reshape(rows, cols)
+
+
+def _check(v: np.ndarray, top: int) -> None:
+    if v.size and (int(v.min()) < 0 or int(v.max()) > top):
+        raise ValueError(f"direct tile decodes to values outside 0..{top} (a corrupt stream?)")

@@ -1,0 +1,154 @@
+"""Lossless tiles without a base (edge_runtime.direct): the pyramid's geometry, exact round trips, the encoder's choice,
+corrupt streams, and a golden stream (tests/golden/README.md; rewritten only with KCD_REGENERATE_DIRECT_GOLDEN=1)."""
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from data.image import Image
+from edge_runtime import direct, exact_dwt
+from edge_runtime.bundle import default_bundle_path, load_bundle
+from edge_runtime.codec import PlaneCoder, decode_image, encode_image
+
+from _golden import GOLDEN, digest, shipped_spec
+
+SPEC_PATH = GOLDEN / "direct_streams.json"
+NAME = "dfl_crop_lossless_direct.kcd"
+CROP = (100, 60)  # (row, col) of the 96x96 crop of pydicom's image_dfl.dcm
+
+
+@pytest.fixture(scope="module")
+def exact_coder():
+    b = load_bundle(default_bundle_path())
+    p = b.manifest["codec"]
+    return b, PlaneCoder(p, b.coding, {n: exact_dwt.ExactTransforms(n, p["mode"]) for n in p["transforms"]}, b.residual)
+
+
+def _graphics(rows, cols, seed=0):
+    rng = np.random.default_rng(seed)
+    r, c = np.mgrid[0:rows, 0:cols]
+    x = np.array([3, 40, 41, 180, 250])[(r // 7 + c // 5) % 5]
+    x[rng.random((rows, cols)) < 0.02] = 99  # isolated dots
+    return x.astype(np.int64)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (2, 2), (3, 17), (16, 16), (17, 33), (31, 8), (40, 65)])
+def test_geometry_codes_every_position_once_from_decoded_neighbours(shape):
+    lattice, passes = direct._geometry(shape)
+    known = np.zeros(shape[0] * shape[1], bool)
+    known[lattice] = True
+    for at, neighbours in passes:
+        assert not known[at].any()  # each position in one pass only
+        for nb in neighbours:
+            assert nb.min(initial=0) >= 0 and known[nb].all()  # every neighbour decoded before the pass
+        known[at] = True
+    assert known.all()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (3, 17), (17, 33), (64, 48)])
+@pytest.mark.parametrize("kind", ["noise", "graphics", "wide"])
+def test_round_trip_is_exact(exact_coder, shape, kind):
+    _, coder = exact_coder
+    rng = np.random.default_rng(sum(shape))
+    if kind == "noise":
+        u = rng.integers(0, 60, shape)
+    elif kind == "graphics":
+        u = _graphics(*shape)
+    else:  # 16-bit values with large jumps: escapes of the model's tables and wide sent tables
+        u = rng.integers(0, 1 << 16, shape) * (rng.random(shape) < 0.5)
+    top = int(u.max())
+    data = direct.encode(u, coder.residual.tables)
+    assert np.array_equal(direct.decode(data, *shape, top, coder.residual.tables), u)
+
+
+def test_encoder_keeps_the_direct_tile_where_it_is_shorter_and_it_decodes_exactly(exact_coder):
+    b, coder = exact_coder
+    x = _graphics(64, 64)
+    tile = coder.encode_bounded(x, 0, 255, 0)
+    assert tile[0] & 0x1F == 0 and struct.unpack_from("<I", tile, 5)[0] == 0  # no base
+    based = PlaneCoder(coder.p, coder.coding, coder.transforms, coder.residual, direct=False)
+    assert len(tile) < len(based.encode_bounded(x, 0, 255, 0))
+    assert np.array_equal(coder.decode_bounded(tile, 64, 64, 0, 255, 0), x)
+    assert coder.tile_transform(tile, True) is None
+    # in a plane with a max error, a mostly flat tile may be coded losslessly without a base as well
+    near = coder.encode_bounded(x, 0, 255, 2)
+    assert near[0] == PlaneCoder.LOSSLESS
+    assert np.array_equal(coder.decode_bounded(near, 64, 64, 0, 255, 2), x)
+    image = Image(pixels=x.astype(np.uint8)[None, :, :, None], bits_stored=8, signed=False)
+    for d in (0, 2):
+        out, _ = decode_image(encode_image(image, coder=coder, model_id=b.model_id, quality=None, max_error=d),
+                              coder=coder, model_ids=[b.model_id])
+        assert np.array_equal(out.pixels, image.pixels)
+
+
+def test_inconsistent_or_corrupt_direct_tiles_are_refused(exact_coder):
+    _, coder = exact_coder
+    x = _graphics(48, 40, seed=3)
+    tile = coder.encode_bounded(x, 0, 255, 0)
+    assert tile[0] & 0x1F == 0
+    with pytest.raises(ValueError, match="inconsistent"):  # no base, but a base length
+        coder.decode_bounded(tile[:5] + struct.pack("<I", 4) + tile[9:], 48, 40, 0, 255, 0)
+    with pytest.raises(ValueError, match="inconsistent"):  # a lossless tile in a plane with a bound, not flagged
+        coder.decode_bounded(tile, 48, 40, 0, 255, 3)
+    rng = np.random.default_rng(0)
+    g = struct.unpack_from("<I", tile, 1)[0]
+    body_start = 13 + 4 * struct.unpack_from("<I", tile, 9)[0] if g == 0 else 9  # after the header and value table
+    for i in range(200):  # corrupt words: values in range or an error decode_plane reports; nothing else
+        bad = bytearray(tile)
+        for _ in range(1 + i % 4):
+            bad[int(rng.integers(body_start, len(bad)))] = int(rng.integers(0, 256))
+        if i % 5 == 0:
+            bad = bad[:body_start + 4 * int(rng.integers(0, (len(bad) - body_start) // 4 + 1))]
+        try:
+            y = coder.decode_bounded(bytes(bad), 48, 40, 0, 255, 0)
+        except (ValueError, AssertionError):  # what decode_plane reports as InvalidBitstreamError (constriction's
+            continue                          # word for exhausted or inconsistent data is AssertionError)
+        assert y.shape == x.shape and 0 <= y.min() and y.max() <= 255
+
+
+def _source() -> Image:
+    from pydicom.data import get_testdata_file
+
+    from data.readers import read_image
+
+    image = read_image(get_testdata_file("image_dfl.dcm"))
+    r, c = CROP
+    return Image(pixels=np.ascontiguousarray(image.pixels[:, r:r + 96, c:c + 96]), bits_stored=image.bits_stored,
+                 signed=image.signed, modality=image.modality)
+
+
+@pytest.mark.skipif(not os.environ.get("KCD_REGENERATE_DIRECT_GOLDEN"), reason="rewrites the golden direct stream")
+def test_regenerate_golden_direct_stream():
+    from edge_runtime.runtime import load_codec
+
+    bundle, coder = load_codec(None)
+    data = encode_image(_source(), coder=coder, model_id=bundle.model_id, quality=None, max_error=0)
+    (GOLDEN / NAME).write_bytes(data)
+    out, _ = decode_image(data, coder=coder)
+    spec = {"model_id": bundle.model_id.hex(), "source": f"image_dfl.dcm (pydicom), 96x96 crop at {CROP}",
+            "streams": {NAME: {"shape": list(out.pixels.shape), "dtype": out.pixels.dtype.name,
+                               "sha256": digest(out.pixels), "bytes": len(data)}}}
+    SPEC_PATH.write_text(json.dumps(spec, indent=1) + "\n")
+
+
+@pytest.fixture(scope="module", params=["xnnpack", "reference"])
+def shipped(request):
+    return shipped_spec(SPEC_PATH, request.param, "direct")
+
+
+def test_golden_direct_stream_decodes_to_the_recorded_pixels(shipped):
+    from edge_runtime import bitstream as bs
+
+    spec, ids, coder = shipped
+    want = spec["streams"][NAME]
+    data = (GOLDEN / NAME).read_bytes()
+    _, tiles, _ = bs.parse(data)
+    assert tiles[0][0] & 0x1F == 0  # the stream exercises the tile without a base
+    image, _ = decode_image(data, coder=coder, model_ids=ids)
+    assert list(image.pixels.shape) == want["shape"] and image.pixels.dtype.name == want["dtype"]
+    assert digest(image.pixels) == want["sha256"]
+    assert np.array_equal(image.pixels, _source().pixels)
