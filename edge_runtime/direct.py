@@ -18,7 +18,13 @@ Each value is coded as its difference to a prediction from its 4 neighbours n0 <
 how many distinct values the neighbours hold (1, 2, 3 or more) and, when more than one, their range
 min(mag_code(n3 - n0) >> 2, ACT_BUCKETS - 1). The coarsest lattice is one context of its own.
 
-Per pass, for every context present (ascending), the stream says (uniform bit) whether its symbols use
+Each value can also be coded as a neighbour rank: the rank of the value among the distinct neighbour
+values when it is one of them, else their count plus the zigzag of its difference to the prediction.
+On graphics a value is most often one of its neighbours' and its rank says which in a bit or two; on
+natural images the plain difference is shorter. Per pass, for every context present (ascending), a
+uniform bit says which of the two the context's symbols are (the coarsest lattice: always differences).
+
+Then the stream says (uniform bit) whether the context's symbols use
 a table sent here or one of the residual model's tables (then its number, uniform). A sent table is
 the number of distinct symbols minus one, the smallest symbol (zigzag) and the gaps between the next
 ones minus one, and the counts minus one of all but the last (Exp-Golomb, Encoder.encode_naturals);
@@ -84,16 +90,40 @@ def _geometry(shape: tuple) -> tuple:
     return lattice, tuple(passes)
 
 
-def _predict(u_flat: np.ndarray, neighbours: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """(prediction, context) of a pass's positions from their decoded neighbours."""
+def _predict(u_flat: np.ndarray, neighbours: tuple) -> tuple:
+    """(prediction, context, distinct neighbour values (4, n), how many) of a pass's positions from their
+    decoded neighbours; row k of the distinct values is the k-th smallest (rows past the count repeat the last)."""
     nb = np.stack([np.take(u_flat, at) for at in neighbours])
     nb.sort(axis=0)
     n0, n1, n2, n3 = nb
     pred = np.where((n0 == n2) | (n1 == n3), n1, (n1 + n2) >> 1)
-    distinct = 1 + (n1 != n0).astype(np.int64) + (n2 != n1) + (n3 != n2)
+    new = np.ones(nb.shape, bool)
+    new[1:] = nb[1:] != nb[:-1]
+    distinct = new.sum(0)
     act = np.minimum(ctx.mag_code(n3 - n0) >> 2, ACT_BUCKETS - 1)
     context = np.where(distinct == 1, 0, 1 + (np.minimum(distinct, 3) - 2) * ACT_BUCKETS + act)
-    return pred, context
+    rank = np.cumsum(new, axis=0) - 1  # the rank of each sorted neighbour among the distinct values
+    values = np.empty_like(nb)
+    values[rank, np.arange(nb.shape[1])] = nb  # equal neighbours write the same value
+    k = np.arange(4)[:, None]
+    values = np.where(k < distinct, values, values[distinct - 1, np.arange(nb.shape[1])])
+    return pred, context, values, distinct
+
+
+def _zigzags(v: np.ndarray) -> np.ndarray:
+    return (v << 1) ^ (v >> 63)
+
+
+def _ranked(y: np.ndarray, pred: np.ndarray, values: np.ndarray, distinct: np.ndarray) -> np.ndarray:
+    """The neighbour-rank symbols of values y: the rank of y among the distinct neighbour values when it is one of
+    them, else their count plus the zigzag of y - pred."""
+    hit = values == y
+    return np.where(hit.any(0), np.argmax(hit, axis=0), distinct + _zigzags(y - pred))
+
+
+def _unranked(r: np.ndarray, pred: np.ndarray, values: np.ndarray, distinct: np.ndarray) -> np.ndarray:
+    z = r - distinct
+    return np.where(z < 0, values[np.minimum(r, 3), np.arange(r.size)], pred + ((z >> 1) ^ -(z & 1)))
 
 
 def _lattice_symbols(lat: np.ndarray) -> np.ndarray:
@@ -150,19 +180,39 @@ def _model_table_bits(values: np.ndarray, counts: np.ndarray, tables: EntropyTab
     return best, 1 + np.log2(tables.num_tables) + float(bits[best])
 
 
-def _encode_pass(enc: Encoder, sym: np.ndarray, context: np.ndarray) -> None:
+def _plan(v: np.ndarray, tables: EntropyTables) -> tuple:
+    """(bits, sent table (values, counts) or None, model table) of one context's symbols v: the cheaper way."""
+    lo = int(v.min())
+    hist = np.bincount(v - lo)
+    values = np.flatnonzero(hist)
+    counts = hist[values]
+    values = values + lo
+    table, model_bits = _model_table_bits(values, counts, tables)
+    sent_bits = _sent_table_bits(values, counts)
+    if sent_bits <= model_bits:
+        return sent_bits, (values, counts), table
+    return model_bits, None, table
+
+
+def _encode_pass(enc: Encoder, sym: np.ndarray, context: np.ndarray, ranked: np.ndarray | None = None) -> None:
+    """A pass's symbols, context by context; with `ranked` (the neighbour-rank symbols of the same positions), one
+    uniform bit per context first says which of the two the context codes (the shorter)."""
     tables = enc.tables
     order, spans = group_spans(context)
     s = np.take(sym, order)
+    r = np.take(ranked, order) if ranked is not None else None
     for _k, a, b in spans:
         v = s[a:b]
-        lo = int(v.min())
-        hist = np.bincount(v - lo)
-        values = np.flatnonzero(hist)
-        counts = hist[values]
-        values = values + lo
-        table, model_bits = _model_table_bits(values, counts, tables)
-        if _sent_table_bits(values, counts) <= model_bits:
+        plan = _plan(v, tables)
+        if r is not None:
+            alt = _plan(r[a:b], tables)
+            use = alt[0] < plan[0]
+            enc.encode_uniform([int(use)], 2)
+            if use:
+                v, plan = r[a:b], alt
+        _bits, sent, table = plan
+        if sent is not None:
+            values, counts = sent
             enc.encode_uniform([1], 2)
             enc.encode_naturals([len(values) - 1, _zigzag(int(values[0]))])
             enc.encode_naturals(np.diff(values) - 1)
@@ -175,33 +225,46 @@ def _encode_pass(enc: Encoder, sym: np.ndarray, context: np.ndarray) -> None:
             enc.encode(v, np.full(v.size, table))
 
 
-def _decode_pass(dec: Decoder, context: np.ndarray) -> np.ndarray:
+def _decode_symbols(dec: Decoder, n: int) -> np.ndarray:
+    """One context's n symbols (its table first), as _encode_pass wrote them."""
     tables = dec.tables
+    if dec.decode_uniform(1, 2)[0]:
+        m1, z = (int(t) for t in dec.decode_naturals(2))
+        if m1 >= n:
+            raise ValueError(f"direct tile: a sent table of {m1 + 1} symbols for {n} positions")
+        first = _unzigzag(z)
+        values = first + np.concatenate([[0], np.cumsum(dec.decode_naturals(m1) + 1)])
+        if np.abs(values).max() >= MAX_TILE_VALUE:
+            raise ValueError("direct tile: a sent table's symbols are out of range")
+        if m1 == 0:
+            return np.full(n, first, np.int64)
+        counts = dec.decode_naturals(m1) + 1
+        last = n - int(counts.sum())
+        if last < 1:
+            raise ValueError("direct tile: a sent table's counts exceed its positions")
+        return values[dec.decode_categorical(_frequencies(np.append(counts, last)), n)]
+    table = int(dec.decode_uniform(1, tables.num_tables)[0])
+    return dec.decode(np.full(n, table))
+
+
+def _decode_pass(dec: Decoder, context: np.ndarray, predicted: tuple | None = None) -> np.ndarray:
+    """Inverse of _encode_pass: the symbols, or with `predicted` (prediction, distinct values, their count, as
+    _predict gives them) the pass's values."""
     order, spans = group_spans(context)
     out = np.empty(context.size, np.int64)
-    s = np.empty(context.size, np.int64)
     for _k, a, b in spans:
-        n = b - a
-        if dec.decode_uniform(1, 2)[0]:
-            m1, z = (int(t) for t in dec.decode_naturals(2))
-            if m1 >= n:
-                raise ValueError(f"direct tile: a sent table of {m1 + 1} symbols for {n} positions")
-            first = _unzigzag(z)
-            values = first + np.concatenate([[0], np.cumsum(dec.decode_naturals(m1) + 1)])
-            if np.abs(values).max() >= MAX_TILE_VALUE:
-                raise ValueError("direct tile: a sent table's symbols are out of range")
-            if m1 == 0:
-                s[a:b] = first
-                continue
-            counts = dec.decode_naturals(m1) + 1
-            last = n - int(counts.sum())
-            if last < 1:
-                raise ValueError("direct tile: a sent table's counts exceed its positions")
-            s[a:b] = values[dec.decode_categorical(_frequencies(np.append(counts, last)), n)]
-        else:
-            table = int(dec.decode_uniform(1, tables.num_tables)[0])
-            s[a:b] = dec.decode(np.full(n, table))
-    out[order] = s
+        use = predicted is not None and dec.decode_uniform(1, 2)[0]
+        v = _decode_symbols(dec, b - a)
+        if predicted is not None:
+            at = order[a:b]
+            pred = predicted[0][at]
+            if use:
+                if v.min() < 0:
+                    raise ValueError("direct tile: a negative neighbour-rank symbol")
+                v = _unranked(v, pred, predicted[1][:, at], predicted[2][at])
+            else:
+                v = v + pred
+        out[order[a:b]] = v
     return out
 
 
@@ -216,8 +279,9 @@ def encode(u: np.ndarray, tables: EntropyTables) -> bytes:
     flat = u.ravel()
     for at, neighbours in passes:
         if at.size:
-            pred, context = _predict(flat, neighbours)
-            _encode_pass(enc, np.take(flat, at) - pred, context)
+            pred, context, values, distinct = _predict(flat, neighbours)
+            y = np.take(flat, at)
+            _encode_pass(enc, y - pred, context, _ranked(y, pred, values, distinct))
     return enc.getvalue()
 
 
@@ -232,8 +296,8 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables) -
     u[lattice] = lat.ravel()
     for at, neighbours in passes:
         if at.size:
-            pred, context = _predict(u, neighbours)
-            vals = _decode_pass(dec, context) + pred
+            pred, context, values, distinct = _predict(u, neighbours)
+            vals = _decode_pass(dec, context, (pred, values, distinct))
             _check(vals, top)
             u[at] = vals
     return u.reshape(rows, cols)

@@ -49,6 +49,22 @@ def test_geometry_codes_every_position_once_from_decoded_neighbours(shape):
     assert known.all()
 
 
+def test_neighbour_ranks_invert_and_name_the_distinct_neighbour_values():
+    rng = np.random.default_rng(1)
+    u = rng.integers(0, 6, 4000)  # few values: many equal neighbours and many hits
+    neighbours = tuple(rng.integers(0, u.size, 500) for _ in range(4))
+    pred, _context, values, distinct = direct._predict(u, neighbours)
+    nb = np.stack([u[a] for a in neighbours])
+    for i in range(500):
+        want = np.unique(nb[:, i])
+        assert distinct[i] == want.size and list(values[:want.size, i]) == list(want)
+    y = rng.integers(-3, 9, 500)
+    r = direct._ranked(y, pred, values, distinct)
+    assert r.min() >= 0 and np.array_equal(direct._unranked(r, pred, values, distinct), y)
+    hit = (nb == y).any(0)
+    assert np.all(r[hit] < distinct[hit]) and np.all(r[~hit] >= distinct[~hit])
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (3, 17), (17, 33), (64, 48)])
 @pytest.mark.parametrize("kind", ["noise", "graphics", "wide"])
 def test_round_trip_is_exact(exact_coder, shape, kind):
