@@ -169,9 +169,9 @@ class PlaneCoder:
     tables (res.shape_tables); the encoder sets both, and streams with ADAPTIVE alone decode.
     The bit after (LOSSLESS) says a tile of a plane coded with a max error D > 0 is coded
     losslessly (its own bound 0, value tables allowed): graphics, test patterns and screen
-    captures are often smaller that way than near-losslessly. Base quality 0 (lossless tiles
-    only, base length 0) says the tile has no base: its values (or value-table indices) are
-    coded by edge_runtime.direct, after the header and the value table.
+    captures are often smaller that way than near-losslessly. Base quality 0 (base length 0)
+    says the tile has no base: its values (or value-table indices) are coded by
+    edge_runtime.direct with the tile's bound, after the header and the value table.
     """
 
     ADAPTIVE = 0x80
@@ -327,8 +327,8 @@ class PlaneCoder:
         Values are first divided by the greatest common divisor g of x - lo (8-bit data
         stored in 16 bits, palettes: g = 256 or 257), with the bound D // g. Lossless tiles
         that use at most half of the values in their range (graphics, test patterns) are
-        also coded as indices into a table of the values present. Lossless tiles are also
-        coded without a base (edge_runtime.direct: quality byte 0). The shortest is kept.
+        also coded as indices into a table of the values present. Tiles are also coded without
+        a base (edge_runtime.direct: quality byte 0). The shortest is kept.
         The base quality is `quality`, or with None the one search_base_quality finds.
         """
         x = np.asarray(x, np.int64)
@@ -345,12 +345,12 @@ class PlaneCoder:
                 table = struct.pack("<I", len(values)) + values.astype("<i4").tobytes()
                 candidates.append((0, index.reshape(x.shape), len(values) - 1, 0, table, lossless))
         best = None
-        if lossless is not None and x.size and self.direct:
-            # without a base, on the last lossless candidate (the value table's indices when it applies)
-            g_, u, _top, _d, table, _f = candidates[-1]
-            body = direct.encode(u, self._residual_model().tables)
-            best = (struct.pack("<BII", lossless & self.LOSSLESS, g_, 0) + table + body,
-                    {"estimated_bits": 8.0 * len(body)}, len(table))
+        if x.size and self.direct:  # without a base: the plane's own bound, and the last lossless candidate
+            for g, u, top, d, table, flags in {id(c): c for c in (candidates[0], candidates[-1])}.values():
+                body = direct.encode(u, self._residual_model().tables, d, top)
+                if best is None or 9 + len(table) + len(body) < len(best[0]):
+                    best = (struct.pack("<BII", flags & self.LOSSLESS, g, 0) + table + body,
+                            {"estimated_bits": 8.0 * len(body)}, len(table))
         for g, u, top, d, table, flags in candidates:
             q = self.search_base_quality(u, top, d, transform) if quality is None else quality
             st = {} if stats is not None else None
@@ -451,11 +451,10 @@ class PlaneCoder:
             top, d = (hi - lo) // g, int(max_error) // g
         else:
             raise ValueError(f"error-bounded tile divisor {g} exceeds the plane's range {hi - lo}")
-        if q == 0:  # no base: edge_runtime.direct (lossless tiles only)
-            if n != 0 or max_error != 0:
-                raise ValueError(f"error-bounded tile header (no base, base length {n}, max error {max_error}) is "
-                                 "inconsistent")
-            u = direct.decode(data[off:], rows, cols, top, model.tables)
+        if q == 0:  # no base: edge_runtime.direct
+            if n != 0:
+                raise ValueError(f"error-bounded tile header (no base, base length {n}) is inconsistent")
+            u = direct.decode(data[off:], rows, cols, top, model.tables, d)
             return values[u] if values is not None else lo + g * u
         if q not in BASE_QUALITIES or n > len(data) - off:
             raise ValueError(f"error-bounded tile header (quality {q}, divisor {g}, base length {n}) is inconsistent")

@@ -114,16 +114,32 @@ def _zigzags(v: np.ndarray) -> np.ndarray:
     return (v << 1) ^ (v >> 63)
 
 
-def _ranked(y: np.ndarray, pred: np.ndarray, values: np.ndarray, distinct: np.ndarray) -> np.ndarray:
-    """The neighbour-rank symbols of values y: the rank of y among the distinct neighbour values when it is one of
-    them, else their count plus the zigzag of y - pred."""
-    hit = values == y
-    return np.where(hit.any(0), np.argmax(hit, axis=0), distinct + _zigzags(y - pred))
+def _ranked(y: np.ndarray, pred: np.ndarray, values: np.ndarray, distinct: np.ndarray, step: int,
+            top: int) -> tuple:
+    """(plain symbols, neighbour-rank symbols, the values each reconstructs) of values y, quantized with `step`
+    = 2D + 1: a value within D of a distinct neighbour value is that neighbour's rank (the first such), else
+    the count plus the zigzag of the plain symbol (the quantized difference to the prediction)."""
+    e = y - pred
+    d = step // 2
+    q = np.sign(e) * ((np.abs(e) + d) // step)
+    plain = np.clip(pred + step * q, 0, top)
+    hit = np.abs(values - y) <= d
+    found = hit.any(0)
+    k = np.argmax(hit, axis=0)
+    ranked = np.where(found, k, distinct + _zigzags(q))
+    return q, ranked, plain, np.where(found, values[k, np.arange(y.size)], plain)
 
 
-def _unranked(r: np.ndarray, pred: np.ndarray, values: np.ndarray, distinct: np.ndarray) -> np.ndarray:
+def _unranked(r: np.ndarray, pred: np.ndarray, values: np.ndarray, distinct: np.ndarray, step: int,
+              top: int) -> np.ndarray:
     z = r - distinct
-    return np.where(z < 0, values[np.minimum(r, 3), np.arange(r.size)], pred + ((z >> 1) ^ -(z & 1)))
+    return np.where(z < 0, values[np.minimum(r, 3), np.arange(r.size)],
+                    _dequantized(pred, (z >> 1) ^ -(z & 1), step, top))
+
+
+def _dequantized(pred: np.ndarray, q: np.ndarray, step: int, top: int) -> np.ndarray:
+    v = pred + step * q
+    return np.clip(v, 0, top) if step > 1 else v  # lossless: out of range is a corrupt stream (checked)
 
 
 def _lattice_symbols(lat: np.ndarray) -> np.ndarray:
@@ -194,13 +210,15 @@ def _plan(v: np.ndarray, tables: EntropyTables) -> tuple:
     return model_bits, None, table
 
 
-def _encode_pass(enc: Encoder, sym: np.ndarray, context: np.ndarray, ranked: np.ndarray | None = None) -> None:
+def _encode_pass(enc: Encoder, sym: np.ndarray, context: np.ndarray, ranked: np.ndarray | None = None):
     """A pass's symbols, context by context; with `ranked` (the neighbour-rank symbols of the same positions), one
-    uniform bit per context first says which of the two the context codes (the shorter)."""
+    uniform bit per context first says which of the two the context codes (the shorter), and the positions
+    coded as ranks are returned (a mask)."""
     tables = enc.tables
     order, spans = group_spans(context)
     s = np.take(sym, order)
     r = np.take(ranked, order) if ranked is not None else None
+    as_rank = np.zeros(sym.size, bool)
     for _k, a, b in spans:
         v = s[a:b]
         plan = _plan(v, tables)
@@ -210,6 +228,7 @@ def _encode_pass(enc: Encoder, sym: np.ndarray, context: np.ndarray, ranked: np.
             enc.encode_uniform([int(use)], 2)
             if use:
                 v, plan = r[a:b], alt
+                as_rank[order[a:b]] = True
         _bits, sent, table = plan
         if sent is not None:
             values, counts = sent
@@ -223,6 +242,7 @@ def _encode_pass(enc: Encoder, sym: np.ndarray, context: np.ndarray, ranked: np.
             enc.encode_uniform([0], 2)
             enc.encode_uniform([table], tables.num_tables)
             enc.encode(v, np.full(v.size, table))
+    return as_rank
 
 
 def _decode_symbols(dec: Decoder, n: int) -> np.ndarray:
@@ -249,7 +269,7 @@ def _decode_symbols(dec: Decoder, n: int) -> np.ndarray:
 
 def _decode_pass(dec: Decoder, context: np.ndarray, predicted: tuple | None = None) -> np.ndarray:
     """Inverse of _encode_pass: the symbols, or with `predicted` (prediction, distinct values, their count, as
-    _predict gives them) the pass's values."""
+    _predict gives them, step, top) the pass's values."""
     order, spans = group_spans(context)
     out = np.empty(context.size, np.int64)
     for _k, a, b in spans:
@@ -257,47 +277,59 @@ def _decode_pass(dec: Decoder, context: np.ndarray, predicted: tuple | None = No
         v = _decode_symbols(dec, b - a)
         if predicted is not None:
             at = order[a:b]
-            pred = predicted[0][at]
+            pred, values, distinct, step, top = predicted
             if use:
                 if v.min() < 0:
                     raise ValueError("direct tile: a negative neighbour-rank symbol")
-                v = _unranked(v, pred, predicted[1][:, at], predicted[2][at])
+                v = _unranked(v, pred[at], values[:, at], distinct[at], step, top)
             else:
-                v = v + pred
+                v = _dequantized(pred[at], v, step, top)
         out[order[a:b]] = v
     return out
 
 
-def encode(u: np.ndarray, tables: EntropyTables) -> bytes:
-    """Range-coded words of integer tile u (values >= 0); `tables`: the residual model's."""
+def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | None = None) -> bytes:
+    """Range-coded words of integer tile u (values in 0..top), every value within `max_error` of u once decoded;
+    `tables`: the residual model's."""
     u = np.asarray(u, np.int64)
+    top = int(u.max(initial=0)) if top is None else int(top)
+    step = 2 * int(max_error) + 1
     lattice, passes = _geometry(tuple(u.shape))
     enc = Encoder(tables)
     lat_shape = (-(-u.shape[0] // STRIDE), -(-u.shape[1] // STRIDE))
-    d = _lattice_symbols(u.ravel()[lattice].reshape(lat_shape)).ravel()
-    _encode_pass(enc, d, np.zeros(d.size, np.int64))
+    q = (u.ravel()[lattice] + step // 2) // step  # the lattice, quantized; its differences coded exactly
+    _encode_pass(enc, _lattice_symbols(q.reshape(lat_shape)).ravel(), np.zeros(q.size, np.int64))
     flat = u.ravel()
+    rec = flat.copy() if step > 1 else flat  # what the decoder rebuilds: the predictions' source
+    if step > 1:
+        rec[lattice] = np.minimum(q * step, top)
     for at, neighbours in passes:
         if at.size:
-            pred, context, values, distinct = _predict(flat, neighbours)
-            y = np.take(flat, at)
-            _encode_pass(enc, y - pred, context, _ranked(y, pred, values, distinct))
+            pred, context, values, distinct = _predict(rec, neighbours)
+            sym, ranked, plain, ranked_value = _ranked(np.take(flat, at), pred, values, distinct, step, top)
+            as_rank = _encode_pass(enc, sym, context, ranked)
+            if step > 1:
+                rec[at] = np.where(as_rank, ranked_value, plain)
     return enc.getvalue()
 
 
-def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables) -> np.ndarray:
+def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, max_error: int = 0) -> np.ndarray:
     """Inverse of `encode`: the (rows, cols) tile, every value checked within 0..top."""
     lattice, passes = _geometry((int(rows), int(cols)))
+    step = 2 * int(max_error) + 1
     dec = Decoder(tables, data)
     lat_shape = (-(-rows // STRIDE), -(-cols // STRIDE))
     u = np.zeros(rows * cols, np.int64)
-    lat = _lattice_values(_decode_pass(dec, np.zeros(lattice.size, np.int64)).reshape(lat_shape))
+    lat = _lattice_values(_decode_pass(dec, np.zeros(lattice.size, np.int64)).reshape(lat_shape)).ravel()
+    if step > 1:
+        _check(lat, (top + step // 2) // step)
+        lat = np.minimum(lat * step, top)
     _check(lat, top)
-    u[lattice] = lat.ravel()
+    u[lattice] = lat
     for at, neighbours in passes:
         if at.size:
             pred, context, values, distinct = _predict(u, neighbours)
-            vals = _decode_pass(dec, context, (pred, values, distinct))
+            vals = _decode_pass(dec, context, (pred, values, distinct, step, top))
             _check(vals, top)
             u[at] = vals
     return u.reshape(rows, cols)
