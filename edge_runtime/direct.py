@@ -1,4 +1,4 @@
-"""Lossless tiles without a wavelet base: a pyramid of interpolations, with tables fitted to the tile.
+"""Error-bounded tiles without a wavelet base: a pyramid of interpolations, with tables fitted to the tile.
 
 Graphics, test patterns, screen captures and the flat backgrounds of ultrasound frames are made of
 regions of one value with sharp edges between them. A wavelet base rings at those edges and the
@@ -24,13 +24,19 @@ On graphics a value is most often one of its neighbours' and its rank says which
 natural images the plain difference is shorter. Per pass, for every context present (ascending), a
 uniform bit says which of the two the context's symbols are (the coarsest lattice: always differences).
 
-Then the stream says (uniform bit) whether the context's symbols use
-a table sent here or one of the residual model's tables (then its number, uniform). A sent table is
+Then the stream says (uniform bit) whether the context's symbols use a table sent here or one of
+the residual model's tables (then its number, uniform). A sent table is
 the number of distinct symbols minus one, the smallest symbol (zigzag) and the gaps between the next
 ones minus one, and the counts minus one of all but the last (Exp-Golomb, Encoder.encode_naturals);
 its frequencies are 1 + count * (2**PRECISION - m) // n, the rest to the first most frequent, and a
 context with a single symbol codes nothing more. Then the context's symbols. The encoder picks, per
 context, whichever costs fewer bits. All integer: the same values on every CPU.
+
+With a max error D > 0 every coded difference is quantized with step 2D + 1 as in edge_runtime.residual
+(q = sign(e) * floor((|e| + D) / (2D + 1)), value = clip(prediction + (2D + 1) * q, 0, top)), the coarsest
+lattice is coded as floor((u + D) / (2D + 1)) (value min(q * (2D + 1), top)), a value within D of a
+neighbour's may be coded as that neighbour's rank, and predictions come from the values as decoded: every
+value within D of the tile's.
 """
 from __future__ import annotations
 
