@@ -14,9 +14,17 @@ where there is nothing to code. This coder codes the tile's integer values u (0.
      thinner than s), the other axis' pair is used twice.
 
 Each value is coded as its difference to a prediction from its 4 neighbours n0 <= n1 <= n2 <= n3
-(sorted): n1 when three of them are equal (n0 = n2 or n1 = n3), else (n1 + n2) >> 1. Its context is
-how many distinct values the neighbours hold (1, 2, 3 or more) and, when more than one, their range
-min(mag_code(n3 - n0) >> 2, ACT_BUCKETS - 1). The coarsest lattice is one context of its own.
+(sorted) and 8 more decoded values farther out ((±s, ±3s) and (±3s, ±s) for the centres, (±s, ±2s)
+and (±2s, ±s) for the rest; mirrored likewise, or a near neighbour when outside on both sides). A pass
+has one of 4 modes (MODES), sent first (uniform): the prediction is median-like, n1 when three near
+values are equal (n0 = n2 or n1 = n3), else (n1 + n2) >> 1; or linear, (a * near sum + b * far sum
++ c * median-like + 2**(WEIGHT_SHIFT-1)) >> WEIGHT_SHIFT clipped to 0..top, with the pass's integer
+weights (a, b, c) sent after the mode (zigzag, Exp-Golomb; the encoder's least-squares fit). The
+context is how many distinct values the near neighbours hold (1, 2, 3 or more) and, when more than
+one, a range: min(mag_code(range) >> 2, ACT_BUCKETS - 1), the range of the near values or (wide
+modes) of all 12. The encoder weighs the 4 modes on a sample of the pass and keeps the cheapest:
+median-like and near suit graphics, linear and wide suit noisy natural images. The coarsest lattice
+is one context of its own.
 
 Each value can also be coded as a neighbour rank: the rank of the value among the distinct neighbour
 values when it is one of them, else their count plus the zigzag of its difference to the prediction.
@@ -91,22 +99,50 @@ def _geometry(shape: tuple) -> tuple:
                       np.where(horizontal, rr * cols + left, up * cols + cc),
                       np.where(horizontal, rr * cols + right, down * cols + cc)]
             flat = rr * cols + cc
-            passes.append((flat, tuple(np.asarray(a, np.int64) for a in nb)))
+            far = []  # 8 more decoded values around: (±s, ±3s), (±3s, ±s) for centres, (±s, ±2s), (±2s, ±s) else
+            for a, b in (FAR_CENTRES if diagonal else FAR_EDGES):
+                fr, fc = _mirror(rr + a * s, rr - a * s, rows), _mirror(cc + b * s, cc - b * s, cols)
+                # outside the tile on both sides (a thin tile): a near neighbour instead
+                far.append(np.where((fr >= 0) & (fc >= 0), fr * cols + fc, nb[len(far) % 4]))
+            passes.append((flat, tuple(np.asarray(a, np.int64) for a in nb), tuple(far)))
         s //= 2
     return lattice, tuple(passes)
 
 
-def _predict(u_flat: np.ndarray, neighbours: tuple) -> tuple:
-    """(prediction, context, distinct neighbour values (4, n), how many) of a pass's positions from their
-    decoded neighbours; row k of the distinct values is the k-th smallest (rows past the count repeat the last)."""
+FAR_CENTRES = ((-1, -3), (-1, 3), (1, -3), (1, 3), (-3, -1), (-3, 1), (3, -1), (3, 1))
+FAR_EDGES = ((-1, -2), (-1, 2), (1, -2), (1, 2), (-2, -1), (-2, 1), (2, -1), (2, 1))
+WEIGHT_SHIFT = 8
+"""Linear predictions are (a * near sum + b * far sum + c * median-like + 2**(WEIGHT_SHIFT-1)) >> WEIGHT_SHIFT."""
+
+
+def _gather(u_flat: np.ndarray, neighbours: tuple, far: tuple) -> tuple:
+    """The 4 near neighbours' values (sorted, 4 x n) and the 8 far ones' (8 x n) of a pass's positions."""
     nb = np.stack([np.take(u_flat, at) for at in neighbours])
     nb.sort(axis=0)
+    return nb, np.stack([np.take(u_flat, at) for at in far])
+
+
+def _median_like(nb: np.ndarray) -> np.ndarray:
     n0, n1, n2, n3 = nb
-    pred = np.where((n0 == n2) | (n1 == n3), n1, (n1 + n2) >> 1)
+    return np.where((n0 == n2) | (n1 == n3), n1, (n1 + n2) >> 1)
+
+
+def _predict(nb: np.ndarray, fv: np.ndarray, weights, top: int, wide: bool) -> tuple:
+    """(prediction, context, distinct near values (4, n), how many) from the sorted near values `nb` and the far
+    ones `fv`; row k of the distinct values is the k-th smallest (rows past the count repeat the last).
+    `weights` (a, b, c): the linear prediction (a * near sum + b * far sum + c * median-like, WEIGHT_SHIFT),
+    clipped to 0..top; None: the median-like one. `wide`: the context's range is that of all 12 values, else of
+    the near ones."""
+    pred = _median_like(nb)
+    if weights is not None:
+        a, b, c = (int(w) for w in weights)
+        lin = a * nb.sum(0) + b * fv.sum(0) + c * pred + (1 << (WEIGHT_SHIFT - 1))
+        pred = np.clip(lin >> WEIGHT_SHIFT, 0, top)
     new = np.ones(nb.shape, bool)
     new[1:] = nb[1:] != nb[:-1]
     distinct = new.sum(0)
-    act = np.minimum(ctx.mag_code(n3 - n0) >> 2, ACT_BUCKETS - 1)
+    span = np.maximum(nb[3], fv.max(0)) - np.minimum(nb[0], fv.min(0)) if wide else nb[3] - nb[0]
+    act = np.minimum(ctx.mag_code(span) >> 2, ACT_BUCKETS - 1)
     context = np.where(distinct == 1, 0, 1 + (np.minimum(distinct, 3) - 2) * ACT_BUCKETS + act)
     rank = np.cumsum(new, axis=0) - 1  # the rank of each sorted neighbour among the distinct values
     values = np.empty_like(nb)
@@ -114,6 +150,61 @@ def _predict(u_flat: np.ndarray, neighbours: tuple) -> tuple:
     k = np.arange(4)[:, None]
     values = np.where(k < distinct, values, values[distinct - 1, np.arange(nb.shape[1])])
     return pred, context, values, distinct
+
+
+MAX_WEIGHT = 1 << 14
+
+
+def _fit_weights(y: np.ndarray, nb: np.ndarray, fv: np.ndarray):
+    """Least-squares weights of the linear prediction of values y (rounded, WEIGHT_SHIFT), or None."""
+    X = np.stack([nb.sum(0), fv.sum(0), _median_like(nb)], axis=1).astype(np.float64)
+    w, *_ = np.linalg.lstsq(X, y.astype(np.float64), rcond=None)
+    if not np.all(np.isfinite(w)):
+        return None
+    return tuple(int(v) for v in np.clip(np.round(w * (1 << WEIGHT_SHIFT)), 1 - MAX_WEIGHT, MAX_WEIGHT - 1))
+
+
+MODES = ((False, False), (False, True), (True, False), (True, True))
+"""A pass's prediction mode: (linear prediction, wide context range); the encoder picks the cheapest."""
+_CHOICE_SAMPLE = 3
+"""The encoder weighs the modes on every _CHOICE_SAMPLE-th position of a pass."""
+
+
+def _choose_mode(y, nb, fv, step: int, top: int, tables: EntropyTables) -> tuple:
+    """(mode, weights) of the pass coding values y in the fewest bits, weighed on a sample of its positions."""
+    weights = _fit_weights(y, nb, fv)
+    sub = slice(None, None, _CHOICE_SAMPLE) if y.size > 64 * _CHOICE_SAMPLE else slice(None)
+    best = None
+    for mode, (linear, wide) in enumerate(MODES):
+        if linear and weights is None:
+            continue
+        w = weights if linear else None
+        pred, context, values, distinct = _predict(nb[:, sub], fv[:, sub], w, top, wide)
+        sym, ranked, _plain, _value = _ranked(y[sub], pred, values, distinct, step, top)
+        cost = _pass_bits(sym, context, ranked)
+        if best is None or cost < best[0]:
+            best = (cost, mode, w)
+    return best[1], best[2]
+
+
+def _pass_bits(sym: np.ndarray, context: np.ndarray, ranked: np.ndarray) -> float:
+    """About what _encode_pass spends on a pass (the encoder's estimate for choosing a mode): per context, the
+    cheaper of the two symbol kinds, each at its empirical entropy plus a table's cost."""
+    return float(np.minimum(_context_bits(sym, context), _context_bits(ranked, context)).sum())
+
+
+def _context_bits(v: np.ndarray, context: np.ndarray) -> np.ndarray:
+    """Per context (0..max): n log2 n - sum c log2 c over its symbols' counts c, plus 8 bits per distinct symbol
+    (a sent table) or 3 % and 7 bits (one of the model's tables), whichever is less."""
+    keys = np.sort(context * (int(v.max()) - int(v.min()) + 1) + (v - int(v.min())))
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+    counts = np.diff(np.append(starts, keys.size)).astype(np.float64)
+    run_ctx = keys[starts] // (int(v.max()) - int(v.min()) + 1)
+    n = np.bincount(run_ctx, weights=counts, minlength=int(context.max()) + 1)
+    clogc = np.bincount(run_ctx, weights=counts * np.log2(counts), minlength=n.size)
+    distinct = np.bincount(run_ctx, minlength=n.size)
+    h = n * np.log2(np.maximum(n, 1)) - clogc
+    return h + np.minimum(8.0 * distinct, 0.03 * h + 7.0)  # a sent table, or one of the model's (a few % off)
 
 
 def _zigzags(v: np.ndarray) -> np.ndarray:
@@ -309,10 +400,16 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
     rec = flat.copy() if step > 1 else flat  # what the decoder rebuilds: the predictions' source
     if step > 1:
         rec[lattice] = np.minimum(q * step, top)
-    for at, neighbours in passes:
+    for at, neighbours, far in passes:
         if at.size:
-            pred, context, values, distinct = _predict(rec, neighbours)
-            sym, ranked, plain, ranked_value = _ranked(np.take(flat, at), pred, values, distinct, step, top)
+            nb, fv = _gather(rec, neighbours, far)
+            y = np.take(flat, at)
+            mode, weights = _choose_mode(y, nb, fv, step, top, tables)
+            enc.encode_uniform([mode], len(MODES))
+            if weights is not None:
+                enc.encode_naturals([_zigzag(w) for w in weights])
+            pred, context, values, distinct = _predict(nb, fv, weights, top, MODES[mode][1])
+            sym, ranked, plain, ranked_value = _ranked(y, pred, values, distinct, step, top)
             as_rank = _encode_pass(enc, sym, context, ranked)
             if step > 1:
                 rec[at] = np.where(as_rank, ranked_value, plain)
@@ -332,9 +429,15 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
         lat = np.minimum(lat * step, top)
     _check(lat, top)
     u[lattice] = lat
-    for at, neighbours in passes:
+    for at, neighbours, far in passes:
         if at.size:
-            pred, context, values, distinct = _predict(u, neighbours)
+            mode, weights = int(dec.decode_uniform(1, len(MODES))[0]), None
+            if MODES[mode][0]:
+                weights = tuple(_unzigzag(int(z)) for z in dec.decode_naturals(3))
+                if max(abs(w) for w in weights) >= MAX_WEIGHT:
+                    raise ValueError("direct tile: prediction weights out of range")
+            nb, fv = _gather(u, neighbours, far)
+            pred, context, values, distinct = _predict(nb, fv, weights, top, MODES[mode][1])
             vals = _decode_pass(dec, context, (pred, values, distinct, step, top))
             _check(vals, top)
             u[at] = vals

@@ -43,19 +43,38 @@ def test_geometry_codes_every_position_once_from_decoded_neighbours(shape):
     lattice, passes = direct._geometry(shape)
     known = np.zeros(shape[0] * shape[1], bool)
     known[lattice] = True
-    for at, neighbours in passes:
+    for at, neighbours, far in passes:
         assert not known[at].any()  # each position in one pass only
-        for nb in neighbours:
+        assert len(neighbours) == 4 and len(far) == 8
+        for nb in neighbours + far:
             assert nb.min(initial=0) >= 0 and known[nb].all()  # every neighbour decoded before the pass
         known[at] = True
     assert known.all()
+
+
+def test_every_prediction_mode_round_trips(exact_coder, monkeypatch):
+    _, coder = exact_coder
+    rng = np.random.default_rng(4)
+    r, c = np.mgrid[0:40, 0:56]
+    u = np.round(500 + 200 * np.sin(r / 3) * np.cos(c / 4) + rng.normal(0, 1, r.shape)).astype(np.int64)
+    sizes = []
+    for mode in range(len(direct.MODES)):  # the encoder forced to each mode in every pass
+        monkeypatch.setattr(direct, "_choose_mode", lambda y, nb, fv, step, top, tables, m=mode: (
+            m, direct._fit_weights(y, nb, fv) if direct.MODES[m][0] else None))
+        for d in (0, 2):
+            data = direct.encode(u, coder.residual.tables, d, int(u.max()))
+            y = direct.decode(data, *u.shape, int(u.max()), coder.residual.tables, d)
+            assert np.abs(y - u).max() <= d
+        sizes.append(len(direct.encode(u, coder.residual.tables)))
+    assert min(sizes[2:]) < min(sizes[:2])  # on a smooth curved signal a linear prediction is shorter
 
 
 def test_neighbour_ranks_invert_and_name_the_distinct_neighbour_values():
     rng = np.random.default_rng(1)
     u = rng.integers(0, 6, 4000)  # few values: many equal neighbours and many hits
     neighbours = tuple(rng.integers(0, u.size, 500) for _ in range(4))
-    pred, _context, values, distinct = direct._predict(u, neighbours)
+    nb, fv = direct._gather(u, neighbours, neighbours + neighbours)
+    pred, _context, values, distinct = direct._predict(nb, fv, None, 100, False)
     nb = np.stack([u[a] for a in neighbours])
     for i in range(500):
         want = np.unique(nb[:, i])
@@ -69,12 +88,15 @@ def test_neighbour_ranks_invert_and_name_the_distinct_neighbour_values():
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (3, 17), (17, 33), (64, 48)])
-@pytest.mark.parametrize("kind", ["noise", "graphics", "wide"])
+@pytest.mark.parametrize("kind", ["noise", "smooth", "graphics", "wide"])
 def test_round_trip_is_exact(exact_coder, shape, kind):
     _, coder = exact_coder
     rng = np.random.default_rng(sum(shape))
     if kind == "noise":
         u = rng.integers(0, 60, shape)
+    elif kind == "smooth":  # a ramp with noise: linear predictions and wide contexts pay
+        r, c = np.mgrid[0:shape[0], 0:shape[1]]
+        u = np.clip(np.round(300 + 3 * r + 2 * c + rng.normal(0, 4, shape)), 0, None).astype(np.int64)
     elif kind == "graphics":
         u = _graphics(*shape)
     else:  # 16-bit values with large jumps: escapes of the model's tables and wide sent tables
