@@ -16,15 +16,16 @@ where there is nothing to code. This coder codes the tile's integer values u (0.
 Each value is coded as its difference to a prediction from its 4 neighbours n0 <= n1 <= n2 <= n3
 (sorted) and 8 more decoded values farther out ((±s, ±3s) and (±3s, ±s) for the centres, (±s, ±2s)
 and (±2s, ±s) for the rest; mirrored likewise, or a near neighbour when outside on both sides). A pass
-has one of 4 modes (MODES), sent first (uniform): the prediction is median-like, n1 when three near
+has one of 5 modes (MODES), sent first (uniform): the prediction is median-like, n1 when three near
 values are equal (n0 = n2 or n1 = n3), else (n1 + n2) >> 1; or linear, (a * near sum + b * far sum
 + c * median-like + 2**(WEIGHT_SHIFT-1)) >> WEIGHT_SHIFT clipped to 0..top, with the pass's integer
 weights (a, b, c) sent after the mode (zigzag, Exp-Golomb; the encoder's least-squares fit). The
 context is how many distinct values the near neighbours hold (1, 2, 3 or more) and, when more than
 one, a range: min(mag_code(range) >> 2, ACT_BUCKETS - 1), the range of the near values or (wide
-modes) of all 12. The encoder weighs the 4 modes on a sample of the pass and keeps the cheapest:
-median-like and near suit graphics, linear and wide suit noisy natural images. The coarsest lattice
-is one context of its own.
+modes) of all 12; in the pattern mode, positions whose near neighbours hold exactly 2 values take
+instead the context of which of the 4 hold the smaller one (an edge's direction). The encoder weighs
+the modes on a sample of the pass and keeps the cheapest: median-like, near and pattern suit graphics,
+linear and wide suit noisy natural images. The coarsest lattice is one context of its own.
 
 Each value can also be coded as a neighbour rank: the rank of the value among the distinct neighbour
 values when it is one of them, else their count plus the zigzag of its difference to the prediction.
@@ -116,10 +117,13 @@ WEIGHT_SHIFT = 8
 
 
 def _gather(u_flat: np.ndarray, neighbours: tuple, far: tuple) -> tuple:
-    """The 4 near neighbours' values (sorted, 4 x n) and the 8 far ones' (8 x n) of a pass's positions."""
+    """The 4 near neighbours' values (sorted, 4 x n), the 8 far ones' (8 x n), and which near neighbours hold the
+    smallest value (bit i: the i-th of `neighbours`) of a pass's positions."""
     nb = np.stack([np.take(u_flat, at) for at in neighbours])
+    low = (nb == nb.min(0)).astype(np.int64)
+    pattern = low[0] | (low[1] << 1) | (low[2] << 2) | (low[3] << 3)
     nb.sort(axis=0)
-    return nb, np.stack([np.take(u_flat, at) for at in far])
+    return nb, np.stack([np.take(u_flat, at) for at in far]), pattern
 
 
 def _median_like(nb: np.ndarray) -> np.ndarray:
@@ -127,12 +131,13 @@ def _median_like(nb: np.ndarray) -> np.ndarray:
     return np.where((n0 == n2) | (n1 == n3), n1, (n1 + n2) >> 1)
 
 
-def _predict(nb: np.ndarray, fv: np.ndarray, weights, top: int, wide: bool) -> tuple:
+def _predict(nb: np.ndarray, fv: np.ndarray, weights, top: int, wide: bool, pattern: np.ndarray | None = None) -> tuple:
     """(prediction, context, distinct near values (4, n), how many) from the sorted near values `nb` and the far
     ones `fv`; row k of the distinct values is the k-th smallest (rows past the count repeat the last).
     `weights` (a, b, c): the linear prediction (a * near sum + b * far sum + c * median-like, WEIGHT_SHIFT),
     clipped to 0..top; None: the median-like one. `wide`: the context's range is that of all 12 values, else of
-    the near ones."""
+    the near ones. `pattern` (graphics): positions whose near neighbours hold 2 values take the context of which
+    of them hold the smaller one instead of a range."""
     pred = _median_like(nb)
     if weights is not None:
         a, b, c = (int(w) for w in weights)
@@ -144,6 +149,8 @@ def _predict(nb: np.ndarray, fv: np.ndarray, weights, top: int, wide: bool) -> t
     span = np.maximum(nb[3], fv.max(0)) - np.minimum(nb[0], fv.min(0)) if wide else nb[3] - nb[0]
     act = np.minimum(ctx.mag_code(span) >> 2, ACT_BUCKETS - 1)
     context = np.where(distinct == 1, 0, 1 + (np.minimum(distinct, 3) - 2) * ACT_BUCKETS + act)
+    if pattern is not None:  # 14 patterns (not none, not all), after the other contexts
+        context = np.where(distinct == 2, NUM_CONTEXTS - 1 + pattern, context)
     rank = np.cumsum(new, axis=0) - 1  # the rank of each sorted neighbour among the distinct values
     values = np.empty_like(nb)
     values[rank, np.arange(nb.shape[1])] = nb  # equal neighbours write the same value
@@ -164,22 +171,24 @@ def _fit_weights(y: np.ndarray, nb: np.ndarray, fv: np.ndarray):
     return tuple(int(v) for v in np.clip(np.round(w * (1 << WEIGHT_SHIFT)), 1 - MAX_WEIGHT, MAX_WEIGHT - 1))
 
 
-MODES = ((False, False), (False, True), (True, False), (True, True))
-"""A pass's prediction mode: (linear prediction, wide context range); the encoder picks the cheapest."""
+MODES = ((False, False, False), (False, True, False), (True, False, False), (True, True, False), (False, False, True))
+"""A pass's prediction mode: (linear prediction, wide context range, pattern contexts); the encoder picks the
+cheapest."""
 _CHOICE_SAMPLE = 3
 """The encoder weighs the modes on every _CHOICE_SAMPLE-th position of a pass."""
 
 
-def _choose_mode(y, nb, fv, step: int, top: int, tables: EntropyTables) -> tuple:
+def _choose_mode(y, nb, fv, pattern, step: int, top: int) -> tuple:
     """(mode, weights) of the pass coding values y in the fewest bits, weighed on a sample of its positions."""
     weights = _fit_weights(y, nb, fv)
     sub = slice(None, None, _CHOICE_SAMPLE) if y.size > 64 * _CHOICE_SAMPLE else slice(None)
     best = None
-    for mode, (linear, wide) in enumerate(MODES):
+    for mode, (linear, wide, patterned) in enumerate(MODES):
         if linear and weights is None:
             continue
         w = weights if linear else None
-        pred, context, values, distinct = _predict(nb[:, sub], fv[:, sub], w, top, wide)
+        pred, context, values, distinct = _predict(nb[:, sub], fv[:, sub], w, top, wide,
+                                                   pattern[sub] if patterned else None)
         sym, ranked, _plain, _value = _ranked(y[sub], pred, values, distinct, step, top)
         cost = _pass_bits(sym, context, ranked)
         if best is None or cost < best[0]:
@@ -402,13 +411,14 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
         rec[lattice] = np.minimum(q * step, top)
     for at, neighbours, far in passes:
         if at.size:
-            nb, fv = _gather(rec, neighbours, far)
+            nb, fv, pattern = _gather(rec, neighbours, far)
             y = np.take(flat, at)
-            mode, weights = _choose_mode(y, nb, fv, step, top, tables)
+            mode, weights = _choose_mode(y, nb, fv, pattern, step, top)
             enc.encode_uniform([mode], len(MODES))
             if weights is not None:
                 enc.encode_naturals([_zigzag(w) for w in weights])
-            pred, context, values, distinct = _predict(nb, fv, weights, top, MODES[mode][1])
+            pred, context, values, distinct = _predict(nb, fv, weights, top, MODES[mode][1],
+                                                       pattern if MODES[mode][2] else None)
             sym, ranked, plain, ranked_value = _ranked(y, pred, values, distinct, step, top)
             as_rank = _encode_pass(enc, sym, context, ranked)
             if step > 1:
@@ -436,8 +446,9 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
                 weights = tuple(_unzigzag(int(z)) for z in dec.decode_naturals(3))
                 if max(abs(w) for w in weights) >= MAX_WEIGHT:
                     raise ValueError("direct tile: prediction weights out of range")
-            nb, fv = _gather(u, neighbours, far)
-            pred, context, values, distinct = _predict(nb, fv, weights, top, MODES[mode][1])
+            nb, fv, pattern = _gather(u, neighbours, far)
+            pred, context, values, distinct = _predict(nb, fv, weights, top, MODES[mode][1],
+                                                       pattern if MODES[mode][2] else None)
             vals = _decode_pass(dec, context, (pred, values, distinct, step, top))
             _check(vals, top)
             u[at] = vals
