@@ -294,12 +294,25 @@ def _sent_table_bits(values: np.ndarray, counts: np.ndarray) -> float:
     return 1 + desc + float(-(counts * np.log2(f / float(1 << PRECISION))).sum())
 
 
+@functools.lru_cache(maxsize=4)
+def _table_spreads(tables: EntropyTables) -> np.ndarray:
+    """Each model table's mean |symbol| (escapes counted at the tail), ascending with the table number."""
+    return np.array([float((np.abs(np.arange(len(f)) - t) * f).sum()) / float(f.sum())
+                     for f, t in zip(tables.freqs, tables.tails.tolist())])
+
+
+_TABLE_SEARCH = 3
+"""The encoder weighs the model tables within this many of the one whose mean |symbol| is nearest."""
+
+
 def _model_table_bits(values: np.ndarray, counts: np.ndarray, tables: EntropyTables) -> tuple[int, float]:
     """(best table of the residual model, bits of the context's symbols under it, its number included)."""
-    k = np.arange(tables.num_tables)[:, None]
+    spread = float(np.abs(values) @ counts) / float(counts.sum())
+    k0 = int(np.argmin(np.abs(_table_spreads(tables) - spread)))
+    k = np.arange(max(k0 - _TABLE_SEARCH, 0), min(k0 + _TABLE_SEARCH + 1, tables.num_tables))[:, None]
     bits = tables.symbol_bits(np.broadcast_to(values, (k.size, values.size)), k) @ counts
     best = int(np.argmin(bits))
-    return best, 1 + np.log2(tables.num_tables) + float(bits[best])
+    return int(k[best, 0]), 1 + np.log2(tables.num_tables) + float(bits[best])
 
 
 def _plan(v: np.ndarray, tables: EntropyTables) -> tuple:
