@@ -1,7 +1,10 @@
 """Lossless and near-lossless bench: our codec against JPEG-LS, JPEG 2000, HTJ2K and JPEG XL on unseen images.
 
-    .venv-edge/bin/python benchmarks/bench_lossless.py [--sets test,volumes,cv] [--bounds 1,2,4]
+    .venv/bin/python benchmarks/bench_lossless.py [--sets test,volumes,cv] [--bounds 1,2,4]
         [--volume-stride 1] [--cv-side 256] [--out out/bench_lossless]
+
+(the cv set refits the residual model, which needs TensorFlow: the workstation venv; test and volumes also run
+in the edge venv)
 
 Three sets, none of which the residual model was fitted on:
 
