@@ -16,13 +16,14 @@ where there is nothing to code. This coder codes the tile's integer values u (0.
 Each value is coded as its difference to a prediction from its 4 neighbours n0 <= n1 <= n2 <= n3
 (sorted) and 8 more decoded values farther out ((±s, ±3s) and (±3s, ±s) for the centres, (±s, ±2s)
 and (±2s, ±s) for the rest; mirrored likewise, or a near neighbour when outside on both sides). A pass
-has one of 5 modes (MODES), sent first (uniform): the prediction is median-like, n1 when three near
-values are equal (n0 = n2 or n1 = n3), else (n1 + n2) >> 1; or linear, (a * near sum + b * far sum
-+ c * median-like + 2**(WEIGHT_SHIFT-1)) >> WEIGHT_SHIFT clipped to 0..top, with the pass's integer
-weights (a, b, c) sent after the mode (zigzag, Exp-Golomb; the encoder's least-squares fit). The
-context is how many distinct values the near neighbours hold (1, 2, 3 or more) and, when more than
-one, a range: min(mag_code(range) >> 2, ACT_BUCKETS - 1), the range of the near values or (wide
-modes) of all 12; in the pattern mode, positions whose near neighbours hold exactly 2 values take
+has one of 7 modes (MODES), sent first (uniform). The prediction is median-like, n1 when three near
+values are equal (n0 = n2 or n1 = n3), else (n1 + n2) >> 1; or linear, the sum of integer weights
+times terms plus 2**(WEIGHT_SHIFT-1), shifted right by WEIGHT_SHIFT and clipped to 0..top, the terms
+being n0..n3 and the far sum (kind 1) or n0..n3 and the sums of the 4 lowest and the 4 highest far
+values (kind 2); the pass's weights follow the mode (zigzag, Exp-Golomb; the encoder's least-squares
+fit). The context is how many distinct values the near neighbours hold (1, 2, 3 or more) and, when
+more than one, a range: min(mag_code(range) >> 2, ACT_BUCKETS - 1), the range of the near values or
+(wide modes) of all 12; in the pattern mode, positions whose near neighbours hold exactly 2 values take
 instead the context of which of the 4 hold the smaller one (an edge's direction). The encoder weighs
 the modes on a sample of the pass and keeps the cheapest: median-like, near and pattern suit graphics,
 linear and wide suit noisy natural images. The coarsest lattice is one context of its own.
@@ -113,7 +114,7 @@ def _geometry(shape: tuple) -> tuple:
 FAR_CENTRES = ((-1, -3), (-1, 3), (1, -3), (1, 3), (-3, -1), (-3, 1), (3, -1), (3, 1))
 FAR_EDGES = ((-1, -2), (-1, 2), (1, -2), (1, 2), (-2, -1), (-2, 1), (2, -1), (2, 1))
 WEIGHT_SHIFT = 8
-"""Linear predictions are (a * near sum + b * far sum + c * median-like + 2**(WEIGHT_SHIFT-1)) >> WEIGHT_SHIFT."""
+"""Linear predictions are (sum of weight * term + 2**(WEIGHT_SHIFT-1)) >> WEIGHT_SHIFT (see _features)."""
 
 
 def _gather(u_flat: np.ndarray, neighbours: tuple, far: tuple) -> tuple:
@@ -131,17 +132,32 @@ def _median_like(nb: np.ndarray) -> np.ndarray:
     return np.where((n0 == n2) | (n1 == n3), n1, (n1 + n2) >> 1)
 
 
-def _predict(nb: np.ndarray, fv: np.ndarray, weights, top: int, wide: bool, pattern: np.ndarray | None = None) -> tuple:
+def _features(kind: int, nb: np.ndarray, fv: np.ndarray) -> list:
+    """The terms of linear prediction `kind` (1: the 4 sorted near values and the far sum; 2: the 4 sorted near
+    values, the sum of the 4 lowest far values and of the 4 highest)."""
+    if kind == 1:
+        return [nb[0], nb[1], nb[2], nb[3], fv.sum(0)]
+    fs = np.sort(fv, axis=0)
+    return [nb[0], nb[1], nb[2], nb[3], fs[:4].sum(0), fs[4:].sum(0)]
+
+
+LINEAR_TERMS = (0, 5, 6)
+"""How many weights linear prediction kind 1 and 2 have (kind 0: the median-like prediction, none)."""
+
+
+def _predict(nb: np.ndarray, fv: np.ndarray, weights, top: int, wide: bool, pattern: np.ndarray | None = None,
+             kind: int = 0) -> tuple:
     """(prediction, context, distinct near values (4, n), how many) from the sorted near values `nb` and the far
     ones `fv`; row k of the distinct values is the k-th smallest (rows past the count repeat the last).
-    `weights` (a, b, c): the linear prediction (a * near sum + b * far sum + c * median-like, WEIGHT_SHIFT),
-    clipped to 0..top; None: the median-like one. `wide`: the context's range is that of all 12 values, else of
+    `weights`: those of linear prediction `kind` (sum of weight * term, rounded at WEIGHT_SHIFT), clipped to
+    0..top; None: the median-like one. `wide`: the context's range is that of all 12 values, else of
     the near ones. `pattern` (graphics): positions whose near neighbours hold 2 values take the context of which
     of them hold the smaller one instead of a range."""
     pred = _median_like(nb)
     if weights is not None:
-        a, b, c = (int(w) for w in weights)
-        lin = a * nb.sum(0) + b * fv.sum(0) + c * pred + (1 << (WEIGHT_SHIFT - 1))
+        lin = np.full(nb.shape[1], 1 << (WEIGHT_SHIFT - 1), np.int64)
+        for w, term in zip(weights, _features(kind, nb, fv)):
+            lin += int(w) * term
         pred = np.clip(lin >> WEIGHT_SHIFT, 0, top)
     new = np.ones(nb.shape, bool)
     new[1:] = nb[1:] != nb[:-1]
@@ -162,33 +178,34 @@ def _predict(nb: np.ndarray, fv: np.ndarray, weights, top: int, wide: bool, patt
 MAX_WEIGHT = 1 << 14
 
 
-def _fit_weights(y: np.ndarray, nb: np.ndarray, fv: np.ndarray):
-    """Least-squares weights of the linear prediction of values y (rounded, WEIGHT_SHIFT), or None."""
-    X = np.stack([nb.sum(0), fv.sum(0), _median_like(nb)], axis=1).astype(np.float64)
+def _fit_weights(y: np.ndarray, nb: np.ndarray, fv: np.ndarray, kind: int):
+    """Least-squares weights of linear prediction `kind` of values y (rounded, WEIGHT_SHIFT), or None."""
+    X = np.stack(_features(kind, nb, fv), axis=1).astype(np.float64)
     w, *_ = np.linalg.lstsq(X, y.astype(np.float64), rcond=None)
     if not np.all(np.isfinite(w)):
         return None
     return tuple(int(v) for v in np.clip(np.round(w * (1 << WEIGHT_SHIFT)), 1 - MAX_WEIGHT, MAX_WEIGHT - 1))
 
 
-MODES = ((False, False, False), (False, True, False), (True, False, False), (True, True, False), (False, False, True))
-"""A pass's prediction mode: (linear prediction, wide context range, pattern contexts); the encoder picks the
-cheapest."""
+MODES = ((0, False, False), (0, True, False), (1, False, False), (1, True, False), (2, False, False),
+         (2, True, False), (0, False, True))
+"""A pass's prediction mode: (linear prediction kind, 0 = median-like; wide context range; pattern contexts);
+the encoder picks the cheapest."""
 _CHOICE_SAMPLE = 3
 """The encoder weighs the modes on every _CHOICE_SAMPLE-th position of a pass."""
 
 
 def _choose_mode(y, nb, fv, pattern, step: int, top: int) -> tuple:
     """(mode, weights) of the pass coding values y in the fewest bits, weighed on a sample of its positions."""
-    weights = _fit_weights(y, nb, fv)
+    fitted = [None] + [_fit_weights(y, nb, fv, kind) for kind in (1, 2)]
     sub = slice(None, None, _CHOICE_SAMPLE) if y.size > 64 * _CHOICE_SAMPLE else slice(None)
     best = None
-    for mode, (linear, wide, patterned) in enumerate(MODES):
-        if linear and weights is None:
+    for mode, (kind, wide, patterned) in enumerate(MODES):
+        w = fitted[kind]
+        if kind and w is None:
             continue
-        w = weights if linear else None
         pred, context, values, distinct = _predict(nb[:, sub], fv[:, sub], w, top, wide,
-                                                   pattern[sub] if patterned else None)
+                                                   pattern[sub] if patterned else None, kind)
         sym, ranked, _plain, _value = _ranked(y[sub], pred, values, distinct, step, top)
         cost = _pass_bits(sym, context, ranked)
         if best is None or cost < best[0]:
@@ -431,7 +448,7 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
             if weights is not None:
                 enc.encode_naturals([_zigzag(w) for w in weights])
             pred, context, values, distinct = _predict(nb, fv, weights, top, MODES[mode][1],
-                                                       pattern if MODES[mode][2] else None)
+                                                       pattern if MODES[mode][2] else None, MODES[mode][0])
             sym, ranked, plain, ranked_value = _ranked(y, pred, values, distinct, step, top)
             as_rank = _encode_pass(enc, sym, context, ranked)
             if step > 1:
@@ -456,12 +473,12 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
         if at.size:
             mode, weights = int(dec.decode_uniform(1, len(MODES))[0]), None
             if MODES[mode][0]:
-                weights = tuple(_unzigzag(int(z)) for z in dec.decode_naturals(3))
+                weights = tuple(_unzigzag(int(z)) for z in dec.decode_naturals(LINEAR_TERMS[MODES[mode][0]]))
                 if max(abs(w) for w in weights) >= MAX_WEIGHT:
                     raise ValueError("direct tile: prediction weights out of range")
             nb, fv, pattern = _gather(u, neighbours, far)
             pred, context, values, distinct = _predict(nb, fv, weights, top, MODES[mode][1],
-                                                       pattern if MODES[mode][2] else None)
+                                                       pattern if MODES[mode][2] else None, MODES[mode][0])
             vals = _decode_pass(dec, context, (pred, values, distinct, step, top))
             _check(vals, top)
             u[at] = vals
