@@ -19,8 +19,8 @@ and (±2s, ±s) for the rest; mirrored likewise, or a near neighbour when outsid
 has one of 7 modes (MODES), sent first (uniform). The prediction is median-like, n1 when three near
 values are equal (n0 = n2 or n1 = n3), else (n1 + n2) >> 1; or linear, the sum of integer weights
 times terms plus 2**(WEIGHT_SHIFT-1), shifted right by WEIGHT_SHIFT and clipped to 0..top, the terms
-being n0..n3 and the far sum (kind 1) or n0..n3 and the sums of the 4 lowest and the 4 highest far
-values (kind 2); the pass's weights follow the mode (zigzag, Exp-Golomb; the encoder's least-squares
+being n0..n3 and the far sum (kind 1) or n0..n3 and the 8 far values sorted (kind 2: an L-estimator,
+robust at edges); the pass's weights follow the mode (zigzag, Exp-Golomb; the encoder's least-squares
 fit). The context is how many distinct values the near neighbours hold (1, 2, 3 or more) and, when
 more than one, a range: min(mag_code(range) >> 2, ACT_BUCKETS - 1), the range of the near values or
 (wide modes) of all 12; in the pattern mode, positions whose near neighbours hold exactly 2 values take
@@ -134,14 +134,14 @@ def _median_like(nb: np.ndarray) -> np.ndarray:
 
 def _features(kind: int, nb: np.ndarray, fv: np.ndarray) -> list:
     """The terms of linear prediction `kind` (1: the 4 sorted near values and the far sum; 2: the 4 sorted near
-    values, the sum of the 4 lowest far values and of the 4 highest)."""
+    values and the 8 sorted far values)."""
     if kind == 1:
         return [nb[0], nb[1], nb[2], nb[3], fv.sum(0)]
     fs = np.sort(fv, axis=0)
-    return [nb[0], nb[1], nb[2], nb[3], fs[:4].sum(0), fs[4:].sum(0)]
+    return [nb[0], nb[1], nb[2], nb[3]] + [fs[i] for i in range(8)]
 
 
-LINEAR_TERMS = (0, 5, 6)
+LINEAR_TERMS = (0, 5, 12)
 """How many weights linear prediction kind 1 and 2 have (kind 0: the median-like prediction, none)."""
 
 
