@@ -113,7 +113,7 @@ def _geometry(shape: tuple) -> tuple:
 
 FAR_CENTRES = ((-1, -3), (-1, 3), (1, -3), (1, 3), (-3, -1), (-3, 1), (3, -1), (3, 1))
 FAR_EDGES = ((-1, -2), (-1, 2), (1, -2), (1, 2), (-2, -1), (-2, 1), (2, -1), (2, 1))
-WEIGHT_SHIFT = 8
+WEIGHT_SHIFT = 10
 """Linear predictions are (sum of weight * term + 2**(WEIGHT_SHIFT-1)) >> WEIGHT_SHIFT (see _features)."""
 
 
@@ -175,7 +175,7 @@ def _predict(nb: np.ndarray, fv: np.ndarray, weights, top: int, wide: bool, patt
     return pred, context, values, distinct
 
 
-MAX_WEIGHT = 1 << 14
+MAX_WEIGHT = 1 << 16
 
 
 def _fit_weights(y: np.ndarray, nb: np.ndarray, fv: np.ndarray, kind: int):
