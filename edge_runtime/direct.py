@@ -14,16 +14,17 @@ where there is nothing to code. This coder codes the tile's integer values u (0.
      thinner than s), the other axis' pair is used twice.
 
 Each value is coded as its difference to a prediction from its 4 neighbours n0 <= n1 <= n2 <= n3
-(sorted) and 8 more decoded values farther out ((±s, ±3s) and (±3s, ±s) for the centres, (±s, ±2s)
-and (±2s, ±s) for the rest; mirrored likewise, or a near neighbour when outside on both sides). A pass
+(sorted) and 12 more decoded values farther out: 8 at (±s, ±3s) and (±3s, ±s) for the centres,
+(±s, ±2s) and (±2s, ±s) for the rest, and a ring of 4 at (±3s, ±3s), or (0, ±3s) and (±3s, 0);
+mirrored likewise, or a near neighbour when outside on both sides. A pass
 has one of 7 modes (MODES), sent first (uniform). The prediction is median-like, n1 when three near
 values are equal (n0 = n2 or n1 = n3), else (n1 + n2) >> 1; or linear, the sum of integer weights
 times terms plus 2**(WEIGHT_SHIFT-1), shifted right by WEIGHT_SHIFT and clipped to 0..top, the terms
-being n0..n3 and the far sum (kind 1) or n0..n3 and the 8 far values sorted (kind 2: an L-estimator,
-robust at edges); the pass's weights follow the mode (zigzag, Exp-Golomb; the encoder's least-squares
+being n0..n3, the sum of the 8 far values and that of the ring (kind 1) or n0..n3, the 8 far values
+sorted and the ring's 4 sorted (kind 2: an L-estimator, robust at edges); the pass's weights follow the mode (zigzag, Exp-Golomb; the encoder's least-squares
 fit). The context is how many distinct values the near neighbours hold (1, 2, 3 or more) and, when
 more than one, a range: min(mag_code(range) >> 2, ACT_BUCKETS - 1), the range of the near values or
-(wide modes) of all 12; in the pattern mode, positions whose near neighbours hold exactly 2 values take
+(wide modes) of all 16; in the pattern mode, positions whose near neighbours hold exactly 2 values take
 instead the context of which of the 4 hold the smaller one (an edge's direction). The encoder weighs
 the modes on a sample of the pass and keeps the cheapest: median-like, near and pattern suit graphics,
 linear and wide suit noisy natural images. The coarsest lattice is one context of its own.
@@ -101,8 +102,8 @@ def _geometry(shape: tuple) -> tuple:
                       np.where(horizontal, rr * cols + left, up * cols + cc),
                       np.where(horizontal, rr * cols + right, down * cols + cc)]
             flat = rr * cols + cc
-            far = []  # 8 more decoded values around: (±s, ±3s), (±3s, ±s) for centres, (±s, ±2s), (±2s, ±s) else
-            for a, b in (FAR_CENTRES if diagonal else FAR_EDGES):
+            far = []  # 12 more decoded values around (module docstring)
+            for a, b in (FAR_CENTRES + RING_CENTRES if diagonal else FAR_EDGES + RING_EDGES):
                 fr, fc = _mirror(rr + a * s, rr - a * s, rows), _mirror(cc + b * s, cc - b * s, cols)
                 # outside the tile on both sides (a thin tile): a near neighbour instead
                 far.append(np.where((fr >= 0) & (fc >= 0), fr * cols + fc, nb[len(far) % 4]))
@@ -113,12 +114,14 @@ def _geometry(shape: tuple) -> tuple:
 
 FAR_CENTRES = ((-1, -3), (-1, 3), (1, -3), (1, 3), (-3, -1), (-3, 1), (3, -1), (3, 1))
 FAR_EDGES = ((-1, -2), (-1, 2), (1, -2), (1, 2), (-2, -1), (-2, 1), (2, -1), (2, 1))
+RING_CENTRES = ((-3, -3), (-3, 3), (3, -3), (3, 3))
+RING_EDGES = ((0, -3), (0, 3), (-3, 0), (3, 0))
 WEIGHT_SHIFT = 10
 """Linear predictions are (sum of weight * term + 2**(WEIGHT_SHIFT-1)) >> WEIGHT_SHIFT (see _features)."""
 
 
 def _gather(u_flat: np.ndarray, neighbours: tuple, far: tuple) -> tuple:
-    """The 4 near neighbours' values (sorted, 4 x n), the 8 far ones' (8 x n), and which near neighbours hold the
+    """The 4 near neighbours' values (sorted, 4 x n), the 12 far ones' (12 x n), and which near neighbours hold the
     smallest value (bit i: the i-th of `neighbours`) of a pass's positions."""
     nb = np.stack([np.take(u_flat, at) for at in neighbours])
     low = (nb == nb.min(0)).astype(np.int64)
@@ -133,15 +136,16 @@ def _median_like(nb: np.ndarray) -> np.ndarray:
 
 
 def _features(kind: int, nb: np.ndarray, fv: np.ndarray) -> list:
-    """The terms of linear prediction `kind` (1: the 4 sorted near values and the far sum; 2: the 4 sorted near
-    values and the 8 sorted far values)."""
+    """The terms of linear prediction `kind` (1: the 4 sorted near values, the sum of the 8 far values, the sum of
+    the ring's 4; 2: the 4 sorted near values, the 8 far values sorted, the ring's 4 sorted)."""
     if kind == 1:
-        return [nb[0], nb[1], nb[2], nb[3], fv.sum(0)]
-    fs = np.sort(fv, axis=0)
-    return [nb[0], nb[1], nb[2], nb[3]] + [fs[i] for i in range(8)]
+        return [nb[0], nb[1], nb[2], nb[3], fv[:8].sum(0), fv[8:].sum(0)]
+    fs = np.sort(fv[:8], axis=0)
+    ring = np.sort(fv[8:], axis=0)
+    return [nb[0], nb[1], nb[2], nb[3]] + [fs[i] for i in range(8)] + [ring[i] for i in range(4)]
 
 
-LINEAR_TERMS = (0, 5, 12)
+LINEAR_TERMS = (0, 6, 16)
 """How many weights linear prediction kind 1 and 2 have (kind 0: the median-like prediction, none)."""
 
 

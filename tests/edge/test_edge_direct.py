@@ -45,7 +45,7 @@ def test_geometry_codes_every_position_once_from_decoded_neighbours(shape):
     known[lattice] = True
     for at, neighbours, far in passes:
         assert not known[at].any()  # each position in one pass only
-        assert len(neighbours) == 4 and len(far) == 8
+        assert len(neighbours) == 4 and len(far) == 12
         for nb in neighbours + far:
             assert nb.min(initial=0) >= 0 and known[nb].all()  # every neighbour decoded before the pass
         known[at] = True
@@ -74,7 +74,7 @@ def test_neighbour_ranks_invert_and_name_the_distinct_neighbour_values():
     rng = np.random.default_rng(1)
     u = rng.integers(0, 6, 4000)  # few values: many equal neighbours and many hits
     neighbours = tuple(rng.integers(0, u.size, 500) for _ in range(4))
-    nb, fv, _pattern = direct._gather(u, neighbours, neighbours + neighbours)
+    nb, fv, _pattern = direct._gather(u, neighbours, neighbours * 3)
     pred, _context, values, distinct = direct._predict(nb, fv, None, 100, False)
     nb = np.stack([u[a] for a in neighbours])
     for i in range(500):
@@ -132,10 +132,10 @@ def test_encoder_keeps_the_direct_tile_where_it_is_shorter_and_it_decodes_exactl
     assert len(tile) < len(based.encode_bounded(x, 0, 255, 0))
     assert np.array_equal(coder.decode_bounded(tile, 64, 64, 0, 255, 0), x)
     assert coder.tile_transform(tile, True) is None
-    # in a plane with a max error, a mostly flat tile may be coded losslessly without a base as well
-    near = coder.encode_bounded(x, 0, 255, 2)
-    assert near[0] == PlaneCoder.LOSSLESS
-    assert np.array_equal(coder.decode_bounded(near, 64, 64, 0, 255, 2), x)
+    near = coder.encode_bounded(x, 0, 255, 2)  # in a plane with a max error: without a base too
+    assert near[0] & ~PlaneCoder.LOSSLESS == 0
+    y = coder.decode_bounded(near, 64, 64, 0, 255, 2)
+    assert np.abs(y - x).max() <= 2 and (np.array_equal(y, x) or not near[0] & PlaneCoder.LOSSLESS)
     image = Image(pixels=x.astype(np.uint8)[None, :, :, None], bits_stored=8, signed=False)
     for d in (0, 2):
         out, _ = decode_image(encode_image(image, coder=coder, model_id=b.model_id, quality=None, max_error=d),
