@@ -62,9 +62,8 @@ __all__ = ["STRIDE", "decode", "encode"]
 
 STRIDE = 16
 ACT_BUCKETS = 32
-LATTICE = 0
-"""Context of the coarsest lattice's symbols (it is a pass of its own)."""
 NUM_CONTEXTS = 1 + 2 * ACT_BUCKETS
+"""Contexts of a pass without the pattern ones (which follow); the coarsest lattice has one context, 0."""
 MAX_TILE_VALUE = 1 << 31
 
 
@@ -76,7 +75,8 @@ def _mirror(v: np.ndarray, other: np.ndarray, n: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _geometry(shape: tuple) -> tuple:
-    """(lattice positions, passes): per pass, the flat positions and the 4 neighbours' flat positions."""
+    """(lattice positions, passes): per pass, the flat positions, the 4 near neighbours' and the 12 far values'
+    flat positions."""
     rows, cols = shape
     r = np.arange(rows)[:, None]
     c = np.arange(cols)[None, :]
@@ -154,7 +154,7 @@ def _predict(nb: np.ndarray, fv: np.ndarray, weights, top: int, wide: bool, patt
     """(prediction, context, distinct near values (4, n), how many) from the sorted near values `nb` and the far
     ones `fv`; row k of the distinct values is the k-th smallest (rows past the count repeat the last).
     `weights`: those of linear prediction `kind` (sum of weight * term, rounded at WEIGHT_SHIFT), clipped to
-    0..top; None: the median-like one. `wide`: the context's range is that of all 12 values, else of
+    0..top; None: the median-like one. `wide`: the context's range is that of all 16 values, else of
     the near ones. `pattern` (graphics): positions whose near neighbours hold 2 values take the context of which
     of them hold the smaller one instead of a range."""
     pred = _median_like(nb)
@@ -196,7 +196,7 @@ MODES = ((0, False, False), (0, True, False), (1, False, False), (1, True, False
 """A pass's prediction mode: (linear prediction kind, 0 = median-like; wide context range; pattern contexts);
 the encoder picks the cheapest."""
 _CHOICE_SAMPLE = 3
-"""The encoder weighs the modes on every _CHOICE_SAMPLE-th position of a pass."""
+"""The encoder weighs the modes on every _CHOICE_SAMPLE-th position of a pass (the weights are fitted on all)."""
 
 
 def _choose_mode(y, nb, fv, pattern, step: int, top: int) -> tuple:
