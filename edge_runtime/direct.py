@@ -60,7 +60,7 @@ from edge_runtime.entropy import PRECISION, Decoder, Encoder, EntropyTables, gro
 
 __all__ = ["STRIDE", "decode", "encode"]
 
-STRIDE = 16
+STRIDE = 32
 ACT_BUCKETS = 32
 NUM_CONTEXTS = 1 + 2 * ACT_BUCKETS
 """Contexts of a pass without the pattern ones (which follow); the coarsest lattice has one context, 0."""

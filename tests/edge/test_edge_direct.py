@@ -38,7 +38,7 @@ def _graphics(rows, cols, seed=0):
     return x.astype(np.int64)
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (2, 2), (3, 17), (16, 16), (17, 33), (31, 8), (40, 65)])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (2, 2), (3, 17), (16, 16), (17, 33), (31, 8), (40, 65), (70, 97)])
 def test_geometry_codes_every_position_once_from_decoded_neighbours(shape):
     lattice, passes = direct._geometry(shape)
     known = np.zeros(shape[0] * shape[1], bool)
