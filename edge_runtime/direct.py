@@ -120,14 +120,19 @@ WEIGHT_SHIFT = 10
 """Linear predictions are (sum of weight * term + 2**(WEIGHT_SHIFT-1)) >> WEIGHT_SHIFT (see _features)."""
 
 
-def _gather(u_flat: np.ndarray, neighbours: tuple, far: tuple) -> tuple:
-    """The 4 near neighbours' values (sorted, 4 x n), the 12 far ones' (12 x n), and which near neighbours hold the
-    smallest value (bit i: the i-th of `neighbours`) of a pass's positions."""
+def _gather(u_flat: np.ndarray, neighbours: tuple, far: tuple, sort_far: bool = True) -> tuple:
+    """The 4 near neighbours' values (sorted, 4 x n), the 12 far ones' (12 x n: the 8, then the ring's 4, each group
+    sorted when `sort_far`: linear kind 2 needs it), and which near neighbours hold the smallest value (bit i: the
+    i-th of `neighbours`) of a pass's positions."""
     nb = np.stack([np.take(u_flat, at) for at in neighbours])
     low = (nb == nb.min(0)).astype(np.int64)
     pattern = low[0] | (low[1] << 1) | (low[2] << 2) | (low[3] << 3)
     nb.sort(axis=0)
-    return nb, np.stack([np.take(u_flat, at) for at in far]), pattern
+    fv = np.stack([np.take(u_flat, at) for at in far])
+    if sort_far:
+        fv[:8].sort(axis=0)
+        fv[8:].sort(axis=0)
+    return nb, fv, pattern
 
 
 def _median_like(nb: np.ndarray) -> np.ndarray:
@@ -140,9 +145,7 @@ def _features(kind: int, nb: np.ndarray, fv: np.ndarray) -> list:
     the ring's 4; 2: the 4 sorted near values, the 8 far values sorted, the ring's 4 sorted)."""
     if kind == 1:
         return [nb[0], nb[1], nb[2], nb[3], fv[:8].sum(0), fv[8:].sum(0)]
-    fs = np.sort(fv[:8], axis=0)
-    ring = np.sort(fv[8:], axis=0)
-    return [nb[0], nb[1], nb[2], nb[3]] + [fs[i] for i in range(8)] + [ring[i] for i in range(4)]
+    return [nb[0], nb[1], nb[2], nb[3]] + [fv[i] for i in range(12)]  # as _gather sorts them
 
 
 LINEAR_TERMS = (0, 6, 16)
@@ -183,9 +186,17 @@ MAX_WEIGHT = 1 << 16
 
 
 def _fit_weights(y: np.ndarray, nb: np.ndarray, fv: np.ndarray, kind: int):
-    """Least-squares weights of linear prediction `kind` of values y (rounded, WEIGHT_SHIFT), or None."""
-    X = np.stack(_features(kind, nb, fv), axis=1).astype(np.float64)
-    w, *_ = np.linalg.lstsq(X, y.astype(np.float64), rcond=None)
+    """Least-squares weights of linear prediction `kind` of values y (rounded, WEIGHT_SHIFT), or None; from the
+    normal equations (the encoder's choice: the weights are sent)."""
+    X = np.stack(_features(kind, nb, fv)).astype(np.float64)
+    scale = max(float(np.abs(X).max(initial=0.0)), 1.0)  # well-conditioned sums
+    X /= scale
+    gram = X @ X.T
+    gram[np.diag_indices_from(gram)] += 1e-9 * max(float(np.trace(gram)), 1.0)
+    try:
+        w = np.linalg.solve(gram, X @ (y.astype(np.float64) / scale))
+    except np.linalg.LinAlgError:
+        return None
     if not np.all(np.isfinite(w)):
         return None
     return tuple(int(v) for v in np.clip(np.round(w * (1 << WEIGHT_SHIFT)), 1 - MAX_WEIGHT, MAX_WEIGHT - 1))
@@ -480,7 +491,7 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
                 weights = tuple(_unzigzag(int(z)) for z in dec.decode_naturals(LINEAR_TERMS[MODES[mode][0]]))
                 if max(abs(w) for w in weights) >= MAX_WEIGHT:
                     raise ValueError("direct tile: prediction weights out of range")
-            nb, fv, pattern = _gather(u, neighbours, far)
+            nb, fv, pattern = _gather(u, neighbours, far, MODES[mode][0] == 2)
             pred, context, values, distinct = _predict(nb, fv, weights, top, MODES[mode][1],
                                                        pattern if MODES[mode][2] else None, MODES[mode][0])
             vals = _decode_pass(dec, context, (pred, values, distinct, step, top))
