@@ -226,17 +226,20 @@ def test_few_values_are_coded_as_a_table(exact_coder):
 
 def test_graphics_with_a_bound_are_coded_losslessly_when_that_is_shorter(exact_coder):
     """With a max error D > 0, a tile that is mostly flat (graphics, test patterns) is also coded losslessly,
-    flagged so, and the shorter kept; natural images are not; a lossless tile decodes exactly."""
-    b, coder = exact_coder
+    flagged so, and the shorter kept; natural images are not; a lossless tile decodes exactly. (With a base:
+    tiles without one, edge_runtime.direct, are tested in test_edge_direct.py.)"""
+    b, shipped = exact_coder
+    coder = PlaneCoder(shipped.p, shipped.coding, shipped.transforms, shipped.residual, direct=False)
     levels = np.array([0, 17, 40, 41, 90, 200, 255])
     r, c = np.mgrid[0:64, 0:64]
     x = levels[(r // 8 + c // 11) % len(levels)]
     d = 2
     tile = coder.encode_bounded(x, 0, 255, d)
     assert tile[0] & PlaneCoder.LOSSLESS and tile[1:5] == b"\0\0\0\0"  # lossless, through the value table
-    near_only = PlaneCoder(coder.p, coder.coding, coder.transforms, coder.residual)
+    near_only = PlaneCoder(coder.p, coder.coding, coder.transforms, coder.residual, direct=False)
     near_only.LOSSLESS_GATE = 2.0  # never tries the lossless candidate
     assert len(near_only.encode_bounded(x, 0, 255, d)) > len(tile)
+    assert len(shipped.encode_bounded(x, 0, 255, d)) <= len(tile)  # the shipped coder keeps the shortest
     np.testing.assert_array_equal(coder.decode_bounded(tile, 64, 64, 0, 255, d), x)
     image = Image(pixels=x.astype(np.uint8)[None, :, :, None], bits_stored=8, signed=False)
     data, out, _ = _roundtrip(coder, b, image, d)
