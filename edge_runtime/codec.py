@@ -334,11 +334,12 @@ class PlaneCoder:
         x = np.asarray(x, np.int64)
         g = max(int(np.gcd.reduce((x - lo).ravel())), 1) if x.size else 1
         flags = self.ADAPTIVE | self.SHAPES if self.adaptive else 0
-        candidates = [(g, (x - lo) // g, (hi - lo) // g, int(max_error) // g, b"", flags)]
+        u = (x - lo) // g
+        candidates = [(g, u, (hi - lo) // g, int(max_error) // g, b"", flags)]
         lossless = flags if max_error == 0 else None
         if max_error > 0 and x.size and _equal_pair_fraction(x) >= self.LOSSLESS_GATE:
             lossless = flags | self.LOSSLESS
-            candidates.append((g, (x - lo) // g, (hi - lo) // g, 0, b"", lossless))
+            candidates.append((g, u, (hi - lo) // g, 0, b"", lossless))
         if lossless is not None and x.size:
             values, index = np.unique(x, return_inverse=True)
             if len(values) <= ((hi - lo) // g + 1) // 2:
@@ -346,16 +347,16 @@ class PlaneCoder:
                 candidates.append((0, index.reshape(x.shape), len(values) - 1, 0, table, lossless))
         best = None
         if x.size and self.direct:  # without a base: the plane's own bound, and the last lossless candidate
-            for g, u, top, d, table, flags in {id(c): c for c in (candidates[0], candidates[-1])}.values():
-                body = direct.encode(u, self._residual_model().tables, d, top)
+            for div, v, top, d, table, fl in candidates[:1] + candidates[1:][-1:]:
+                body = direct.encode(v, self._residual_model().tables, d, top)
                 if best is None or 9 + len(table) + len(body) < len(best[0]):
-                    best = (struct.pack("<BII", flags & self.LOSSLESS, g, 0) + table + body,
+                    best = (struct.pack("<BII", fl & self.LOSSLESS, div, 0) + table + body,
                             {"estimated_bits": 8.0 * len(body)}, len(table))
-        for g, u, top, d, table, flags in candidates:
-            q = self.search_base_quality(u, top, d, transform) if quality is None else quality
+        for div, v, top, d, table, fl in candidates:
+            q = self.search_base_quality(v, top, d, transform) if quality is None else quality
             st = {} if stats is not None else None
-            base_stream, body = self._bounded_body(u, top, d, q, st, transform)
-            data = struct.pack("<BII", q | flags, g, len(base_stream)) + table + base_stream + body
+            base_stream, body = self._bounded_body(v, top, d, q, st, transform)
+            data = struct.pack("<BII", q | fl, div, len(base_stream)) + table + base_stream + body
             if best is None or len(data) < len(best[0]):
                 best = (data, st, len(table))
         if stats is not None:

@@ -56,7 +56,7 @@ import functools
 import numpy as np
 
 from edge_runtime import context as ctx
-from edge_runtime.entropy import PRECISION, Decoder, Encoder, EntropyTables, group_spans
+from edge_runtime.entropy import PRECISION, Decoder, Encoder, EntropyTables, group_spans, natural_bits
 
 __all__ = ["STRIDE", "decode", "encode"]
 
@@ -210,17 +210,22 @@ _CHOICE_SAMPLE = 3
 """The encoder weighs the modes on every _CHOICE_SAMPLE-th position of a pass (the weights are fitted on all)."""
 
 
+def _predict_mode(mode: int, weights, nb: np.ndarray, fv: np.ndarray, pattern: np.ndarray, top: int) -> tuple:
+    """_predict as pass mode `mode` (MODES) defines it."""
+    kind, wide, patterned = MODES[mode]
+    return _predict(nb, fv, weights, top, wide, pattern if patterned else None, kind)
+
+
 def _choose_mode(y, nb, fv, pattern, step: int, top: int) -> tuple:
     """(mode, weights) of the pass coding values y in the fewest bits, weighed on a sample of its positions."""
     fitted = [None] + [_fit_weights(y, nb, fv, kind) for kind in (1, 2)]
     sub = slice(None, None, _CHOICE_SAMPLE) if y.size > 64 * _CHOICE_SAMPLE else slice(None)
     best = None
-    for mode, (kind, wide, patterned) in enumerate(MODES):
+    for mode, (kind, _wide, _patterned) in enumerate(MODES):
         w = fitted[kind]
         if kind and w is None:
             continue
-        pred, context, values, distinct = _predict(nb[:, sub], fv[:, sub], w, top, wide,
-                                                   pattern[sub] if patterned else None, kind)
+        pred, context, values, distinct = _predict_mode(mode, w, nb[:, sub], fv[:, sub], pattern[sub], top)
         sym, ranked, _plain, _value = _ranked(y[sub], pred, values, distinct, step, top)
         cost = _pass_bits(sym, context, ranked)
         if best is None or cost < best[0]:
@@ -237,10 +242,11 @@ def _pass_bits(sym: np.ndarray, context: np.ndarray, ranked: np.ndarray) -> floa
 def _context_bits(v: np.ndarray, context: np.ndarray) -> np.ndarray:
     """Per context (0..max): n log2 n - sum c log2 c over its symbols' counts c, plus 8 bits per distinct symbol
     (a sent table) or 3 % and 7 bits (one of the model's tables), whichever is less."""
-    keys = np.sort(context * (int(v.max()) - int(v.min()) + 1) + (v - int(v.min())))
+    lo, span = int(v.min()), int(v.max()) - int(v.min()) + 1
+    keys = np.sort(context * span + (v - lo))
     starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
     counts = np.diff(np.append(starts, keys.size)).astype(np.float64)
-    run_ctx = keys[starts] // (int(v.max()) - int(v.min()) + 1)
+    run_ctx = keys[starts] // span
     n = np.bincount(run_ctx, weights=counts, minlength=int(context.max()) + 1)
     clogc = np.bincount(run_ctx, weights=counts * np.log2(counts), minlength=n.size)
     distinct = np.bincount(run_ctx, minlength=n.size)
@@ -248,8 +254,15 @@ def _context_bits(v: np.ndarray, context: np.ndarray) -> np.ndarray:
     return h + np.minimum(8.0 * distinct, 0.03 * h + 7.0)  # a sent table, or one of the model's (a few % off)
 
 
-def _zigzags(v: np.ndarray) -> np.ndarray:
+def _zigzag(v) -> np.ndarray:
+    """Signed integers -> 0, -1, 1, -2, ... as 0, 1, 2, 3, ... (arrays or scalars, int64)."""
+    v = np.asarray(v, np.int64)
     return (v << 1) ^ (v >> 63)
+
+
+def _unzigzag(z) -> np.ndarray:
+    z = np.asarray(z, np.int64)
+    return (z >> 1) ^ -(z & 1)
 
 
 def _ranked(y: np.ndarray, pred: np.ndarray, values: np.ndarray, distinct: np.ndarray, step: int,
@@ -264,7 +277,7 @@ def _ranked(y: np.ndarray, pred: np.ndarray, values: np.ndarray, distinct: np.nd
     hit = np.abs(values - y) <= d
     found = hit.any(0)
     k = np.argmax(hit, axis=0)
-    ranked = np.where(found, k, distinct + _zigzags(q))
+    ranked = np.where(found, k, distinct + _zigzag(q))
     return q, ranked, plain, np.where(found, values[k, np.arange(y.size)], plain)
 
 
@@ -272,7 +285,7 @@ def _unranked(r: np.ndarray, pred: np.ndarray, values: np.ndarray, distinct: np.
               top: int) -> np.ndarray:
     z = r - distinct
     return np.where(z < 0, values[np.minimum(r, 3), np.arange(r.size)],
-                    _dequantized(pred, (z >> 1) ^ -(z & 1), step, top))
+                    _dequantized(pred, _unzigzag(z), step, top))
 
 
 def _dequantized(pred: np.ndarray, q: np.ndarray, step: int, top: int) -> np.ndarray:
@@ -294,14 +307,6 @@ def _lattice_values(d: np.ndarray) -> np.ndarray:
     return np.cumsum(lat, axis=1)
 
 
-def _zigzag(v: int) -> int:
-    return 2 * v if v >= 0 else -2 * v - 1
-
-
-def _unzigzag(z: int) -> int:
-    return z >> 1 if z % 2 == 0 else -((z + 1) >> 1)
-
-
 def _frequencies(counts: np.ndarray) -> np.ndarray:
     """Integer frequencies of a sent table from its symbols' counts (module docstring)."""
     n, m = int(counts.sum()), len(counts)
@@ -310,18 +315,13 @@ def _frequencies(counts: np.ndarray) -> np.ndarray:
     return f
 
 
-def _natural_bits(v: np.ndarray) -> float:
-    v = np.asarray(v, np.float64)
-    return float((6 + np.floor(np.log2(v + 1))).sum())
-
-
 def _sent_table_bits(values: np.ndarray, counts: np.ndarray) -> float:
     """Bits of a context's symbols under a table sent for them, description included."""
     m, n = len(values), int(counts.sum())
-    desc = _natural_bits([m - 1, _zigzag(int(values[0]))]) + _natural_bits(np.diff(values) - 1)
+    desc = float(natural_bits(np.concatenate([[m - 1, _zigzag(values[0])], np.diff(values) - 1])).sum())
     if m == 1:
         return 1 + desc
-    desc += _natural_bits(counts[:-1] - 1)
+    desc += float(natural_bits(counts[:-1] - 1).sum())
     f = _frequencies(counts)
     return 1 + desc + float(-(counts * np.log2(f / float(1 << PRECISION))).sum())
 
@@ -403,7 +403,7 @@ def _decode_symbols(dec: Decoder, n: int) -> np.ndarray:
         m1, z = (int(t) for t in dec.decode_naturals(2))
         if m1 >= n:
             raise ValueError(f"direct tile: a sent table of {m1 + 1} symbols for {n} positions")
-        first = _unzigzag(z)
+        first = int(_unzigzag(z))
         values = first + np.concatenate([[0], np.cumsum(dec.decode_naturals(m1) + 1)])
         if np.abs(values).max() >= MAX_TILE_VALUE:
             raise ValueError("direct tile: a sent table's symbols are out of range")
@@ -461,9 +461,8 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
             mode, weights = _choose_mode(y, nb, fv, pattern, step, top)
             enc.encode_uniform([mode], len(MODES))
             if weights is not None:
-                enc.encode_naturals([_zigzag(w) for w in weights])
-            pred, context, values, distinct = _predict(nb, fv, weights, top, MODES[mode][1],
-                                                       pattern if MODES[mode][2] else None, MODES[mode][0])
+                enc.encode_naturals(_zigzag(weights))
+            pred, context, values, distinct = _predict_mode(mode, weights, nb, fv, pattern, top)
             sym, ranked, plain, ranked_value = _ranked(y, pred, values, distinct, step, top)
             as_rank = _encode_pass(enc, sym, context, ranked)
             if step > 1:
@@ -487,13 +486,13 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
     for at, neighbours, far in passes:
         if at.size:
             mode, weights = int(dec.decode_uniform(1, len(MODES))[0]), None
-            if MODES[mode][0]:
-                weights = tuple(_unzigzag(int(z)) for z in dec.decode_naturals(LINEAR_TERMS[MODES[mode][0]]))
+            kind = MODES[mode][0]
+            if kind:
+                weights = tuple(_unzigzag(dec.decode_naturals(LINEAR_TERMS[kind])).tolist())
                 if max(abs(w) for w in weights) >= MAX_WEIGHT:
                     raise ValueError("direct tile: prediction weights out of range")
-            nb, fv, pattern = _gather(u, neighbours, far, MODES[mode][0] == 2)
-            pred, context, values, distinct = _predict(nb, fv, weights, top, MODES[mode][1],
-                                                       pattern if MODES[mode][2] else None, MODES[mode][0])
+            nb, fv, pattern = _gather(u, neighbours, far, kind == 2)
+            pred, context, values, distinct = _predict_mode(mode, weights, nb, fv, pattern, top)
             vals = _decode_pass(dec, context, (pred, values, distinct, step, top))
             _check(vals, top)
             u[at] = vals

@@ -74,7 +74,7 @@ class EntropyTables:
     def _group_bits(self, k: int, symbols: np.ndarray, pos: np.ndarray, esc: np.ndarray) -> np.ndarray:
         b = -self._log2p[k][pos]
         if esc.any():  # sign bit + Exp-Golomb payload
-            b[esc] += 1 + _escape_bits(np.abs(symbols[esc]) - int(self.tails[k]) - 1)
+            b[esc] += 1 + natural_bits(np.abs(symbols[esc]) - int(self.tails[k]) - 1)
         return b
 
     # -- rate estimate, exactly what the coder will spend up to its few bytes of overhead --
@@ -88,7 +88,7 @@ class EntropyTables:
         bits = self._bits_matrix()
         out = np.take(bits, k * bits.shape[1] + np.where(esc, 2 * t + 1, symbols + t))  # bits[k, position]
         if esc.any():  # sign bit + Exp-Golomb payload
-            out[esc] += 1 + _escape_bits(np.abs(symbols[esc]) - t[esc] - 1)
+            out[esc] += 1 + natural_bits(np.abs(symbols[esc]) - t[esc] - 1)
         return out
 
     def _bits_matrix(self) -> np.ndarray:
@@ -135,8 +135,9 @@ def _run_values(values: np.ndarray, spans: list) -> np.ndarray:
     return np.repeat(values[ks], ends - starts)
 
 
-def _escape_bits(excess: np.ndarray) -> np.ndarray:
-    """Exp-Golomb payload size: exponent symbol (6 bits uniform) + mantissa bits."""
+def natural_bits(excess: np.ndarray) -> np.ndarray:
+    """Bits of integers >= 0 as Encoder.encode_naturals codes them (an escape's payload): exponent symbol
+    (6 bits uniform) + mantissa bits."""
     e = np.floor(np.log2(excess.astype(np.float64) + 1)).astype(np.int64)
     return 6 + e
 
@@ -235,7 +236,7 @@ class Encoder:
         grouped by exponent (the payload of an escape)."""
         v = np.asarray(v, np.int64).ravel()
         if v.size and self.track:
-            self.estimated_bits += float(_escape_bits(v).sum())
+            self.estimated_bits += float(natural_bits(v).sum())
         self._encode_naturals(v)
 
     def _encode_naturals(self, v: np.ndarray) -> None:
@@ -316,7 +317,7 @@ class Decoder:
         if n == 0:
             return np.zeros(0, np.int64)
         e = self._dec.decode(self._uniform64, n).astype(np.int64)
-        if n and e.max() >= _ESC_EXP_MAX:  # never written by the encoder; Uniform(2**(e-20)) would panic in Rust
+        if e.max() >= _ESC_EXP_MAX:  # never written by the encoder; Uniform(2**(e-20)) would panic in Rust
             raise ValueError(f"escape exponent {int(e.max())} out of range (the encoder writes < {_ESC_EXP_MAX})")
         mant = np.zeros(n, dtype=np.int64)
         for b in np.flatnonzero(np.bincount(e)):  # the exponents present, ascending
