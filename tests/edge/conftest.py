@@ -31,6 +31,21 @@ def codec():
 
 
 @pytest.fixture(scope="session")
+def exact_coder():
+    """The shipped model's context model, tables and residual model over numpy transforms (any size), without the
+    refinement: (bundle, PlaneCoder)."""
+    from edge_runtime import exact_dwt
+    from edge_runtime.bundle import default_bundle_path, load_bundle
+    from edge_runtime.codec import PlaneCoder
+
+    b = load_bundle(default_bundle_path())
+    assert b.residual is not None, "the shipped bundle must carry a residual model"
+    p = b.manifest["codec"]
+    transforms = {n: exact_dwt.ExactTransforms(n, p["mode"]) for n in p["transforms"]}
+    return b, PlaneCoder(p, b.coding, transforms, b.residual)
+
+
+@pytest.fixture(scope="session")
 def synthetic_dcm(tmp_path_factory) -> Path:
     """A 40x56 12-bit MONOCHROME2 image (smooth gradient + disc + noise) as a Secondary Capture DICOM."""
     from data.image import Image

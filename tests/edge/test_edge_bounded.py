@@ -12,22 +12,12 @@ from data.image import Image
 from data.readers import read_image
 from edge_runtime import bitstream as bs
 from edge_runtime import exact_dwt, runtime
-from edge_runtime.bundle import default_bundle_path, load_bundle
+from edge_runtime.bundle import default_bundle_path
 from edge_runtime.codec import PlaneCoder, decode_image, encode_image
 from edge_runtime.residual import RESIDUAL_FILE
 
 _DTYPES = {"uint8": (np.uint8, False), "uint16": (np.uint16, False), "int8": (np.int8, True),
            "int16": (np.int16, True)}
-
-
-@pytest.fixture(scope="module")
-def exact_coder():
-    """The shipped model's context model, tables and residual model over numpy transforms (any size)."""
-    b = load_bundle(default_bundle_path())
-    assert b.residual is not None, "the shipped bundle must carry a residual model"
-    p = b.manifest["codec"]
-    transforms = {n: exact_dwt.ExactTransforms(n, p["mode"]) for n in p["transforms"]}
-    return b, PlaneCoder(p, b.coding, transforms, b.residual)
 
 
 @pytest.fixture(scope="module")

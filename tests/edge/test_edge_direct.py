@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from data.image import Image
-from edge_runtime import direct, exact_dwt
-from edge_runtime.bundle import default_bundle_path, load_bundle
+from edge_runtime import direct
 from edge_runtime.codec import PlaneCoder, decode_image, encode_image
 
 from _golden import GOLDEN, digest, shipped_spec
@@ -21,13 +20,6 @@ NAME = "dfl_crop_lossless_direct.kcd"
 CROP = (100, 60)  # (row, col) of the 96x96 crop of pydicom's image_dfl.dcm
 NEAR_NAME = "ct693_crop_d2_direct.kcd"
 NEAR_CROP = (208, 0)  # of pydicom-data's 693_UNCR.dcm: the edge of the field of view, coded with max error 2
-
-
-@pytest.fixture(scope="module")
-def exact_coder():
-    b = load_bundle(default_bundle_path())
-    p = b.manifest["codec"]
-    return b, PlaneCoder(p, b.coding, {n: exact_dwt.ExactTransforms(n, p["mode"]) for n in p["transforms"]}, b.residual)
 
 
 def _graphics(rows, cols, seed=0):
