@@ -120,6 +120,22 @@ WEIGHT_SHIFT = 10
 """Linear predictions are (sum of weight * term + 2**(WEIGHT_SHIFT-1)) >> WEIGHT_SHIFT (see _features)."""
 
 
+_NETWORK_4 = ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2))
+_NETWORK_8 = ((0, 2), (1, 3), (4, 6), (5, 7), (0, 4), (1, 5), (2, 6), (3, 7), (0, 1), (2, 3), (4, 5), (6, 7),
+              (2, 4), (3, 5), (1, 4), (3, 6), (1, 2), (3, 4), (5, 6))
+"""Sorting networks of 4 and 8 values (optimal: 5 and 19 compare-exchanges; tests check every 0-1 input)."""
+
+
+def _sort_rows(a: np.ndarray, network: tuple) -> None:
+    """Sort the rows of `a` (k x n) in place along axis 0 with a sorting network: the same values as
+    a.sort(axis=0), without a strided sort of every column."""
+    low = np.empty(a.shape[1], a.dtype)
+    for i, j in network:
+        np.minimum(a[i], a[j], out=low)
+        np.maximum(a[i], a[j], out=a[j])
+        a[i] = low
+
+
 def _gather(u_flat: np.ndarray, neighbours: tuple, far: tuple, sort_far: bool = True) -> tuple:
     """The 4 near neighbours' values (sorted, 4 x n), the 12 far ones' (12 x n: the 8, then the ring's 4, each group
     sorted when `sort_far`: linear kind 2 needs it), and which near neighbours hold the smallest value (bit i: the
@@ -127,11 +143,11 @@ def _gather(u_flat: np.ndarray, neighbours: tuple, far: tuple, sort_far: bool = 
     nb = np.stack([np.take(u_flat, at) for at in neighbours])
     low = (nb == nb.min(0)).astype(np.int64)
     pattern = low[0] | (low[1] << 1) | (low[2] << 2) | (low[3] << 3)
-    nb.sort(axis=0)
+    _sort_rows(nb, _NETWORK_4)
     fv = np.stack([np.take(u_flat, at) for at in far])
     if sort_far:
-        fv[:8].sort(axis=0)
-        fv[8:].sort(axis=0)
+        _sort_rows(fv[:8], _NETWORK_8)
+        _sort_rows(fv[8:], _NETWORK_4)
     return nb, fv, pattern
 
 
@@ -160,26 +176,43 @@ def _predict(nb: np.ndarray, fv: np.ndarray, weights, top: int, wide: bool, patt
     0..top; None: the median-like one. `wide`: the context's range is that of all 16 values, else of
     the near ones. `pattern` (graphics): positions whose near neighbours hold 2 values take the context of which
     of them hold the smaller one instead of a range."""
-    pred = _median_like(nb)
-    if weights is not None:
-        lin = np.full(nb.shape[1], 1 << (WEIGHT_SHIFT - 1), np.int64)
-        for w, term in zip(weights, _features(kind, nb, fv)):
-            lin += int(w) * term
-        pred = np.clip(lin >> WEIGHT_SHIFT, 0, top)
-    new = np.ones(nb.shape, bool)
-    new[1:] = nb[1:] != nb[:-1]
-    distinct = new.sum(0)
+    values, distinct = _distinct_values(nb)
+    return (_prediction(nb, fv, weights, top, kind), _context(nb, fv, distinct, wide, pattern), values,
+            distinct)
+
+
+def _prediction(nb: np.ndarray, fv: np.ndarray, weights, top: int, kind: int) -> np.ndarray:
+    """_predict's prediction."""
+    if weights is None:
+        return _median_like(nb)
+    lin = np.full(nb.shape[1], 1 << (WEIGHT_SHIFT - 1), np.int64)
+    for w, term in zip(weights, _features(kind, nb, fv)):
+        lin += int(w) * term
+    return np.clip(lin >> WEIGHT_SHIFT, 0, top)
+
+
+def _context(nb: np.ndarray, fv: np.ndarray, distinct: np.ndarray, wide: bool,
+             pattern: np.ndarray | None) -> np.ndarray:
+    """_predict's context."""
     span = np.maximum(nb[3], fv.max(0)) - np.minimum(nb[0], fv.min(0)) if wide else nb[3] - nb[0]
     act = np.minimum(ctx.mag_code(span) >> 2, ACT_BUCKETS - 1)
     context = np.where(distinct == 1, 0, 1 + (np.minimum(distinct, 3) - 2) * ACT_BUCKETS + act)
     if pattern is not None:  # 14 patterns (not none, not all), after the other contexts
         context = np.where(distinct == 2, NUM_CONTEXTS - 1 + pattern, context)
+    return context
+
+
+def _distinct_values(nb: np.ndarray) -> tuple:
+    """_predict's distinct near values and their count."""
+    new = np.ones(nb.shape, bool)
+    new[1:] = nb[1:] != nb[:-1]
+    distinct = new.sum(0)
     rank = np.cumsum(new, axis=0) - 1  # the rank of each sorted neighbour among the distinct values
     values = np.empty_like(nb)
     values[rank, np.arange(nb.shape[1])] = nb  # equal neighbours write the same value
     k = np.arange(4)[:, None]
     values = np.where(k < distinct, values, values[distinct - 1, np.arange(nb.shape[1])])
-    return pred, context, values, distinct
+    return values, distinct
 
 
 MAX_WEIGHT = 1 << 16
@@ -220,20 +253,25 @@ def _choose_mode(y, nb, fv, pattern, step: int, top: int) -> tuple:
     """(mode, weights) of the pass coding values y in the fewest bits, weighed on a sample of its positions."""
     fitted = [None] + [_fit_weights(y, nb, fv, kind) for kind in (1, 2)]
     sub = slice(None, None, _CHOICE_SAMPLE) if y.size > 64 * _CHOICE_SAMPLE else slice(None)
+    y, nb, fv, pattern = y[sub], nb[:, sub], fv[:, sub], pattern[sub]
+    values, distinct = _distinct_values(nb)
+    symbols, contexts = {}, {}  # per prediction kind, per context kind: what the modes share
     best = None
-    for mode, (kind, _wide, _patterned) in enumerate(MODES):
+    for mode, (kind, wide, patterned) in enumerate(MODES):
         w = fitted[kind]
         if kind and w is None:
             continue
-        pred, context, values, distinct = _predict_mode(mode, w, nb[:, sub], fv[:, sub], pattern[sub], top)
-        sym, ranked, _plain, _value = _ranked(y[sub], pred, values, distinct, step, top)
-        cost = _pass_bits(sym, context, ranked)
+        if kind not in symbols:
+            symbols[kind] = _ranked(y, _prediction(nb, fv, w, top, kind), values, distinct, step, top)[:2]
+        if (wide, patterned) not in contexts:
+            contexts[wide, patterned] = _context(nb, fv, distinct, wide, pattern if patterned else None)
+        cost = _pass_bits(*symbols[kind], contexts[wide, patterned])
         if best is None or cost < best[0]:
             best = (cost, mode, w)
     return best[1], best[2]
 
 
-def _pass_bits(sym: np.ndarray, context: np.ndarray, ranked: np.ndarray) -> float:
+def _pass_bits(sym: np.ndarray, ranked: np.ndarray, context: np.ndarray) -> float:
     """About what _encode_pass spends on a pass (the encoder's estimate for choosing a mode): per context, the
     cheaper of the two symbol kinds, each at its empirical entropy plus a table's cost."""
     return float(np.minimum(_context_bits(sym, context), _context_bits(ranked, context)).sum())
@@ -243,13 +281,21 @@ def _context_bits(v: np.ndarray, context: np.ndarray) -> np.ndarray:
     """Per context (0..max): n log2 n - sum c log2 c over its symbols' counts c, plus 8 bits per distinct symbol
     (a sent table) or 3 % and 7 bits (one of the model's tables), whichever is less."""
     lo, span = int(v.min()), int(v.max()) - int(v.min()) + 1
-    keys = np.sort(context * span + (v - lo))
-    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
-    counts = np.diff(np.append(starts, keys.size)).astype(np.float64)
-    run_ctx = keys[starts] // span
-    n = np.bincount(run_ctx, weights=counts, minlength=int(context.max()) + 1)
-    clogc = np.bincount(run_ctx, weights=counts * np.log2(counts), minlength=n.size)
-    distinct = np.bincount(run_ctx, minlength=n.size)
+    contexts = int(context.max()) + 1
+    keys = context * span + (v - lo)
+    if contexts * span <= max(4 * v.size, 1 << 16):  # counts of every (context, symbol) at once
+        hist = np.bincount(keys, minlength=contexts * span)
+        at = np.flatnonzero(hist)
+        counts = hist[at].astype(np.float64)
+    else:  # a wide range of symbols: sort
+        keys = np.sort(keys)
+        starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+        counts = np.diff(np.append(starts, keys.size)).astype(np.float64)
+        at = keys[starts]
+    run_ctx = at // span
+    n = np.bincount(run_ctx, weights=counts, minlength=contexts)
+    clogc = np.bincount(run_ctx, weights=counts * np.log2(counts), minlength=contexts)
+    distinct = np.bincount(run_ctx, minlength=contexts)
     h = n * np.log2(np.maximum(n, 1)) - clogc
     return h + np.minimum(8.0 * distinct, 0.03 * h + 7.0)  # a sent table, or one of the model's (a few % off)
 
@@ -315,17 +361,6 @@ def _frequencies(counts: np.ndarray) -> np.ndarray:
     return f
 
 
-def _sent_table_bits(values: np.ndarray, counts: np.ndarray) -> float:
-    """Bits of a context's symbols under a table sent for them, description included."""
-    m, n = len(values), int(counts.sum())
-    desc = float(natural_bits(np.concatenate([[m - 1, _zigzag(values[0])], np.diff(values) - 1])).sum())
-    if m == 1:
-        return 1 + desc
-    desc += float(natural_bits(counts[:-1] - 1).sum())
-    f = _frequencies(counts)
-    return 1 + desc + float(-(counts * np.log2(f / float(1 << PRECISION))).sum())
-
-
 @functools.lru_cache(maxsize=4)
 def _table_spreads(tables: EntropyTables) -> np.ndarray:
     """Each model table's mean |symbol| (escapes counted at the tail), ascending with the table number."""
@@ -337,28 +372,74 @@ _TABLE_SEARCH = 3
 """The encoder weighs the model tables within this many of the one whose mean |symbol| is nearest."""
 
 
-def _model_table_bits(values: np.ndarray, counts: np.ndarray, tables: EntropyTables) -> tuple[int, float]:
-    """(best table of the residual model, bits of the context's symbols under it, its number included)."""
-    spread = float(np.abs(values) @ counts) / float(counts.sum())
-    k0 = int(np.argmin(np.abs(_table_spreads(tables) - spread)))
-    k = np.arange(max(k0 - _TABLE_SEARCH, 0), min(k0 + _TABLE_SEARCH + 1, tables.num_tables))[:, None]
-    bits = tables.symbol_bits(np.broadcast_to(values, (k.size, values.size)), k) @ counts
-    best = int(np.argmin(bits))
-    return int(k[best, 0]), 1 + np.log2(tables.num_tables) + float(bits[best])
+def _runs(s: np.ndarray, lengths: np.ndarray) -> tuple:
+    """(segment, value, count) of every distinct value of every segment of `s` (consecutive, `lengths` long),
+    by segment then value."""
+    seg = np.repeat(np.arange(lengths.size), lengths)
+    lo = int(s.min())
+    span = int(s.max()) - lo + 1
+    keys = seg * span + (s - lo)
+    if lengths.size * span <= max(4 * s.size, 1 << 16):
+        hist = np.bincount(keys, minlength=lengths.size * span)
+        at = np.flatnonzero(hist)
+        counts = hist[at]
+    else:
+        keys = np.sort(keys)
+        starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+        at = keys[starts]
+        counts = np.diff(np.append(starts, keys.size))
+    return at // span, at % span + lo, counts
 
 
-def _plan(v: np.ndarray, tables: EntropyTables) -> tuple:
-    """(bits, sent table (values, counts) or None, model table) of one context's symbols v: the cheaper way."""
-    lo = int(v.min())
-    hist = np.bincount(v - lo)
-    values = np.flatnonzero(hist)
-    counts = hist[values]
-    values = values + lo
-    table, model_bits = _model_table_bits(values, counts, tables)
-    sent_bits = _sent_table_bits(values, counts)
-    if sent_bits <= model_bits:
-        return sent_bits, (values, counts), table
-    return model_bits, None, table
+def _plans(s: np.ndarray, lengths: np.ndarray, tables: EntropyTables) -> list:
+    """Per segment of `s` (a context's symbols, consecutive, `lengths` long), the cheaper way to code it:
+    (bits, the sent table's (values, counts, frequencies) or None, the residual model's best table). A sent table costs
+    its description (module docstring) and the symbols under its frequencies; a model table its number and the
+    symbols under it, searched within _TABLE_SEARCH of the one whose mean |symbol| is nearest the segment's."""
+    seg, val, cnt = _runs(s, lengths)
+    first = np.searchsorted(seg, np.arange(lengths.size))
+    m = np.diff(np.append(first, seg.size))  # distinct symbols per segment
+    # the residual model's tables
+    spread = np.add.reduceat(np.abs(val) * cnt, first) / lengths.astype(np.float64)
+    spreads = _table_spreads(tables)
+    k0 = np.argmin(np.abs(spreads[None, :] - spread[:, None]), axis=1)
+    model = np.full(lengths.size, np.inf)
+    table = np.zeros(lengths.size, np.int64)
+    for j in range(-_TABLE_SEARCH, _TABLE_SEARCH + 1):
+        k = k0 + j
+        ok = (k >= 0) & (k < tables.num_tables)
+        kr = np.clip(k, 0, tables.num_tables - 1)
+        bits = np.add.reduceat(tables.symbol_bits(val, kr[seg]) * cnt, first)
+        better = ok & (bits < model)
+        model = np.where(better, bits, model)
+        table = np.where(better, kr, table)
+    model += 1 + np.log2(tables.num_tables)
+    # a table sent for the segment: its description, then the symbols under its frequencies
+    gaps = np.diff(val) - 1
+    gaps[first[1:] - 1] = 0  # across segments: not sent
+    gap_bits = natural_bits(gaps)
+    gap_bits[first[1:] - 1] = 0
+    desc = natural_bits(m - 1) + natural_bits(_zigzag(val[first])) + np.add.reduceat(np.append(gap_bits, 0), first)
+    last = np.append(first[1:], seg.size) - 1
+    counts_bits = natural_bits(cnt - 1)
+    counts_bits[last] = 0  # the last count is implied
+    desc = desc + np.add.reduceat(counts_bits, first)
+    n = lengths[seg]
+    freq = 1 + cnt * ((1 << PRECISION) - m[seg]) // n
+    peak = np.maximum.reduceat(cnt, first)
+    position = np.where(cnt == peak[seg], np.arange(val.size), val.size)
+    top_at = np.minimum.reduceat(position, first)  # the first most frequent symbol of each segment
+    freq[top_at] += (1 << PRECISION) - np.add.reduceat(freq, first)
+    sent = 1 + desc + np.add.reduceat(-(cnt * np.log2(freq / float(1 << PRECISION))), first)
+    sent = np.where(m == 1, 1 + desc, sent)
+    out = []
+    for i in range(lengths.size):
+        if sent[i] <= model[i]:
+            a, b = first[i], first[i] + m[i]
+            out.append((float(sent[i]), (val[a:b], cnt[a:b], freq[a:b]), int(table[i])))
+        else:
+            out.append((float(model[i]), None, int(table[i])))
+    return out
 
 
 def _encode_pass(enc: Encoder, sym: np.ndarray, context: np.ndarray, ranked: np.ndarray | None = None):
@@ -367,28 +448,30 @@ def _encode_pass(enc: Encoder, sym: np.ndarray, context: np.ndarray, ranked: np.
     coded as ranks are returned (a mask)."""
     tables = enc.tables
     order, spans = group_spans(context)
+    lengths = np.array([b - a for _k, a, b in spans], np.int64)
     s = np.take(sym, order)
-    r = np.take(ranked, order) if ranked is not None else None
+    plans = _plans(s, lengths, tables)
+    if ranked is not None:
+        r = np.take(ranked, order)
+        alternatives = _plans(r, lengths, tables)
     as_rank = np.zeros(sym.size, bool)
-    for _k, a, b in spans:
-        v = s[a:b]
-        plan = _plan(v, tables)
-        if r is not None:
-            alt = _plan(r[a:b], tables)
-            use = alt[0] < plan[0]
+    for i, (_k, a, b) in enumerate(spans):
+        v, plan = s[a:b], plans[i]
+        if ranked is not None:
+            use = alternatives[i][0] < plan[0]
             enc.encode_uniform([int(use)], 2)
             if use:
-                v, plan = r[a:b], alt
+                v, plan = r[a:b], alternatives[i]
                 as_rank[order[a:b]] = True
         _bits, sent, table = plan
         if sent is not None:
-            values, counts = sent
+            values, counts, freqs = sent
             enc.encode_uniform([1], 2)
             enc.encode_naturals([len(values) - 1, _zigzag(int(values[0]))])
             enc.encode_naturals(np.diff(values) - 1)
             if len(values) > 1:
                 enc.encode_naturals(counts[:-1] - 1)
-                enc.encode_categorical(np.searchsorted(values, v), _frequencies(counts))
+                enc.encode_categorical(np.searchsorted(values, v), freqs)
         else:
             enc.encode_uniform([0], 2)
             enc.encode_uniform([table], tables.num_tables)

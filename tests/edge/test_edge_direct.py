@@ -80,6 +80,55 @@ def test_neighbour_ranks_invert_and_name_the_distinct_neighbour_values():
     assert np.all(r[hit] < distinct[hit]) and np.all(r[~hit] >= distinct[~hit])
 
 
+@pytest.mark.parametrize("network, n", [(direct._NETWORK_4, 4), (direct._NETWORK_8, 8)])
+def test_sorting_networks_sort_every_input(network, n):
+    bits = (np.arange(1 << n)[None, :] >> np.arange(n)[:, None]) & 1  # every 0-1 input: every input (0-1 principle)
+    rng = np.random.default_rng(n)
+    for a in (bits, rng.integers(-5, 5, (n, 3000))):
+        want = np.sort(a, axis=0)
+        direct._sort_rows(a, network)
+        assert np.array_equal(a, want)
+
+
+def _plan_by_definition(v: np.ndarray, tables) -> tuple:
+    """(sent table's bits, best model table, its bits) of one context's symbols, straight from the module docstring."""
+    values, counts = np.unique(v, return_counts=True)
+    m, n = len(values), int(counts.sum())
+    desc = sum(int(direct.natural_bits(np.array([x]))[0])
+               for x in [m - 1, int(direct._zigzag(values[0]))] + list(np.diff(values) - 1))
+    sent = 1 + desc
+    if m > 1:
+        f = direct._frequencies(counts)
+        sent += sum(int(direct.natural_bits(np.array([c - 1]))[0]) for c in counts[:-1])
+        sent += float(-(counts * np.log2(f / float(1 << direct.PRECISION))).sum())
+    spread = float(np.abs(values) @ counts) / n
+    k0 = int(np.argmin(np.abs(direct._table_spreads(tables) - spread)))
+    ks = range(max(k0 - direct._TABLE_SEARCH, 0), min(k0 + direct._TABLE_SEARCH + 1, tables.num_tables))
+    bits = {k: float(tables.symbol_bits(values, np.full(m, k)) @ counts) for k in ks}
+    best = min(bits, key=bits.get)
+    return sent, best, 1 + np.log2(tables.num_tables) + bits[best]
+
+
+def test_table_plans_of_a_pass_match_each_contexts_own(exact_coder):
+    tables = exact_coder[1].residual.tables
+    rng = np.random.default_rng(3)
+    # contexts of one symbol, of few, of wide Laplacian-like ones, of escapes beyond the model's tails
+    segments = [np.full(7, -3), np.array([5]), rng.integers(-2, 3, 40), np.round(rng.laplace(0, 4, 900)),
+                np.round(rng.laplace(0, 60, 300)), np.array([0, 0, 0, 1000, -1000]), rng.integers(-9000, 9000, 50)]
+    s = np.concatenate(segments).astype(np.int64)
+    plans = direct._plans(s, np.array([len(g) for g in segments]), tables)
+    for g, (bits, sent, table) in zip(segments, plans):
+        sent_bits, best, model_bits = _plan_by_definition(g.astype(np.int64), tables)
+        assert table == best
+        assert bits == pytest.approx(min(sent_bits, model_bits), rel=1e-9)
+        assert (sent is not None) == (sent_bits <= model_bits)
+        if sent is not None:
+            values, counts, freqs = sent
+            want_values, want_counts = np.unique(g, return_counts=True)
+            assert np.array_equal(values, want_values) and np.array_equal(counts, want_counts)
+            assert np.array_equal(freqs, direct._frequencies(want_counts))
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (3, 17), (17, 33), (64, 48)])
 @pytest.mark.parametrize("kind", ["noise", "smooth", "graphics", "wide"])
 def test_round_trip_is_exact(exact_coder, shape, kind):
