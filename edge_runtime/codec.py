@@ -329,8 +329,13 @@ class PlaneCoder:
         that use at most half of the values in their range (graphics, test patterns) are
         also coded as indices into a table of the values present. Tiles are also coded without
         a base (edge_runtime.direct: quality byte 0). The shortest is kept.
-        The base quality is `quality`, or with None the one search_base_quality finds.
+        The base quality is `quality`, or with None the one search_base_quality finds; quality 0 codes the tile
+        without a base only (the fast encode: no base-quality search, no base).
         """
+        if quality == 0 and not self.direct:
+            raise ValueError("base quality 0 codes tiles without a base, which this coder does not")
+        if not np.size(x):
+            quality = None  # nothing to code: the base path's empty tile
         x = np.asarray(x, np.int64)
         g = max(int(np.gcd.reduce((x - lo).ravel())), 1) if x.size else 1
         flags = self.ADAPTIVE | self.SHAPES if self.adaptive else 0
@@ -352,7 +357,7 @@ class PlaneCoder:
                 if best is None or 9 + len(table) + len(body) < len(best[0]):
                     best = (struct.pack("<BII", fl & self.LOSSLESS, div, 0) + table + body,
                             {"estimated_bits": 8.0 * len(body)}, len(table))
-        for div, v, top, d, table, fl in candidates:
+        for div, v, top, d, table, fl in candidates if quality != 0 else ():
             q = self.search_base_quality(v, top, d, transform) if quality is None else quality
             st = {} if stats is not None else None
             base_stream, body = self._bounded_body(v, top, d, q, st, transform)
@@ -511,7 +516,8 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
 
     `max_error` D (stored units, >= 0) codes every tile within D of the original (D = 0:
     lossless); its base quality is `quality`, or with None the one the encoder finds
-    best for each tile (PlaneCoder.search_base_quality). `stats` (optional) receives
+    best for each tile (PlaneCoder.search_base_quality), or with 0 none: every tile is coded
+    without a base (edge_runtime.direct; the fast encode, the same format). `stats` (optional) receives
     "estimated_bits": the model's code length of the tile streams, to compare with the real size.
     `plane_map` (optional, e.g. runtime.PlanePool.map) runs encode_plane over the planes in
     worker processes, in order; the stream is the same bytes as without it.

@@ -537,7 +537,7 @@ def frame_groups(data: bytes, *, coder, model_ids=None, source=None, plane_map=N
 def encode_series(in_dir, out_path, *, quality: Optional[int] = None, bundle=None, force: bool = False,
                   kernels: str = "xnnpack", max_error: Optional[int] = None, target_psnr: Optional[float] = None,
                   target_bpp: Optional[float] = None, jobs: Optional[int] = None, dedup: bool = True,
-                  group: Optional[int] = None) -> dict:
+                  group: Optional[int] = None, fast: bool = False) -> dict:
     """Encode a folder of single-slice DICOM files of one series into one .kcd (frames = slices).
 
     The settings are those of runtime.encode_file. Nothing is written when the folder is refused.
@@ -548,7 +548,7 @@ def encode_series(in_dir, out_path, *, quality: Optional[int] = None, bundle=Non
 
     in_dir, out_path = Path(in_dir), Path(out_path)
     runtime.check_encode_request(out_path, quality=quality, max_error=max_error, target_psnr=target_psnr,
-                                 target_bpp=target_bpp)
+                                 target_bpp=target_bpp, fast=fast)
     codec_options = runtime.group_options(group, series=True)
     if out_path.is_dir():
         raise IsADirectoryError(f"{out_path}: is a folder; give the .kcd file to write")
@@ -564,7 +564,7 @@ def encode_series(in_dir, out_path, *, quality: Optional[int] = None, bundle=Non
                                         f"series into folders of fewer slices")
     summary = runtime.encode_loaded(series.image, metadata, in_dir, out_path, quality=quality, bundle=bundle,
                                     force=force, kernels=kernels, max_error=max_error, target_psnr=target_psnr,
-                                    target_bpp=target_bpp, jobs=jobs, codec_options=codec_options)
+                                    target_bpp=target_bpp, jobs=jobs, codec_options=codec_options, fast=fast)
     summary.update(slices=len(series.names), ordering=ORDERINGS[series.ordering], metadata_bytes=len(metadata))
     return summary
 

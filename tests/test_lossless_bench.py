@@ -35,11 +35,15 @@ def test_rows_check_the_bound_and_tables_total_them(coder, tmp_path):
     rows += bench.measure("test", "b", image, c, b.model_id, (2,), tile=2048, progress=lambda *_: None)
     got = {(r["image"], r["codec"], r["D"]): r for r in rows}
     for name in ("a", "b"):
-        assert {k[1] for k in got if k[0] == name and k[2] == 0} == {"ours", *bench.LOSSLESS}
+        assert {k[1] for k in got if k[0] == name and k[2] == 0} == {"ours", "ours_fast", *bench.LOSSLESS}
         assert got[(name, "ours", 2)]["max_abs_err"] <= 2 and got[(name, "jpegls", 2)]["max_abs_err"] <= 2
+        assert got[(name, "ours_fast", 2)]["max_abs_err"] <= 2
+        assert got[(name, "ours", 0)]["n_bytes"] <= got[(name, "ours_fast", 0)]["n_bytes"]  # the full encode weighs it
         assert all(r["max_abs_err"] == 0 for k, r in got.items() if k[0] == name and k[2] == 0)
     text = bench.write(rows, (2,), tmp_path, "header")
     ours, jls = 2 * got[("a", "ours", 0)]["n_bytes"], 2 * got[("a", "jpegls", 0)]["n_bytes"]
     assert f"**{ours}**" in text and f"**{ours / jls:.3f}**" in text
+    fast = 2 * got[("a", "ours_fast", 0)]["n_bytes"]
+    assert f"ours --fast (every tile without a base): total {fast}, {fast / ours:.4f} x ours" in text
     assert (tmp_path / "lossless.csv").read_text().count("\n") == len(rows) + 1
     assert (tmp_path / "lossless.png").stat().st_size > 0

@@ -259,7 +259,7 @@ def _child(conn, job: dict):
 
 def _ours_options(job) -> dict:
     if job.get("max_error") is not None:
-        return {"max_error": int(job["max_error"])}
+        return {"max_error": int(job["max_error"]), **({"fast": True} if job.get("fast") else {})}
     return {"quality": int(job["quality"])}
 
 
@@ -296,7 +296,7 @@ def measure(job: dict, timeout: float = 7200.0) -> dict:
 
     job: ``kind`` (ours_encode, ours_decode, base_encode, base_decode), ``runs``, ``threads``,
     optional ``cpus`` (the CPU set to pin the child to); ours: ``src``, ``kcd``, ``dcm``, ``bundle``
-    and ``quality`` or ``max_error``; classical: ``codec``, ``param``, ``src``, ``stream``, ``dcm``.
+    and ``quality`` or ``max_error`` (and ``fast``); classical: ``codec``, ``param``, ``src``, ``stream``, ``dcm``.
     """
     ctx = mp.get_context("spawn")
     conn, child = ctx.Pipe()

@@ -188,6 +188,14 @@ def test_cli_max_error_and_targets(bounded_codec, synthetic_dcm, tmp_path, capsy
     assert "lossless" in capsys.readouterr().out
     assert main(["encode", str(synthetic_dcm), str(tmp_path / "t.kcd"), "--target-psnr", "40", "--bundle", b]) == 0
     assert "(target 40 dB)" in capsys.readouterr().out
+    assert main(["encode", str(synthetic_dcm), str(tmp_path / "f.kcd"), "--max-error", "0", "--fast", "--bundle",
+                 b]) == 0
+    assert "lossless" in capsys.readouterr().out
+    assert main(["decode", str(tmp_path / "f.kcd"), str(tmp_path / "f.dcm"), "--bundle", b]) == 0
+    assert np.array_equal(pydicom.dcmread(tmp_path / "f.dcm").pixel_array, pydicom.dcmread(synthetic_dcm).pixel_array)
+    capsys.readouterr()
+    assert main(["encode", str(synthetic_dcm), str(tmp_path / "q.kcd"), "--fast", "--bundle", b]) == 1  # lossy
+    assert "fast codes error-bounded tiles" in capsys.readouterr().err and not (tmp_path / "q.kcd").exists()
     with pytest.raises(SystemExit):  # one way of choosing the rate at a time
         main(["encode", str(synthetic_dcm), str(tmp_path / "x.kcd"), "--quality", "5", "--max-error", "1"])
     with pytest.raises(SystemExit):

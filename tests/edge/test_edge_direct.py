@@ -184,6 +184,28 @@ def test_encoder_keeps_the_direct_tile_where_it_is_shorter_and_it_decodes_exactl
         assert np.array_equal(out.pixels, image.pixels)
 
 
+def test_fast_encode_codes_every_tile_without_a_base_within_the_bound(exact_coder, monkeypatch):
+    b, coder = exact_coder
+    rng = np.random.default_rng(6)
+    r, c = np.mgrid[0:70, 0:90]
+    x = np.round(800 + 300 * np.sin(r / 9) + rng.normal(0, 20, r.shape)).astype(np.int64)  # noisy: a base may win
+    monkeypatch.setattr(PlaneCoder, "search_base_quality", lambda *a, **k: pytest.fail("the fast encode searched"))
+    for d in (0, 1, 4):
+        tile = coder.encode_bounded(x, int(x.min()), int(x.max()), d, quality=0)
+        assert tile[0] & 0x1F == 0 and struct.unpack_from("<I", tile, 5)[0] == 0  # no base
+        y = coder.decode_bounded(tile, *x.shape, int(x.min()), int(x.max()), d)
+        assert np.abs(y - x).max() <= d
+        body = direct.encode(x - x.min(), coder.residual.tables, d, int(x.max() - x.min()))
+        assert tile[9:] == body  # the direct tile the full encode weighs as well
+    image = Image(pixels=x.astype(np.uint16)[None, :, :, None], bits_stored=12, signed=False)
+    data = encode_image(image, coder=coder, model_id=b.model_id, quality=0, max_error=0)
+    out, header = decode_image(data, coder=coder, model_ids=[b.model_id])
+    assert header.lossless and np.array_equal(out.pixels, image.pixels)
+    based = PlaneCoder(coder.p, coder.coding, coder.transforms, coder.residual, direct=False)
+    with pytest.raises(ValueError, match="without a base"):
+        based.encode_bounded(x, int(x.min()), int(x.max()), 0, quality=0)
+
+
 def test_inconsistent_or_corrupt_direct_tiles_are_refused(exact_coder):
     _, coder = exact_coder
     x = _graphics(48, 40, seed=3)
