@@ -203,15 +203,13 @@ def _context(nb: np.ndarray, fv: np.ndarray, distinct: np.ndarray, wide: bool,
 
 
 def _distinct_values(nb: np.ndarray) -> tuple:
-    """_predict's distinct near values and their count."""
-    new = np.ones(nb.shape, bool)
-    new[1:] = nb[1:] != nb[:-1]
-    distinct = new.sum(0)
-    rank = np.cumsum(new, axis=0) - 1  # the rank of each sorted neighbour among the distinct values
-    values = np.empty_like(nb)
-    values[rank, np.arange(nb.shape[1])] = nb  # equal neighbours write the same value
-    k = np.arange(4)[:, None]
-    values = np.where(k < distinct, values, values[distinct - 1, np.arange(nb.shape[1])])
+    """_predict's distinct near values and their count: with n0 <= n1 <= n2 <= n3, the second distinct value is
+    the first n_i that differs from its predecessor, the third is n2 when n0 < n1 < n2, and past the count the
+    last (n3) repeats."""
+    n0, n1, n2, n3 = nb
+    new1, new2, new3 = n1 != n0, n2 != n1, n3 != n2
+    distinct = 1 + new1.astype(np.int64) + new2 + new3
+    values = np.stack([n0, np.where(new1, n1, np.where(new2, n2, n3)), np.where(new1 & new2, n2, n3), n3])
     return values, distinct
 
 
@@ -475,7 +473,7 @@ def _encode_pass(enc: Encoder, sym: np.ndarray, context: np.ndarray, ranked: np.
         else:
             enc.encode_uniform([0], 2)
             enc.encode_uniform([table], tables.num_tables)
-            enc.encode(v, np.full(v.size, table))
+            enc.encode_table(v, table)
     return as_rank
 
 
@@ -498,7 +496,7 @@ def _decode_symbols(dec: Decoder, n: int) -> np.ndarray:
             raise ValueError("direct tile: a sent table's counts exceed its positions")
         return values[dec.decode_categorical(_frequencies(np.append(counts, last)), n)]
     table = int(dec.decode_uniform(1, tables.num_tables)[0])
-    return dec.decode(np.full(n, table))
+    return dec.decode_table(table, n)
 
 
 def _decode_pass(dec: Decoder, context: np.ndarray, predicted: tuple | None = None) -> np.ndarray:

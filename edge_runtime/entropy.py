@@ -227,6 +227,19 @@ class Encoder:
         if esc.any():
             self._encode_escapes(s[esc], t[esc] + 1)
 
+    def encode_table(self, symbols: np.ndarray, k: int) -> None:
+        """Symbols all under table k: the stream of encode(symbols, k for each), without grouping them."""
+        s = np.asarray(symbols, dtype=np.int64).ravel()
+        if s.size == 0:
+            return
+        t = int(self.tables.tails[k])
+        esc = np.abs(s) > t
+        self._enc.encode(np.where(esc, 2 * t + 1, s + t).astype(np.int32), self.tables.model(k))
+        if self.track:
+            self.estimated_bits += float(self.tables.symbol_bits(s, np.full(s.size, k)).sum())
+        if esc.any():
+            self._encode_escapes(s[esc], np.full(int(esc.sum()), t + 1))
+
     def _encode_escapes(self, v: np.ndarray, base: np.ndarray) -> None:
         self._enc.encode((v < 0).astype(np.int32), _stream.model.Uniform(2))
         self._encode_naturals(np.abs(v) - base)  # their bits are already in symbol_bits
@@ -300,6 +313,15 @@ class Decoder:
             vals[esc] = self._decode_escapes(t[esc] + 1)
         out[order] = vals
         return out
+
+    def decode_table(self, k: int, n: int) -> np.ndarray:
+        """Inverse of Encoder.encode_table: n symbols under table k."""
+        t = int(self.tables.tails[k])
+        vals = self._dec.decode(self.tables.model(k), n).astype(np.int64) - t
+        esc = vals == t + 1
+        if esc.any():
+            vals[esc] = self._decode_escapes(np.full(int(esc.sum()), t + 1, np.int64))
+        return vals
 
     def decode_uniform(self, n: int, size: int) -> np.ndarray:
         return self._dec.decode(_stream.model.Uniform(size), n).astype(np.int64)

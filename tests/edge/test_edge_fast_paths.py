@@ -86,6 +86,21 @@ def test_grouped_coding_round_trip_with_escapes():
     assert dec.decode(idx[:0]).size == 0
 
 
+def test_one_table_coding_is_the_grouped_stream():
+    tables = laplace_tables(16, 0.1, 50.0, 0.2)
+    rng = np.random.default_rng(1)
+    for k in (0, 7, 15):
+        sym = np.round(rng.laplace(0, 1 + k * 3.0, 3000)).astype(np.int64)
+        sym[::251] = -(10 ** 5)  # escapes, negative
+        sym[5::307] = 10 ** 5
+        grouped, one = Encoder(tables, track=True), Encoder(tables, track=True)
+        grouped.encode(sym, np.full(sym.size, k))
+        one.encode_table(sym, k)
+        one.encode_table(sym[:0], k)
+        assert one.getvalue() == grouped.getvalue() and one.estimated_bits == pytest.approx(grouped.estimated_bits)
+        assert np.array_equal(Decoder(tables, one.getvalue()).decode_table(k, sym.size), sym)
+
+
 def test_symbol_bits_is_per_table_log2():
     tables = laplace_tables(4, 0.5, 8.0, 0.2)
     s = np.array([[0, 1], [-2, 500]])
