@@ -346,7 +346,7 @@ class PlaneCoder:
             lossless = flags | self.LOSSLESS
             candidates.append((g, u, (hi - lo) // g, 0, b"", lossless))
         if lossless is not None and x.size:
-            values, index = np.unique(x, return_inverse=True)
+            values, index = _values_present(x, lo, hi)
             if len(values) <= ((hi - lo) // g + 1) // 2:
                 table = struct.pack("<I", len(values)) + values.astype("<i4").tobytes()
                 candidates.append((0, index.reshape(x.shape), len(values) - 1, 0, table, lossless))
@@ -471,6 +471,16 @@ class PlaneCoder:
             e = res.decode_residual(data[off + n:], base, d, model)
         u = res.dequantize(base, e, d, 0, top)
         return values[u] if values is not None else lo + g * u
+
+
+def _values_present(x: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(x, return_inverse=True) of integer tile x within [lo, hi]: by counting when the range is not much
+    wider than the tile (no sort), else by np.unique."""
+    if hi - lo < max(4 * x.size, 1 << 16):
+        present = np.bincount((x - lo).ravel(), minlength=hi - lo + 1) > 0
+        rank = np.cumsum(present) - 1
+        return np.flatnonzero(present) + lo, rank[(x - lo).ravel()]
+    return np.unique(x, return_inverse=True)
 
 
 def _equal_pair_fraction(x: np.ndarray) -> float:

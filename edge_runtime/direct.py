@@ -253,6 +253,7 @@ def _choose_mode(y, nb, fv, pattern, step: int, top: int) -> tuple:
     sub = slice(None, None, _CHOICE_SAMPLE) if y.size > 64 * _CHOICE_SAMPLE else slice(None)
     y, nb, fv, pattern = y[sub], nb[:, sub], fv[:, sub], pattern[sub]
     values, distinct = _distinct_values(nb)
+    hits = _hits(y, values, step)
     symbols, contexts = {}, {}  # per prediction kind, per context kind: what the modes share
     best = None
     for mode, (kind, wide, patterned) in enumerate(MODES):
@@ -260,7 +261,7 @@ def _choose_mode(y, nb, fv, pattern, step: int, top: int) -> tuple:
         if kind and w is None:
             continue
         if kind not in symbols:
-            symbols[kind] = _ranked(y, _prediction(nb, fv, w, top, kind), values, distinct, step, top)[:2]
+            symbols[kind] = _ranked(y, _prediction(nb, fv, w, top, kind), values, distinct, step, top, hits)[:2]
         if (wide, patterned) not in contexts:
             contexts[wide, patterned] = _context(nb, fv, distinct, wide, pattern if patterned else None)
         cost = _pass_bits(*symbols[kind], contexts[wide, patterned])
@@ -309,18 +310,26 @@ def _unzigzag(z) -> np.ndarray:
     return (z >> 1) ^ -(z & 1)
 
 
+def _hits(y: np.ndarray, values: np.ndarray, step: int) -> tuple:
+    """(whether, which) distinct neighbour value (the first) each of values y is within D = step // 2 of."""
+    hit = np.abs(values - y) <= step // 2
+    return hit.any(0), np.argmax(hit, axis=0)
+
+
 def _ranked(y: np.ndarray, pred: np.ndarray, values: np.ndarray, distinct: np.ndarray, step: int,
-            top: int) -> tuple:
+            top: int, hits: tuple | None = None) -> tuple:
     """(plain symbols, neighbour-rank symbols, the values each reconstructs) of values y, quantized with `step`
     = 2D + 1: a value within D of a distinct neighbour value is that neighbour's rank (the first such), else
-    the count plus the zigzag of the plain symbol (the quantized difference to the prediction)."""
+    the count plus the zigzag of the plain symbol (the quantized difference to the prediction). `hits`: _hits of
+    y (which do not depend on the prediction), or None to compute them."""
+    found, k = _hits(y, values, step) if hits is None else hits
+    if step == 1:  # lossless: every value reconstructs itself
+        q = y - pred
+        return q, np.where(found, k, distinct + _zigzag(q)), y, y
     e = y - pred
     d = step // 2
     q = np.sign(e) * ((np.abs(e) + d) // step)
     plain = np.clip(pred + step * q, 0, top)
-    hit = np.abs(values - y) <= d
-    found = hit.any(0)
-    k = np.argmax(hit, axis=0)
     ranked = np.where(found, k, distinct + _zigzag(q))
     return q, ranked, plain, np.where(found, values[k, np.arange(y.size)], plain)
 

@@ -202,6 +202,17 @@ def test_cli_max_error_and_targets(bounded_codec, synthetic_dcm, tmp_path, capsy
         main(["encode", str(synthetic_dcm), str(tmp_path / "x.kcd"), "--max-error", "-1"])
 
 
+@pytest.mark.parametrize("lo, hi", [(0, 9), (-32768, 32767), (-5, 10 ** 7)])  # counted, counted, sorted
+def test_values_present_are_numpys_unique(lo, hi):
+    from edge_runtime.codec import _values_present
+
+    x = np.random.default_rng(hi).integers(lo, hi + 1, (31, 45))
+    x[0, 0], x[-1, -1] = lo, hi
+    values, index = _values_present(x, lo, hi)
+    want, inverse = np.unique(x, return_inverse=True)
+    assert np.array_equal(values, want) and np.array_equal(index.reshape(x.shape), inverse.reshape(x.shape))
+
+
 def test_few_values_are_coded_as_a_table(exact_coder):
     """A lossless tile using few of its range's values: indices into a value table, exact, and shorter."""
     b, coder = exact_coder
