@@ -136,15 +136,23 @@ def _sort_rows(a: np.ndarray, network: tuple) -> None:
         a[i] = low
 
 
+def _take_rows(u_flat: np.ndarray, positions: tuple) -> np.ndarray:
+    """The values at each of `positions` (flat index arrays of one length), one row each."""
+    out = np.empty((len(positions), positions[0].size), u_flat.dtype)
+    for row, at in zip(out, positions):
+        np.take(u_flat, at, out=row, mode="clip")  # the geometry's positions are in range; "raise" would buffer
+    return out
+
+
 def _gather(u_flat: np.ndarray, neighbours: tuple, far: tuple, sort_far: bool = True) -> tuple:
     """The 4 near neighbours' values (sorted, 4 x n), the 12 far ones' (12 x n: the 8, then the ring's 4, each group
     sorted when `sort_far`: linear kind 2 needs it), and which near neighbours hold the smallest value (bit i: the
     i-th of `neighbours`) of a pass's positions."""
-    nb = np.stack([np.take(u_flat, at) for at in neighbours])
+    nb = _take_rows(u_flat, neighbours)
     low = (nb == nb.min(0)).astype(np.int64)
     pattern = low[0] | (low[1] << 1) | (low[2] << 2) | (low[3] << 3)
     _sort_rows(nb, _NETWORK_4)
-    fv = np.stack([np.take(u_flat, at) for at in far])
+    fv = _take_rows(u_flat, far)
     if sort_far:
         _sort_rows(fv[:8], _NETWORK_8)
         _sort_rows(fv[8:], _NETWORK_4)
@@ -217,15 +225,36 @@ MAX_WEIGHT = 1 << 16
 
 
 def _fit_weights(y: np.ndarray, nb: np.ndarray, fv: np.ndarray, kind: int):
-    """Least-squares weights of linear prediction `kind` of values y (rounded, WEIGHT_SHIFT), or None; from the
-    normal equations (the encoder's choice: the weights are sent)."""
-    X = np.stack(_features(kind, nb, fv)).astype(np.float64)
-    scale = max(float(np.abs(X).max(initial=0.0)), 1.0)  # well-conditioned sums
-    X /= scale
-    gram = X @ X.T
+    """Least-squares weights of linear prediction `kind` of values y (rounded, WEIGHT_SHIFT), or None."""
+    return _fit_all(y, nb, fv)[kind]
+
+
+_KIND1_OF_KIND2 = np.zeros((LINEAR_TERMS[1], LINEAR_TERMS[2]))
+_KIND1_OF_KIND2[[0, 1, 2, 3], [0, 1, 2, 3]] = 1.0
+_KIND1_OF_KIND2[4, 4:12] = 1.0
+_KIND1_OF_KIND2[5, 12:16] = 1.0
+"""Kind 1's terms as sums of kind 2's (the far values' sums do not depend on their order)."""
+
+
+def _fit_all(y: np.ndarray, nb: np.ndarray, fv: np.ndarray) -> list:
+    """[None, weights of kind 1, weights of kind 2] (see _fit_weights; None where the fit fails): least squares
+    from the normal equations of kind 2's terms, kind 1's derived from them (the encoder's choice: the weights are
+    sent). The terms are integers, so their products and sums are exact in float64 up to 2**53."""
+    X = np.empty((LINEAR_TERMS[2], y.size))
+    X[:4] = nb
+    X[4:] = fv
+    gram2, xy2 = X @ X.T, X @ y.astype(np.float64)
+    t = _KIND1_OF_KIND2
+    return [None, _solve(t @ gram2 @ t.T, t @ xy2), _solve(gram2, xy2)]
+
+
+def _solve(gram: np.ndarray, xy: np.ndarray):
+    """Rounded weights (WEIGHT_SHIFT, clipped to MAX_WEIGHT) solving the normal equations `gram` w = `xy`, with
+    a ridge of 1e-9 of the trace; None when singular."""
+    gram = gram.copy()
     gram[np.diag_indices_from(gram)] += 1e-9 * max(float(np.trace(gram)), 1.0)
     try:
-        w = np.linalg.solve(gram, X @ (y.astype(np.float64) / scale))
+        w = np.linalg.solve(gram, xy)
     except np.linalg.LinAlgError:
         return None
     if not np.all(np.isfinite(w)):
@@ -249,7 +278,7 @@ def _predict_mode(mode: int, weights, nb: np.ndarray, fv: np.ndarray, pattern: n
 
 def _choose_mode(y, nb, fv, pattern, step: int, top: int) -> tuple:
     """(mode, weights) of the pass coding values y in the fewest bits, weighed on a sample of its positions."""
-    fitted = [None] + [_fit_weights(y, nb, fv, kind) for kind in (1, 2)]
+    fitted = _fit_all(y, nb, fv)
     sub = slice(None, None, _CHOICE_SAMPLE) if y.size > 64 * _CHOICE_SAMPLE else slice(None)
     y, nb, fv, pattern = y[sub], nb[:, sub], fv[:, sub], pattern[sub]
     values, distinct = _distinct_values(nb)
