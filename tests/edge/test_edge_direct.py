@@ -201,6 +201,14 @@ def test_fast_encode_codes_every_tile_without_a_base_within_the_bound(exact_code
     data = encode_image(image, coder=coder, model_id=b.model_id, quality=0, max_error=0)
     out, header = decode_image(data, coder=coder, model_ids=[b.model_id])
     assert header.lossless and np.array_equal(out.pixels, image.pixels)
+    r, c = np.mgrid[0:24, 0:32]  # a multi-frame RGB loop: colour transform and frame groups, no tile with a base
+    loop = np.stack([np.roll(100 + 60 * np.sin(r / 5)[..., None] + 40 * np.cos(c / 7)[..., None]
+                             + rng.normal(0, 3, (24, 32, 3)), k, axis=1) for k in range(4)])
+    image = Image(pixels=loop.clip(0, 255).astype(np.uint8), bits_stored=8, signed=False, photometric="RGB")
+    for d in (0, 2):
+        out, _ = decode_image(encode_image(image, coder=coder, model_id=b.model_id, quality=0, max_error=d),
+                              coder=coder, model_ids=[b.model_id])
+        assert np.abs(out.pixels.astype(np.int64) - image.pixels).max() <= d
     based = PlaneCoder(coder.p, coder.coding, coder.transforms, coder.residual, direct=False)
     with pytest.raises(ValueError, match="without a base"):
         based.encode_bounded(x, int(x.min()), int(x.max()), 0, quality=0)
