@@ -148,6 +148,11 @@ def _encode_options(args) -> dict:
     return {name: v for name, v in given.items() if v is not None and v is not False}  # flags only when set
 
 
+def _bases(d: dict) -> str:
+    """How many of an error-bounded stream's tile streams are coded without a base (the rest: a base each)."""
+    return f"{d.get('tiles_without_base') or 0} of {d['tiles']} tile stream(s) without a base"
+
+
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc):
         text = f"{exc.filename}: {exc.strerror or exc}"
@@ -165,8 +170,8 @@ def _print_info(d: dict) -> None:
         ("pixels", f"{d['dtype']}, {d['bits_stored']} bits stored, {d['photometric']}"),
         ("model id", f"{d['model_id']} (known: {known})"),
         ("mode", f"lossy, quality {d['quality']}" if d["mode"] == "lossy" else
-         "lossless (bit-exact; base quality per tile)" if d["mode"] == "lossless" else
-         f"{d['mode']} (every pixel within {d['max_error']} of the original; base quality per tile)"),
+         f"lossless (bit-exact; {_bases(d)})" if d["mode"] == "lossless" else
+         f"{d['mode']} (every pixel within {d['max_error']} of the original; {_bases(d)})"),
         ("coding", f"up to {d['levels']} wavelet levels, tiles {d['tile'][0]} x {d['tile'][1]} ({d['tiles']} in all)"),
         *([("colour", f"{d['colour']} transform, {d['grey_frames']} of {d['frames']} frame(s) grey (one plane)")]
           if d.get("colour") else []),

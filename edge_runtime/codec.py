@@ -267,12 +267,18 @@ class PlaneCoder:
             stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + 8 + best[2]["estimated_bits"]
         return best[1], best[3], levels, best[4]
 
+    @classmethod
+    def without_base(cls, stream: bytes) -> bool:
+        """Whether an error-bounded tile stream (from `encode_bounded`) is coded without a base (base quality 0,
+        edge_runtime.direct)."""
+        return len(stream) > 0 and stream[0] & ~(cls.ADAPTIVE | cls.SHAPES | cls.LOSSLESS) == 0
+
     def tile_transform(self, stream: bytes, bounded: bool) -> str | None:
         """The transform a tile stream (from `encode`, or `encode_bounded` when `bounded`) was coded with
         (None: an error-bounded tile without a base)."""
         if bounded:
-            q, g = struct.unpack_from("<BII", stream, 0)[:2]
-            if q & ~(self.ADAPTIVE | self.SHAPES | self.LOSSLESS) == 0:  # no base (edge_runtime.direct)
+            g = struct.unpack_from("<BII", stream, 0)[1]
+            if self.without_base(stream):
                 return None
             off = 13 + 4 * struct.unpack_from("<I", stream, 9)[0] if g == 0 else 9
             stream = stream[off:]

@@ -478,6 +478,7 @@ def info(path, bundle_path=None) -> dict:
         "series": series.describe(header, metadata, path),
         "version": header.version, "group": header.group,
         "predicted_frames": sum(1 for m in header.frame_modes if m != bs.FRAME_INTRA),
+        "tiles_without_base": sum(map(PlaneCoder.without_base, tiles)) if header.error_bounded else None,
     }
 
 

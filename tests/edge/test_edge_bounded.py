@@ -191,6 +191,8 @@ def test_cli_max_error_and_targets(bounded_codec, synthetic_dcm, tmp_path, capsy
     assert main(["encode", str(synthetic_dcm), str(tmp_path / "f.kcd"), "--max-error", "0", "--fast", "--bundle",
                  b]) == 0
     assert "lossless" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "f.kcd"), "--bundle", b]) == 0
+    assert "lossless (bit-exact; 1 of 1 tile stream(s) without a base)" in capsys.readouterr().out
     assert main(["decode", str(tmp_path / "f.kcd"), str(tmp_path / "f.dcm"), "--bundle", b]) == 0
     assert np.array_equal(pydicom.dcmread(tmp_path / "f.dcm").pixel_array, pydicom.dcmread(synthetic_dcm).pixel_array)
     capsys.readouterr()
