@@ -310,16 +310,8 @@ def _context_bits(v: np.ndarray, context: np.ndarray) -> np.ndarray:
     (a sent table) or 3 % and 7 bits (one of the model's tables), whichever is less."""
     lo, span = int(v.min()), int(v.max()) - int(v.min()) + 1
     contexts = int(context.max()) + 1
-    keys = context * span + (v - lo)
-    if contexts * span <= max(4 * v.size, 1 << 16):  # counts of every (context, symbol) at once
-        hist = np.bincount(keys, minlength=contexts * span)
-        at = np.flatnonzero(hist)
-        counts = hist[at].astype(np.float64)
-    else:  # a wide range of symbols: sort
-        keys = np.sort(keys)
-        starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
-        counts = np.diff(np.append(starts, keys.size)).astype(np.float64)
-        at = keys[starts]
+    at, counts = _key_counts(context * span + (v - lo), contexts * span)
+    counts = counts.astype(np.float64)
     run_ctx = at // span
     n = np.bincount(run_ctx, weights=counts, minlength=contexts)
     clogc = np.bincount(run_ctx, weights=counts * np.log2(counts), minlength=contexts)
@@ -408,22 +400,25 @@ _TABLE_SEARCH = 3
 """The encoder weighs the model tables within this many of the one whose mean |symbol| is nearest."""
 
 
+def _key_counts(keys: np.ndarray, size: int) -> tuple:
+    """(the distinct keys, ascending; how often each occurs) of integer keys in 0..size-1: by counting when
+    `size` is not much more than the number of keys, else by sorting."""
+    if size <= max(4 * keys.size, 1 << 16):
+        hist = np.bincount(keys, minlength=size)
+        at = np.flatnonzero(hist)
+        return at, hist[at]
+    keys = np.sort(keys)
+    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+    return keys[starts], np.diff(np.append(starts, keys.size))
+
+
 def _runs(s: np.ndarray, lengths: np.ndarray) -> tuple:
     """(segment, value, count) of every distinct value of every segment of `s` (consecutive, `lengths` long),
     by segment then value."""
     seg = np.repeat(np.arange(lengths.size), lengths)
     lo = int(s.min())
     span = int(s.max()) - lo + 1
-    keys = seg * span + (s - lo)
-    if lengths.size * span <= max(4 * s.size, 1 << 16):
-        hist = np.bincount(keys, minlength=lengths.size * span)
-        at = np.flatnonzero(hist)
-        counts = hist[at]
-    else:
-        keys = np.sort(keys)
-        starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
-        at = keys[starts]
-        counts = np.diff(np.append(starts, keys.size))
+    at, counts = _key_counts(seg * span + (s - lo), lengths.size * span)
     return at // span, at % span + lo, counts
 
 
@@ -452,7 +447,7 @@ def _plans(s: np.ndarray, lengths: np.ndarray, tables: EntropyTables) -> list:
     model += 1 + np.log2(tables.num_tables)
     # a table sent for the segment: its description, then the symbols under its frequencies
     gaps = np.diff(val) - 1
-    gaps[first[1:] - 1] = 0  # across segments: not sent
+    gaps[first[1:] - 1] = 0  # across segments (possibly negative): not sent
     gap_bits = natural_bits(gaps)
     gap_bits[first[1:] - 1] = 0
     desc = natural_bits(m - 1) + natural_bits(_zigzag(val[first])) + np.add.reduceat(np.append(gap_bits, 0), first)
