@@ -534,22 +534,30 @@ def _decode_symbols(dec: Decoder, n: int) -> np.ndarray:
 
 def _decode_pass(dec: Decoder, context: np.ndarray, predicted: tuple | None = None) -> np.ndarray:
     """Inverse of _encode_pass: the symbols, or with `predicted` (prediction, distinct values, their count, as
-    _predict gives them, step, top) the pass's values."""
+    _predict gives them, step, top) the pass's values. The symbols are decoded context by context, then the values
+    rebuilt for the whole pass at once."""
     order, spans = group_spans(context)
-    out = np.empty(context.size, np.int64)
+    sym = np.empty(context.size, np.int64)  # in coding order
+    ranks = []  # the runs coded as neighbour ranks
     for _k, a, b in spans:
-        use = predicted is not None and dec.decode_uniform(1, 2)[0]
-        v = _decode_symbols(dec, b - a)
-        if predicted is not None:
-            at = order[a:b]
-            pred, values, distinct, step, top = predicted
-            if use:
-                if v.min() < 0:
-                    raise ValueError("direct tile: a negative neighbour-rank symbol")
-                v = _unranked(v, pred[at], values[:, at], distinct[at], step, top)
-            else:
-                v = _dequantized(pred[at], v, step, top)
-        out[order[a:b]] = v
+        if predicted is not None and dec.decode_uniform(1, 2)[0]:
+            ranks.append((a, b))
+        sym[a:b] = _decode_symbols(dec, b - a)
+    out = np.empty(context.size, np.int64)
+    if predicted is None:
+        out[order] = sym
+        return out
+    pred, values, distinct, step, top = predicted
+    p = np.take(pred, order)
+    v = _dequantized(p, sym, step, top)
+    if ranks:
+        at = np.concatenate([np.arange(a, b) for a, b in ranks])
+        r = sym[at]
+        if r.min() < 0:
+            raise ValueError("direct tile: a negative neighbour-rank symbol")
+        where = order[at]
+        v[at] = _unranked(r, p[at], values[:, where], distinct[where], step, top)
+    out[order] = v
     return out
 
 
