@@ -73,11 +73,12 @@ def _mirror(v: np.ndarray, other: np.ndarray, n: int) -> np.ndarray:
     return np.where((v < 0) | (v >= n), -1, v)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)
 def _geometry(shape: tuple) -> tuple:
     """(lattice positions, passes): per pass, the flat positions, the 4 near neighbours' and the 12 far values'
-    flat positions."""
+    flat positions (int32 where they fit: 17 index arrays per position weigh 68 bytes, not 136)."""
     rows, cols = shape
+    index = np.int32 if rows * cols < 1 << 31 else np.int64
     r = np.arange(rows)[:, None]
     c = np.arange(cols)[None, :]
     lattice = np.flatnonzero(((r % STRIDE) == 0) & ((c % STRIDE) == 0))
@@ -107,7 +108,8 @@ def _geometry(shape: tuple) -> tuple:
                 fr, fc = _mirror(rr + a * s, rr - a * s, rows), _mirror(cc + b * s, cc - b * s, cols)
                 # outside the tile on both sides (a thin tile): a near neighbour instead
                 far.append(np.where((fr >= 0) & (fc >= 0), fr * cols + fc, nb[len(far) % 4]))
-            passes.append((flat, tuple(np.asarray(a, np.int64) for a in nb), tuple(far)))
+            passes.append((flat.astype(index), tuple(np.asarray(a, index) for a in nb),
+                           tuple(np.asarray(a, index) for a in far)))
         s //= 2
     return lattice, tuple(passes)
 
@@ -236,14 +238,24 @@ _KIND1_OF_KIND2[5, 12:16] = 1.0
 """Kind 1's terms as sums of kind 2's (the far values' sums do not depend on their order)."""
 
 
+_FIT_CHUNK = 1 << 16
+"""Positions per block of the least-squares sums (8 MB of float64 terms)."""
+
+
 def _fit_all(y: np.ndarray, nb: np.ndarray, fv: np.ndarray) -> list:
     """[None, weights of kind 1, weights of kind 2] (see _fit_weights; None where the fit fails): least squares
     from the normal equations of kind 2's terms, kind 1's derived from them (the encoder's choice: the weights are
     sent). The terms are integers, so their products and sums are exact in float64 up to 2**53."""
-    X = np.empty((LINEAR_TERMS[2], y.size))
-    X[:4] = nb
-    X[4:] = fv
-    gram2, xy2 = X @ X.T, X @ y.astype(np.float64)
+    terms = LINEAR_TERMS[2]
+    gram2, xy2 = np.zeros((terms, terms)), np.zeros(terms)
+    X = np.empty((terms, min(y.size, _FIT_CHUNK)))
+    for a in range(0, y.size, _FIT_CHUNK):  # in chunks: exact sums, bounded memory
+        b = min(y.size, a + _FIT_CHUNK)
+        x = X[:, :b - a]
+        x[:4] = nb[:, a:b]
+        x[4:] = fv[:, a:b]
+        gram2 += x @ x.T
+        xy2 += x @ y[a:b].astype(np.float64)
     t = _KIND1_OF_KIND2
     return [None, _solve(t @ gram2 @ t.T, t @ xy2), _solve(gram2, xy2)]
 
