@@ -192,7 +192,7 @@ def choose_prediction(vals: np.ndarray, nb_sum: np.ndarray) -> int:
     return int(np.clip(np.round(c * (1 << PRED_SHIFT) / 16.0) + 8, 0, PRED_CODES - 1))
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)
 def _geometry(shape: tuple) -> tuple:
     """Per pass: flat positions (in `pass_mask` order), the same positions in the plane padded by
     PAD zeros, how many positions of the 5x5 window around each are decoded before the pass, the
@@ -210,7 +210,9 @@ def _geometry(shape: tuple) -> tuple:
         padded = (r + _PAD) * stride + (c + _PAD)
         corner = r * (stride + 1) + c  # integral[r, c]: the sum above and left of the window
         neighbours = tuple(padded + (dr * stride + dc) for dr, dc in PASSES[p][2])
-        out.append((flat, padded, count, corner, neighbours))
+        index = np.int32 if (rows + 2 * _PAD + 1) * (cols + 2 * _PAD + 1) < 1 << 31 else np.int64
+        out.append((flat.astype(index), padded.astype(index), count.astype(np.int32), corner.astype(index),
+                    tuple(a.astype(index) for a in neighbours)))  # int32 where they fit: half the memory
         known |= mask
     return tuple(out)
 
