@@ -148,12 +148,14 @@ def _take_rows(u_flat: np.ndarray, positions: tuple) -> np.ndarray:
 
 def _gather(u_flat: np.ndarray, neighbours: tuple, far: tuple, sort_far: bool = True) -> tuple:
     """The 4 near neighbours' values (sorted, 4 x n), the 12 far ones' (12 x n: the 8, then the ring's 4, each group
-    sorted when `sort_far`: linear kind 2 needs it), and which near neighbours hold the smallest value (bit i: the
-    i-th of `neighbours`) of a pass's positions."""
+    sorted when `sort_far`: linear kind 2 needs it; None when `far` is None), and which near neighbours hold the
+    smallest value (bit i: the i-th of `neighbours`) of a pass's positions."""
     nb = _take_rows(u_flat, neighbours)
     low = (nb == nb.min(0)).astype(np.int64)
     pattern = low[0] | (low[1] << 1) | (low[2] << 2) | (low[3] << 3)
     _sort_rows(nb, _NETWORK_4)
+    if far is None:  # a mode that reads no far value (the decoder's median-like modes with near contexts)
+        return nb, None, pattern
     fv = _take_rows(u_flat, far)
     if sort_far:
         _sort_rows(fv[:8], _NETWORK_8)
@@ -625,7 +627,7 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
                 weights = tuple(_unzigzag(dec.decode_naturals(LINEAR_TERMS[kind])).tolist())
                 if max(abs(w) for w in weights) >= MAX_WEIGHT:
                     raise ValueError("direct tile: prediction weights out of range")
-            nb, fv, pattern = _gather(u, neighbours, far, kind == 2)
+            nb, fv, pattern = _gather(u, neighbours, far if kind or MODES[mode][1] else None, kind == 2)
             pred, context, values, distinct = _predict_mode(mode, weights, nb, fv, pattern, top)
             vals = _decode_pass(dec, context, (pred, values, distinct, step, top))
             _check(vals, top)
