@@ -277,9 +277,9 @@ class PlaneCoder:
         """The transform a tile stream (from `encode`, or `encode_bounded` when `bounded`) was coded with
         (None: an error-bounded tile without a base)."""
         if bounded:
-            g = struct.unpack_from("<BII", stream, 0)[1]
             if self.without_base(stream):
                 return None
+            g = struct.unpack_from("<BII", stream, 0)[1]
             off = 13 + 4 * struct.unpack_from("<I", stream, 9)[0] if g == 0 else 9
             stream = stream[off:]
         return self.names[stream[0]]
@@ -483,9 +483,9 @@ def _values_present(x: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.nda
     """np.unique(x, return_inverse=True) of integer tile x within [lo, hi]: by counting when the range is not much
     wider than the tile (no sort), else by np.unique."""
     if hi - lo < max(4 * x.size, 1 << 16):
-        present = np.bincount((x - lo).ravel(), minlength=hi - lo + 1) > 0
-        rank = np.cumsum(present) - 1
-        return np.flatnonzero(present) + lo, rank[(x - lo).ravel()]
+        z = (x - lo).ravel()
+        present = np.bincount(z, minlength=hi - lo + 1) > 0
+        return np.flatnonzero(present) + lo, (np.cumsum(present) - 1)[z]
     return np.unique(x, return_inverse=True)
 
 

@@ -395,11 +395,15 @@ def _lattice_values(d: np.ndarray) -> np.ndarray:
     return np.cumsum(lat, axis=1)
 
 
-def _frequencies(counts: np.ndarray) -> np.ndarray:
-    """Integer frequencies of a sent table from its symbols' counts (module docstring)."""
-    n, m = int(counts.sum()), len(counts)
-    f = 1 + counts * ((1 << PRECISION) - m) // n
-    f[int(np.argmax(counts))] += (1 << PRECISION) - int(f.sum())
+def _frequencies(counts: np.ndarray, first: np.ndarray | None = None) -> np.ndarray:
+    """Integer frequencies of sent tables from their symbols' counts (module docstring): of one table, or of one
+    per segment of `counts` starting at the positions `first`."""
+    first = np.zeros(1, np.int64) if first is None else first
+    m = np.diff(np.append(first, counts.size))  # symbols per table
+    seg = np.repeat(np.arange(first.size), m)
+    f = 1 + counts * ((1 << PRECISION) - m[seg]) // np.add.reduceat(counts, first)[seg]
+    peak = np.where(counts == np.maximum.reduceat(counts, first)[seg], np.arange(counts.size), counts.size)
+    f[np.minimum.reduceat(peak, first)] += (1 << PRECISION) - np.add.reduceat(f, first)  # to the first most frequent
     return f
 
 
@@ -469,12 +473,7 @@ def _plans(s: np.ndarray, lengths: np.ndarray, tables: EntropyTables) -> list:
     counts_bits = natural_bits(cnt - 1)
     counts_bits[last] = 0  # the last count is implied
     desc = desc + np.add.reduceat(counts_bits, first)
-    n = lengths[seg]
-    freq = 1 + cnt * ((1 << PRECISION) - m[seg]) // n
-    peak = np.maximum.reduceat(cnt, first)
-    position = np.where(cnt == peak[seg], np.arange(val.size), val.size)
-    top_at = np.minimum.reduceat(position, first)  # the first most frequent symbol of each segment
-    freq[top_at] += (1 << PRECISION) - np.add.reduceat(freq, first)
+    freq = _frequencies(cnt, first)
     sent = 1 + desc + np.add.reduceat(-(cnt * np.log2(freq / float(1 << PRECISION))), first)
     sent = np.where(m == 1, 1 + desc, sent)
     out = []

@@ -232,13 +232,12 @@ class Encoder:
         s = np.asarray(symbols, dtype=np.int64).ravel()
         if s.size == 0:
             return
-        t = int(self.tables.tails[k])
-        esc = np.abs(s) > t
-        self._enc.encode(np.where(esc, 2 * t + 1, s + t).astype(np.int32), self.tables.model(k))
+        pos, esc = self.tables.positions(k, s)
+        self._enc.encode(pos.astype(np.int32), self.tables.model(k))
         if self.track:
-            self.estimated_bits += float(self.tables.symbol_bits(s, np.full(s.size, k)).sum())
+            self.estimated_bits += float(self.tables.symbol_bits(s, k).sum())
         if esc.any():
-            self._encode_escapes(s[esc], np.full(int(esc.sum()), t + 1))
+            self._encode_escapes(s[esc], np.full(int(esc.sum()), int(self.tables.tails[k]) + 1))
 
     def _encode_escapes(self, v: np.ndarray, base: np.ndarray) -> None:
         self._enc.encode((v < 0).astype(np.int32), _stream.model.Uniform(2))

@@ -201,6 +201,7 @@ def _geometry(shape: tuple) -> tuple:
     rows, cols = shape
     stride = cols + 2 * _PAD
     known = np.zeros(shape, bool)
+    index = np.int32 if (rows + 2 * _PAD + 1) * (cols + 2 * _PAD + 1) < 1 << 31 else np.int64
     out = []
     for p in range(NUM_PASSES):
         mask = pass_mask(shape, p)
@@ -210,7 +211,6 @@ def _geometry(shape: tuple) -> tuple:
         padded = (r + _PAD) * stride + (c + _PAD)
         corner = r * (stride + 1) + c  # integral[r, c]: the sum above and left of the window
         neighbours = tuple(padded + (dr * stride + dc) for dr, dc in PASSES[p][2])
-        index = np.int32 if (rows + 2 * _PAD + 1) * (cols + 2 * _PAD + 1) < 1 << 31 else np.int64
         out.append((flat.astype(index), padded.astype(index), count.astype(np.int32), corner.astype(index),
                     tuple(a.astype(index) for a in neighbours)))  # int32 where they fit: half the memory
         known |= mask
