@@ -389,6 +389,7 @@ def _decode(ds, ts, path, frame):
             path, f"transfer syntax {getattr(ts, 'name', ts)} ({ts}) has no pydicom decoder: convert the file "
                   f"to an uncompressed or lossless JPEG/JPEG-LS/JPEG 2000/RLE transfer syntax "
                   f"(e.g. dcmtk dcmconv or gdcmconv)") from e
+    plugin = _threaded_j2k(decoder)
     if not decoder.is_available:
         missing = "; ".join(decoder.missing_dependencies) or "a decoding plugin"
         raise InvalidImageError(
@@ -399,6 +400,11 @@ def _decode(ds, ts, path, frame):
             warnings.simplefilter("ignore")
             # YBR stays YBR here: _ybr_to_rgb converts frame by frame (pydicom converts a whole
             # multi-frame array at once in float64, 8 bytes a sample: 0.9 GB for a 120-frame cine)
+            if plugin:
+                try:
+                    return decoder.as_array(ds, index=frame, as_rgb=False, decoding_plugin=plugin)
+                except Exception:
+                    pass  # pydicom's own plugins decide, and word the error
             return decoder.as_array(ds, index=frame, as_rgb=False)
     except InvalidImageError:
         raise
@@ -410,6 +416,20 @@ def _decode(ds, ts, path, frame):
         raise InvalidImageError(
             path, f"cannot decode its {ts.name} pixel data ({type(e).__name__}: {first}); the installed "
                   f"plugins may not support this variant: convert it to an uncompressed transfer syntax") from e
+
+
+def _threaded_j2k(decoder) -> str:
+    """The label of data.j2k_decoder's plugin when `decoder` is for a lossless JPEG 2000 syntax and the
+    plugin is available (registered on first use), else ''."""
+    from data import j2k_decoder
+
+    if getattr(decoder, "UID", None) not in j2k_decoder.DECODER_DEPENDENCIES:
+        return ""
+    try:
+        decoder.add_plugin(j2k_decoder.LABEL, ("data.j2k_decoder", "decode_frame"))
+    except ValueError:  # registered already
+        pass
+    return j2k_decoder.LABEL if j2k_decoder.LABEL in decoder.available_plugins else ""
 
 
 def _expand_palette(arr, ds, path):
