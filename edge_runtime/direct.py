@@ -57,6 +57,7 @@ import numpy as np
 
 from edge_runtime import context as ctx
 from edge_runtime.entropy import PRECISION, Decoder, Encoder, EntropyTables, group_spans, natural_bits
+from edge_runtime.threads import shape_cache
 
 __all__ = ["STRIDE", "decode", "encode"]
 
@@ -73,45 +74,76 @@ def _mirror(v: np.ndarray, other: np.ndarray, n: int) -> np.ndarray:
     return np.where((v < 0) | (v >= n), -1, v)
 
 
-@functools.lru_cache(maxsize=4)
+@shape_cache(maxsize=4)
 def _geometry(shape: tuple) -> tuple:
     """(lattice positions, passes): per pass, the flat positions, the 4 near neighbours' and the 12 far values'
-    flat positions (int32 where they fit: 17 index arrays per position weigh 68 bytes, not 136)."""
+    flat positions (int32 where they fit: 17 index arrays per position weigh 68 bytes, not 136).
+
+    Every position of a pass lies on a grid (rows r0, r0 + 2s, ...) x (columns c0, c0 + 2s, ...), the edges
+    pass on two of them, and each neighbour's row depends on the position's row only and its column on the
+    column only: each index array is the sum of a row term and a column term, formed by broadcasting."""
     rows, cols = shape
     index = np.int32 if rows * cols < 1 << 31 else np.int64
-    r = np.arange(rows)[:, None]
-    c = np.arange(cols)[None, :]
-    lattice = np.flatnonzero(((r % STRIDE) == 0) & ((c % STRIDE) == 0))
+    lattice = _grid_positions(rows, cols, 0, 0, STRIDE).astype(np.int64)
     passes = []
     s = STRIDE // 2
     while s >= 1:
-        m = 2 * s
-        centres = ((r % m) == s) & ((c % m) == s)
-        edges = (((r % m) == 0) & ((c % m) == s)) | (((r % m) == s) & ((c % m) == 0))
-        for mask, diagonal in ((centres, True), (edges, False)):
-            rr, cc = np.divmod(np.flatnonzero(mask), cols)
-            up, down = _mirror(rr - s, rr + s, rows), _mirror(rr + s, rr - s, rows)
-            left, right = _mirror(cc - s, cc + s, cols), _mirror(cc + s, cc - s, cols)
-            if diagonal:  # r - s and c - s always exist for the centres
-                nb = [up * cols + left, up * cols + right, down * cols + left, down * cols + right]
-            else:
-                vertical = up >= 0
-                horizontal = left >= 0
-                # a pair that does not exist (a tile thinner than s) is replaced by the other axis' pair
-                nb = [np.where(vertical, up * cols + cc, rr * cols + left),
-                      np.where(vertical, down * cols + cc, rr * cols + right),
-                      np.where(horizontal, rr * cols + left, up * cols + cc),
-                      np.where(horizontal, rr * cols + right, down * cols + cc)]
-            flat = rr * cols + cc
-            far = []  # 12 more decoded values around (module docstring)
-            for a, b in (FAR_CENTRES + RING_CENTRES if diagonal else FAR_EDGES + RING_EDGES):
-                fr, fc = _mirror(rr + a * s, rr - a * s, rows), _mirror(cc + b * s, cc - b * s, cols)
-                # outside the tile on both sides (a thin tile): a near neighbour instead
-                far.append(np.where((fr >= 0) & (fc >= 0), fr * cols + fc, nb[len(far) % 4]))
-            passes.append((flat.astype(index), tuple(np.asarray(a, index) for a in nb),
-                           tuple(np.asarray(a, index) for a in far)))
+        centres = _interleaved(_grid_pass(rows, cols, s, s, s, True, index))
+        edges = _interleaved(_grid_pass(rows, cols, 0, s, s, False, index),
+                             _grid_pass(rows, cols, s, 0, s, False, index))
+        passes += [centres, edges]
         s //= 2
     return lattice, tuple(passes)
+
+
+def _grid_positions(rows: int, cols: int, r0: int, c0: int, step: int) -> np.ndarray:
+    """Flat positions of the grid (r0, r0 + step, ...) x (c0, c0 + step, ...), row-major."""
+    return (np.arange(r0, rows, step)[:, None] * cols + np.arange(c0, cols, step)[None, :]).ravel()
+
+
+def _grid_pass(rows: int, cols: int, r0: int, c0: int, s: int, diagonal: bool, index) -> tuple:
+    """(positions, 4 near, 12 far) of the grid (r0 + 2s k) x (c0 + 2s l) of step s, each a 2-D (grid rows, grid
+    columns) array: the centres (diagonal) or one half of the edges pass (module docstring)."""
+    rr = np.arange(r0, rows, 2 * s, dtype=index)
+    cc = np.arange(c0, cols, 2 * s, dtype=index)
+    row = lambda a: _mirror(rr + a * s, rr - a * s, rows)  # a neighbour's row, mirrored; -1 outside on both sides
+    col = lambda b: _mirror(cc + b * s, cc - b * s, cols)
+    at_row = lambda v: (v * index(cols))[:, None]  # the row term of a flat position
+    up, down, left, right = at_row(row(-1)), at_row(row(1)), col(-1)[None, :], col(1)[None, :]
+    here_r, here_c = at_row(rr), cc[None, :]
+    if diagonal:  # r - s and c - s always exist for the centres
+        nb = [up + left, up + right, down + left, down + right]
+    else:  # a pair that does not exist (a tile thinner than s) is replaced by the other axis' pair
+        vertical, horizontal = (row(-1) >= 0)[:, None], (col(-1) >= 0)[None, :]
+        nb = [np.where(vertical, up + here_c, here_r + left), np.where(vertical, down + here_c, here_r + right),
+              np.where(horizontal, here_r + left, up + here_c), np.where(horizontal, here_r + right, down + here_c)]
+    shape = (rr.size, cc.size)
+    nb = [np.broadcast_to(a, shape) for a in nb]
+    far = []  # 12 more decoded values around: outside the tile on both sides (a thin tile), a near neighbour
+    for a, b in (FAR_CENTRES + RING_CENTRES if diagonal else FAR_EDGES + RING_EDGES):
+        fr, fc = row(a), col(b)
+        inside = (fr >= 0)[:, None] & (fc >= 0)[None, :]
+        far.append(np.where(inside, at_row(fr) + fc[None, :], nb[len(far) % 4]))
+    return (np.broadcast_to(here_r + here_c, shape), nb, far)
+
+
+def _interleaved(a: tuple, b: tuple | None = None) -> tuple:
+    """A pass from its grid `a`, or from its two grids (the edges pass: rows 0, 2s, ... and s, 3s, ...): every
+    array flat and contiguous, in row-major order of the positions (the rows of the two grids alternating)."""
+    def merge(x, y):
+        if y is None:
+            return np.ascontiguousarray(x).ravel()
+        (na, wa), (nb_, wb) = x.shape, y.shape
+        out = np.empty(na * wa + nb_ * wb, x.dtype)
+        pairs = out[:nb_ * (wa + wb)].reshape(nb_, wa + wb)
+        pairs[:, :wa] = x[:nb_]
+        pairs[:, wa:] = y
+        out[nb_ * (wa + wb):] = x[nb_:].ravel()  # a last row of the first grid
+        return out
+
+    b = b or (None, (None,) * 4, (None,) * 12)
+    return (merge(a[0], b[0]), tuple(merge(x, y) for x, y in zip(a[1], b[1])),
+            tuple(merge(x, y) for x, y in zip(a[2], b[2])))
 
 
 FAR_CENTRES = ((-1, -3), (-1, 3), (1, -3), (1, 3), (-3, -1), (-3, 1), (3, -1), (3, 1))

@@ -280,6 +280,12 @@ class Int8PostFilter:
         return postfilter_output(plane, step, q, scale, zero_point)
 
 
+RELEASE_PIXELS = 1 << 21
+"""After analysing a plane larger than this, the encoder graph's interpreter is dropped: TFLite keeps the largest
+activations it ever held (about 150 bytes a pixel: 450 MB for a 1760x1760 radiograph) for the interpreter's life,
+beside everything the encode does next; building it again costs a few milliseconds."""
+
+
 class TFLiteTransforms:
     """`analysis(plane, levels)` / `synthesis(bands, levels, step)` over a bundle's TFLite graphs.
 
@@ -322,6 +328,12 @@ class TFLiteTransforms:
             self._sigs[(role, key)] = _Signature(interp, key, path)
         return self._sigs[(role, key)]
 
+    def release(self, role: str) -> None:
+        """Drop the interpreter of `role` ("encoder" or "decoder") with its tensors; the next call builds it again."""
+        for key in [k for k in self._sigs if k[0] == role]:
+            del self._sigs[key]
+        _interpreter.cache_clear()  # the other graphs' interpreters live on in the signatures that hold them
+
     def analysis(self, plane2d: np.ndarray, levels: int) -> list:
         """2-D padded plane -> [LL, (H, V, D) coarse, ..., (H, V, D) finest] as float32 arrays."""
         sig = self._signature("encoder", levels)
@@ -329,7 +341,9 @@ class TFLiteTransforms:
             raise InvalidBundleError(f"{sig.path}: signature {sig.key} has {len(sig.inputs)} inputs, expected 1")
         name = next(iter(sig.inputs))
         out = sig({name: np.ascontiguousarray(plane2d, np.float32)[None, :, :, None]})
-        arrays = [np.asarray(out[k]) for k in sorted(out, key=_natural_key)]
+        arrays = [np.asarray(out[k]) for k in sorted(out, key=_natural_key)]  # copies of the output tensors
+        if plane2d.size > RELEASE_PIXELS:
+            self.release("encoder")
         if len(arrays) != levels + 1 or any(a.ndim != 4 for a in arrays):
             raise InvalidBundleError(
                 f"{sig.path}: signature {sig.key} gives {len(arrays)} outputs of shapes "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 
 _controller = None
@@ -81,3 +82,25 @@ def _glibc() -> bool:
         return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
     except (AttributeError, ValueError, OSError):
         return False
+
+
+CACHED_PIXELS = 1 << 21
+"""Largest plane (pixels) whose coding geometry is kept between calls: a 512x512 slice's or a cine frame's is
+reused by every tile and frame of that size, while a 1760x1760 radiograph's (200 MB of index arrays) would only
+sit beside the next stage of its own encode."""
+
+
+def shape_cache(maxsize: int):
+    """Cache fn(shape) for the last `maxsize` shapes of at most CACHED_PIXELS pixels; larger ones are computed
+    each time (they are rarely reused, and their index arrays are large)."""
+    def wrap(fn):
+        cached = functools.lru_cache(maxsize=maxsize)(fn)
+
+        @functools.wraps(fn)
+        def geometry(shape: tuple):
+            return cached(shape) if shape[0] * shape[1] <= CACHED_PIXELS else fn(shape)
+
+        geometry.cache_clear = cached.cache_clear
+        return geometry
+
+    return wrap

@@ -178,3 +178,83 @@ def test_detail_index_with_zero_context_rows_is_the_plain_one(zero_share):
         assert np.array_equal(model.detail_index(f, lv, 2, 1, zero), model.detail_index(f, lv, 2, 1))
     empty = f[:0]  # a pass with no positions (a band of one row or column)
     assert model.detail_index(empty, 1, 0, 2, zero_context(empty, 0)).shape == (0,)
+
+
+def _mirrored(v, other, n):
+    v = np.where((v < 0) | (v >= n), other, v)
+    return np.where((v < 0) | (v >= n), -1, v)
+
+
+def _direct_geometry_by_masks(shape):
+    """edge_runtime.direct's pass geometry as its docstring defines it: each pass's positions from a mask of the
+    whole tile (row-major), every neighbour mirrored position by position."""
+    from edge_runtime import direct
+
+    rows, cols = shape
+    r, c = np.arange(rows)[:, None], np.arange(cols)[None, :]
+    lattice = np.flatnonzero((r % direct.STRIDE == 0) & (c % direct.STRIDE == 0))
+    passes, s = [], direct.STRIDE // 2
+    while s >= 1:
+        m = 2 * s
+        centres = (r % m == s) & (c % m == s)
+        edges = ((r % m == 0) & (c % m == s)) | ((r % m == s) & (c % m == 0))
+        for mask, diagonal in ((centres, True), (edges, False)):
+            rr, cc = np.divmod(np.flatnonzero(mask), cols)
+            up, down = _mirrored(rr - s, rr + s, rows), _mirrored(rr + s, rr - s, rows)
+            left, right = _mirrored(cc - s, cc + s, cols), _mirrored(cc + s, cc - s, cols)
+            if diagonal:
+                nb = [up * cols + left, up * cols + right, down * cols + left, down * cols + right]
+            else:
+                v, h = up >= 0, left >= 0
+                nb = [np.where(v, up * cols + cc, rr * cols + left), np.where(v, down * cols + cc, rr * cols + right),
+                      np.where(h, rr * cols + left, up * cols + cc), np.where(h, rr * cols + right, down * cols + cc)]
+            far = []
+            offsets = direct.FAR_CENTRES + direct.RING_CENTRES if diagonal else direct.FAR_EDGES + direct.RING_EDGES
+            for a, b in offsets:
+                fr, fc = _mirrored(rr + a * s, rr - a * s, rows), _mirrored(cc + b * s, cc - b * s, cols)
+                far.append(np.where((fr >= 0) & (fc >= 0), fr * cols + fc, nb[len(far) % 4]))
+            passes.append((rr * cols + cc, nb, far))
+        s //= 2
+    return lattice, passes
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 40), (40, 1), (2, 3), (5, 300), (17, 33), (31, 31), (32, 32),
+                                   (33, 65), (64, 64), (97, 70), (130, 257)])
+def test_direct_geometry_by_grids_is_the_mask_definition(shape):
+    from edge_runtime import direct
+
+    lattice, passes = direct._geometry(shape)
+    ref_lattice, ref_passes = _direct_geometry_by_masks(shape)
+    assert np.array_equal(lattice, ref_lattice) and len(passes) == len(ref_passes)
+    for (at, nb, far), (ref_at, ref_nb, ref_far) in zip(passes, ref_passes):
+        assert at.dtype == np.int32 and np.array_equal(at, ref_at)
+        for got, want in zip(nb + far, ref_nb + ref_far):
+            assert got.dtype == np.int32 and got.flags.c_contiguous and np.array_equal(got, want)
+
+
+def test_large_geometries_are_not_kept(monkeypatch):
+    from edge_runtime import direct, threads
+
+    direct._geometry.cache_clear()
+    assert direct._geometry((40, 50)) is direct._geometry((40, 50))  # small: computed once, then reused
+    monkeypatch.setattr(threads, "CACHED_PIXELS", 1000)
+    first, again = direct._geometry((40, 50)), direct._geometry((40, 50))
+    assert first is not again  # computed each time
+    assert all(np.array_equal(a, b) for a, b in zip(first[1][-1][1], again[1][-1][1]))
+
+
+def test_encoder_graph_released_after_a_large_plane(codec, monkeypatch):
+    from edge_runtime import tflite_runner
+
+    _, coder = codec
+    transforms = coder.transforms[coder.p["transforms"][0]]
+    plane = np.random.default_rng(1).random((64, 96)).astype(np.float32)
+    kept = transforms.analysis(plane, 2)
+    assert any(role == "encoder" for role, _ in transforms._sigs)
+    monkeypatch.setattr(tflite_runner, "RELEASE_PIXELS", 64 * 96 - 1)
+    released = transforms.analysis(plane, 2)
+    assert not any(role == "encoder" for role, _ in transforms._sigs)
+    again = transforms.analysis(plane, 2)  # built again: the same bands
+    for a, b, c in zip(kept, released, again):
+        for x, y, z in zip(*(t if isinstance(t, tuple) else (t,) for t in (a, b, c))):
+            assert np.array_equal(x, y) and np.array_equal(x, z)
