@@ -214,6 +214,25 @@ def test_fast_encode_codes_every_tile_without_a_base_within_the_bound(exact_code
         based.encode_bounded(x, int(x.min()), int(x.max()), 0, quality=0)
 
 
+def test_small_tiles_have_no_base_by_default(exact_coder, monkeypatch):
+    _, coder = exact_coder
+    rng = np.random.default_rng(7)
+    r, c = np.mgrid[0:70, 0:90]
+    x = np.round(800 + 300 * np.sin(r / 9) + rng.normal(0, 20, r.shape)).astype(np.int64)
+    lo, hi = int(x.min()), int(x.max())
+    searched = []
+    search = PlaneCoder.search_base_quality
+    monkeypatch.setattr(PlaneCoder, "search_base_quality",
+                        lambda self, *a, **k: searched.append(1) or search(self, *a, **k))
+    for d in (0, 2):
+        tile = coder.encode_bounded(x, lo, hi, d)  # no base quality given: at most BASE_MIN_PIXELS, no base
+        assert tile == coder.encode_bounded(x, lo, hi, d, quality=0) and not searched
+    monkeypatch.setattr(PlaneCoder, "BASE_MIN_PIXELS", x.size - 1)
+    tile = coder.encode_bounded(x, lo, hi, 0)  # a larger tile: a base is weighed as well
+    assert searched and len(tile) <= len(coder.encode_bounded(x, lo, hi, 0, quality=0))
+    assert np.array_equal(coder.decode_bounded(tile, *x.shape, lo, hi, 0), x)
+
+
 def test_inconsistent_or_corrupt_direct_tiles_are_refused(exact_coder):
     _, coder = exact_coder
     x = _graphics(48, 40, seed=3)
