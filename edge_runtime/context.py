@@ -281,6 +281,21 @@ def detail_features(q: np.ndarray, phase: int, known: np.ndarray, parent: np.nda
     return np.stack([c[mask] for c in cols], axis=1)
 
 
+def interleave_rows(first: np.ndarray, second: np.ndarray | None = None) -> np.ndarray:
+    """The values of two position grids whose rows alternate (the first grid's row 0 above the second's row 0,
+    above the first's row 1, ...; the first has as many rows as the second or one more), flat in row-major order
+    of their positions; `first` alone, flat and contiguous."""
+    if second is None:
+        return np.ascontiguousarray(first).ravel()
+    (na, wa), (nb, wb) = first.shape, second.shape
+    out = np.empty(na * wa + nb * wb, np.result_type(first, second))
+    pairs = out[:nb * (wa + wb)].reshape(nb, wa + wb)
+    pairs[:, :wa] = first[:nb]
+    pairs[:, wa:] = second
+    out[nb * (wa + wb):] = first[nb:].ravel()  # a last row of the first grid
+    return out
+
+
 @functools.lru_cache(maxsize=64)
 def phase_positions(shape: tuple) -> tuple:
     """Flat (row-major) positions of each phase of `shape`, in the order `band[mask]` lists them,

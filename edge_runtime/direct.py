@@ -129,21 +129,10 @@ def _grid_pass(rows: int, cols: int, r0: int, c0: int, s: int, diagonal: bool, i
 
 def _interleaved(a: tuple, b: tuple | None = None) -> tuple:
     """A pass from its grid `a`, or from its two grids (the edges pass: rows 0, 2s, ... and s, 3s, ...): every
-    array flat and contiguous, in row-major order of the positions (the rows of the two grids alternating)."""
-    def merge(x, y):
-        if y is None:
-            return np.ascontiguousarray(x).ravel()
-        (na, wa), (nb_, wb) = x.shape, y.shape
-        out = np.empty(na * wa + nb_ * wb, x.dtype)
-        pairs = out[:nb_ * (wa + wb)].reshape(nb_, wa + wb)
-        pairs[:, :wa] = x[:nb_]
-        pairs[:, wa:] = y
-        out[nb_ * (wa + wb):] = x[nb_:].ravel()  # a last row of the first grid
-        return out
-
+    array flat and contiguous, in row-major order of the positions (ctx.interleave_rows)."""
     b = b or (None, (None,) * 4, (None,) * 12)
-    return (merge(a[0], b[0]), tuple(merge(x, y) for x, y in zip(a[1], b[1])),
-            tuple(merge(x, y) for x, y in zip(a[2], b[2])))
+    return (ctx.interleave_rows(a[0], b[0]), tuple(ctx.interleave_rows(x, y) for x, y in zip(a[1], b[1])),
+            tuple(ctx.interleave_rows(x, y) for x, y in zip(a[2], b[2])))
 
 
 FAR_CENTRES = ((-1, -3), (-1, 3), (1, -3), (1, 3), (-3, -1), (-3, 1), (3, -1), (3, 1))

@@ -40,6 +40,7 @@ from edge_runtime import context as ctx
 from edge_runtime.entropy import PRECISION, Decoder, Encoder, EntropyTables
 from edge_runtime.subband_coder import (OFFSET_ALL, OFFSET_ZERO, CodingModel, adjust_indices, choose_offsets,
                                         zero_context)
+from edge_runtime.threads import shape_cache
 
 __all__ = ["NUM_FEATURES", "PRED_SHIFT", "ResidualModel", "decode_residual", "dequantize", "encode_residual",
            "choose_prediction", "features", "neighbour_sum", "prediction", "quantize", "reconstruct_base"]
@@ -192,29 +193,47 @@ def choose_prediction(vals: np.ndarray, nb_sum: np.ndarray) -> int:
     return int(np.clip(np.round(c * (1 << PRED_SHIFT) / 16.0) + 8, 0, PRED_CODES - 1))
 
 
-@functools.lru_cache(maxsize=4)
+@shape_cache(maxsize=4)
 def _geometry(shape: tuple) -> tuple:
     """Per pass: flat positions (in `pass_mask` order), the same positions in the plane padded by
     PAD zeros, how many positions of the 5x5 window around each are decoded before the pass, the
     flat positions of each window's corner in the integral image of the padded plane (see `_walk`),
-    and the padded positions of the pass's decoded neighbours."""
+    and the padded positions of the pass's decoded neighbours.
+
+    A pass's positions are one or two grids (rows a, a + m, ... x columns b, b + m, ...), and so are the
+    passes before it: the decoded positions in a window are, summed over those grids, the product of how
+    many of a grid's rows and how many of its columns the window spans. Every array is a row term plus a
+    column term, formed by broadcasting (int32 where they fit: half the memory)."""
     rows, cols = shape
     stride = cols + 2 * _PAD
-    known = np.zeros(shape, bool)
     index = np.int32 if (rows + 2 * _PAD + 1) * (cols + 2 * _PAD + 1) < 1 << 31 else np.int64
-    out = []
-    for p in range(NUM_PASSES):
-        mask = pass_mask(shape, p)
-        flat = np.flatnonzero(mask)
-        r, c = np.divmod(flat, cols)
-        count = np.maximum(_box_sum(known.astype(np.int64), 2).ravel()[flat], 1)
-        padded = (r + _PAD) * stride + (c + _PAD)
-        corner = r * (stride + 1) + c  # integral[r, c]: the sum above and left of the window
-        neighbours = tuple(padded + (dr * stride + dc) for dr, dc in PASSES[p][2])
-        out.append((flat.astype(index), padded.astype(index), count.astype(np.int32), corner.astype(index),
-                    tuple(a.astype(index) for a in neighbours)))  # int32 where they fit: half the memory
-        known |= mask
+    out, before = [], []
+    for where, m, offsets in PASSES:
+        grids = [_pass_grid(rows, cols, m, a, b, offsets, before, index) for a, b in where]
+        merged = [ctx.interleave_rows(*arrays) for arrays in zip(*grids)]
+        out.append((merged[0], merged[1], merged[2], merged[3], tuple(merged[4:])))
+        before += [(m, a, b) for a, b in where]
     return tuple(out)
+
+
+def _pass_grid(rows: int, cols: int, m: int, a: int, b: int, offsets, before: list, index) -> list:
+    """_geometry's arrays (positions, padded positions, decoded count, corner, neighbours...) of the grid
+    (a + m k, b + m l), each 2-D (grid rows, grid columns); `before`: the (m, a, b) grids decoded earlier."""
+    rr = np.arange(a, rows, m, dtype=index)[:, None]
+    cc = np.arange(b, cols, m, dtype=index)[None, :]
+    stride = index(cols + 2 * _PAD)
+    padded = (rr + _PAD) * stride + (cc + _PAD)
+    count = np.zeros((rr.size, cc.size), np.int32)
+    for m2, a2, b2 in before:
+        count += _spanned(rr, rows, m2, a2) * _spanned(cc, cols, m2, b2)
+    arrays = [rr * index(cols) + cc, padded, np.maximum(count, 1), rr * (stride + 1) + cc]
+    return arrays + [padded + index(dr * int(stride) + dc) for dr, dc in offsets]
+
+
+def _spanned(v: np.ndarray, n: int, m: int, a: int) -> np.ndarray:
+    """How many of 0..n-1 that are a mod m lie within 2 of each of `v` (the 5x5 window's rows or columns)."""
+    below = lambda x: np.maximum((x - a + m - 1) // m, 0)  # how many of 0..x-1 are a mod m
+    return (below(np.minimum(v + 3, n)) - below(np.maximum(v - 2, 0))).astype(np.int32)
 
 
 _PAD = 2

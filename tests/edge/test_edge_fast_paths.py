@@ -258,3 +258,35 @@ def test_encoder_graph_released_after_a_large_plane(codec, monkeypatch):
     for a, b, c in zip(kept, released, again):
         for x, y, z in zip(*(t if isinstance(t, tuple) else (t,) for t in (a, b, c))):
             assert np.array_equal(x, y) and np.array_equal(x, z)
+
+
+def _residual_geometry_by_masks(shape):
+    """edge_runtime.residual's pass geometry from masks of the whole plane: the decoded count from a box sum."""
+    from edge_runtime import residual
+
+    rows, cols = shape
+    stride = cols + 2 * residual._PAD
+    known, out = np.zeros(shape, bool), []
+    for p in range(residual.NUM_PASSES):
+        mask = residual.pass_mask(shape, p)
+        flat = np.flatnonzero(mask)
+        r, c = np.divmod(flat, cols)
+        count = np.maximum(residual._box_sum(known.astype(np.int64), 2).ravel()[flat], 1)
+        padded = (r + residual._PAD) * stride + (c + residual._PAD)
+        neighbours = [padded + (dr * stride + dc) for dr, dc in residual.PASSES[p][2]]
+        out.append(([flat, padded, count, r * (stride + 1) + c], neighbours))
+        known |= mask
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 30), (30, 1), (2, 3), (3, 3), (5, 7), (16, 16), (17, 33), (70, 97),
+                                   (129, 64)])
+def test_residual_geometry_by_grids_is_the_mask_definition(shape):
+    from edge_runtime import residual
+
+    geometry = residual._geometry(shape)
+    reference = _residual_geometry_by_masks(shape)
+    assert len(geometry) == len(reference)
+    for (flat, padded, count, corner, neighbours), (ref, ref_neighbours) in zip(geometry, reference):
+        for got, want in zip([flat, padded, count, corner] + list(neighbours), ref + ref_neighbours):
+            assert got.dtype == np.int32 and got.flags.c_contiguous and np.array_equal(got, want)
