@@ -40,7 +40,6 @@ from edge_runtime import context as ctx
 from edge_runtime.entropy import PRECISION, Decoder, Encoder, EntropyTables
 from edge_runtime.subband_coder import (OFFSET_ALL, OFFSET_ZERO, CodingModel, adjust_indices, choose_offsets,
                                         zero_context)
-from edge_runtime.threads import shape_cache
 
 __all__ = ["NUM_FEATURES", "PRED_SHIFT", "ResidualModel", "decode_residual", "dequantize", "encode_residual",
            "choose_prediction", "features", "neighbour_sum", "prediction", "quantize", "reconstruct_base"]
@@ -193,7 +192,7 @@ def choose_prediction(vals: np.ndarray, nb_sum: np.ndarray) -> int:
     return int(np.clip(np.round(c * (1 << PRED_SHIFT) / 16.0) + 8, 0, PRED_CODES - 1))
 
 
-@shape_cache(maxsize=4)
+@functools.lru_cache(maxsize=4)
 def _geometry(shape: tuple) -> tuple:
     """Per pass: flat positions (in `pass_mask` order), the same positions in the plane padded by
     PAD zeros, how many positions of the 5x5 window around each are decoded before the pass, the
