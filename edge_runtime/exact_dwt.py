@@ -45,33 +45,34 @@ def _prev(d: np.ndarray, mode: str) -> np.ndarray:
     return np.concatenate([head, d[:-1]], axis=0)
 
 
-def _lift(s, d, step, mode, sign):
-    """One lifting step, in place on a fresh `s` or `d` (the caller's own arrays, never an input):
-    src = x[i] + x[i±1] (or x[i]), then target += c * src, as separate IEEE operations."""
+def _lift(s, d, step, mode, sign, axis=0):
+    """One lifting step along `axis` (0 or 1), in place on a fresh `s` or `d` (the caller's own arrays, never an
+    input): src = x[i] + x[i±1] (or x[i]), then target += c * src, as separate IEEE operations."""
     target, c, pair = step
     c = sign * c
     if target == "d":
-        src = _pair_sum(s, mode, +1) if pair else np.multiply(c, s)
+        src = _pair_sum(s, mode, +1, axis) if pair else np.multiply(c, s)
         if pair:
             np.multiply(c, src, out=src)
         np.add(d, src, out=d)
         return s, d
-    src = _pair_sum(d, mode, -1) if pair else np.multiply(c, d)
+    src = _pair_sum(d, mode, -1, axis) if pair else np.multiply(c, d)
     if pair:
         np.multiply(c, src, out=src)
     np.add(s, src, out=s)
     return s, d
 
 
-def _pair_sum(x: np.ndarray, mode: str, direction: int) -> np.ndarray:
-    """x[i] + x[i+1] (direction +1, as `_next`) or x[i] + x[i-1] (-1, as `_prev`) along axis 0."""
+def _pair_sum(x: np.ndarray, mode: str, direction: int, axis: int = 0) -> np.ndarray:
+    """x[i] + x[i+1] (direction +1, as `_next`) or x[i] + x[i-1] (-1, as `_prev`) along `axis` (0 or 1)."""
     out = np.empty_like(x)
+    at = (lambda a, b: (slice(a, b),)) if axis == 0 else (lambda a, b: (slice(None), slice(a, b)))
     if direction > 0:
-        np.add(x[:-1], x[1:], out=out[:-1])
-        np.add(x[-1:], x[:1] if mode == "periodization" else x[-1:], out=out[-1:])
+        np.add(x[at(None, -1)], x[at(1, None)], out=out[at(None, -1)])
+        np.add(x[at(-1, None)], x[at(None, 1)] if mode == "periodization" else x[at(-1, None)], out=out[at(-1, None)])
     else:
-        np.add(x[1:], x[:-1], out=out[1:])
-        np.add(x[:1], x[-1:] if mode == "periodization" else x[:1], out=out[:1])
+        np.add(x[at(1, None)], x[at(None, -1)], out=out[at(1, None)])
+        np.add(x[at(None, 1)], x[at(-1, None)] if mode == "periodization" else x[at(None, 1)], out=out[at(None, 1)])
     return out
 
 
@@ -83,14 +84,20 @@ def _analysis_1d(x, lifting, mode):
     return np.multiply(s, scale_s), np.multiply(d, scale_d)
 
 
-def _synthesis_1d(s, d, lifting, mode):
+def _synthesis_1d(s, d, lifting, mode, axis=0):
+    """Inverse of _analysis_1d along `axis` (0 or 1): the same operations on each element along either
+    axis, so the same bits; along axis 1 of a row-major plane the inner loops run along its rows."""
     steps, scale_s, scale_d = lifting
     s = np.multiply(s, 1.0 / scale_s)
     d = np.multiply(d, 1.0 / scale_d)
     for step in reversed(steps):
-        s, d = _lift(s, d, step, mode, -1.0)
-    out = np.empty((s.shape[0] + d.shape[0],) + s.shape[1:], np.float64)
-    out[0::2], out[1::2] = s, d
+        s, d = _lift(s, d, step, mode, -1.0, axis)
+    if axis == 0:
+        out = np.empty((s.shape[0] + d.shape[0],) + s.shape[1:], np.float64)
+        out[0::2], out[1::2] = s, d
+    else:
+        out = np.empty((s.shape[0], s.shape[1] + d.shape[1]), np.float64)
+        out[:, 0::2], out[:, 1::2] = s, d
     return out
 
 
@@ -118,9 +125,9 @@ def synthesis(bands: list, levels: int, wavelet: str = "cdf97", mode: str = "sym
     """Inverse of :func:`analysis`, in float64: the same bits on every machine."""
     lifting = _lifting(wavelet)
     x = np.asarray(bands[0], np.float64)
-    for ch, cv, cd in bands[1:levels + 1]:
-        low_h = _synthesis_1d(x.T, np.asarray(cv, np.float64).T, lifting, mode).T
-        high_h = _synthesis_1d(np.asarray(ch, np.float64).T, np.asarray(cd, np.float64).T, lifting, mode).T
+    for ch, cv, cd in bands[1:levels + 1]:  # along columns (W axis), then rows (H axis)
+        low_h = _synthesis_1d(x, np.asarray(cv, np.float64), lifting, mode, axis=1)
+        high_h = _synthesis_1d(np.asarray(ch, np.float64), np.asarray(cd, np.float64), lifting, mode, axis=1)
         x = _synthesis_1d(low_h, high_h, lifting, mode)
     return x
 

@@ -290,3 +290,17 @@ def test_residual_geometry_by_grids_is_the_mask_definition(shape):
     for (flat, padded, count, corner, neighbours), (ref, ref_neighbours) in zip(geometry, reference):
         for got, want in zip([flat, padded, count, corner] + list(neighbours), ref + ref_neighbours):
             assert got.dtype == np.int32 and got.flags.c_contiguous and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("wavelet", ["haar", "legall53", "cdf97"])
+@pytest.mark.parametrize("mode", ["symmetric", "periodization"])
+def test_lifting_along_rows_is_the_transposed_lifting_bit_for_bit(wavelet, mode):
+    from edge_runtime import exact_dwt
+
+    rng = np.random.default_rng(3)
+    lifting = exact_dwt._lifting(wavelet)
+    for rows, half in ((1, 1), (3, 5), (64, 40)):
+        s, d = rng.normal(0, 50, (rows, half)), rng.normal(0, 5, (rows, half))
+        along_rows = exact_dwt._synthesis_1d(s, d, lifting, mode, axis=1)
+        transposed = exact_dwt._synthesis_1d(s.T.copy(), d.T.copy(), lifting, mode).T
+        assert np.array_equal(along_rows.view(np.int64), transposed.view(np.int64))
