@@ -85,3 +85,16 @@ def test_truncated_code_stream_refused(tmp_path, cut):
     ds.save_as(path, enforce_file_format=True)
     with pytest.raises(InvalidImageError, match="cut.dcm"):
         read_image(path)
+
+
+def test_cluster_workers_decode_on_one_thread(bundle_path, monkeypatch):
+    import threading
+
+    pytest.importorskip("distributed")
+    from edge_runtime import cluster
+
+    monkeypatch.setattr(j2k_decoder, "_threads", 0)
+    monkeypatch.setattr(cluster, "_codecs", threading.local())
+    assert j2k_decoder.threads() >= 1
+    cluster._codec(bundle_path, "xnnpack")  # a worker thread's first task
+    assert j2k_decoder.threads() == 1
