@@ -627,11 +627,8 @@ def _init_worker(bundle, kernels: str) -> None:
     global _worker_codec, _worker_problem
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it lets running files finish
     _die_with_parent()
-    from data import j2k_decoder
-
-    j2k_decoder.set_threads(1)  # the workers share the CPUs already
     try:
-        _worker_codec = runtime.load_codec(bundle, kernels=kernels, num_threads=1)
+        _worker_codec = runtime.load_worker_codec(bundle, kernels=kernels)
     except Exception as exc:
         _worker_problem = " ".join((str(exc) or type(exc).__name__).split())
 

@@ -209,10 +209,7 @@ def _codec(bundle, kernels: str):
         cache = _codecs.cache = {}
     key = (bundle, kernels)
     if key not in cache:
-        from data import j2k_decoder
-
-        j2k_decoder.set_threads(1)  # a worker's threads share its CPUs, as the TFLite graphs do (one thread each)
-        cache[key] = runtime.load_codec(bundle, kernels=kernels, num_threads=1)
+        cache[key] = runtime.load_worker_codec(bundle, kernels=kernels)
     return cache[key]
 
 

@@ -117,14 +117,12 @@ def _grid_pass(rows: int, cols: int, r0: int, c0: int, s: int, diagonal: bool, i
         vertical, horizontal = (row(-1) >= 0)[:, None], (col(-1) >= 0)[None, :]
         nb = [np.where(vertical, up + here_c, here_r + left), np.where(vertical, down + here_c, here_r + right),
               np.where(horizontal, here_r + left, up + here_c), np.where(horizontal, here_r + right, down + here_c)]
-    shape = (rr.size, cc.size)
-    nb = [np.broadcast_to(a, shape) for a in nb]
     far = []  # 12 more decoded values around: outside the tile on both sides (a thin tile), a near neighbour
     for a, b in (FAR_CENTRES + RING_CENTRES if diagonal else FAR_EDGES + RING_EDGES):
         fr, fc = row(a), col(b)
         inside = (fr >= 0)[:, None] & (fc >= 0)[None, :]
         far.append(np.where(inside, at_row(fr) + fc[None, :], nb[len(far) % 4]))
-    return (np.broadcast_to(here_r + here_c, shape), nb, far)
+    return (here_r + here_c, nb, far)
 
 
 def _interleaved(a: tuple, b: tuple | None = None) -> tuple:

@@ -32,9 +32,9 @@ def default_jobs(planes: int) -> int:
 def _init(bundle_path: str, kernels: str) -> None:
     global _coder
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from edge_runtime.runtime import load_codec
+    from edge_runtime.runtime import load_worker_codec
 
-    _coder = load_codec(bundle_path, kernels=kernels, num_threads=1)[1]
+    _coder = load_worker_codec(bundle_path, kernels=kernels)[1]
 
 
 def _task(fn, item, options: dict, keyword: bool):

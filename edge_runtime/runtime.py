@@ -55,6 +55,15 @@ def load_codec(bundle_path=None, kernels: str = "xnnpack", num_threads: int = 2)
     return bundle, PlaneCoder(bundle.manifest["codec"], bundle.coding, transforms, bundle.residual, bundle.refine)
 
 
+def load_worker_codec(bundle_path=None, kernels: str = "xnnpack") -> tuple[Bundle, PlaneCoder]:
+    """load_codec for a worker process or thread that shares the CPUs with others (batch, cluster, plane pools):
+    one TFLite thread, and lossless JPEG 2000 sources decoded on one thread (data.j2k_decoder)."""
+    from data import j2k_decoder
+
+    j2k_decoder.set_threads(1)
+    return load_codec(bundle_path, kernels=kernels, num_threads=1)
+
+
 def _codec(bundle, kernels: str, data: bytes | None = None, source=None) -> tuple[Bundle, PlaneCoder]:
     """Accept a loaded (Bundle, PlaneCoder) pair, a bundle path, or None (default bundle).
 

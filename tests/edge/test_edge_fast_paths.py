@@ -180,17 +180,13 @@ def test_detail_index_with_zero_context_rows_is_the_plain_one(zero_share):
     assert model.detail_index(empty, 1, 0, 2, zero_context(empty, 0)).shape == (0,)
 
 
-def _mirrored(v, other, n):
-    v = np.where((v < 0) | (v >= n), other, v)
-    return np.where((v < 0) | (v >= n), -1, v)
-
-
 def _direct_geometry_by_masks(shape):
     """edge_runtime.direct's pass geometry as its docstring defines it: each pass's positions from a mask of the
     whole tile (row-major), every neighbour mirrored position by position."""
     from edge_runtime import direct
 
     rows, cols = shape
+    _mirrored = direct._mirror
     r, c = np.arange(rows)[:, None], np.arange(cols)[None, :]
     lattice = np.flatnonzero((r % direct.STRIDE == 0) & (c % direct.STRIDE == 0))
     passes, s = [], direct.STRIDE // 2
