@@ -171,7 +171,9 @@ class PlaneCoder:
     losslessly (its own bound 0, value tables allowed): graphics, test patterns and screen
     captures are often smaller that way than near-losslessly. Base quality 0 (base length 0)
     says the tile has no base: its values (or value-table indices) are coded by
-    edge_runtime.direct with the tile's bound, after the header and the value table.
+    edge_runtime.direct (version 1) with the tile's bound, after the header and the value table;
+    quality DIRECT_ACTIVITY likewise, by direct's version 2 (ACTIVITY_VERSION: every pass sends
+    its contexts' activity measure), which the encoder writes.
     """
 
     ADAPTIVE = 0x80
@@ -180,6 +182,9 @@ class PlaneCoder:
     """Flag beside ADAPTIVE: the adaptive residual may use res.shape_tables (shapes=True)."""
     LOSSLESS = 0x20
     """Flag: the tile is coded losslessly although its plane's max error is above 0."""
+    DIRECT_ACTIVITY = 31
+    """The quality of a tile without a base coded by edge_runtime.direct's version 2 (ACTIVITY_VERSION); not a
+    base quality (BASE_QUALITIES), so a decoder that predates it refuses the tile."""
     LOSSLESS_GATE = 0.7
     """With a max error above 0, tiles with at least this share of equal adjacent pixel pairs (graphics,
     test patterns, flat backgrounds) are also coded losslessly, and the shorter stream kept."""
@@ -277,7 +282,7 @@ class PlaneCoder:
     def without_base(cls, stream: bytes) -> bool:
         """Whether an error-bounded tile stream (from `encode_bounded`) is coded without a base (base quality 0,
         edge_runtime.direct)."""
-        return len(stream) > 0 and stream[0] & ~(cls.ADAPTIVE | cls.SHAPES | cls.LOSSLESS) == 0
+        return len(stream) > 0 and stream[0] & ~(cls.ADAPTIVE | cls.SHAPES | cls.LOSSLESS) in (0, cls.DIRECT_ACTIVITY)
 
     def tile_transform(self, stream: bytes, bounded: bool) -> str | None:
         """The transform a tile stream (from `encode`, or `encode_bounded` when `bounded`) was coded with
@@ -370,7 +375,7 @@ class PlaneCoder:
             for div, v, top, d, table, fl in candidates[:1] + candidates[1:][-1:]:
                 body = direct.encode(v, self._residual_model().tables, d, top)
                 if best is None or 9 + len(table) + len(body) < len(best[0]):
-                    best = (struct.pack("<BII", fl & self.LOSSLESS, div, 0) + table + body,
+                    best = (struct.pack("<BII", self.DIRECT_ACTIVITY | fl & self.LOSSLESS, div, 0) + table + body,
                             {"estimated_bits": 8.0 * len(body)}, len(table))
         for div, v, top, d, table, fl in candidates if quality != 0 else ():
             q = self.search_base_quality(v, top, d, transform) if quality is None else quality
@@ -472,10 +477,11 @@ class PlaneCoder:
             top, d = (hi - lo) // g, int(max_error) // g
         else:
             raise ValueError(f"error-bounded tile divisor {g} exceeds the plane's range {hi - lo}")
-        if q == 0:  # no base: edge_runtime.direct
+        if q in (0, self.DIRECT_ACTIVITY):  # no base: edge_runtime.direct, version 1 or 2
             if n != 0:
                 raise ValueError(f"error-bounded tile header (no base, base length {n}) is inconsistent")
-            u = direct.decode(data[off:], rows, cols, top, model.tables, d)
+            version = direct.ACTIVITY_VERSION if q == self.DIRECT_ACTIVITY else 1
+            u = direct.decode(data[off:], rows, cols, top, model.tables, d, version)
             return values[u] if values is not None else lo + g * u
         if q not in BASE_QUALITIES or n > len(data) - off:
             raise ValueError(f"error-bounded tile header (quality {q}, divisor {g}, base length {n}) is inconsistent")

@@ -200,16 +200,16 @@ LINEAR_TERMS = (0, 6, 16)
 
 
 def _predict(nb: np.ndarray, fv: np.ndarray, weights, top: int, wide: bool, pattern: np.ndarray | None = None,
-             kind: int = 0) -> tuple:
+             kind: int = 0, activity: int = 0, energy: np.ndarray | None = None) -> tuple:
     """(prediction, context, distinct near values (4, n), how many) from the sorted near values `nb` and the far
     ones `fv`; row k of the distinct values is the k-th smallest (rows past the count repeat the last).
     `weights`: those of linear prediction `kind` (sum of weight * term, rounded at WEIGHT_SHIFT), clipped to
     0..top; None: the median-like one. `wide`: the context's range is that of all 16 values, else of
     the near ones. `pattern` (graphics): positions whose near neighbours hold 2 values take the context of which
-    of them hold the smaller one instead of a range."""
+    of them hold the smaller one instead of a range. `activity`, `energy`: _context's."""
     values, distinct = _distinct_values(nb)
-    return (_prediction(nb, fv, weights, top, kind), _context(nb, fv, distinct, wide, pattern), values,
-            distinct)
+    return (_prediction(nb, fv, weights, top, kind), _context(nb, fv, distinct, wide, pattern, activity, energy),
+            values, distinct)
 
 
 def _prediction(nb: np.ndarray, fv: np.ndarray, weights, top: int, kind: int) -> np.ndarray:
@@ -223,14 +223,68 @@ def _prediction(nb: np.ndarray, fv: np.ndarray, weights, top: int, kind: int) ->
 
 
 def _context(nb: np.ndarray, fv: np.ndarray, distinct: np.ndarray, wide: bool,
-             pattern: np.ndarray | None) -> np.ndarray:
-    """_predict's context."""
+             pattern: np.ndarray | None, activity: int = 0, energy: np.ndarray | None = None) -> np.ndarray:
+    """_predict's context; `activity` (ACTIVITIES) and the local mean error `energy` (_Energy.mean) pick its
+    activity measure (0: the range alone)."""
     span = np.maximum(nb[3], fv.max(0)) - np.minimum(nb[0], fv.min(0)) if wide else nb[3] - nb[0]
-    act = np.minimum(ctx.mag_code(span) >> 2, ACT_BUCKETS - 1)
+    act = np.minimum(ctx.mag_code(_activity_value(activity, span, energy)) >> ACTIVITIES[activity][2],
+                     ACT_BUCKETS - 1)
     context = np.where(distinct == 1, 0, 1 + (np.minimum(distinct, 3) - 2) * ACT_BUCKETS + act)
     if pattern is not None:  # 14 patterns (not none, not all), after the other contexts
         context = np.where(distinct == 2, NUM_CONTEXTS - 1 + pattern, context)
     return context
+
+
+ACTIVITIES = ((2, 0, 2), (2, 0, 3), (1, 2, 3), (0, 2, 3))
+"""The activity measures of a pass's contexts (tiles of ACTIVITY_VERSION): (r, e, shift) for the bucket
+mag_code((r * range >> 1) + e * energy) >> shift, range that of the mode's near or wide values and energy the
+local mean error (_Energy.mean): the range alone (version 1's), the same in half as many buckets, half the range
+plus twice the mean error, twice the mean error alone. Noise-dominated images (CT, MR) know their local noise
+level better from the errors of the passes already coded around a value than from 4 or 16 values."""
+ACTIVITY_VERSION = 2
+"""Version of a tile whose non-pattern passes send their activity measure (ACTIVITIES); version 1: the range."""
+ENERGY_RADIUS = 3
+"""The local mean error averages the errors of the coded values within this many steps (of the pass) each way."""
+
+
+def _activity_value(activity: int, span: np.ndarray, energy: np.ndarray | None) -> np.ndarray:
+    """The value ACTIVITIES[activity] measures from the range `span` and the local mean error `energy`."""
+    r, e, _shift = ACTIVITIES[activity]
+    value = span if r == 2 else (span * r) >> 1
+    return value + e * energy if e else value
+
+
+class _Energy:
+    """Each coded value's error |value - prediction| (the coarsest lattice has none), and their local means:
+    both sides know the errors of the passes already coded, so a pass may weigh its contexts by them."""
+
+    def __init__(self, rows: int, cols: int):
+        self.rows, self.cols = rows, cols
+        self.error = np.zeros(rows * cols, np.int64)
+        self.known = np.zeros(rows * cols, np.int64)
+
+    def add(self, at: np.ndarray, values: np.ndarray, pred: np.ndarray) -> None:
+        self.error[at] = np.abs(values - pred)
+        self.known[at] = 1
+
+    def mean(self, at: np.ndarray, s: int) -> np.ndarray:
+        """The mean error (floor) of the known values within ENERGY_RADIUS * s of each position `at` of a pass of
+        step s; 0 where none. Every value coded before the pass lies on the grid of step s, as its positions do."""
+        grid = lambda v: v.reshape(self.rows, self.cols)[::s, ::s]
+        error, known = grid(self.error), grid(self.known)
+        g = (at // self.cols) // s * error.shape[1] + (at % self.cols) // s
+        return np.take(_box_sums(error), g) // np.maximum(np.take(_box_sums(known), g), 1)
+
+
+def _box_sums(v: np.ndarray) -> np.ndarray:
+    """Flat sums of integer 2-D `v` over the (2 ENERGY_RADIUS + 1)^2 window around each element (zero outside)."""
+    r = ENERGY_RADIUS
+    c = np.zeros((v.shape[0] + 2 * r + 1, v.shape[1] + 2 * r + 1), np.int64)
+    c[r + 1:r + 1 + v.shape[0], r + 1:r + 1 + v.shape[1]] = v
+    np.cumsum(c, axis=0, out=c)
+    np.cumsum(c, axis=1, out=c)
+    w = 2 * r + 1
+    return (c[w:, w:] - c[:-w, w:] - c[w:, :-w] + c[:-w, :-w]).ravel()
 
 
 def _distinct_values(nb: np.ndarray) -> tuple:
@@ -301,12 +355,27 @@ MODES = ((0, False, False), (0, True, False), (1, False, False), (1, True, False
 the encoder picks the cheapest."""
 _CHOICE_SAMPLE = 3
 """The encoder weighs the modes on every _CHOICE_SAMPLE-th position of a pass (the weights are fitted on all)."""
+ACT_SAMPLE_MIN = 1 << 16
+"""The activity measures are weighed on every position of passes up to this size, on the sample above it."""
 
 
-def _predict_mode(mode: int, weights, nb: np.ndarray, fv: np.ndarray, pattern: np.ndarray, top: int) -> tuple:
-    """_predict as pass mode `mode` (MODES) defines it."""
+def _predict_mode(mode: int, weights, nb: np.ndarray, fv: np.ndarray, pattern: np.ndarray, top: int,
+                  activity: int = 0, energy: np.ndarray | None = None) -> tuple:
+    """_predict as pass mode `mode` (MODES) and `activity` define it."""
     kind, wide, patterned = MODES[mode]
-    return _predict(nb, fv, weights, top, wide, pattern if patterned else None, kind)
+    return _predict(nb, fv, weights, top, wide, pattern if patterned else None, kind, activity, energy)
+
+
+def _choose_activity(y: np.ndarray, pred: np.ndarray, values: np.ndarray, distinct: np.ndarray, nb: np.ndarray,
+                     fv: np.ndarray, wide: bool, energy: np.ndarray, step: int, top: int) -> int:
+    """The activity measure (ACTIVITIES) coding a pass's values y in the fewest bits (estimated as _choose_mode
+    estimates the modes', on every _CHOICE_SAMPLE-th position of passes over ACT_SAMPLE_MIN positions)."""
+    sub = slice(None, None, _CHOICE_SAMPLE) if y.size > ACT_SAMPLE_MIN else slice(None)
+    y, pred, values, distinct, nb, fv, energy = (y[sub], pred[sub], values[:, sub], distinct[sub], nb[:, sub],
+                                                 fv[:, sub], energy[sub])
+    sym, ranked = _ranked(y, pred, values, distinct, step, top)[:2]
+    costs = [_pass_bits(sym, ranked, _context(nb, fv, distinct, wide, None, a, energy)) for a in range(len(ACTIVITIES))]
+    return int(np.argmin(costs))
 
 
 def _choose_mode(y, nb, fv, pattern, step: int, top: int) -> tuple:
@@ -593,9 +662,15 @@ def _decode_pass(dec: Decoder, context: np.ndarray, predicted: tuple | None = No
     return out
 
 
-def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | None = None) -> bytes:
+def _pass_step(i: int) -> int:
+    """The step s of the i-th pass of _geometry (two passes per step: STRIDE/2, ..., 2, 1)."""
+    return STRIDE >> (1 + i // 2)
+
+
+def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | None = None,
+           version: int = ACTIVITY_VERSION) -> bytes:
     """Range-coded words of integer tile u (values in 0..top), every value within `max_error` of u once decoded;
-    `tables`: the residual model's."""
+    `tables`: the residual model's. `version` 1 codes every context's activity as its range (ACTIVITIES[0])."""
     u = np.asarray(u, np.int64)
     top = int(u.max(initial=0)) if top is None else int(top)
     step = 2 * int(max_error) + 1
@@ -608,24 +683,33 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
     rec = flat.copy() if step > 1 else flat  # what the decoder rebuilds: the predictions' source
     if step > 1:
         rec[lattice] = np.minimum(q * step, top)
-    for at, neighbours, far in passes:
+    errors = _Energy(*u.shape) if version >= ACTIVITY_VERSION else None
+    for i, (at, neighbours, far) in enumerate(passes):
         if at.size:
             nb, fv, pattern = _gather(rec, neighbours, far)
             y = np.take(flat, at)
             mode, weights = _choose_mode(y, nb, fv, pattern, step, top)
             enc.encode_uniform([mode], len(MODES))
+            pred, context, values, distinct = _predict_mode(mode, weights, nb, fv, pattern, top)
+            if errors is not None and not MODES[mode][2]:
+                energy, wide = errors.mean(at, _pass_step(i)), MODES[mode][1]
+                activity = _choose_activity(y, pred, values, distinct, nb, fv, wide, energy, step, top)
+                enc.encode_uniform([activity], len(ACTIVITIES))
+                context = _context(nb, fv, distinct, wide, None, activity, energy)
             if weights is not None:
                 enc.encode_naturals(_zigzag(weights))
-            pred, context, values, distinct = _predict_mode(mode, weights, nb, fv, pattern, top)
             sym, ranked, plain, ranked_value = _ranked(y, pred, values, distinct, step, top)
             as_rank = _encode_pass(enc, sym, context, ranked)
             if step > 1:
                 rec[at] = np.where(as_rank, ranked_value, plain)
+            if errors is not None:
+                errors.add(at, np.take(rec, at), pred)
     return enc.getvalue()
 
 
-def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, max_error: int = 0) -> np.ndarray:
-    """Inverse of `encode`: the (rows, cols) tile, every value checked within 0..top."""
+def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, max_error: int = 0,
+           version: int = ACTIVITY_VERSION) -> np.ndarray:
+    """Inverse of `encode` (of the same `version`): the (rows, cols) tile, every value checked within 0..top."""
     lattice, passes = _geometry((int(rows), int(cols)))
     step = 2 * int(max_error) + 1
     dec = Decoder(tables, data)
@@ -637,19 +721,26 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
         lat = np.minimum(lat * step, top)
     _check(lat, top)
     u[lattice] = lat
-    for at, neighbours, far in passes:
+    errors = _Energy(int(rows), int(cols)) if version >= ACTIVITY_VERSION else None
+    for i, (at, neighbours, far) in enumerate(passes):
         if at.size:
             mode, weights = int(dec.decode_uniform(1, len(MODES))[0]), None
-            kind = MODES[mode][0]
+            kind, wide, patterned = MODES[mode]
+            activity, energy = 0, None
+            if errors is not None and not patterned:
+                activity = int(dec.decode_uniform(1, len(ACTIVITIES))[0])
+                energy = errors.mean(at, _pass_step(i)) if ACTIVITIES[activity][1] else None
             if kind:
                 weights = tuple(_unzigzag(dec.decode_naturals(LINEAR_TERMS[kind])).tolist())
                 if max(abs(w) for w in weights) >= MAX_WEIGHT:
                     raise ValueError("direct tile: prediction weights out of range")
-            nb, fv, pattern = _gather(u, neighbours, far if kind or MODES[mode][1] else None, kind == 2)
-            pred, context, values, distinct = _predict_mode(mode, weights, nb, fv, pattern, top)
+            nb, fv, pattern = _gather(u, neighbours, far if kind or wide else None, kind == 2)
+            pred, context, values, distinct = _predict_mode(mode, weights, nb, fv, pattern, top, activity, energy)
             vals = _decode_pass(dec, context, (pred, values, distinct, step, top))
             _check(vals, top)
             u[at] = vals
+            if errors is not None:
+                errors.add(at, vals, pred)
     return u.reshape(rows, cols)
 
 

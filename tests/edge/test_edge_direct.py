@@ -11,11 +11,12 @@ import pytest
 
 from data.image import Image
 from edge_runtime import direct
-from edge_runtime.codec import PlaneCoder, decode_image, encode_image
+from edge_runtime.codec import BASE_QUALITIES, PlaneCoder, decode_image, encode_image
 
 from _golden import GOLDEN, digest, shipped_spec
 
 SPEC_PATH = GOLDEN / "direct_streams.json"
+ACTIVITY_SPEC_PATH = GOLDEN / "direct_activity_streams.json"
 NAME = "dfl_crop_lossless_direct.kcd"
 CROP = (100, 60)  # (row, col) of the 96x96 crop of pydicom's image_dfl.dcm
 NEAR_NAME = "ct693_crop_d2_direct.kcd"
@@ -60,6 +61,50 @@ def test_every_prediction_mode_round_trips(exact_coder, monkeypatch):
         sizes.append(len(direct.encode(u, coder.residual.tables)))
     linear = [n for n, mode in zip(sizes, direct.MODES) if mode[0]]
     assert min(linear) < min(n for n, mode in zip(sizes, direct.MODES) if not mode[0])  # a smooth curved signal
+
+
+def test_every_activity_measure_round_trips_and_version_1_streams_still_decode(exact_coder, monkeypatch):
+    _, coder = exact_coder
+    tables = coder.residual.tables
+    rng = np.random.default_rng(5)
+    r, c = np.mgrid[0:45, 0:61]
+    noise = rng.normal(0, 1, r.shape) * np.where(c < 30, 2, 12)  # two noise levels: the mean error tells them apart
+    u = np.clip(np.round(400 + 100 * np.sin(r / 5) + noise), 0, None).astype(np.int64)
+    top = int(u.max())
+    v1 = {d: direct.encode(u, tables, d, top, version=1) for d in (0, 2)}
+    chosen = []
+    real = direct._choose_activity
+    monkeypatch.setattr(direct, "_choose_activity", lambda *a: chosen.append(real(*a)) or chosen[-1])
+    v2 = direct.encode(u, tables, 0, top)
+    assert len(set(chosen)) > 1  # the noise picks more than one measure across the passes
+    assert np.array_equal(direct.decode(v2, *u.shape, top, tables), u)
+    for activity in range(len(direct.ACTIVITIES)):  # the encoder forced to each measure in every pass
+        monkeypatch.setattr(direct, "_choose_activity", lambda *a, k=activity: k)
+        for d in (0, 2):
+            data = direct.encode(u, tables, d, top)
+            assert np.abs(direct.decode(data, *u.shape, top, tables, d) - u).max() <= d
+    for d, data in v1.items():  # version 1 (no activity symbols): what streams written before version 2 hold
+        assert np.abs(direct.decode(data, *u.shape, top, tables, d, version=1) - u).max() <= d
+    assert direct.encode(u, tables, 0, top, version=1) == v1[0]
+    assert PlaneCoder.DIRECT_ACTIVITY not in BASE_QUALITIES and PlaneCoder.DIRECT_ACTIVITY & 0xE0 == 0
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (37, 29)])
+def test_local_mean_errors_match_their_definition(shape):
+    rng = np.random.default_rng(sum(shape))
+    rows, cols = shape
+    energy = direct._Energy(rows, cols)
+    lattice, passes = direct._geometry(shape)
+    for i, (at, _nb, _far) in enumerate(passes):
+        s, rad = direct._pass_step(i), direct.ENERGY_RADIUS
+        got = energy.mean(at, s)
+        err, known = energy.error.reshape(shape), energy.known.reshape(shape)
+        for p, g in zip(at.tolist(), got.tolist()):
+            r, c = divmod(p, cols)
+            win = np.s_[s * max(0, r // s - rad):r + rad * s + 1:s, s * max(0, c // s - rad):c + rad * s + 1:s]
+            n = int(known[win].sum())
+            assert g == (int(err[win].sum()) // n if n else 0)
+        energy.add(at, rng.integers(0, 50, at.size), rng.integers(0, 50, at.size))
 
 
 def test_neighbour_ranks_invert_and_name_the_distinct_neighbour_values():
@@ -168,13 +213,14 @@ def test_encoder_keeps_the_direct_tile_where_it_is_shorter_and_it_decodes_exactl
     b, coder = exact_coder
     x = _graphics(64, 64)
     tile = coder.encode_bounded(x, 0, 255, 0)
-    assert tile[0] & 0x1F == 0 and struct.unpack_from("<I", tile, 5)[0] == 0  # no base
+    assert tile[0] & 0x1F == PlaneCoder.DIRECT_ACTIVITY and struct.unpack_from("<I", tile, 5)[0] == 0  # no base
+    assert PlaneCoder.without_base(tile)
     based = PlaneCoder(coder.p, coder.coding, coder.transforms, coder.residual, direct=False)
     assert len(tile) < len(based.encode_bounded(x, 0, 255, 0))
     assert np.array_equal(coder.decode_bounded(tile, 64, 64, 0, 255, 0), x)
     assert coder.tile_transform(tile, True) is None
     near = coder.encode_bounded(x, 0, 255, 2)  # in a plane with a max error: without a base too
-    assert near[0] & ~PlaneCoder.LOSSLESS == 0
+    assert near[0] & ~PlaneCoder.LOSSLESS == PlaneCoder.DIRECT_ACTIVITY
     y = coder.decode_bounded(near, 64, 64, 0, 255, 2)
     assert np.abs(y - x).max() <= 2 and (np.array_equal(y, x) or not near[0] & PlaneCoder.LOSSLESS)
     image = Image(pixels=x.astype(np.uint8)[None, :, :, None], bits_stored=8, signed=False)
@@ -192,7 +238,7 @@ def test_fast_encode_codes_every_tile_without_a_base_within_the_bound(exact_code
     monkeypatch.setattr(PlaneCoder, "search_base_quality", lambda *a, **k: pytest.fail("the fast encode searched"))
     for d in (0, 1, 4):
         tile = coder.encode_bounded(x, int(x.min()), int(x.max()), d, quality=0)
-        assert tile[0] & 0x1F == 0 and struct.unpack_from("<I", tile, 5)[0] == 0  # no base
+        assert PlaneCoder.without_base(tile) and struct.unpack_from("<I", tile, 5)[0] == 0  # no base
         y = coder.decode_bounded(tile, *x.shape, int(x.min()), int(x.max()), d)
         assert np.abs(y - x).max() <= d
         body = direct.encode(x - x.min(), coder.residual.tables, d, int(x.max() - x.min()))
@@ -237,7 +283,7 @@ def test_inconsistent_or_corrupt_direct_tiles_are_refused(exact_coder):
     _, coder = exact_coder
     x = _graphics(48, 40, seed=3)
     tile = coder.encode_bounded(x, 0, 255, 0)
-    assert tile[0] & 0x1F == 0
+    assert tile[0] & 0x1F == PlaneCoder.DIRECT_ACTIVITY
     with pytest.raises(ValueError, match="inconsistent"):  # no base, but a base length
         coder.decode_bounded(tile[:5] + struct.pack("<I", 4) + tile[9:], 48, 40, 0, 255, 0)
     with pytest.raises(ValueError, match="inconsistent"):  # a lossless tile in a plane with a bound, not flagged
@@ -258,8 +304,11 @@ def test_inconsistent_or_corrupt_direct_tiles_are_refused(exact_coder):
         assert y.shape == x.shape and 0 <= y.min() and y.max() <= 255
 
 
-SOURCES = {NAME: ("image_dfl.dcm", CROP, 0),  # (pydicom test file, crop, max error)
+SOURCES = {NAME: ("image_dfl.dcm", CROP, 0),  # (pydicom test file, crop, max error): direct's version 1
            NEAR_NAME: ("693_UNCR.dcm", NEAR_CROP, 2)}
+ACTIVITY_SOURCES = {"dfl_crop_lossless_direct2.kcd": ("image_dfl.dcm", CROP, 0),  # version 2 (PlaneCoder.DIRECT_ACTIVITY)
+                    "ct693_crop_d2_direct2.kcd": ("693_UNCR.dcm", NEAR_CROP, 2),
+                    "ct693_body_lossless_direct2.kcd": ("693_UNCR.dcm", (300, 200), 0)}
 
 
 def _source(name: str) -> Image:
@@ -267,26 +316,36 @@ def _source(name: str) -> Image:
 
     from data.readers import read_image
 
-    filename, (r, c), _d = SOURCES[name]
+    filename, (r, c), _d = {**SOURCES, **ACTIVITY_SOURCES}[name]
     image = read_image(get_testdata_file(filename))
     return Image(pixels=np.ascontiguousarray(image.pixels[:1, r:r + 96, c:c + 96]), bits_stored=image.bits_stored,
                  signed=image.signed, modality=image.modality)
 
 
-@pytest.mark.skipif(not os.environ.get("KCD_REGENERATE_DIRECT_GOLDEN"), reason="rewrites the golden direct streams")
-def test_regenerate_golden_direct_streams():
+def _write_golden(sources: dict, spec_path) -> None:
     from edge_runtime.runtime import load_codec
 
     bundle, coder = load_codec(None)
     spec = {"model_id": bundle.model_id.hex(), "streams": {}}
-    for name, (filename, crop, d) in SOURCES.items():
+    for name, (filename, crop, d) in sources.items():
         data = encode_image(_source(name), coder=coder, model_id=bundle.model_id, quality=None, max_error=d)
         (GOLDEN / name).write_bytes(data)
         out, _ = decode_image(data, coder=coder)
         spec["streams"][name] = {"source": f"{filename} (pydicom / pydicom-data), 96x96 crop at {crop}",
                                  "max_error": d, "shape": list(out.pixels.shape), "dtype": out.pixels.dtype.name,
                                  "sha256": digest(out.pixels), "bytes": len(data)}
-    SPEC_PATH.write_text(json.dumps(spec, indent=1) + "\n")
+    spec_path.write_text(json.dumps(spec, indent=1) + "\n")
+
+
+@pytest.mark.skipif(not os.environ.get("KCD_REGENERATE_DIRECT_GOLDEN"), reason="rewrites the golden direct streams")
+def test_regenerate_golden_direct_streams():
+    _write_golden(SOURCES, SPEC_PATH)  # version 1: only a decoder of before version 2 could write them again
+
+
+@pytest.mark.skipif(not os.environ.get("KCD_REGENERATE_DIRECT_ACTIVITY_GOLDEN"),
+                    reason="rewrites the golden direct streams of version 2")
+def test_regenerate_golden_direct_activity_streams():
+    _write_golden(ACTIVITY_SOURCES, ACTIVITY_SPEC_PATH)
 
 
 @pytest.fixture(scope="module", params=["xnnpack", "reference"])
@@ -294,17 +353,31 @@ def shipped(request):
     return shipped_spec(SPEC_PATH, request.param, "direct")
 
 
-@pytest.mark.parametrize("name", sorted(SOURCES))
-def test_golden_direct_stream_decodes_to_the_recorded_pixels(shipped, name):
+@pytest.fixture(scope="module", params=["xnnpack", "reference"])
+def shipped_activity(request):
+    return shipped_spec(ACTIVITY_SPEC_PATH, request.param, "direct (version 2)")
+
+
+def _check_golden(shipped, sources: dict, name: str, quality: int) -> None:
     from edge_runtime import bitstream as bs
 
     spec, ids, coder = shipped
     want = spec["streams"][name]
     data = (GOLDEN / name).read_bytes()
     _, tiles, _ = bs.parse(data)
-    assert tiles[0][0] & 0x1F == 0  # the stream exercises a tile without a base
+    assert tiles[0][0] & 0x1F == quality  # the stream exercises a tile without a base of this version
     image, _ = decode_image(data, coder=coder, model_ids=ids)
     assert list(image.pixels.shape) == want["shape"] and image.pixels.dtype.name == want["dtype"]
     assert digest(image.pixels) == want["sha256"]
-    d = SOURCES[name][2]
+    d = sources[name][2]
     assert np.abs(image.pixels.astype(np.int64) - _source(name).pixels).max() <= d
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_golden_direct_stream_decodes_to_the_recorded_pixels(shipped, name):
+    _check_golden(shipped, SOURCES, name, 0)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVITY_SOURCES))
+def test_golden_direct_activity_stream_decodes_to_the_recorded_pixels(shipped_activity, name):
+    _check_golden(shipped_activity, ACTIVITY_SOURCES, name, PlaneCoder.DIRECT_ACTIVITY)
