@@ -317,22 +317,27 @@ _FIT_CHUNK = 1 << 16
 """Positions per block of the least-squares sums (8 MB of float64 terms)."""
 
 
-def _fit_all(y: np.ndarray, nb: np.ndarray, fv: np.ndarray) -> list:
+def _fit_all(y: np.ndarray, nb: np.ndarray, fv: np.ndarray, sample_weights: tuple = ()) -> list:
     """[None, weights of kind 1, weights of kind 2] (see _fit_weights; None where the fit fails): least squares
     from the normal equations of kind 2's terms, kind 1's derived from them (the encoder's choice: the weights are
-    sent). The terms are integers, so their products and sums are exact in float64 up to 2**53."""
+    sent). The terms are integers, so their products and sums are exact in float64 up to 2**53. With
+    `sample_weights` (arrays of a weight per value): a list of such lists, the unweighted fit's, then one per weighting."""
     terms = LINEAR_TERMS[2]
-    gram2, xy2 = np.zeros((terms, terms)), np.zeros(terms)
+    grams = [(np.zeros((terms, terms)), np.zeros(terms)) for _ in range(1 + len(sample_weights))]
     X = np.empty((terms, min(y.size, _FIT_CHUNK)))
-    for a in range(0, y.size, _FIT_CHUNK):  # in chunks: exact sums, bounded memory
+    for a in range(0, y.size, _FIT_CHUNK):  # in chunks: bounded memory
         b = min(y.size, a + _FIT_CHUNK)
         x = X[:, :b - a]
         x[:4] = nb[:, a:b]
         x[4:] = fv[:, a:b]
-        gram2 += x @ x.T
-        xy2 += x @ y[a:b].astype(np.float64)
+        yb = y[a:b].astype(np.float64)
+        for (gram2, xy2), w in zip(grams, (None,) + tuple(sample_weights)):
+            xw = x if w is None else x * w[a:b]
+            gram2 += xw @ x.T
+            xy2 += xw @ yb
     t = _KIND1_OF_KIND2
-    return [None, _solve(t @ gram2 @ t.T, t @ xy2), _solve(gram2, xy2)]
+    fits = [[None, _solve(t @ gram2 @ t.T, t @ xy2), _solve(gram2, xy2)] for gram2, xy2 in grams]
+    return fits if sample_weights else fits[0]
 
 
 def _solve(gram: np.ndarray, xy: np.ndarray):
@@ -355,6 +360,8 @@ MODES = ((0, False, False), (0, True, False), (1, False, False), (1, True, False
 the encoder picks the cheapest."""
 _CHOICE_SAMPLE = 3
 """The encoder weighs the modes on every _CHOICE_SAMPLE-th position of a pass (the weights are fitted on all)."""
+FIT_WEIGHTINGS = (1, 2)
+"""Powers p of the weights 1 / (1 + energy)^p of the encoder's weighted least-squares fits (_choose_mode)."""
 ACT_SAMPLE_MIN = 1 << 16
 """The activity measures are weighed on every position of passes up to this size, on the sample above it."""
 
@@ -378,8 +385,12 @@ def _choose_activity(y: np.ndarray, pred: np.ndarray, values: np.ndarray, distin
     return int(np.argmin(costs))
 
 
-def _choose_mode(y, nb, fv, pattern, step: int, top: int) -> tuple:
-    """(mode, weights) of the pass coding values y in the fewest bits, weighed on a sample of its positions."""
+def _choose_mode(y, nb, fv, pattern, step: int, top: int, energy: np.ndarray | None = None) -> tuple:
+    """(mode, weights) of the pass coding values y in the fewest bits, weighed on a sample of its positions. With
+    the local mean errors `energy` (_Energy.mean), a linear mode's weights are also fitted (on the sample) by least
+    squares weighted by 1 / (1 + energy)^p (FIT_WEIGHTINGS), and the cheapest weights kept: values amid noise,
+    whose errors are large whatever the weights, then pull the fit less than those where a good prediction saves
+    bits."""
     fitted = _fit_all(y, nb, fv)
     sub = slice(None, None, _CHOICE_SAMPLE) if y.size > 64 * _CHOICE_SAMPLE else slice(None)
     y, nb, fv, pattern = y[sub], nb[:, sub], fv[:, sub], pattern[sub]
@@ -398,6 +409,14 @@ def _choose_mode(y, nb, fv, pattern, step: int, top: int) -> tuple:
         cost = _pass_bits(*symbols[kind], contexts[wide, patterned])
         if best is None or cost < best[0]:
             best = (cost, mode, w)
+    kind, wide, patterned = MODES[best[1]]
+    if energy is not None and kind:
+        weighted = _fit_all(y, nb, fv, tuple(1.0 / (1.0 + energy[sub]) ** p for p in FIT_WEIGHTINGS))[1:]
+        for w in {f[kind] for f in weighted if f[kind] is not None} - {best[2]}:
+            sym = _ranked(y, _prediction(nb, fv, w, top, kind), values, distinct, step, top, hits)[:2]
+            cost = _pass_bits(*sym, contexts[wide, patterned])
+            if cost < best[0]:
+                best = (cost, best[1], w)
     return best[1], best[2]
 
 
@@ -688,11 +707,12 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
         if at.size:
             nb, fv, pattern = _gather(rec, neighbours, far)
             y = np.take(flat, at)
-            mode, weights = _choose_mode(y, nb, fv, pattern, step, top)
+            energy = errors.mean(at, _pass_step(i)) if errors is not None else None
+            mode, weights = _choose_mode(y, nb, fv, pattern, step, top, energy)
             enc.encode_uniform([mode], len(MODES))
             pred, context, values, distinct = _predict_mode(mode, weights, nb, fv, pattern, top)
             if errors is not None and not MODES[mode][2]:
-                energy, wide = errors.mean(at, _pass_step(i)), MODES[mode][1]
+                wide = MODES[mode][1]
                 activity = _choose_activity(y, pred, values, distinct, nb, fv, wide, energy, step, top)
                 enc.encode_uniform([activity], len(ACTIVITIES))
                 context = _context(nb, fv, distinct, wide, None, activity, energy)

@@ -52,7 +52,7 @@ def test_every_prediction_mode_round_trips(exact_coder, monkeypatch):
     u = np.round(500 + 200 * np.sin(r / 3) * np.cos(c / 4) + rng.normal(0, 1, r.shape)).astype(np.int64)
     sizes = []
     for mode in range(len(direct.MODES)):  # the encoder forced to each mode in every pass
-        monkeypatch.setattr(direct, "_choose_mode", lambda y, nb, fv, pattern, step, top, m=mode: (
+        monkeypatch.setattr(direct, "_choose_mode", lambda y, nb, fv, pattern, step, top, energy=None, m=mode: (
             m, direct._fit_weights(y, nb, fv, direct.MODES[m][0]) if direct.MODES[m][0] else None))
         for d in (0, 2):
             data = direct.encode(u, coder.residual.tables, d, int(u.max()))
@@ -87,6 +87,20 @@ def test_every_activity_measure_round_trips_and_version_1_streams_still_decode(e
         assert np.abs(direct.decode(data, *u.shape, top, tables, d, version=1) - u).max() <= d
     assert direct.encode(u, tables, 0, top, version=1) == v1[0]
     assert PlaneCoder.DIRECT_ACTIVITY not in BASE_QUALITIES and PlaneCoder.DIRECT_ACTIVITY & 0xE0 == 0
+
+
+def test_weighted_least_squares_weigh_each_value():
+    rng = np.random.default_rng(2)
+    n = 3000
+    nb = np.sort(rng.integers(0, 900, (4, n)), axis=0)
+    fv = rng.integers(0, 900, (12, n))
+    y = (nb[1] + nb[2]) // 2 + rng.integers(-5, 6, n)
+    y[::2] = nb[0, ::2] + rng.integers(-40, 41, n // 2)  # every other value follows another rule
+    plain = direct._fit_all(y, nb, fv)
+    half = np.tile([0.0, 1.0], n // 2)  # weight 0: the even values do not count
+    fits = direct._fit_all(y, nb, fv, (np.ones(n), half))
+    assert fits[0] == plain and fits[1] == plain
+    assert fits[2] == direct._fit_all(y[1::2], nb[:, 1::2], fv[:, 1::2]) != plain
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (5, 3), (37, 29)])
@@ -286,8 +300,11 @@ def test_inconsistent_or_corrupt_direct_tiles_are_refused(exact_coder):
     assert tile[0] & 0x1F == PlaneCoder.DIRECT_ACTIVITY
     with pytest.raises(ValueError, match="inconsistent"):  # no base, but a base length
         coder.decode_bounded(tile[:5] + struct.pack("<I", 4) + tile[9:], 48, 40, 0, 255, 0)
+    spread = x * 251 + 7  # six values over 16 bits: coded as indices into a table of the values present
+    table_tile = coder.encode_bounded(spread, 0, 65535, 0)
+    assert struct.unpack_from("<I", table_tile, 1)[0] == 0
     with pytest.raises(ValueError, match="inconsistent"):  # a lossless tile in a plane with a bound, not flagged
-        coder.decode_bounded(tile, 48, 40, 0, 255, 3)
+        coder.decode_bounded(table_tile, 48, 40, 0, 65535, 3)
     rng = np.random.default_rng(0)
     g = struct.unpack_from("<I", tile, 1)[0]
     body_start = 13 + 4 * struct.unpack_from("<I", tile, 9)[0] if g == 0 else 9  # after the header and value table
