@@ -226,13 +226,22 @@ def _context(nb: np.ndarray, fv: np.ndarray, distinct: np.ndarray, wide: bool,
              pattern: np.ndarray | None, activity: int = 0, energy: np.ndarray | None = None) -> np.ndarray:
     """_predict's context; `activity` (ACTIVITIES) and the local mean error `energy` (_Energy.mean) pick its
     activity measure (0: the range alone)."""
-    span = np.maximum(nb[3], fv.max(0)) - np.minimum(nb[0], fv.min(0)) if wide else nb[3] - nb[0]
-    act = np.minimum(ctx.mag_code(_activity_value(activity, span, energy)) >> ACTIVITIES[activity][2],
-                     ACT_BUCKETS - 1)
-    context = np.where(distinct == 1, 0, 1 + (np.minimum(distinct, 3) - 2) * ACT_BUCKETS + act)
+    context = _activity_context(_span(nb, fv, wide), distinct, activity, energy)
     if pattern is not None:  # 14 patterns (not none, not all), after the other contexts
         context = np.where(distinct == 2, NUM_CONTEXTS - 1 + pattern, context)
     return context
+
+
+def _span(nb: np.ndarray, fv: np.ndarray, wide: bool) -> np.ndarray:
+    """The range of the near values (sorted), or with `wide` of all 16."""
+    return np.maximum(nb[3], fv.max(0)) - np.minimum(nb[0], fv.min(0)) if wide else nb[3] - nb[0]
+
+
+def _activity_context(span: np.ndarray, distinct: np.ndarray, activity: int, energy: np.ndarray | None) -> np.ndarray:
+    """_context without the pattern contexts, from the range `span`."""
+    act = np.minimum(ctx.mag_code(_activity_value(activity, span, energy)) >> ACTIVITIES[activity][2],
+                     ACT_BUCKETS - 1)
+    return np.where(distinct == 1, 0, 1 + (np.minimum(distinct, 3) - 2) * ACT_BUCKETS + act)
 
 
 ACTIVITIES = ((2, 0, 2), (2, 0, 3), (1, 2, 3), (0, 2, 3))
@@ -261,19 +270,36 @@ class _Energy:
     def __init__(self, rows: int, cols: int):
         self.rows, self.cols = rows, cols
         self.error = np.zeros(rows * cols, np.int64)
-        self.known = np.zeros(rows * cols, np.int64)
+        self.windows = _windows((rows, cols))
 
     def add(self, at: np.ndarray, values: np.ndarray, pred: np.ndarray) -> None:
         self.error[at] = np.abs(values - pred)
-        self.known[at] = 1
 
-    def mean(self, at: np.ndarray, s: int) -> np.ndarray:
-        """The mean error (floor) of the known values within ENERGY_RADIUS * s of each position `at` of a pass of
-        step s; 0 where none. Every value coded before the pass lies on the grid of step s, as its positions do."""
-        grid = lambda v: v.reshape(self.rows, self.cols)[::s, ::s]
-        error, known = grid(self.error), grid(self.known)
-        g = (at // self.cols) // s * error.shape[1] + (at % self.cols) // s
-        return np.take(_box_sums(error), g) // np.maximum(np.take(_box_sums(known), g), 1)
+    def mean(self, i: int) -> np.ndarray:
+        """The mean error (floor) of the values coded before pass i of _geometry within ENERGY_RADIUS steps (of the
+        pass) of each of its positions; 0 where none."""
+        s = _pass_step(i)
+        g, n = self.windows[i]
+        return np.take(_box_sums(self.error.reshape(self.rows, self.cols)[::s, ::s]), g) // n
+
+
+@shape_cache(maxsize=4)
+def _windows(shape: tuple) -> tuple:
+    """Per pass of _geometry(shape): its positions on the grid of its step s (flat indices into every s-th row's
+    every s-th value: every value coded before the pass lies on that grid, as its positions do) and how many
+    values coded before it (not the coarsest lattice) lie within ENERGY_RADIUS steps of each, at least 1."""
+    rows, cols = shape
+    _lattice, passes = _geometry(shape)
+    index = np.int32 if rows * cols < 1 << 31 else np.int64
+    known = np.zeros(rows * cols, np.int64)
+    out = []
+    for i, (at, _nb, _far) in enumerate(passes):
+        s = _pass_step(i)
+        grid = known.reshape(rows, cols)[::s, ::s]
+        g = ((at // cols) // s * grid.shape[1] + (at % cols) // s).astype(index)
+        out.append((g, np.maximum(np.take(_box_sums(grid), g), 1).astype(np.int32)))
+        known[at] = 1
+    return tuple(out)
 
 
 def _box_sums(v: np.ndarray) -> np.ndarray:
@@ -362,7 +388,7 @@ _CHOICE_SAMPLE = 3
 """The encoder weighs the modes on every _CHOICE_SAMPLE-th position of a pass (the weights are fitted on all)."""
 FIT_WEIGHTINGS = (1, 2)
 """Powers p of the weights 1 / (1 + energy)^p of the encoder's weighted least-squares fits (_choose_mode)."""
-ACT_SAMPLE_MIN = 1 << 16
+ACT_SAMPLE_MIN = 1 << 15
 """The activity measures are weighed on every position of passes up to this size, on the sample above it."""
 
 
@@ -373,15 +399,15 @@ def _predict_mode(mode: int, weights, nb: np.ndarray, fv: np.ndarray, pattern: n
     return _predict(nb, fv, weights, top, wide, pattern if patterned else None, kind, activity, energy)
 
 
-def _choose_activity(y: np.ndarray, pred: np.ndarray, values: np.ndarray, distinct: np.ndarray, nb: np.ndarray,
-                     fv: np.ndarray, wide: bool, energy: np.ndarray, step: int, top: int) -> int:
-    """The activity measure (ACTIVITIES) coding a pass's values y in the fewest bits (estimated as _choose_mode
-    estimates the modes', on every _CHOICE_SAMPLE-th position of passes over ACT_SAMPLE_MIN positions)."""
-    sub = slice(None, None, _CHOICE_SAMPLE) if y.size > ACT_SAMPLE_MIN else slice(None)
-    y, pred, values, distinct, nb, fv, energy = (y[sub], pred[sub], values[:, sub], distinct[sub], nb[:, sub],
-                                                 fv[:, sub], energy[sub])
-    sym, ranked = _ranked(y, pred, values, distinct, step, top)[:2]
-    costs = [_pass_bits(sym, ranked, _context(nb, fv, distinct, wide, None, a, energy)) for a in range(len(ACTIVITIES))]
+def _choose_activity(sym: np.ndarray, ranked: np.ndarray, distinct: np.ndarray, nb: np.ndarray, fv: np.ndarray,
+                     wide: bool, energy: np.ndarray) -> int:
+    """The activity measure (ACTIVITIES) coding a pass's symbols (_ranked's plain and neighbour-rank ones) in the
+    fewest bits (estimated as _choose_mode estimates the modes', on every _CHOICE_SAMPLE-th position of passes
+    over ACT_SAMPLE_MIN positions)."""
+    sub = slice(None, None, _CHOICE_SAMPLE) if sym.size > ACT_SAMPLE_MIN else slice(None)
+    sym, ranked, distinct, nb, fv, energy = sym[sub], ranked[sub], distinct[sub], nb[:, sub], fv[:, sub], energy[sub]
+    span = _span(nb, fv, wide)
+    costs = [_pass_bits(sym, ranked, _activity_context(span, distinct, a, energy)) for a in range(len(ACTIVITIES))]
     return int(np.argmin(costs))
 
 
@@ -391,9 +417,9 @@ def _choose_mode(y, nb, fv, pattern, step: int, top: int, energy: np.ndarray | N
     squares weighted by 1 / (1 + energy)^p (FIT_WEIGHTINGS), and the cheapest weights kept: values amid noise,
     whose errors are large whatever the weights, then pull the fit less than those where a good prediction saves
     bits."""
-    fitted = _fit_all(y, nb, fv)
     sub = slice(None, None, _CHOICE_SAMPLE) if y.size > 64 * _CHOICE_SAMPLE else slice(None)
     y, nb, fv, pattern = y[sub], nb[:, sub], fv[:, sub], pattern[sub]
+    fitted = _fit_all(y, nb, fv)
     values, distinct = _distinct_values(nb)
     hits = _hits(y, values, step)
     symbols, contexts = {}, {}  # per prediction kind, per context kind: what the modes share
@@ -707,18 +733,18 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
         if at.size:
             nb, fv, pattern = _gather(rec, neighbours, far)
             y = np.take(flat, at)
-            energy = errors.mean(at, _pass_step(i)) if errors is not None else None
+            energy = errors.mean(i) if errors is not None else None
             mode, weights = _choose_mode(y, nb, fv, pattern, step, top, energy)
+            kind, wide, patterned = MODES[mode]
             enc.encode_uniform([mode], len(MODES))
             pred, context, values, distinct = _predict_mode(mode, weights, nb, fv, pattern, top)
-            if errors is not None and not MODES[mode][2]:
-                wide = MODES[mode][1]
-                activity = _choose_activity(y, pred, values, distinct, nb, fv, wide, energy, step, top)
+            sym, ranked, plain, ranked_value = _ranked(y, pred, values, distinct, step, top)
+            if errors is not None and not patterned:
+                activity = _choose_activity(sym, ranked, distinct, nb, fv, wide, energy)
                 enc.encode_uniform([activity], len(ACTIVITIES))
                 context = _context(nb, fv, distinct, wide, None, activity, energy)
             if weights is not None:
                 enc.encode_naturals(_zigzag(weights))
-            sym, ranked, plain, ranked_value = _ranked(y, pred, values, distinct, step, top)
             as_rank = _encode_pass(enc, sym, context, ranked)
             if step > 1:
                 rec[at] = np.where(as_rank, ranked_value, plain)
@@ -749,11 +775,9 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
             activity, energy = 0, None
             if errors is not None and not patterned:
                 activity = int(dec.decode_uniform(1, len(ACTIVITIES))[0])
-                energy = errors.mean(at, _pass_step(i)) if ACTIVITIES[activity][1] else None
+                energy = errors.mean(i) if ACTIVITIES[activity][1] else None
             if kind:
-                weights = tuple(_unzigzag(dec.decode_naturals(LINEAR_TERMS[kind])).tolist())
-                if max(abs(w) for w in weights) >= MAX_WEIGHT:
-                    raise ValueError("direct tile: prediction weights out of range")
+                weights = _decode_weights(dec, kind)
             nb, fv, pattern = _gather(u, neighbours, far if kind or wide else None, kind == 2)
             pred, context, values, distinct = _predict_mode(mode, weights, nb, fv, pattern, top, activity, energy)
             vals = _decode_pass(dec, context, (pred, values, distinct, step, top))
@@ -762,6 +786,13 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
             if errors is not None:
                 errors.add(at, vals, pred)
     return u.reshape(rows, cols)
+
+
+def _decode_weights(dec: Decoder, kind: int) -> tuple:
+    weights = tuple(_unzigzag(dec.decode_naturals(LINEAR_TERMS[kind])).tolist())
+    if max(abs(w) for w in weights) >= MAX_WEIGHT:
+        raise ValueError("direct tile: prediction weights out of range")
+    return weights
 
 
 def _check(v: np.ndarray, top: int) -> None:

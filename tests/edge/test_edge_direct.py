@@ -103,22 +103,24 @@ def test_weighted_least_squares_weigh_each_value():
     assert fits[2] == direct._fit_all(y[1::2], nb[:, 1::2], fv[:, 1::2]) != plain
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (37, 29)])
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (37, 29), (70, 33)])
 def test_local_mean_errors_match_their_definition(shape):
     rng = np.random.default_rng(sum(shape))
     rows, cols = shape
     energy = direct._Energy(rows, cols)
-    lattice, passes = direct._geometry(shape)
+    known = np.zeros(shape, bool)  # the values coded so far, but the coarsest lattice's (coded without errors)
+    _lattice, passes = direct._geometry(shape)
     for i, (at, _nb, _far) in enumerate(passes):
         s, rad = direct._pass_step(i), direct.ENERGY_RADIUS
-        got = energy.mean(at, s)
-        err, known = energy.error.reshape(shape), energy.known.reshape(shape)
+        got = energy.mean(i)
+        err = energy.error.reshape(shape)
         for p, g in zip(at.tolist(), got.tolist()):
             r, c = divmod(p, cols)
             win = np.s_[s * max(0, r // s - rad):r + rad * s + 1:s, s * max(0, c // s - rad):c + rad * s + 1:s]
             n = int(known[win].sum())
-            assert g == (int(err[win].sum()) // n if n else 0)
+            assert g == (int(err[win][known[win]].sum()) // n if n else 0)
         energy.add(at, rng.integers(0, 50, at.size), rng.integers(0, 50, at.size))
+        known.reshape(-1)[at] = True
 
 
 def test_neighbour_ranks_invert_and_name_the_distinct_neighbour_values():
