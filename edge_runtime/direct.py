@@ -23,8 +23,8 @@ times terms plus 2**(WEIGHT_SHIFT-1), shifted right by WEIGHT_SHIFT and clipped 
 being n0..n3, the sum of the 8 far values and that of the ring (kind 1) or n0..n3, the 8 far values
 sorted and the ring's 4 sorted (kind 2: an L-estimator, robust at edges); the pass's weights follow the mode (zigzag, Exp-Golomb; the encoder's least-squares
 fit). The context is how many distinct values the near neighbours hold (1, 2, 3 or more) and, when
-more than one, a range: min(mag_code(range) >> 2, ACT_BUCKETS - 1), the range of the near values or
-(wide modes) of all 16; in the pattern mode, positions whose near neighbours hold exactly 2 values take
+more than one, an activity bucket: min(mag_code(range) >> 2, ACT_BUCKETS - 1), the range of the near values or
+(wide modes) of all 16, or in a tile of version 2 one of ACTIVITIES (below); in the pattern mode, positions whose near neighbours hold exactly 2 values take
 instead the context of which of the 4 hold the smaller one (an edge's direction). The encoder weighs
 the modes on a sample of the pass and keeps the cheapest: median-like, near and pattern suit graphics,
 linear and wide suit noisy natural images. The coarsest lattice is one context of its own.
@@ -42,6 +42,16 @@ ones minus one, and the counts minus one of all but the last (Exp-Golomb, Encode
 its frequencies are 1 + count * (2**PRECISION - m) // n, the rest to the first most frequent, and a
 context with a single symbol codes nothing more. Then the context's symbols. The encoder picks, per
 context, whichever costs fewer bits. All integer: the same values on every CPU.
+
+Version 2 (ACTIVITY_VERSION, the tiles encoders write; version 1 tiles decode as before): every pass that is not
+the pattern mode sends, after its mode, which of ACTIVITIES measures its contexts' activity (uniform): the range as
+above, the range in half as many buckets, half the range plus twice the local mean error, or twice the local mean
+error alone, bucketed as mag_code(value) >> 3. The local mean error of a position (_Energy.mean) is the floor of
+the mean of |value - prediction| over the values coded in earlier passes (not the coarsest lattice) within
+ENERGY_RADIUS steps of the pass along each axis (0 where none): integers both sides know, a far steadier measure of
+the local noise of a CT or MR than the range of 4 or 16 values. The encoder weighs the measures as it weighs the
+modes, and fits a linear mode's weights also by least squares weighted by 1 / (1 + local mean error)^p, keeping
+the cheapest (the decoder only reads the weights).
 
 With a max error D > 0 every coded difference is quantized with step 2D + 1 as in edge_runtime.residual
 (q = sign(e) * floor((|e| + D) / (2D + 1)), value = clip(prediction + (2D + 1) * q, 0, top)), the coarsest
