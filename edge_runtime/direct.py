@@ -277,37 +277,41 @@ class _Energy:
     """Each coded value's error |value - prediction| (the coarsest lattice has none), and their local means:
     both sides know the errors of the passes already coded, so a pass may weigh its contexts by them."""
 
-    def __init__(self, rows: int, cols: int):
+    def __init__(self, rows: int, cols: int, top: int):
         self.rows, self.cols = rows, cols
-        self.error = np.zeros(rows * cols, np.int64)
-        self.windows = _windows((rows, cols))
+        self.error = np.zeros(rows * cols, np.int32 if top < 1 << 31 else np.int64)  # an error is at most top
+        self.counts = _window_counts((rows, cols))
 
     def add(self, at: np.ndarray, values: np.ndarray, pred: np.ndarray) -> None:
         self.error[at] = np.abs(values - pred)
 
-    def mean(self, i: int) -> np.ndarray:
-        """The mean error (floor) of the values coded before pass i of _geometry within ENERGY_RADIUS steps (of the
-        pass) of each of its positions; 0 where none."""
+    def mean(self, i: int, at: np.ndarray) -> np.ndarray:
+        """The mean error (floor) of the values coded before pass i of _geometry (positions `at`) within
+        ENERGY_RADIUS steps (of the pass) of each of its positions; 0 where none."""
         s = _pass_step(i)
-        g, n = self.windows[i]
-        return np.take(_box_sums(self.error.reshape(self.rows, self.cols)[::s, ::s]), g) // n
+        grid = self.error.reshape(self.rows, self.cols)[::s, ::s]
+        return np.take(_box_sums(grid), _grid_index(at, s, self.cols, grid.shape[1])) // self.counts[i]
+
+
+def _grid_index(at: np.ndarray, s: int, cols: int, grid_cols: int) -> np.ndarray:
+    """Positions `at` (flat, on the grid of step s) as flat indices into that grid (every s-th row's every s-th
+    value): every value coded before a pass of step s lies on it, as the pass's positions do."""
+    return (at // cols) // s * grid_cols + (at % cols) // s
 
 
 @shape_cache(maxsize=4)
-def _windows(shape: tuple) -> tuple:
-    """Per pass of _geometry(shape): its positions on the grid of its step s (flat indices into every s-th row's
-    every s-th value: every value coded before the pass lies on that grid, as its positions do) and how many
-    values coded before it (not the coarsest lattice) lie within ENERGY_RADIUS steps of each, at least 1."""
+def _window_counts(shape: tuple) -> tuple:
+    """Per pass of _geometry(shape): how many values coded before it (not the coarsest lattice) lie within
+    ENERGY_RADIUS steps of each of its positions, at least 1."""
     rows, cols = shape
     _lattice, passes = _geometry(shape)
-    index = np.int32 if rows * cols < 1 << 31 else np.int64
-    known = np.zeros(rows * cols, np.int64)
+    known = np.zeros(rows * cols, np.uint8)
     out = []
     for i, (at, _nb, _far) in enumerate(passes):
         s = _pass_step(i)
         grid = known.reshape(rows, cols)[::s, ::s]
-        g = ((at // cols) // s * grid.shape[1] + (at % cols) // s).astype(index)
-        out.append((g, np.maximum(np.take(_box_sums(grid), g), 1).astype(np.int32)))
+        n = np.take(_box_sums(grid), _grid_index(at, s, cols, grid.shape[1]))
+        out.append(np.maximum(n, 1).astype(np.uint8))  # at most (2 r + 1)^2
         known[at] = 1
     return tuple(out)
 
@@ -320,7 +324,10 @@ def _box_sums(v: np.ndarray) -> np.ndarray:
     np.cumsum(c, axis=0, out=c)
     np.cumsum(c, axis=1, out=c)
     w = 2 * r + 1
-    return (c[w:, w:] - c[:-w, w:] - c[w:, :-w] + c[:-w, :-w]).ravel()
+    out = c[w:, w:] - c[:-w, w:]  # one temporary of the plane's size: the CR's passes peak here otherwise
+    out -= c[w:, :-w]
+    out += c[:-w, :-w]
+    return out.ravel()
 
 
 def _distinct_values(nb: np.ndarray) -> tuple:
@@ -738,12 +745,12 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
     rec = flat.copy() if step > 1 else flat  # what the decoder rebuilds: the predictions' source
     if step > 1:
         rec[lattice] = np.minimum(q * step, top)
-    errors = _Energy(*u.shape) if version >= ACTIVITY_VERSION else None
+    errors = _Energy(*u.shape, top) if version >= ACTIVITY_VERSION else None
     for i, (at, neighbours, far) in enumerate(passes):
         if at.size:
+            energy = errors.mean(i, at) if errors is not None else None  # before the gathers: a lower peak
             nb, fv, pattern = _gather(rec, neighbours, far)
             y = np.take(flat, at)
-            energy = errors.mean(i) if errors is not None else None
             mode, weights = _choose_mode(y, nb, fv, pattern, step, top, energy)
             kind, wide, patterned = MODES[mode]
             enc.encode_uniform([mode], len(MODES))
@@ -777,7 +784,7 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
         lat = np.minimum(lat * step, top)
     _check(lat, top)
     u[lattice] = lat
-    errors = _Energy(int(rows), int(cols)) if version >= ACTIVITY_VERSION else None
+    errors = _Energy(int(rows), int(cols), top) if version >= ACTIVITY_VERSION else None
     for i, (at, neighbours, far) in enumerate(passes):
         if at.size:
             mode, weights = int(dec.decode_uniform(1, len(MODES))[0]), None
@@ -785,7 +792,7 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
             activity, energy = 0, None
             if errors is not None and not patterned:
                 activity = int(dec.decode_uniform(1, len(ACTIVITIES))[0])
-                energy = errors.mean(i) if ACTIVITIES[activity][1] else None
+                energy = errors.mean(i, at) if ACTIVITIES[activity][1] else None
             if kind:
                 weights = _decode_weights(dec, kind)
             nb, fv, pattern = _gather(u, neighbours, far if kind or wide else None, kind == 2)

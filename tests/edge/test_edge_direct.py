@@ -107,12 +107,12 @@ def test_weighted_least_squares_weigh_each_value():
 def test_local_mean_errors_match_their_definition(shape):
     rng = np.random.default_rng(sum(shape))
     rows, cols = shape
-    energy = direct._Energy(rows, cols)
+    energy = direct._Energy(rows, cols, 50)
     known = np.zeros(shape, bool)  # the values coded so far, but the coarsest lattice's (coded without errors)
     _lattice, passes = direct._geometry(shape)
     for i, (at, _nb, _far) in enumerate(passes):
         s, rad = direct._pass_step(i), direct.ENERGY_RADIUS
-        got = energy.mean(i)
+        got = energy.mean(i, at)
         err = energy.error.reshape(shape)
         for p, g in zip(at.tolist(), got.tolist()):
             r, c = divmod(p, cols)
