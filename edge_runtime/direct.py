@@ -43,15 +43,19 @@ its frequencies are 1 + count * (2**PRECISION - m) // n, the rest to the first m
 context with a single symbol codes nothing more. Then the context's symbols. The encoder picks, per
 context, whichever costs fewer bits. All integer: the same values on every CPU.
 
-Version 2 (ACTIVITY_VERSION, the tiles encoders write; version 1 tiles decode as before): every pass that is not
-the pattern mode sends, after its mode, which of ACTIVITIES measures its contexts' activity (uniform): the range as
+Version 2 (ACTIVITY_VERSION, the tiles encoders write; version 1 tiles decode as before): every pass sends, after
+its mode, which of ACTIVITIES measures its contexts' activity (uniform): the range as
 above, the range in half as many buckets, half the range plus twice the local mean error, or twice the local mean
 error alone, bucketed as mag_code(value) >> 3. The local mean error of a position (_Energy.mean) is the floor of
 the mean of |value - prediction| over the values coded in earlier passes (not the coarsest lattice) within
 ENERGY_RADIUS steps of the pass along each axis (0 where none): integers both sides know, a far steadier measure of
 the local noise of a CT or MR than the range of 4 or 16 values. The encoder weighs the measures as it weighs the
 modes, and fits a linear mode's weights also by least squares weighted by 1 / (1 + local mean error)^p, keeping
-the cheapest (the decoder only reads the weights).
+the cheapest (the decoder only reads the weights). A linear pass then sends a uniform bit: split or not. A split
+pass sends a threshold (Exp-Golomb) and a second set of weights before its weights: positions whose local mean
+error exceeds the threshold are predicted with the second set (the encoder tries the median of the pass's mean
+errors, in passes of SPLIT_MIN positions or more). The pattern mode takes the activity measure too, at its
+positions whose near values hold other than 2 distinct values.
 
 With a max error D > 0 every coded difference is quantized with step 2D + 1 as in edge_runtime.residual
 (q = sign(e) * floor((|e| + D) / (2D + 1)), value = clip(prediction + (2D + 1) * q, 0, top)), the coarsest
@@ -210,16 +214,17 @@ LINEAR_TERMS = (0, 6, 16)
 
 
 def _predict(nb: np.ndarray, fv: np.ndarray, weights, top: int, wide: bool, pattern: np.ndarray | None = None,
-             kind: int = 0, activity: int = 0, energy: np.ndarray | None = None) -> tuple:
+             kind: int = 0, activity: int = 0, energy: np.ndarray | None = None, split=None) -> tuple:
     """(prediction, context, distinct near values (4, n), how many) from the sorted near values `nb` and the far
     ones `fv`; row k of the distinct values is the k-th smallest (rows past the count repeat the last).
     `weights`: those of linear prediction `kind` (sum of weight * term, rounded at WEIGHT_SHIFT), clipped to
     0..top; None: the median-like one. `wide`: the context's range is that of all 16 values, else of
     the near ones. `pattern` (graphics): positions whose near neighbours hold 2 values take the context of which
-    of them hold the smaller one instead of a range. `activity`, `energy`: _context's."""
+    of them hold the smaller one instead of a range. `activity`, `energy`: _context's; `split`: _split_prediction's."""
     values, distinct = _distinct_values(nb)
-    return (_prediction(nb, fv, weights, top, kind), _context(nb, fv, distinct, wide, pattern, activity, energy),
-            values, distinct)
+    pred = _prediction(nb, fv, weights, top, kind) if split is None else _split_prediction(nb, fv, weights, split,
+                                                                                           energy, top, kind)
+    return pred, _context(nb, fv, distinct, wide, pattern, activity, energy), values, distinct
 
 
 def _prediction(nb: np.ndarray, fv: np.ndarray, weights, top: int, kind: int) -> np.ndarray:
@@ -236,10 +241,14 @@ def _context(nb: np.ndarray, fv: np.ndarray, distinct: np.ndarray, wide: bool,
              pattern: np.ndarray | None, activity: int = 0, energy: np.ndarray | None = None) -> np.ndarray:
     """_predict's context; `activity` (ACTIVITIES) and the local mean error `energy` (_Energy.mean) pick its
     activity measure (0: the range alone)."""
-    context = _activity_context(_span(nb, fv, wide), distinct, activity, energy)
-    if pattern is not None:  # 14 patterns (not none, not all), after the other contexts
-        context = np.where(distinct == 2, NUM_CONTEXTS - 1 + pattern, context)
-    return context
+    return _with_patterns(_activity_context(_span(nb, fv, wide), distinct, activity, energy), distinct, pattern)
+
+
+def _with_patterns(context: np.ndarray, distinct: np.ndarray, pattern: np.ndarray | None) -> np.ndarray:
+    """`context` where the near values hold other than 2 distinct values, else (with `pattern`) the pattern's."""
+    if pattern is None:
+        return context
+    return np.where(distinct == 2, NUM_CONTEXTS - 1 + pattern, context)  # 14 patterns, after the other contexts
 
 
 def _span(nb: np.ndarray, fv: np.ndarray, wide: bool) -> np.ndarray:
@@ -261,7 +270,7 @@ local mean error (_Energy.mean): the range alone (version 1's), the same in half
 plus twice the mean error, twice the mean error alone. Noise-dominated images (CT, MR) know their local noise
 level better from the errors of the passes already coded around a value than from 4 or 16 values."""
 ACTIVITY_VERSION = 2
-"""Version of a tile whose non-pattern passes send their activity measure (ACTIVITIES); version 1: the range."""
+"""Version of a tile whose passes send their activity measure (ACTIVITIES) and split weights; version 1: neither."""
 ENERGY_RADIUS = 3
 """The local mean error averages the errors of the coded values within this many steps (of the pass) each way."""
 
@@ -410,30 +419,33 @@ ACT_SAMPLE_MIN = 1 << 15
 
 
 def _predict_mode(mode: int, weights, nb: np.ndarray, fv: np.ndarray, pattern: np.ndarray, top: int,
-                  activity: int = 0, energy: np.ndarray | None = None) -> tuple:
-    """_predict as pass mode `mode` (MODES) and `activity` define it."""
+                  activity: int = 0, energy: np.ndarray | None = None, split=None) -> tuple:
+    """_predict as pass mode `mode` (MODES), `activity` and `split` define it."""
     kind, wide, patterned = MODES[mode]
-    return _predict(nb, fv, weights, top, wide, pattern if patterned else None, kind, activity, energy)
+    return _predict(nb, fv, weights, top, wide, pattern if patterned else None, kind, activity, energy, split)
 
 
 def _choose_activity(sym: np.ndarray, ranked: np.ndarray, distinct: np.ndarray, nb: np.ndarray, fv: np.ndarray,
-                     wide: bool, energy: np.ndarray) -> int:
+                     wide: bool, pattern: np.ndarray | None, energy: np.ndarray) -> int:
     """The activity measure (ACTIVITIES) coding a pass's symbols (_ranked's plain and neighbour-rank ones) in the
     fewest bits (estimated as _choose_mode estimates the modes', on every _CHOICE_SAMPLE-th position of passes
-    over ACT_SAMPLE_MIN positions)."""
+    over ACT_SAMPLE_MIN positions); `pattern`: the pattern mode's (its other positions take the measure)."""
     sub = slice(None, None, _CHOICE_SAMPLE) if sym.size > ACT_SAMPLE_MIN else slice(None)
     sym, ranked, distinct, nb, fv, energy = sym[sub], ranked[sub], distinct[sub], nb[:, sub], fv[:, sub], energy[sub]
+    pattern = pattern[sub] if pattern is not None else None
     span = _span(nb, fv, wide)
-    costs = [_pass_bits(sym, ranked, _activity_context(span, distinct, a, energy)) for a in range(len(ACTIVITIES))]
+    costs = [_pass_bits(sym, ranked, _with_patterns(_activity_context(span, distinct, a, energy), distinct, pattern))
+             for a in range(len(ACTIVITIES))]
     return int(np.argmin(costs))
 
 
 def _choose_mode(y, nb, fv, pattern, step: int, top: int, energy: np.ndarray | None = None) -> tuple:
-    """(mode, weights) of the pass coding values y in the fewest bits, weighed on a sample of its positions. With
-    the local mean errors `energy` (_Energy.mean), a linear mode's weights are also fitted (on the sample) by least
-    squares weighted by 1 / (1 + energy)^p (FIT_WEIGHTINGS), and the cheapest weights kept: values amid noise,
+    """(mode, weights, split) of the pass coding values y in the fewest bits, weighed on a sample of its positions.
+    With the local mean errors `energy` (_Energy.mean), a linear mode's weights are also fitted (on the sample) by
+    least squares weighted by 1 / (1 + energy)^p (FIT_WEIGHTINGS), and the cheapest weights kept: values amid noise,
     whose errors are large whatever the weights, then pull the fit less than those where a good prediction saves
-    bits."""
+    bits. In passes of SPLIT_MIN positions or more, two sets fitted so on the positions whose mean error is at most
+    the pass's median and on the others are weighed too: split = (that median, the others' weights), else None."""
     sub = slice(None, None, _CHOICE_SAMPLE) if y.size > 64 * _CHOICE_SAMPLE else slice(None)
     y, nb, fv, pattern = y[sub], nb[:, sub], fv[:, sub], pattern[sub]
     fitted = _fit_all(y, nb, fv)
@@ -453,14 +465,51 @@ def _choose_mode(y, nb, fv, pattern, step: int, top: int, energy: np.ndarray | N
         if best is None or cost < best[0]:
             best = (cost, mode, w)
     kind, wide, patterned = MODES[best[1]]
-    if energy is not None and kind:
-        weighted = _fit_all(y, nb, fv, tuple(1.0 / (1.0 + energy[sub]) ** p for p in FIT_WEIGHTINGS))[1:]
-        for w in {f[kind] for f in weighted if f[kind] is not None} - {best[2]}:
-            sym = _ranked(y, _prediction(nb, fv, w, top, kind), values, distinct, step, top, hits)[:2]
-            cost = _pass_bits(*sym, contexts[wide, patterned])
-            if cost < best[0]:
-                best = (cost, best[1], w)
-    return best[1], best[2]
+    if energy is None or not kind:
+        return best[1], best[2], None
+    e = energy[sub]
+    weighted = _fit_all(y, nb, fv, tuple(1.0 / (1.0 + e) ** p for p in FIT_WEIGHTINGS))[1:]
+    for w in {f[kind] for f in weighted if f[kind] is not None} - {best[2]}:
+        sym = _ranked(y, _prediction(nb, fv, w, top, kind), values, distinct, step, top, hits)[:2]
+        cost = _pass_bits(*sym, contexts[wide, patterned])
+        if cost < best[0]:
+            best = (cost, best[1], w)
+    split = None
+    if energy.size >= SPLIT_MIN:  # two sets of weights, for the quieter and the noisier half of the pass
+        threshold = int(np.partition(energy, energy.size // 2)[energy.size // 2])
+        high = e > threshold
+        if min(int(high.sum()), int((~high).sum())) >= 64:
+            fits = [_fit_all(y[part], nb[:, part], fv[:, part], (1.0 / (1.0 + e[part]),))[1][kind]
+                    for part in (~high, high)]
+            if None not in fits:
+                trial = (threshold, fits[1])
+                pred = _split_prediction(nb, fv, fits[0], trial, e, top, kind)
+                cost = (_pass_bits(*_ranked(y, pred, values, distinct, step, top, hits)[:2], contexts[wide, patterned])
+                        + _weight_bits(fits[1]) + float(natural_bits(np.array([threshold])).sum()))
+                if cost < best[0]:
+                    best, split = (cost, best[1], fits[0]), trial
+    return best[1], best[2], split
+
+
+SPLIT_MIN = 1 << 15
+"""The encoder weighs two sets of weights (ACTIVITY_VERSION's split) for linear passes of at least this size."""
+
+
+def _weight_bits(weights) -> float:
+    """Bits of a linear pass's weights as sent (zigzag, Exp-Golomb)."""
+    return float(natural_bits(_zigzag(np.asarray(weights))).sum())
+
+
+def _split_prediction(nb: np.ndarray, fv: np.ndarray, weights, split, energy: np.ndarray, top: int,
+                      kind: int) -> np.ndarray:
+    """Linear prediction `kind` with `weights`, and in a split pass (split = (threshold, weights)) with the second
+    weights where the local mean error `energy` exceeds the threshold."""
+    pred = _prediction(nb, fv, weights, top, kind)
+    if split is not None:
+        high = np.flatnonzero(energy > split[0])
+        if high.size:
+            pred[high] = _prediction(nb[:, high], fv[:, high], split[1], top, kind)
+    return pred
 
 
 def _pass_bits(sym: np.ndarray, ranked: np.ndarray, context: np.ndarray) -> float:
@@ -751,15 +800,21 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
             energy = errors.mean(i, at) if errors is not None else None  # before the gathers: a lower peak
             nb, fv, pattern = _gather(rec, neighbours, far)
             y = np.take(flat, at)
-            mode, weights = _choose_mode(y, nb, fv, pattern, step, top, energy)
+            mode, weights, split = _choose_mode(y, nb, fv, pattern, step, top, energy)
             kind, wide, patterned = MODES[mode]
             enc.encode_uniform([mode], len(MODES))
-            pred, context, values, distinct = _predict_mode(mode, weights, nb, fv, pattern, top)
+            pred, context, values, distinct = _predict_mode(mode, weights, nb, fv, pattern, top, 0, energy, split)
             sym, ranked, plain, ranked_value = _ranked(y, pred, values, distinct, step, top)
-            if errors is not None and not patterned:
-                activity = _choose_activity(sym, ranked, distinct, nb, fv, wide, energy)
+            if errors is not None:
+                patterns = pattern if patterned else None
+                activity = _choose_activity(sym, ranked, distinct, nb, fv, wide, patterns, energy)
                 enc.encode_uniform([activity], len(ACTIVITIES))
-                context = _context(nb, fv, distinct, wide, None, activity, energy)
+                context = _context(nb, fv, distinct, wide, patterns, activity, energy)
+            if errors is not None and kind:
+                enc.encode_uniform([int(split is not None)], 2)
+                if split is not None:
+                    enc.encode_naturals([split[0]])
+                    enc.encode_naturals(_zigzag(split[1]))
             if weights is not None:
                 enc.encode_naturals(_zigzag(weights))
             as_rank = _encode_pass(enc, sym, context, ranked)
@@ -790,13 +845,18 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
             mode, weights = int(dec.decode_uniform(1, len(MODES))[0]), None
             kind, wide, patterned = MODES[mode]
             activity, energy = 0, None
-            if errors is not None and not patterned:
+            split = None
+            if errors is not None:
                 activity = int(dec.decode_uniform(1, len(ACTIVITIES))[0])
-                energy = errors.mean(i, at) if ACTIVITIES[activity][1] else None
+                if kind and dec.decode_uniform(1, 2)[0]:
+                    split = (int(dec.decode_naturals(1)[0]), _decode_weights(dec, kind))
+                if ACTIVITIES[activity][1] or split is not None:
+                    energy = errors.mean(i, at)
             if kind:
                 weights = _decode_weights(dec, kind)
             nb, fv, pattern = _gather(u, neighbours, far if kind or wide else None, kind == 2)
-            pred, context, values, distinct = _predict_mode(mode, weights, nb, fv, pattern, top, activity, energy)
+            pred, context, values, distinct = _predict_mode(mode, weights, nb, fv, pattern, top, activity, energy,
+                                                            split)
             vals = _decode_pass(dec, context, (pred, values, distinct, step, top))
             _check(vals, top)
             u[at] = vals

@@ -17,6 +17,7 @@ from _golden import GOLDEN, digest, shipped_spec
 
 SPEC_PATH = GOLDEN / "direct_streams.json"
 ACTIVITY_SPEC_PATH = GOLDEN / "direct_activity_streams.json"
+SPLIT_NAME = "ct693_256_lossless_direct2.kcd"
 NAME = "dfl_crop_lossless_direct.kcd"
 CROP = (100, 60)  # (row, col) of the 96x96 crop of pydicom's image_dfl.dcm
 NEAR_NAME = "ct693_crop_d2_direct.kcd"
@@ -53,7 +54,7 @@ def test_every_prediction_mode_round_trips(exact_coder, monkeypatch):
     sizes = []
     for mode in range(len(direct.MODES)):  # the encoder forced to each mode in every pass
         monkeypatch.setattr(direct, "_choose_mode", lambda y, nb, fv, pattern, step, top, energy=None, m=mode: (
-            m, direct._fit_weights(y, nb, fv, direct.MODES[m][0]) if direct.MODES[m][0] else None))
+            m, direct._fit_weights(y, nb, fv, direct.MODES[m][0]) if direct.MODES[m][0] else None, None))
         for d in (0, 2):
             data = direct.encode(u, coder.residual.tables, d, int(u.max()))
             y = direct.decode(data, *u.shape, int(u.max()), coder.residual.tables, d)
@@ -87,6 +88,31 @@ def test_every_activity_measure_round_trips_and_version_1_streams_still_decode(e
         assert np.abs(direct.decode(data, *u.shape, top, tables, d, version=1) - u).max() <= d
     assert direct.encode(u, tables, 0, top, version=1) == v1[0]
     assert PlaneCoder.DIRECT_ACTIVITY not in BASE_QUALITIES and PlaneCoder.DIRECT_ACTIVITY & 0xE0 == 0
+
+
+def test_split_passes_round_trip(exact_coder, monkeypatch):
+    _, coder = exact_coder
+    tables = coder.residual.tables
+    rng = np.random.default_rng(8)
+    r, c = np.mgrid[0:80, 0:96]
+    u = np.clip(np.round(300 + 80 * np.sin(r / 6) * np.cos(c / 7) + rng.normal(0, 1, r.shape) * np.where(
+        c < 48, 1, 25)), 0, None).astype(np.int64)
+    top = int(u.max())
+    real = direct._choose_mode
+
+    def split_always(y, nb, fv, pattern, step, top, energy=None):  # every linear pass split at its median error
+        mode, weights, split = real(y, nb, fv, pattern, step, top, energy)
+        kind = direct.MODES[mode][0]
+        if kind and split is None and energy is not None:
+            split = (int(np.median(energy)), tuple(-w for w in weights))  # other weights: what the decoder must use
+        return mode, weights, split
+
+    monkeypatch.setattr(direct, "_choose_mode", split_always)
+    forced = {d: direct.encode(u, tables, d, top) for d in (0, 2)}
+    for d, data in forced.items():
+        assert np.abs(direct.decode(data, *u.shape, top, tables, d) - u).max() <= d
+    monkeypatch.setattr(direct, "_choose_mode", real)
+    assert len(direct.encode(u, tables, 0, top)) < len(forced[0])  # the negated weights only cost bits
 
 
 def test_weighted_least_squares_weigh_each_value():
@@ -327,7 +353,8 @@ SOURCES = {NAME: ("image_dfl.dcm", CROP, 0),  # (pydicom test file, crop, max er
            NEAR_NAME: ("693_UNCR.dcm", NEAR_CROP, 2)}
 ACTIVITY_SOURCES = {"dfl_crop_lossless_direct2.kcd": ("image_dfl.dcm", CROP, 0),  # version 2 (PlaneCoder.DIRECT_ACTIVITY)
                     "ct693_crop_d2_direct2.kcd": ("693_UNCR.dcm", NEAR_CROP, 2),
-                    "ct693_body_lossless_direct2.kcd": ("693_UNCR.dcm", (300, 200), 0)}
+                    "ct693_body_lossless_direct2.kcd": ("693_UNCR.dcm", (300, 200), 0),
+                    SPLIT_NAME: ("693_UNCR.dcm", (200, 100), 0, 256)}  # 256x256: a pass split in two (SPLIT_MIN)
 
 
 def _source(name: str) -> Image:
@@ -335,9 +362,10 @@ def _source(name: str) -> Image:
 
     from data.readers import read_image
 
-    filename, (r, c), _d = {**SOURCES, **ACTIVITY_SOURCES}[name]
+    filename, (r, c), _d, *size = {**SOURCES, **ACTIVITY_SOURCES}[name]
+    side = size[0] if size else 96
     image = read_image(get_testdata_file(filename))
-    return Image(pixels=np.ascontiguousarray(image.pixels[:1, r:r + 96, c:c + 96]), bits_stored=image.bits_stored,
+    return Image(pixels=np.ascontiguousarray(image.pixels[:1, r:r + side, c:c + side]), bits_stored=image.bits_stored,
                  signed=image.signed, modality=image.modality)
 
 
@@ -346,11 +374,12 @@ def _write_golden(sources: dict, spec_path) -> None:
 
     bundle, coder = load_codec(None)
     spec = {"model_id": bundle.model_id.hex(), "streams": {}}
-    for name, (filename, crop, d) in sources.items():
+    for name, (filename, crop, d, *size) in sources.items():
         data = encode_image(_source(name), coder=coder, model_id=bundle.model_id, quality=None, max_error=d)
         (GOLDEN / name).write_bytes(data)
         out, _ = decode_image(data, coder=coder)
-        spec["streams"][name] = {"source": f"{filename} (pydicom / pydicom-data), 96x96 crop at {crop}",
+        side = size[0] if size else 96
+        spec["streams"][name] = {"source": f"{filename} (pydicom / pydicom-data), {side}x{side} crop at {crop}",
                                  "max_error": d, "shape": list(out.pixels.shape), "dtype": out.pixels.dtype.name,
                                  "sha256": digest(out.pixels), "bytes": len(data)}
     spec_path.write_text(json.dumps(spec, indent=1) + "\n")
@@ -398,5 +427,9 @@ def test_golden_direct_stream_decodes_to_the_recorded_pixels(shipped, name):
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVITY_SOURCES))
-def test_golden_direct_activity_stream_decodes_to_the_recorded_pixels(shipped_activity, name):
+def test_golden_direct_activity_stream_decodes_to_the_recorded_pixels(shipped_activity, name, monkeypatch):
+    splits = []
+    real = direct._split_prediction
+    monkeypatch.setattr(direct, "_split_prediction", lambda *a: splits.append(a[3]) or real(*a))
     _check_golden(shipped_activity, ACTIVITY_SOURCES, name, PlaneCoder.DIRECT_ACTIVITY)
+    assert bool(splits) == (name == SPLIT_NAME)  # the 256x256 crop exercises a split pass
