@@ -415,7 +415,7 @@ def _check_file(data, codec, tmpdir, strict):
             p.unlink()
     src.write_bytes(data)
     try:
-        decode_file(src, dst, bundle=codec)
+        decode_file(src, dst, bundle=codec, jobs=1)  # in this process: a fuzz worker is daemonic, it may not start a pool
         return "ok", "decoded to DICOM"
     except bs.InvalidBitstreamError as exc:
         return "rejected", _first_words(exc)

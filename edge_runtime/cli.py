@@ -94,9 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--target-bpp", type=float, default=None, metavar="B",
                      help="the highest quality within B bits per sample (beyond the finest level: an error bound)")
     enc.add_argument("--fast", action="store_true",
-                     help="with --max-error (or a target beyond the finest quality): code every tile without a wavelet "
-                          "base, no base-quality search (tiles up to 2^19 pixels have none anyway); about twice as "
-                          "fast on large radiographs, a few %% larger there")
+                     help="with --max-error (or a target beyond the finest quality): code every tile of up to 2048x2048 "
+                          "pixels without a wavelet base, no base-quality search (tiles up to 2^19 pixels have none "
+                          "anyway); about twice as fast on large radiographs, a few %% larger there")
     enc.add_argument("--series", action="store_true",
                      help="IN is a folder of single-slice DICOM files of one series: code them as one stream "
                           "(slices ordered by position; edge_runtime.series); with an output folder, each "

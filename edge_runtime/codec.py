@@ -348,13 +348,16 @@ class PlaneCoder:
         a base (edge_runtime.direct: quality byte 0). The shortest is kept.
         The base quality is `quality`, or with None the one search_base_quality finds (none for tiles of at most
         BASE_MIN_PIXELS pixels); quality 0 codes the tile without a base only (the fast encode: no base-quality
-        search, no base).
+        search, no base). Tiles of more than direct.MAX_PIXELS pixels always have a base (quality 0 then searches it).
         """
         if quality == 0 and not self.direct:
             raise ValueError("base quality 0 codes tiles without a base, which this coder does not")
+        direct_ok = self.direct and np.size(x) <= direct.MAX_PIXELS
         if not np.size(x):
             quality = None  # nothing to code: the base path's empty tile
-        elif quality is None and self.direct and np.size(x) <= self.BASE_MIN_PIXELS:
+        elif quality == 0 and not direct_ok:
+            quality = None
+        elif quality is None and direct_ok and np.size(x) <= self.BASE_MIN_PIXELS:
             quality = 0
         x = np.asarray(x, np.int64)
         g = max(int(np.gcd.reduce((x - lo).ravel())), 1) if x.size else 1
@@ -371,7 +374,7 @@ class PlaneCoder:
                 table = struct.pack("<I", len(values)) + values.astype("<i4").tobytes()
                 candidates.append((0, index.reshape(x.shape), len(values) - 1, 0, table, lossless))
         best = None
-        if x.size and self.direct:  # without a base: the plane's own bound, and the last lossless candidate
+        if x.size and direct_ok:  # without a base: the plane's own bound, and the last lossless candidate
             for div, v, top, d, table, fl in candidates[:1] + candidates[1:][-1:]:
                 body = direct.encode(v, self._residual_model().tables, d, top)
                 if best is None or 9 + len(table) + len(body) < len(best[0]):
@@ -481,6 +484,9 @@ class PlaneCoder:
             if n != 0:
                 raise ValueError(f"error-bounded tile header (no base, base length {n}) is inconsistent")
             version = direct.ACTIVITY_VERSION if q == self.DIRECT_ACTIVITY else 1
+            if version > 1 and rows * cols > direct.MAX_PIXELS:
+                raise ValueError(f"error-bounded tile header is inconsistent: a {rows}x{cols} tile without a base "
+                                 f"(direct tiles have at most {direct.MAX_PIXELS} pixels)")
             u = direct.decode(data[off:], rows, cols, top, model.tables, d, version)
             return values[u] if values is not None else lo + g * u
         if q not in BASE_QUALITIES or n > len(data) - off:

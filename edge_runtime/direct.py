@@ -76,6 +76,10 @@ from edge_runtime.threads import shape_cache
 __all__ = ["STRIDE", "decode", "encode"]
 
 STRIDE = 32
+MAX_PIXELS = 1 << 22
+"""The largest tile the encoder codes without a base (2048x2048), and of version 2 a decoder accepts: a pass holds
+its neighbours' positions and values at once, about 100 bytes a pixel for the largest (the tiles of version 1 keep
+no such limit: streams from before it stay decodable)."""
 ACT_BUCKETS = 32
 NUM_CONTEXTS = 1 + 2 * ACT_BUCKETS
 """Contexts of a pass without the pattern ones (which follow); the coarsest lattice has one context, 0."""

@@ -321,6 +321,27 @@ def test_small_tiles_have_no_base_by_default(exact_coder, monkeypatch):
     assert np.array_equal(coder.decode_bounded(tile, *x.shape, lo, hi, 0), x)
 
 
+def test_tiles_over_the_direct_limit_have_a_base_and_are_refused_without(exact_coder, monkeypatch):
+    _, coder = exact_coder
+    x = _graphics(48, 40, seed=4)
+    small = coder.encode_bounded(x, 0, 255, 0)
+    assert small[0] & 0x1F == PlaneCoder.DIRECT_ACTIVITY
+    real = direct.encode
+    with monkeypatch.context() as m:  # a version 1 tile, as encoders wrote them before version 2
+        m.setattr(PlaneCoder, "DIRECT_ACTIVITY", 0)
+        m.setattr(direct, "encode", lambda *a: real(*a, version=1))
+        v1 = coder.encode_bounded(x, 0, 255, 0)
+    assert v1[0] & 0x1F == 0
+    monkeypatch.setattr(direct, "MAX_PIXELS", x.size - 1)  # the tile is now one pixel over the limit
+    monkeypatch.setattr(direct, "encode", lambda *a, **k: pytest.fail("a tile over the limit was coded without a base"))
+    for quality in (None, 0):  # the fast encode too: it searches a base instead
+        tile = coder.encode_bounded(x, 0, 255, 0, quality=quality)
+        assert not PlaneCoder.without_base(tile) and np.array_equal(coder.decode_bounded(tile, 48, 40, 0, 255, 0), x)
+    with pytest.raises(ValueError, match="inconsistent.*at most"):  # a version 2 tile of that size: refused
+        coder.decode_bounded(small, 48, 40, 0, 255, 0)
+    assert np.array_equal(coder.decode_bounded(v1, 48, 40, 0, 255, 0), x)  # version 1 tiles keep no limit
+
+
 def test_inconsistent_or_corrupt_direct_tiles_are_refused(exact_coder):
     _, coder = exact_coder
     x = _graphics(48, 40, seed=3)
