@@ -785,7 +785,8 @@ def _pass_step(i: int) -> int:
 def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | None = None,
            version: int = ACTIVITY_VERSION) -> bytes:
     """Range-coded words of integer tile u (values in 0..top), every value within `max_error` of u once decoded;
-    `tables`: the residual model's. `version` 1 codes every context's activity as its range (ACTIVITIES[0])."""
+    `tables`: the residual model's. `version` 1 (the tiles written before ACTIVITY_VERSION) codes every context's
+    activity as its range (ACTIVITIES[0]) and splits no pass."""
     u = np.asarray(u, np.int64)
     top = int(u.max(initial=0)) if top is None else int(top)
     step = 2 * int(max_error) + 1
