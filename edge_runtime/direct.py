@@ -617,7 +617,7 @@ def _table_spreads(tables: EntropyTables) -> np.ndarray:
                      for f, t in zip(tables.freqs, tables.tails.tolist())])
 
 
-_TABLE_SEARCH = 3
+_TABLE_SEARCH = 2
 """The encoder weighs the model tables within this many of the one whose mean |symbol| is nearest."""
 
 
