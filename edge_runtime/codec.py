@@ -280,8 +280,8 @@ class PlaneCoder:
 
     @classmethod
     def without_base(cls, stream: bytes) -> bool:
-        """Whether an error-bounded tile stream (from `encode_bounded`) is coded without a base (base quality 0,
-        edge_runtime.direct)."""
+        """Whether an error-bounded tile stream (from `encode_bounded`) is coded without a base (base quality 0 or
+        DIRECT_ACTIVITY, edge_runtime.direct)."""
         return len(stream) > 0 and stream[0] & ~(cls.ADAPTIVE | cls.SHAPES | cls.LOSSLESS) in (0, cls.DIRECT_ACTIVITY)
 
     def tile_transform(self, stream: bytes, bounded: bool) -> str | None:
@@ -345,7 +345,7 @@ class PlaneCoder:
         stored in 16 bits, palettes: g = 256 or 257), with the bound D // g. Lossless tiles
         that use at most half of the values in their range (graphics, test patterns) are
         also coded as indices into a table of the values present. Tiles are also coded without
-        a base (edge_runtime.direct: quality byte 0). The shortest is kept.
+        a base (edge_runtime.direct: quality byte DIRECT_ACTIVITY). The shortest is kept.
         The base quality is `quality`, or with None the one search_base_quality finds (none for tiles of at most
         BASE_MIN_PIXELS pixels); quality 0 codes the tile without a base only (the fast encode: no base-quality
         search, no base). Tiles of more than direct.MAX_PIXELS pixels always have a base (quality 0 then searches it).

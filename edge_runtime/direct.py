@@ -301,15 +301,15 @@ class _Energy:
     def mean(self, i: int, at: np.ndarray) -> np.ndarray:
         """The mean error (floor) of the values coded before pass i of _geometry (positions `at`) within
         ENERGY_RADIUS steps (of the pass) of each of its positions; 0 where none."""
-        s = _pass_step(i)
-        grid = self.error.reshape(self.rows, self.cols)[::s, ::s]
-        return np.take(_box_sums(grid), _grid_index(at, s, self.cols, grid.shape[1])) // self.counts[i]
+        return _window_sums(self.error, (self.rows, self.cols), at, _pass_step(i)) // self.counts[i]
 
 
-def _grid_index(at: np.ndarray, s: int, cols: int, grid_cols: int) -> np.ndarray:
-    """Positions `at` (flat, on the grid of step s) as flat indices into that grid (every s-th row's every s-th
-    value): every value coded before a pass of step s lies on it, as the pass's positions do."""
-    return (at // cols) // s * grid_cols + (at % cols) // s
+def _window_sums(v: np.ndarray, shape: tuple, at: np.ndarray, s: int) -> np.ndarray:
+    """At each of positions `at` (flat, on the grid of step s: every value coded before a pass of step s lies on
+    it, as the pass's positions do), the sum of the flat plane `v` over the grid within ENERGY_RADIUS steps."""
+    rows, cols = shape
+    grid = v.reshape(rows, cols)[::s, ::s]
+    return np.take(_box_sums(grid), (at // cols) // s * grid.shape[1] + (at % cols) // s)
 
 
 @shape_cache(maxsize=4)
@@ -321,9 +321,7 @@ def _window_counts(shape: tuple) -> tuple:
     known = np.zeros(rows * cols, np.uint8)
     out = []
     for i, (at, _nb, _far) in enumerate(passes):
-        s = _pass_step(i)
-        grid = known.reshape(rows, cols)[::s, ::s]
-        n = np.take(_box_sums(grid), _grid_index(at, s, cols, grid.shape[1]))
+        n = _window_sums(known, shape, at, _pass_step(i))
         out.append(np.maximum(n, 1).astype(np.uint8))  # at most (2 r + 1)^2
         known[at] = 1
     return tuple(out)
@@ -373,13 +371,18 @@ _FIT_CHUNK = 1 << 16
 """Positions per block of the least-squares sums (8 MB of float64 terms)."""
 
 
-def _fit_all(y: np.ndarray, nb: np.ndarray, fv: np.ndarray, sample_weights: tuple = ()) -> list:
+def _fit_all(y: np.ndarray, nb: np.ndarray, fv: np.ndarray) -> list:
     """[None, weights of kind 1, weights of kind 2] (see _fit_weights; None where the fit fails): least squares
     from the normal equations of kind 2's terms, kind 1's derived from them (the encoder's choice: the weights are
-    sent). The terms are integers, so their products and sums are exact in float64 up to 2**53. With
-    `sample_weights` (arrays of a weight per value): a list of such lists, the unweighted fit's, then one per weighting."""
+    sent). The terms are integers, so their products and sums are exact in float64 up to 2**53."""
+    return _fits(y, nb, fv, (None,))[0]
+
+
+def _fits(y: np.ndarray, nb: np.ndarray, fv: np.ndarray, weightings: tuple) -> list:
+    """_fit_all's list for each of `weightings`: None (plain least squares) or an array of a weight per value
+    (weighted least squares), the terms gathered once for all."""
     terms = LINEAR_TERMS[2]
-    grams = [(np.zeros((terms, terms)), np.zeros(terms)) for _ in range(1 + len(sample_weights))]
+    grams = [(np.zeros((terms, terms)), np.zeros(terms)) for _ in weightings]
     X = np.empty((terms, min(y.size, _FIT_CHUNK)))
     for a in range(0, y.size, _FIT_CHUNK):  # in chunks: bounded memory
         b = min(y.size, a + _FIT_CHUNK)
@@ -387,13 +390,12 @@ def _fit_all(y: np.ndarray, nb: np.ndarray, fv: np.ndarray, sample_weights: tupl
         x[:4] = nb[:, a:b]
         x[4:] = fv[:, a:b]
         yb = y[a:b].astype(np.float64)
-        for (gram2, xy2), w in zip(grams, (None,) + tuple(sample_weights)):
+        for (gram2, xy2), w in zip(grams, weightings):
             xw = x if w is None else x * w[a:b]
             gram2 += xw @ x.T
             xy2 += xw @ yb
     t = _KIND1_OF_KIND2
-    fits = [[None, _solve(t @ gram2 @ t.T, t @ xy2), _solve(gram2, xy2)] for gram2, xy2 in grams]
-    return fits if sample_weights else fits[0]
+    return [[None, _solve(t @ gram2 @ t.T, t @ xy2), _solve(gram2, xy2)] for gram2, xy2 in grams]
 
 
 def _solve(gram: np.ndarray, xy: np.ndarray):
@@ -415,7 +417,7 @@ MODES = ((0, False, False), (0, True, False), (1, False, False), (1, True, False
 """A pass's prediction mode: (linear prediction kind, 0 = median-like; wide context range; pattern contexts);
 the encoder picks the cheapest."""
 _CHOICE_SAMPLE = 3
-"""The encoder weighs the modes on every _CHOICE_SAMPLE-th position of a pass (the weights are fitted on all)."""
+"""The encoder fits the weights and weighs the modes on every _CHOICE_SAMPLE-th position of a pass."""
 FIT_WEIGHTINGS = (1, 2)
 """Powers p of the weights 1 / (1 + energy)^p of the encoder's weighted least-squares fits (_choose_mode)."""
 ACT_SAMPLE_MIN = 1 << 15
@@ -472,7 +474,7 @@ def _choose_mode(y, nb, fv, pattern, step: int, top: int, energy: np.ndarray | N
     if energy is None or not kind:
         return best[1], best[2], None
     e = energy[sub]
-    weighted = _fit_all(y, nb, fv, tuple(1.0 / (1.0 + e) ** p for p in FIT_WEIGHTINGS))[1:]
+    weighted = _fits(y, nb, fv, tuple(1.0 / (1.0 + e) ** p for p in FIT_WEIGHTINGS))
     for w in {f[kind] for f in weighted if f[kind] is not None} - {best[2]}:
         sym = _ranked(y, _prediction(nb, fv, w, top, kind), values, distinct, step, top, hits)[:2]
         cost = _pass_bits(*sym, contexts[wide, patterned])
@@ -483,7 +485,7 @@ def _choose_mode(y, nb, fv, pattern, step: int, top: int, energy: np.ndarray | N
         threshold = int(np.partition(energy, energy.size // 2)[energy.size // 2])
         high = e > threshold
         if min(int(high.sum()), int((~high).sum())) >= 64:
-            fits = [_fit_all(y[part], nb[:, part], fv[:, part], (1.0 / (1.0 + e[part]),))[1][kind]
+            fits = [_fits(y[part], nb[:, part], fv[:, part], (1.0 / (1.0 + e[part]),))[0][kind]
                     for part in (~high, high)]
             if None not in fits:
                 trial = (threshold, fits[1])

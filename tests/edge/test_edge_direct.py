@@ -124,7 +124,7 @@ def test_weighted_least_squares_weigh_each_value():
     y[::2] = nb[0, ::2] + rng.integers(-40, 41, n // 2)  # every other value follows another rule
     plain = direct._fit_all(y, nb, fv)
     half = np.tile([0.0, 1.0], n // 2)  # weight 0: the even values do not count
-    fits = direct._fit_all(y, nb, fv, (np.ones(n), half))
+    fits = direct._fits(y, nb, fv, (None, np.ones(n), half))
     assert fits[0] == plain and fits[1] == plain
     assert fits[2] == direct._fit_all(y[1::2], nb[:, 1::2], fv[:, 1::2]) != plain
 
