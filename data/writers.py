@@ -48,7 +48,7 @@ import numpy as np
 
 from data.image import Image, InvalidImageError
 
-__all__ = ["write_image", "write_png", "write_tiff", "write_dicom", "atomic_write", "note_source_compression",
+__all__ = ["write_image", "write_png", "write_tiff", "write_dicom", "write_dicom_from_header", "atomic_write", "note_source_compression",
            "DEFAULT_LOSSY_METHOD", "IMPLEMENTATION_CLASS_UID", "implementation_version_name"]
 
 DEFAULT_LOSSY_METHOD = "KERAS_CODEC"
@@ -156,16 +156,7 @@ def write_dicom(path, image: Image, *, lossy: bool = False, ratio: Optional[floa
 
     path = Path(path)
     _check_image(image)
-    if lossy:
-        if ratio is None or not np.isfinite(ratio) or ratio <= 0:
-            raise ValueError(f"lossy=True needs a positive compression ratio, got ratio={ratio!r}")
-        method = DEFAULT_LOSSY_METHOD if method is None else method
-        if not _CS_PATTERN.match(method):
-            raise ValueError(
-                f"method {method!r} is not a valid DICOM code string (1-16 of A-Z, 0-9, space, underscore)")
-    elif ratio is not None or method is not None or derivation is not None:
-        raise ValueError("ratio, method and derivation describe lossy compression: pass them with lossy=True")
-
+    method = _check_request(lossy, ratio, method, derivation)
     ds = _dataset_for(image)
     _set_pixels(ds, image)
     _set_pixel_range(ds, image)
@@ -184,7 +175,41 @@ def write_dicom(path, image: Image, *, lossy: bool = False, ratio: Optional[floa
     return path
 
 
+def write_dicom_from_header(path, header: bytes, image: Image, *, lossy: bool = False, ratio: Optional[float] = None,
+                            method: Optional[str] = None, overwrite: bool = False, mark_lossless: bool = False,
+                            derivation: Optional[str] = None) -> bool:
+    """:func:`write_dicom` for an image whose source data set is ``header`` (Explicit VR Little Endian bytes:
+    a stream's metadata block), the same file without importing pydicom (:mod:`data.dicom_bytes`).
+    Returns False, having written nothing, for a header that needs write_dicom on its parsed data set."""
+    from data import dicom_bytes
+
+    path = Path(path)
+    _check_image(image)
+    method = _check_request(lossy, ratio, method, derivation)
+    data = dicom_bytes.file_bytes(header, image, lossy=lossy, ratio=ratio, method=method, derivation=derivation,
+                                  mark_lossless=mark_lossless, uid=_new_uid(), class_uid=IMPLEMENTATION_CLASS_UID,
+                                  version_name=implementation_version_name())
+    if data is None:
+        return False
+    atomic_write(path, data, overwrite)
+    return True
+
+
 # --------------------------------------------------------------------------- helpers
+
+def _check_request(lossy: bool, ratio, method, derivation) -> Optional[str]:
+    """write_dicom's lossy arguments checked; the method to record (the default for a lossy write)."""
+    if lossy:
+        if ratio is None or not np.isfinite(ratio) or ratio <= 0:
+            raise ValueError(f"lossy=True needs a positive compression ratio, got ratio={ratio!r}")
+        method = DEFAULT_LOSSY_METHOD if method is None else method
+        if not _CS_PATTERN.match(method):
+            raise ValueError(
+                f"method {method!r} is not a valid DICOM code string (1-16 of A-Z, 0-9, space, underscore)")
+    elif ratio is not None or method is not None or derivation is not None:
+        raise ValueError("ratio, method and derivation describe lossy compression: pass them with lossy=True")
+    return method
+
 
 def _check_image(image: Image) -> None:
     if image.pixels.dtype not in (np.uint8, np.uint16, np.int8, np.int16):
@@ -321,9 +346,9 @@ def _dataset_for(image: Image):
 
 def _new_uid() -> str:
     """A new UUID-derived UID (2.25.<128-bit integer>, PS3.5 B.2): no one else's UID root."""
-    from pydicom.uid import generate_uid
+    from data.dicom_bytes import new_uid
 
-    return generate_uid(prefix=None)
+    return new_uid()
 
 
 @functools.lru_cache(maxsize=1)

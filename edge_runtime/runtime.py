@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from data.image import InvalidImageError
-from data.writers import DEFAULT_LOSSY_METHOD, note_source_compression, write_dicom, write_png, write_tiff
+from data.writers import (DEFAULT_LOSSY_METHOD, note_source_compression, write_dicom, write_dicom_from_header,
+                          write_png, write_tiff)
 from edge_runtime import DEFAULT_QUALITY
 from edge_runtime import bitstream as bs
 from edge_runtime.bundle import DECODE_GRAPHS, Bundle, default_bundle_path, load_bundle
@@ -391,15 +392,16 @@ def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: st
     with _plane_pool(b, kernels, header.frames * header.samples, jobs) as plane_map:
         image, header = decode_image(data, coder=coder, model_ids=b.model_ids, source=in_path, plane_map=plane_map)
     if suffix in (".dcm", ".dicom"):
-        if metadata is not None:
-            image.dataset = _dataset_from_metadata(metadata, in_path)
-        pixel_bytes = pixel_stream_bytes(data, header, tiles)
-        stored = _stored_bytes(image.pixels.dtype.itemsize, image.pixels.size)
         if header.lossless:
-            write_dicom(out_path, image, overwrite=force, mark_lossless=True)
+            how = {"mark_lossless": True}
         else:
-            write_dicom(out_path, image, lossy=True, ratio=stored / pixel_bytes, method=LOSSY_METHOD,
-                        overwrite=force, derivation=_derivation(header, stored / pixel_bytes))
+            ratio = _stored_bytes(image.pixels.dtype.itemsize, image.pixels.size) / pixel_stream_bytes(data, header, tiles)
+            how = {"lossy": True, "ratio": ratio, "method": LOSSY_METHOD, "derivation": _derivation(header, ratio)}
+        # the stream's header written back without parsing it (no pydicom import) where data.dicom_bytes can
+        if metadata is None or not write_dicom_from_header(out_path, metadata, image, overwrite=force, **how):
+            if metadata is not None:
+                image.dataset = _dataset_from_metadata(metadata, in_path)
+            write_dicom(out_path, image, overwrite=force, **how)
     else:
         if header.photometric == bs.PALETTE:  # PNG and TIFF get the colours, through the stream's tables
             from edge_runtime import colour
