@@ -175,3 +175,12 @@ def test_decode_to_dicom_does_not_import_pydicom(ct_dcm, bundle_path, tmp_path):
     assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     assert ds.SourceImageSequence[-1].ReferencedSOPInstanceUID == src.SOPInstanceUID
     assert np.array_equal(ds.pixel_array, read_image(out).pixels[0, :, :, 0])
+
+
+def test_implementation_version_is_the_installed_one():
+    from importlib.metadata import version
+
+    import edge_runtime
+
+    assert writers.implementation_version_name() == f"KCODEC_{version('keras_codec')}"[:16]
+    assert edge_runtime.__version__ == version("keras_codec")
