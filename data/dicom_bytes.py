@@ -23,6 +23,8 @@ from typing import Optional
 
 import numpy as np
 
+from data.writers import _CS_PATTERN, _PIXEL_DATA_TAGS, _ds_str  # the elements and values write_dicom writes
+
 __all__ = ["file_bytes", "new_uid", "CLASSIC_SOP_CLASSES"]
 
 _LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
@@ -42,10 +44,7 @@ CLASSIC_SOP_CLASSES = frozenset(f"1.2.840.10008.5.1.4.1.1.{c}" for c in (
 :func:`file_bytes` writes. Any other class is left to data.writers.write_dicom, which looks its name up."""
 
 _DS = re.compile(rb"^ *[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)? *$")
-_CS = re.compile(rb"^[A-Z0-9_ ]{1,16}$")
 _IDENTITY = (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)
-_PIXEL_DATA_TAGS = frozenset((0x7FE00001, 0x7FE00002, 0x7FE00008, 0x7FE00009, 0x7FE00010, 0x00287FE0,
-                              0x00280106, 0x00280107))  # data.writers._PIXEL_DATA_TAGS
 
 
 class _Unhandled(Exception):
@@ -63,17 +62,13 @@ def file_bytes(header: bytes, image, *, lossy: bool = False, ratio: Optional[flo
     """The DICOM file data.writers.write_dicom writes for ``image`` whose data set is ``header`` (the
     bytes of a stream's metadata block), or None when that header needs write_dicom (module docstring).
 
-    The arguments are write_dicom's, already checked by it (data.writers.check_dicom_request); ``uid`` is
+    The arguments are write_dicom's, already checked by it (data.writers._check_request); ``uid`` is
     the new SOP Instance UID, ``version_name`` and ``class_uid`` the file meta's implementation names.
     """
     try:
-        elements = _elements(header)
-    except (_Unhandled, struct.error, IndexError):
-        return None
-    try:
-        return _Output(elements, image).build(lossy, ratio, method, derivation, mark_lossless,
-                                              uid or new_uid(), version_name, class_uid)
-    except _Unhandled:
+        return _Output(_elements(header), image).build(lossy, ratio, method, derivation, mark_lossless,
+                                                       uid or new_uid(), version_name, class_uid)
+    except (_Unhandled, struct.error, IndexError, RecursionError):  # struct.error: a value its VR cannot hold
         return None
 
 
@@ -100,27 +95,42 @@ def _element_at(data: bytes, at: int, end: int) -> tuple[int, bytes, int, int]:
         return (group << 16) | elem, vr, start, stop
     if start + length > end:
         raise _Unhandled
+    if vr == b"SQ":
+        _check_sequence(data, start, start + length)
     return (group << 16) | elem, vr, start, start + length
 
 
 def _sequence_end(data: bytes, at: int, end: int) -> int:
     """Where an undefined-length sequence starting at ``at`` ends (after its delimiter)."""
-    while True:
-        tag, length = _item_header(data, at, end)
-        at += 8
-        if tag == _SEQUENCE_END:
-            return at
-        if tag != _ITEM:
+    while _item_header(data, at, end)[0] != _SEQUENCE_END:
+        at = _item_end(data, at, end)
+    return at + 8
+
+
+def _check_sequence(data: bytes, at: int, end: int) -> None:
+    """The value of a defined-length sequence is items, each parsing, up to ``end`` exactly."""
+    while at < end:
+        at = _item_end(data, at, end)
+    if at != end:
+        raise _Unhandled
+
+
+def _item_end(data: bytes, at: int, end: int) -> int:
+    """Where the item starting at ``at`` ends (after its delimiter when of undefined length); its elements checked."""
+    tag, length = _item_header(data, at, end)
+    if tag != _ITEM:
+        raise _Unhandled
+    at += 8
+    if length != _UNDEFINED:
+        if at + length > end:
             raise _Unhandled
-        if length != _UNDEFINED:
-            _check_items(data, at, at + length)
-            at += length
-            continue
-        while True:  # an undefined-length item: elements up to its delimiter
-            if _item_header(data, at, end)[0] == _ITEM_END:
-                at += 8
-                break
-            at = _element_at(data, at, end)[3]
+        stop = at
+        while stop < at + length:
+            stop = _element_at(data, stop, at + length)[3]
+        return stop
+    while _item_header(data, at, end)[0] != _ITEM_END:
+        at = _element_at(data, at, end)[3]
+    return at + 8
 
 
 def _item_header(data: bytes, at: int, end: int) -> tuple[int, int]:
@@ -130,30 +140,14 @@ def _item_header(data: bytes, at: int, end: int) -> tuple[int, int]:
     return (group << 16) | elem, length
 
 
-def _check_items(data: bytes, at: int, end: int) -> None:
-    """Every element of an item (or a defined-length sequence's items) parses within [at, end)."""
-    while at < end:
-        if _item_header(data, at, end)[0] == _ITEM:
-            length = _item_header(data, at, end)[1]
-            if length == _UNDEFINED:
-                raise _Unhandled
-            _check_items(data, at + 8, at + 8 + length)
-            at += 8 + length
-        else:
-            at = _element_at(data, at, end)[3]
-    if at != end:
-        raise _Unhandled
-
-
 def _elements(data: bytes) -> dict[int, tuple[bytes, bytes]]:
-    """{tag: (VR, the element's bytes)} of a data set, its tags ascending; sequences are checked, not split."""
+    """{tag: (VR, the element's bytes)} of a data set, its tags ascending; sequences are checked (every item's
+    elements parse, at every depth), not split."""
     out, at, last = {}, 0, -1
     while at < len(data):
         tag, vr, start, stop = _element_at(data, at, len(data))
         if tag <= last or tag >> 16 == 0x0002:
             raise _Unhandled
-        if vr == b"SQ" and stop - start and struct.unpack_from("<I", data, start - 4)[0] != _UNDEFINED:
-            _check_items(data, start, stop)
         out[tag] = (vr, data[at:stop])
         at, last = stop, tag
     return out
@@ -201,16 +195,7 @@ def _items(element: tuple[bytes, bytes]) -> list[bytes]:
     undefined = struct.unpack_from("<I", raw, 8)[0] == _UNDEFINED
     items, at, end = [], 12, len(raw) - 8 if undefined else len(raw)
     while at < end:
-        tag, length = _item_header(raw, at, end)
-        if tag != _ITEM:
-            raise _Unhandled
-        if length != _UNDEFINED:
-            stop = at + 8 + length
-        else:
-            stop = at + 8
-            while _item_header(raw, stop, end)[0] != _ITEM_END:
-                stop = _element_at(raw, stop, end)[3]
-            stop += 8
+        stop = _item_end(raw, at, end)
         items.append(raw[at:stop])
         at = stop
     return items
@@ -264,8 +249,6 @@ class _Output:
         self.set_pixel_range()
         if lossy:
             self.mark_lossy(ratio, method)
-            from data.writers import _ds_str
-
             self.mark_derived(derivation or f"Lossy compression ({method}), compression ratio "
                                              f"{_ds_str(round(float(ratio), 2))}:1")
         elif mark_lossless and self.strings(0x00282110) != [b"01"]:
@@ -325,12 +308,10 @@ class _Output:
 
     def mark_lossy(self, ratio: float, method: str) -> None:
         """data.writers._mark_lossy."""
-        from data.writers import _ds_str
-
         ratios, methods = [], []
         if self.strings(0x00282110) == [b"01"]:
             ratios, methods = self.strings(0x00282112, (b"DS",)), self.strings(0x00282114)
-            if not all(_DS.match(r) and len(r) <= 16 for r in ratios) or not all(map(_CS.match, methods)):
+            if not all(_DS.match(r) and len(r) <= 16 for r in ratios) or not all(_CS_PATTERN.match(m.decode()) for m in methods):
                 raise _Unhandled  # empty or malformed earlier values: write_dicom's call
             if len(ratios) != len(methods):
                 raise _Unhandled

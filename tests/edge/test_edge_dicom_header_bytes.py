@@ -16,6 +16,7 @@ import pytest
 
 from data import dicom_bytes, writers
 from data.corpus import PYDICOM_DATA, corpus_path
+from data.image import Image
 from data.readers import read_image
 from edge_runtime import runtime
 
@@ -153,6 +154,8 @@ def test_malformed_headers_are_left_to_write_dicom():
         assert out is None or out[128:132] == b"DICM"
     for bad in (b"", b"\x08\x00\x18\x00UN\x00\x00\xff\xff\xff\xff", b"\x08\x00\x18\x00ui\x02\x001\x00"):
         assert dicom_bytes.file_bytes(bad, image, **LOSSY) is None
+    tall = Image(pixels=np.zeros((1, 70000, 1, 1), np.int16), bits_stored=16, signed=True)  # Rows is a US
+    assert dicom_bytes.file_bytes(header, tall, **LOSSY) is None
 
 
 def test_new_uid_is_uuid_derived():
