@@ -353,18 +353,23 @@ def _new_uid() -> str:
 
 @functools.lru_cache(maxsize=1)
 def implementation_version_name() -> str:
-    """Implementation Version Name (0002,0013): ``KCODEC_`` and the package's version (16 characters at most),
-    from keras_codec/__init__.py (the version setup.cfg installs; a test checks they agree), without the
-    package metadata search (importlib.metadata: about 15 ms of a whole-process decode)."""
-    try:
-        from keras_codec import __version__ as v
-    except ImportError:  # a tree without the training package
-        try:
-            from importlib.metadata import version
+    """Implementation Version Name (0002,0013): ``KCODEC_`` and the installed version (16 characters at most).
 
-            v = version("keras_codec")
-        except Exception:  # running from a source tree that was never installed
-            v = "0"
+    Taken from the package already loaded (edge_runtime or keras_codec: both say the version setup.cfg installs,
+    a test checks it) when there is one: the package metadata search (importlib.metadata) costs about 15 ms of a
+    whole-process decode."""
+    import sys
+
+    for name in ("edge_runtime", "keras_codec"):
+        v = getattr(sys.modules.get(name), "__version__", None)
+        if v:
+            return f"KCODEC_{v}"[:16]
+    try:
+        from importlib.metadata import version
+
+        v = version("keras_codec")
+    except Exception:  # running from a source tree that was never installed
+        v = "0"
     return f"KCODEC_{v}"[:16]
 
 

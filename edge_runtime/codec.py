@@ -198,8 +198,10 @@ class PlaneCoder:
     0.8 %). The base-quality search and the base + residual coding are most of a 512x512 lossless encode."""
 
     def __init__(self, params: dict, coding: CodingModel, transforms, residual: res.ResidualModel | None = None,
-                 refine: exact_refine.ExactRefinement | None = None, adaptive: bool = True, direct: bool = True):
+                 refine: exact_refine.ExactRefinement | None = None, adaptive: bool = True, direct: bool = True,
+                 max_tile: int | None = None):
         self.p = params
+        self.max_tile = max_tile  # the bundle's tile size: its encoders never write larger tiles (check_tiles)
         self.adaptive = bool(adaptive)
         self.direct = bool(direct)  # lossless tiles may also be coded without a base (edge_runtime.direct)
         self.coding = coding
@@ -789,6 +791,15 @@ def decode_plane(streams: list, *, coder: PlaneCoder, rows: int, cols: int, tile
     return out
 
 
+def check_tiles(header: bs.Header, coder: PlaneCoder, source=None) -> None:
+    """Refuse a stream whose tiles are larger than the coder's bundle codes (PlaneCoder.max_tile): its encoders
+    write the bundle's tile size, so the header is corrupt, and such a tile could take gigabytes to decode."""
+    limit = coder.max_tile
+    if limit is not None and max(header.tile_rows, header.tile_cols) > limit:
+        raise bs.InvalidBitstreamError(source, f"tiles of {header.tile_rows}x{header.tile_cols}, larger than the "
+                                               f"{limit}x{limit} this model's encoders write; the stream is corrupt")
+
+
 def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None,
                  plane_map=None) -> tuple[Image, bs.Header]:
     """.kcd bytes -> Image (stored values, clipped to the stored range).
@@ -797,6 +808,7 @@ def decode_image(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None,
     over the groups of a version 2 stream) in worker processes, in order: the same pixels as without it.
     """
     header, streams, _meta = bs.parse(data, source=source, expected_model_ids=model_ids)
+    check_tiles(header, coder, source)
     dtype = np.dtype(header.dtype)
     pixels = np.empty((header.frames, header.rows, header.cols, header.samples), dtype=dtype)
     image = Image(pixels=pixels, bits_stored=header.bits_stored, signed=header.signed,
@@ -1213,6 +1225,7 @@ def decode_frames(data: bytes, *, coder: PlaneCoder, model_ids=None, source=None
     in decode_image. The stream is checked whole (CRC, structure) before the first group decodes.
     """
     header, streams, _meta = bs.parse(data, source=source, expected_model_ids=model_ids)
+    check_tiles(header, coder, source)
     if header.version == bs.GROUPS_VERSION:
         yield from _group_frames(header, streams, coder, source, plane_map)
         return

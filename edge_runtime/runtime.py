@@ -53,7 +53,8 @@ def load_codec(bundle_path=None, kernels: str = "xnnpack", num_threads: int = 2)
         bundle = load_bundle(default_bundle_path() if bundle_path is None else bundle_path)
     transforms = transforms_for_bundle(bundle, kernels=kernels, num_threads=num_threads)
     keep_freed_memory()
-    return bundle, PlaneCoder(bundle.manifest["codec"], bundle.coding, transforms, bundle.residual, bundle.refine)
+    return bundle, PlaneCoder(bundle.manifest["codec"], bundle.coding, transforms, bundle.residual, bundle.refine,
+                              max_tile=int(bundle.manifest.get("tile", 2048)))
 
 
 def load_worker_codec(bundle_path=None, kernels: str = "xnnpack") -> tuple[Bundle, PlaneCoder]:

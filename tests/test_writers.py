@@ -256,3 +256,13 @@ def test_partial_bit_depths_round_trip_through_dicom(bits, signed, seed):
 
 def _values(value):
     return [value] if isinstance(value, (str, float, int)) else list(value)
+
+
+def test_implementation_version_name_is_the_installed_version():
+    from importlib.metadata import version
+
+    import keras_codec
+    from data.writers import implementation_version_name
+
+    assert keras_codec.__version__ == version("keras_codec")
+    assert implementation_version_name() == f"KCODEC_{version('keras_codec')}"[:16]

@@ -187,3 +187,4 @@ def test_implementation_version_is_the_installed_one():
 
     assert writers.implementation_version_name() == f"KCODEC_{version('keras_codec')}"[:16]
     assert edge_runtime.__version__ == version("keras_codec")
+    assert writers.implementation_version_name.__wrapped__() == f"KCODEC_{version('keras_codec')}"[:16]

@@ -94,3 +94,26 @@ def _fuzz(fuzz, codec, seeds, tmp_path, n_streams):
     assert not failures, (f"{len(failures)} of {n_streams} fuzzed streams neither decoded nor raised "
                           f"InvalidBitstreamError (replay one: benchmarks/fuzz_bitstream.py --index I):\n  "
                           + "\n  ".join(failures[:15]))
+
+
+def test_tiles_larger_than_the_bundle_writes_are_refused(codec, seeds, tmp_path):
+    """Encoders write their bundle's tile size: a header with larger tiles is corrupt, refused before any tile
+    decodes (a crafted 4096x4096 tile without a base took 1.7 GB before it failed)."""
+    import dataclasses
+
+    from edge_runtime import bitstream as bs
+    from edge_runtime import codec as codec_module
+    from edge_runtime.runtime import decode_file
+
+    _, coder = codec
+    data = dict(seeds)[next(name for name, _ in seeds)]
+    header, tiles, meta = bs.parse(data)
+    assert max(header.tile_rows, header.tile_cols) == coder.max_tile == 2048
+    big = bs.pack(dataclasses.replace(header, tile_rows=4096, tile_cols=4096), tiles, meta)
+    assert bs.parse(big)[0].tile_rows == 4096  # a well-formed container
+    for decode in (codec_module.decode_image, lambda d, **k: list(codec_module.decode_frames(d, **k))):
+        with pytest.raises(bs.InvalidBitstreamError, match="tiles of 4096x4096, larger than the 2048x2048"):
+            decode(big, coder=coder, source="big.kcd")
+    (tmp_path / "big.kcd").write_bytes(big)
+    with pytest.raises(bs.InvalidBitstreamError, match="big.kcd: tiles of 4096x4096"):
+        decode_file(tmp_path / "big.kcd", tmp_path / "big.tif", bundle=codec)
