@@ -587,7 +587,10 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
         raise ValueError("PALETTE COLOR indices are labels, not intensities: code them losslessly (max error 0)")
     if padding is not None and (image.samples != 1 or max_error == 0):
         padding = None  # lossless keeps padding as it is
-    options = dict(quality=quality, max_error=int(max_error) if bounded else None, tile=tile)
+    if int(tile) != tile or not 1 <= tile <= (coder.max_tile or tile):
+        raise ValueError(f"tile must be a whole number of pixels from 1 to the bundle's tile size "
+                         f"{coder.max_tile}, got {tile!r}: decoders refuse larger tiles (check_tiles)")
+    options = dict(quality=quality, max_error=int(max_error) if bounded else None, tile=int(tile))
     if group is not None and (int(group) != group or group < 1):
         raise ValueError(f"group must be a whole number of frames >= 1, got {group!r}")
     if series or (inter and image.frames > 1):
@@ -793,7 +796,8 @@ def decode_plane(streams: list, *, coder: PlaneCoder, rows: int, cols: int, tile
 
 def check_tiles(header: bs.Header, coder: PlaneCoder, source=None) -> None:
     """Refuse a stream whose tiles are larger than the coder's bundle codes (PlaneCoder.max_tile): its encoders
-    write the bundle's tile size, so the header is corrupt, and such a tile could take gigabytes to decode."""
+    write the bundle's tile size (encode_image refuses a larger `tile`), so the header is corrupt, and such a
+    tile could take gigabytes to decode."""
     limit = coder.max_tile
     if limit is not None and max(header.tile_rows, header.tile_cols) > limit:
         raise bs.InvalidBitstreamError(source, f"tiles of {header.tile_rows}x{header.tile_cols}, larger than the "

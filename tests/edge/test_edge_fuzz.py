@@ -117,3 +117,18 @@ def test_tiles_larger_than_the_bundle_writes_are_refused(codec, seeds, tmp_path)
     (tmp_path / "big.kcd").write_bytes(big)
     with pytest.raises(bs.InvalidBitstreamError, match="big.kcd: tiles of 4096x4096"):
         decode_file(tmp_path / "big.kcd", tmp_path / "big.tif", bundle=codec)
+
+
+def test_encoders_refuse_tiles_larger_than_the_bundle(codec):
+    import numpy as np
+
+    from data.image import Image
+    from edge_runtime import codec as codec_module
+
+    bundle, coder = codec
+    image = Image(pixels=np.zeros((1, 32, 40, 1), np.uint8), bits_stored=8, signed=False)  # a shape the graphs take
+    for tile in (4096, 0, 2.5):
+        with pytest.raises(ValueError, match="tile must be"):
+            codec_module.encode_image(image, coder=coder, model_id=bundle.model_id, quality=10, tile=tile)
+    data = codec_module.encode_image(image, coder=coder, model_id=bundle.model_id, quality=10, tile=2048)
+    assert codec_module.decode_image(data, coder=coder)[1].tile_rows == 2048
