@@ -311,7 +311,8 @@ class _Output:
         ratios, methods = [], []
         if self.strings(0x00282110) == [b"01"]:
             ratios, methods = self.strings(0x00282112, (b"DS",)), self.strings(0x00282114)
-            if not all(_DS.match(r) and len(r) <= 16 for r in ratios) or not all(_CS_PATTERN.match(m.decode()) for m in methods):
+            if (not all(_DS.match(r) and len(r) <= 16 for r in ratios)
+                    or not all(_CS_PATTERN.match(m.decode()) for m in methods)):
                 raise _Unhandled  # empty or malformed earlier values: write_dicom's call
             if len(ratios) != len(methods):
                 raise _Unhandled

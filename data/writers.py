@@ -48,8 +48,8 @@ import numpy as np
 
 from data.image import Image, InvalidImageError
 
-__all__ = ["write_image", "write_png", "write_tiff", "write_dicom", "write_dicom_from_header", "atomic_write", "note_source_compression",
-           "DEFAULT_LOSSY_METHOD", "IMPLEMENTATION_CLASS_UID", "implementation_version_name"]
+__all__ = ["write_image", "write_png", "write_tiff", "write_dicom", "write_dicom_from_header", "atomic_write",
+           "note_source_compression", "DEFAULT_LOSSY_METHOD", "IMPLEMENTATION_CLASS_UID", "implementation_version_name"]
 
 DEFAULT_LOSSY_METHOD = "KERAS_CODEC"
 """Lossy Image Compression Method (0028,2114) recorded when none is given. DICOM has no defined term for

@@ -396,7 +396,8 @@ def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: st
         if header.lossless:
             how = {"mark_lossless": True}
         else:
-            ratio = _stored_bytes(image.pixels.dtype.itemsize, image.pixels.size) / pixel_stream_bytes(data, header, tiles)
+            stored = _stored_bytes(image.pixels.dtype.itemsize, image.pixels.size)
+            ratio = stored / pixel_stream_bytes(data, header, tiles)
             how = {"lossy": True, "ratio": ratio, "method": LOSSY_METHOD, "derivation": _derivation(header, ratio)}
         # the stream's header written back without parsing it (no pydicom import) where data.dicom_bytes can
         if metadata is None or not write_dicom_from_header(out_path, metadata, image, overwrite=force, **how):
