@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import os
 
-from pydicom import uid
-from pydicom.pixels.common import PhotometricInterpretation as PI
-
 LABEL = "keras_codec-imagecodecs"
 """The plugin's name among pydicom's decoding plugins."""
 
+# JPEG 2000 Lossless Only, HTJ2K Lossless, HTJ2K Lossless RPCL: the UIDs as strings, so that importing this module
+# (a worker setting its threads) does not import pydicom (about 20 MB in every worker of a plane pool)
 DECODER_DEPENDENCIES = {syntax: ("imagecodecs",) for syntax in
-                        (uid.JPEG2000Lossless, uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL)}
+                        ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202")}
 
 _threads = 0
 
@@ -63,6 +62,8 @@ def decode_frame(src: bytes, runner) -> bytes:
     arr = imagecodecs.jpeg2k_decode(src, numthreads=threads())
     if arr.dtype.itemsize > 4 or arr.dtype.kind not in "iu":
         raise ValueError(f"JPEG 2000 decoded to {arr.dtype} samples")
+    from pydicom.pixels.common import PhotometricInterpretation as PI
+
     if runner.photometric_interpretation in (PI.YBR_ICT, PI.YBR_RCT):
         runner.set_option("photometric_interpretation", PI.RGB)  # the decoder undid the component transform
     precision = runner.get_option("j2k_precision", runner.bits_stored)

@@ -98,3 +98,17 @@ def test_cluster_workers_decode_on_one_thread(bundle_path, monkeypatch):
     assert j2k_decoder.threads() >= 1
     cluster._codec(bundle_path, "xnnpack")  # a worker thread's first task
     assert j2k_decoder.threads() == 1
+
+
+def test_the_plugin_module_imports_no_pydicom():
+    """Plane-pool and batch workers set the plugin's threads (runtime.load_worker_codec) and may never read a DICOM
+    file: importing the plugin does not import pydicom (about 20 MB more in every such worker)."""
+    import subprocess
+    import sys
+
+    from pydicom import uid
+
+    code = "import sys; from data import j2k_decoder; j2k_decoder.set_threads(1); print('pydicom' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    assert set(j2k_decoder.DECODER_DEPENDENCIES) == {uid.JPEG2000Lossless, uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL}
