@@ -23,9 +23,25 @@ from typing import Optional
 
 import numpy as np
 
-from data.writers import _CS_PATTERN, _PIXEL_DATA_TAGS, _ds_str  # the elements and values write_dicom writes
+__all__ = ["file_bytes", "new_uid", "ds_str", "CLASSIC_SOP_CLASSES", "CS_PATTERN", "PIXEL_DATA_TAGS"]
 
-__all__ = ["file_bytes", "new_uid", "CLASSIC_SOP_CLASSES"]
+CS_PATTERN = re.compile(r"^[A-Z0-9_ ]{1,16}$")
+"""A DICOM code string value (CS): 1-16 of A-Z, 0-9, space, underscore."""
+
+PIXEL_DATA_TAGS = frozenset((
+    0x7FE00001, 0x7FE00002, 0x7FE00008, 0x7FE00009, 0x7FE00010, 0x00287FE0,  # pixel data, offsets, URL
+    0x00280106, 0x00280107,  # Smallest/Largest Image Pixel Value: stale once pixels change
+))
+"""Elements describing the source's pixel encoding: replaced or dropped in a copy (here and in data.writers)."""
+
+
+def ds_str(value: float) -> str:
+    """A float as a DICOM DS string (at most 16 characters)."""
+    text = repr(float(value))
+    if text.endswith(".0"):
+        text = text[:-2]
+    return text if len(text) <= 16 else f"{value:.10g}"
+
 
 _LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -212,7 +228,7 @@ class _Output:
     def __init__(self, elements: dict, image):
         self.source = elements
         self.image = image
-        self.ds = {t: e for t, e in elements.items() if t not in _PIXEL_DATA_TAGS}
+        self.ds = {t: e for t, e in elements.items() if t not in PIXEL_DATA_TAGS}
 
     def text(self, tag: int, vrs) -> bytes:
         """The value of a text element stripped as pydicom reads it (empty when absent); ASCII only."""
@@ -250,7 +266,7 @@ class _Output:
         if lossy:
             self.mark_lossy(ratio, method)
             self.mark_derived(derivation or f"Lossy compression ({method}), compression ratio "
-                                             f"{_ds_str(round(float(ratio), 2))}:1")
+                                             f"{ds_str(round(float(ratio), 2))}:1")
         elif mark_lossless and self.strings(0x00282110) != [b"01"]:
             ds[0x00282110] = _text(0x00282110, b"CS", ["00"])
         body = b"".join(raw for _, (_, raw) in sorted(ds.items()))
@@ -312,11 +328,11 @@ class _Output:
         if self.strings(0x00282110) == [b"01"]:
             ratios, methods = self.strings(0x00282112, (b"DS",)), self.strings(0x00282114)
             if (not all(_DS.match(r) and len(r) <= 16 for r in ratios)
-                    or not all(_CS_PATTERN.match(m.decode()) for m in methods)):
+                    or not all(CS_PATTERN.match(m.decode()) for m in methods)):
                 raise _Unhandled  # empty or malformed earlier values: write_dicom's call
             if len(ratios) != len(methods):
                 raise _Unhandled
-        ratios = [r.decode() for r in ratios] + [_ds_str(round(float(ratio), 4))]
+        ratios = [r.decode() for r in ratios] + [ds_str(round(float(ratio), 4))]
         methods = [m.decode() for m in methods] + [method]
         self.ds[0x00282110] = _text(0x00282110, b"CS", ["01"])
         self.ds[0x00282112] = _text(0x00282112, b"DS", ratios)

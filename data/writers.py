@@ -39,13 +39,14 @@ import copy
 import functools
 import io
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from data import dicom_bytes
+from data.dicom_bytes import CS_PATTERN as _CS_PATTERN, PIXEL_DATA_TAGS as _PIXEL_DATA_TAGS, ds_str as _ds_str
 from data.image import Image, InvalidImageError
 
 __all__ = ["write_image", "write_png", "write_tiff", "write_dicom", "write_dicom_from_header", "atomic_write",
@@ -75,13 +76,6 @@ _LOSSY_SYNTAXES = {
     "1.2.840.10008.1.2.4.112": ("ISO_18181_1", "capable"),
 }
 
-_CS_PATTERN = re.compile(r"^[A-Z0-9_ ]{1,16}$")
-
-# Elements describing the source's pixel encoding; replaced or dropped in a copy.
-_PIXEL_DATA_TAGS = {
-    0x7FE00001, 0x7FE00002, 0x7FE00008, 0x7FE00009, 0x7FE00010, 0x00287FE0,  # pixel data, offsets, URL
-    0x00280106, 0x00280107,  # Smallest/Largest Image Pixel Value: stale once pixels change
-}
 _PALETTE_TAGS = {
     0x00281101, 0x00281102, 0x00281103, 0x00281104,  # LUT descriptors
     0x00281199,  # Palette Color LUT UID
@@ -181,8 +175,6 @@ def write_dicom_from_header(path, header: bytes, image: Image, *, lossy: bool = 
     """:func:`write_dicom` for an image whose source data set is ``header`` (Explicit VR Little Endian bytes:
     a stream's metadata block), the same file without importing pydicom (:mod:`data.dicom_bytes`).
     Returns False, having written nothing, for a header that needs write_dicom on its parsed data set."""
-    from data import dicom_bytes
-
     path = Path(path)
     _check_image(image)
     method = _check_request(lossy, ratio, method, derivation)
@@ -346,9 +338,7 @@ def _dataset_for(image: Image):
 
 def _new_uid() -> str:
     """A new UUID-derived UID (2.25.<128-bit integer>, PS3.5 B.2): no one else's UID root."""
-    from data.dicom_bytes import new_uid
-
-    return new_uid()
+    return dicom_bytes.new_uid()
 
 
 @functools.lru_cache(maxsize=1)
@@ -421,14 +411,6 @@ def _secondary_capture(image: Image):
         ds.RescaleIntercept = _ds_str(image.rescale_intercept)
         ds.RescaleType = "US"
     return ds
-
-
-def _ds_str(value: float) -> str:
-    """A float as a DICOM DS string (at most 16 characters)."""
-    text = repr(float(value))
-    if text.endswith(".0"):
-        text = text[:-2]
-    return text if len(text) <= 16 else f"{value:.10g}"
 
 
 def _set_pixels(ds, image: Image) -> None:
