@@ -21,7 +21,7 @@ LABEL = "keras_codec-imagecodecs"
 """The plugin's name among pydicom's decoding plugins."""
 
 # JPEG 2000 Lossless Only, HTJ2K Lossless, HTJ2K Lossless RPCL: the UIDs as strings, so that importing this module
-# (a worker setting its threads) does not import pydicom (about 20 MB in every worker of a plane pool)
+# (a worker setting its threads) does not import pydicom (about 10 MiB in every worker of a plane pool)
 DECODER_DEPENDENCIES = {syntax: ("imagecodecs",) for syntax in
                         ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202")}
 

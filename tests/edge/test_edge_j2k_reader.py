@@ -102,7 +102,7 @@ def test_cluster_workers_decode_on_one_thread(bundle_path, monkeypatch):
 
 def test_the_plugin_module_imports_no_pydicom():
     """Plane-pool and batch workers set the plugin's threads (runtime.load_worker_codec) and may never read a DICOM
-    file: importing the plugin does not import pydicom (about 20 MB more in every such worker)."""
+    file: importing the plugin does not import pydicom (about 10 MiB more in every such worker)."""
     import subprocess
     import sys
 
