@@ -60,7 +60,8 @@ CLASSIC_SOP_CLASSES = frozenset(f"1.2.840.10008.5.1.4.1.1.{c}" for c in (
 :func:`file_bytes` writes. Any other class is left to data.writers.write_dicom, which looks its name up."""
 
 _DS = re.compile(rb"^ *[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)? *$")
-_IDENTITY = (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)
+_IDENTITY = (0x00080018, 0x0020000D, 0x0020000E)  # SOP Instance, study or series UID: a header naming only its
+# class is left to write_dicom (the decoders' checks differ there)
 
 
 class _Unhandled(Exception):
@@ -72,18 +73,23 @@ def new_uid() -> str:
     return f"2.25.{uuid.uuid4().int}"
 
 
-def file_bytes(header: bytes, image, *, lossy: bool = False, ratio: Optional[float] = None,
+def file_bytes(header, image, *, lossy: bool = False, ratio: Optional[float] = None,
                method: Optional[str] = None, derivation: Optional[str] = None, mark_lossless: bool = False,
                uid: Optional[str] = None, version_name: str = "", class_uid: str = "") -> Optional[bytes]:
     """The DICOM file data.writers.write_dicom writes for ``image`` whose data set is ``header`` (the
     bytes of a stream's metadata block), or None when that header needs write_dicom (module docstring).
+    ``header`` may also be a sequence of such blocks, merged in order (an element of a later one replaces
+    the earlier's): a series slice's common and own elements (edge_runtime.series.SeriesHeaders).
 
     The arguments are write_dicom's, already checked by it (data.writers._check_request); ``uid`` is
     the new SOP Instance UID, ``version_name`` and ``class_uid`` the file meta's implementation names.
     """
     try:
-        return _Output(_elements(header), image).build(lossy, ratio, method, derivation, mark_lossless,
-                                                       uid or new_uid(), version_name, class_uid)
+        elements = {}
+        for part in ((header,) if isinstance(header, (bytes, bytearray, memoryview)) else header):
+            elements.update(_elements(bytes(part)))
+        return _Output(elements, image).build(lossy, ratio, method, derivation, mark_lossless,
+                                              uid or new_uid(), version_name, class_uid)
     except (_Unhandled, struct.error, IndexError, RecursionError):  # struct.error: a value its VR cannot hold
         return None
 

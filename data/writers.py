@@ -169,12 +169,13 @@ def write_dicom(path, image: Image, *, lossy: bool = False, ratio: Optional[floa
     return path
 
 
-def write_dicom_from_header(path, header: bytes, image: Image, *, lossy: bool = False, ratio: Optional[float] = None,
+def write_dicom_from_header(path, header, image: Image, *, lossy: bool = False, ratio: Optional[float] = None,
                             method: Optional[str] = None, overwrite: bool = False, mark_lossless: bool = False,
                             derivation: Optional[str] = None) -> bool:
     """:func:`write_dicom` for an image whose source data set is ``header`` (Explicit VR Little Endian bytes:
-    a stream's metadata block), the same file without importing pydicom (:mod:`data.dicom_bytes`).
-    Returns False, having written nothing, for a header that needs write_dicom on its parsed data set."""
+    a stream's metadata block, or several merged in order: a series slice's), the same file without importing
+    pydicom (:mod:`data.dicom_bytes`). Returns False, having written nothing, for a header that needs
+    write_dicom on its parsed data set."""
     path = Path(path)
     _check_image(image)
     method = _check_request(lossy, ratio, method, derivation)

@@ -365,3 +365,31 @@ def test_series_flag_without_a_series_block_is_refused(tmp_path, codec, syntheti
     with pytest.raises(bs.InvalidBitstreamError, match="not a series block"):
         series.decode_series(kcd, tmp_path / "out", bundle=codec)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("mode", [["--max-error", "0"], ["--quality", "14"]])
+def test_slices_written_from_their_header_bytes_are_write_dicoms_files(tmp_path, bounded_bundle, monkeypatch, mode):
+    """A series decode writes each slice from its common and own header bytes (data.dicom_bytes, no pydicom): the
+    same bytes as write_dicom on the parsed header (the new UID fixed), with text in UTF-8 too."""
+    from data import writers
+
+    made = make_series(tmp_path / "s", n=3)
+    for k, (name, ds) in enumerate(made):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName, ds.StudyDescription = "Müller^Jürgen=山田^太郎", f"Série {k}"
+        ds.save_as(tmp_path / "s" / name, enforce_file_format=True)
+    kcd, bundle = tmp_path / "x.kcd", ["--bundle", str(bounded_bundle)]
+    assert main(["encode", "--series", str(tmp_path / "s"), str(kcd), *mode, *bundle]) == 0
+    monkeypatch.setattr(writers, "_new_uid", lambda: "2.25.1234567890")
+    fast = []
+    real = writers.write_dicom_from_header
+    monkeypatch.setattr(writers, "write_dicom_from_header", lambda *a, **k: fast.append(real(*a, **k)) or fast[-1])
+    assert main(["decode", str(kcd), str(tmp_path / "fast"), *bundle]) == 0
+    assert fast == [True] * 3
+    monkeypatch.setattr(writers, "write_dicom_from_header", lambda *a, **k: False)  # the parsed headers' path
+    assert main(["decode", str(kcd), str(tmp_path / "parsed"), *bundle]) == 0
+    names = sorted(p.name for p in (tmp_path / "fast").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "parsed").iterdir()) and len(names) == 3
+    for n in names:
+        assert (tmp_path / "fast" / n).read_bytes() == (tmp_path / "parsed" / n).read_bytes()
+    assert str(_read(tmp_path / "fast" / names[0]).PatientName) == "Müller^Jürgen=山田^太郎"
