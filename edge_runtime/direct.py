@@ -431,15 +431,15 @@ def _predict_mode(mode: int, weights, nb: np.ndarray, fv: np.ndarray, pattern: n
     return _predict(nb, fv, weights, top, wide, pattern if patterned else None, kind, activity, energy, split)
 
 
-def _choose_activity(sym: np.ndarray, ranked: np.ndarray, distinct: np.ndarray, nb: np.ndarray, fv: np.ndarray,
-                     wide: bool, pattern: np.ndarray | None, energy: np.ndarray) -> int:
+def _choose_activity(sym: np.ndarray, ranked: np.ndarray, distinct: np.ndarray, span: np.ndarray,
+                     pattern: np.ndarray | None, energy: np.ndarray) -> int:
     """The activity measure (ACTIVITIES) coding a pass's symbols (_ranked's plain and neighbour-rank ones) in the
     fewest bits (estimated as _choose_mode estimates the modes', on every _CHOICE_SAMPLE-th position of passes
-    over ACT_SAMPLE_MIN positions); `pattern`: the pattern mode's (its other positions take the measure)."""
+    over ACT_SAMPLE_MIN positions); `span`: the mode's range (_span), `pattern`: the pattern mode's (its other
+    positions take the measure)."""
     sub = slice(None, None, _CHOICE_SAMPLE) if sym.size > ACT_SAMPLE_MIN else slice(None)
-    sym, ranked, distinct, nb, fv, energy = sym[sub], ranked[sub], distinct[sub], nb[:, sub], fv[:, sub], energy[sub]
+    sym, ranked, distinct, span, energy = sym[sub], ranked[sub], distinct[sub], span[sub], energy[sub]
     pattern = pattern[sub] if pattern is not None else None
-    span = _span(nb, fv, wide)
     costs = [_pass_bits(sym, ranked, _with_patterns(_activity_context(span, distinct, a, energy), distinct, pattern))
              for a in range(len(ACTIVITIES))]
     return int(np.argmin(costs))
@@ -810,13 +810,15 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
             mode, weights, split = _choose_mode(y, nb, fv, pattern, step, top, energy)
             kind, wide, patterned = MODES[mode]
             enc.encode_uniform([mode], len(MODES))
-            pred, context, values, distinct = _predict_mode(mode, weights, nb, fv, pattern, top, 0, energy, split)
+            values, distinct = _distinct_values(nb)  # _predict's, with the context built once its measure is known
+            pred = _split_prediction(nb, fv, weights, split, energy, top, kind)
             sym, ranked, plain, ranked_value = _ranked(y, pred, values, distinct, step, top)
+            patterns, span = pattern if patterned else None, _span(nb, fv, wide)
+            activity = 0
             if errors is not None:
-                patterns = pattern if patterned else None
-                activity = _choose_activity(sym, ranked, distinct, nb, fv, wide, patterns, energy)
+                activity = _choose_activity(sym, ranked, distinct, span, patterns, energy)
                 enc.encode_uniform([activity], len(ACTIVITIES))
-                context = _context(nb, fv, distinct, wide, patterns, activity, energy)
+            context = _with_patterns(_activity_context(span, distinct, activity, energy), distinct, patterns)
             if errors is not None and kind:
                 enc.encode_uniform([int(split is not None)], 2)
                 if split is not None:
