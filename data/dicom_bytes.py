@@ -81,8 +81,9 @@ def file_bytes(header, image, *, lossy: bool = False, ratio: Optional[float] = N
     ``header`` may also be a sequence of such blocks, merged in order (an element of a later one replaces
     the earlier's): a series slice's common and own elements (edge_runtime.series.SeriesHeaders).
 
-    The arguments are write_dicom's, already checked by it (data.writers._check_request); ``uid`` is
-    the new SOP Instance UID, ``version_name`` and ``class_uid`` the file meta's implementation names.
+    The arguments are write_dicom's as data.writers._check_request settles them (a lossy write's method and
+    derivation text given); ``uid`` is the new SOP Instance UID, ``version_name`` and ``class_uid`` the file
+    meta's implementation names.
     """
     try:
         elements = {}
@@ -260,7 +261,7 @@ class _Output:
         return struct.unpack("<h" if element[0] == b"SS" else "<H", _value(element))[0]
 
     def build(self, lossy, ratio, method, derivation, mark_lossless, uid, version_name, class_uid) -> bytes:
-        image, ds = self.image, self.ds
+        ds = self.ds
         if not any(t in self.source for t in _IDENTITY) or 0x00080016 not in ds:
             raise _Unhandled
         sop_class = b"".join(self.strings(0x00080016, (b"UI",))).decode()
@@ -271,8 +272,7 @@ class _Output:
         self.set_pixel_range()
         if lossy:
             self.mark_lossy(ratio, method)
-            self.mark_derived(derivation or f"Lossy compression ({method}), compression ratio "
-                                             f"{ds_str(round(float(ratio), 2))}:1")
+            self.mark_derived(derivation)
         elif mark_lossless and self.strings(0x00282110) != [b"01"]:
             ds[0x00282110] = _text(0x00282110, b"CS", ["00"])
         body = b"".join(raw for _, (_, raw) in sorted(ds.items()))

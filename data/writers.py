@@ -149,15 +149,13 @@ def write_dicom(path, image: Image, *, lossy: bool = False, ratio: Optional[floa
     import pydicom
 
     path = Path(path)
-    _check_image(image)
-    method = _check_request(lossy, ratio, method, derivation)
+    method, derivation = _check_request(image, lossy, ratio, method, derivation)
     ds = _dataset_for(image)
     _set_pixels(ds, image)
     _set_pixel_range(ds, image)
     if lossy:
         _mark_lossy(ds, ratio, method)
-        text = derivation or f"Lossy compression ({method}), compression ratio {_ds_str(round(float(ratio), 2))}:1"
-        _mark_derived(ds, image.dataset, text)
+        _mark_derived(ds, image.dataset, derivation)
     elif mark_lossless and str(ds.get("LossyImageCompression", "")).strip() != "01":
         ds.LossyImageCompression = "00"
     buf = io.BytesIO()
@@ -177,8 +175,7 @@ def write_dicom_from_header(path, header, image: Image, *, lossy: bool = False, 
     pydicom (:mod:`data.dicom_bytes`). Returns False, having written nothing, for a header that needs
     write_dicom on its parsed data set."""
     path = Path(path)
-    _check_image(image)
-    method = _check_request(lossy, ratio, method, derivation)
+    method, derivation = _check_request(image, lossy, ratio, method, derivation)
     data = dicom_bytes.file_bytes(header, image, lossy=lossy, ratio=ratio, method=method, derivation=derivation,
                                   mark_lossless=mark_lossless, uid=_new_uid(), class_uid=IMPLEMENTATION_CLASS_UID,
                                   version_name=implementation_version_name())
@@ -190,8 +187,10 @@ def write_dicom_from_header(path, header, image: Image, *, lossy: bool = False, 
 
 # --------------------------------------------------------------------------- helpers
 
-def _check_request(lossy: bool, ratio, method, derivation) -> Optional[str]:
-    """write_dicom's lossy arguments checked; the method to record (the default for a lossy write)."""
+def _check_request(image: Image, lossy: bool, ratio, method, derivation) -> tuple:
+    """write_dicom's arguments checked; (the method, the Derivation Description) to record: for a lossy write
+    the given ones or the defaults (DEFAULT_LOSSY_METHOD; the method and ratio), else None."""
+    _check_image(image)
     if lossy:
         if ratio is None or not np.isfinite(ratio) or ratio <= 0:
             raise ValueError(f"lossy=True needs a positive compression ratio, got ratio={ratio!r}")
@@ -199,9 +198,11 @@ def _check_request(lossy: bool, ratio, method, derivation) -> Optional[str]:
         if not _CS_PATTERN.match(method):
             raise ValueError(
                 f"method {method!r} is not a valid DICOM code string (1-16 of A-Z, 0-9, space, underscore)")
+        derivation = derivation or (f"Lossy compression ({method}), compression ratio "
+                                    f"{_ds_str(round(float(ratio), 2))}:1")
     elif ratio is not None or method is not None or derivation is not None:
         raise ValueError("ratio, method and derivation describe lossy compression: pass them with lossy=True")
-    return method
+    return method, derivation
 
 
 def _check_image(image: Image) -> None:

@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from data.image import InvalidImageError
-from data.writers import (DEFAULT_LOSSY_METHOD, note_source_compression, write_dicom, write_dicom_from_header,
-                          write_png, write_tiff)
+from data.writers import DEFAULT_LOSSY_METHOD, note_source_compression, write_dicom, write_png, write_tiff
 from edge_runtime import DEFAULT_QUALITY
 from edge_runtime import bitstream as bs
 from edge_runtime.bundle import DECODE_GRAPHS, Bundle, default_bundle_path, load_bundle
@@ -393,17 +392,9 @@ def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: st
     with _plane_pool(b, kernels, header.frames * header.samples, jobs) as plane_map:
         image, header = decode_image(data, coder=coder, model_ids=b.model_ids, source=in_path, plane_map=plane_map)
     if suffix in (".dcm", ".dicom"):
-        if header.lossless:
-            how = {"mark_lossless": True}
-        else:
-            stored = _stored_bytes(image.pixels.dtype.itemsize, image.pixels.size)
-            ratio = stored / pixel_stream_bytes(data, header, tiles)
-            how = {"lossy": True, "ratio": ratio, "method": LOSSY_METHOD, "derivation": _derivation(header, ratio)}
-        # the stream's header written back without parsing it (no pydicom import) where data.dicom_bytes can
-        if metadata is None or not write_dicom_from_header(out_path, metadata, image, overwrite=force, **how):
-            if metadata is not None:
-                image.dataset = _dataset_from_metadata(metadata, in_path)
-            write_dicom(out_path, image, overwrite=force, **how)
+        ratio = _stored_bytes(image.pixels.dtype.itemsize, image.pixels.size) / pixel_stream_bytes(data, header, tiles)
+        write_decoded_dicom(out_path, image, header, ratio, metadata, lambda: _dataset_from_metadata(metadata, in_path),
+                            force)
     else:
         if header.photometric == bs.PALETTE:  # PNG and TIFF get the colours, through the stream's tables
             from edge_runtime import colour
@@ -415,6 +406,21 @@ def decode_file(in_path, out_path, force: bool = False, bundle=None, kernels: st
         (write_png if suffix == ".png" else write_tiff)(out_path, image, overwrite=force)
     return {"input": str(in_path), "output": str(out_path), "rows": image.rows, "cols": image.cols,
             "frames": image.frames, "samples": image.samples, "has_metadata": metadata is not None}
+
+
+def write_decoded_dicom(out_path, image, header, ratio: float, metadata, parse, force: bool) -> None:
+    """A decoded image as DICOM: lossless, or lossy at compression `ratio`, as the stream's `header` says. Its
+    source's header is written back from the bytes `metadata` (a stream's block, or a series slice's blocks)
+    without pydicom where data.dicom_bytes can, else from the data set `parse()` gives; a new data set when
+    `metadata` is None."""
+    from data.writers import write_dicom_from_header  # looked up per call: the tests swap it for the parsed path
+
+    how = {"mark_lossless": True} if header.lossless else {
+        "lossy": True, "ratio": ratio, "method": LOSSY_METHOD, "derivation": _derivation(header, ratio)}
+    if metadata is None or not write_dicom_from_header(out_path, metadata, image, overwrite=force, **how):
+        if metadata is not None:
+            image.dataset = parse()
+        write_dicom(out_path, image, overwrite=force, **how)
 
 
 def _is_series(header, metadata, source) -> bool:

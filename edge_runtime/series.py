@@ -468,7 +468,6 @@ def decode_series(in_path, out_dir, *, force: bool = False, bundle=None, kernels
     """Decode a series stream into ``out_dir``: one DICOM file per original slice (module docstring)."""
     from edge_runtime import bitstream as bs
     from edge_runtime import runtime
-    from data.writers import write_dicom, write_dicom_from_header
 
     in_path, out_dir = Path(in_path), Path(out_dir)
     if not in_path.is_file():
@@ -497,8 +496,6 @@ def decode_series(in_path, out_dir, *, force: bool = False, bundle=None, kernels
     pixel_bytes = runtime.pixel_stream_bytes(data, header, tiles)
     itemsize = np.dtype(header.dtype).itemsize
     ratio = itemsize * header.rows * header.cols * header.frames * header.samples / pixel_bytes
-    how = {"mark_lossless": True} if header.lossless else {
-        "lossy": True, "ratio": ratio, "method": runtime.LOSSY_METHOD, "derivation": runtime._derivation(header, ratio)}
     written = []
     with runtime._plane_pool(b, kernels, header.frames * header.samples, jobs) as plane_map:
         for first, pixels in frame_groups(data, coder=coder, model_ids=b.model_ids, source=in_path,
@@ -507,11 +504,8 @@ def decode_series(in_path, out_dir, *, force: bool = False, bundle=None, kernels
                 k = first + j
                 image = Image(pixels=np.ascontiguousarray(pixels[j:j + 1]), bits_stored=header.bits_stored,
                               signed=header.signed, photometric=header.photometric, source=str(in_path))
-                # the slice's header written back from its bytes (no pydicom) where data.dicom_bytes can
-                if not write_dicom_from_header(targets[k], (slices.common, slices.own[k]), image, overwrite=force,
-                                               **how):
-                    image.dataset = slices.slice_dataset(k)
-                    write_dicom(targets[k], image, overwrite=force, **how)
+                runtime.write_decoded_dicom(targets[k], image, header, ratio, (slices.common, slices.own[k]),
+                                            lambda k=k: slices.slice_dataset(k), force)
                 written.append(str(targets[k]))
     return {"input": str(in_path), "output": str(out_dir), "slices": len(written), "files": written,
             "rows": header.rows, "cols": header.cols, "ordering": slices.ordering_name}
