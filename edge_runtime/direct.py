@@ -43,7 +43,7 @@ its frequencies are 1 + count * (2**PRECISION - m) // n, the rest to the first m
 context with a single symbol codes nothing more. Then the context's symbols. The encoder picks, per
 context, whichever costs fewer bits. All integer: the same values on every CPU.
 
-Version 2 (ACTIVITY_VERSION, the tiles encoders write; version 1 tiles decode as before): every pass sends, after
+Version 2 (ACTIVITY_VERSION; version 1 tiles decode as before): every pass sends, after
 its mode, which of ACTIVITIES measures its contexts' activity (uniform): the range as
 above, the range in half as many buckets, half the range plus twice the local mean error, or twice the local mean
 error alone, bucketed as mag_code(value) >> 3. The local mean error of a position (_Energy.mean) is the floor of
@@ -56,6 +56,13 @@ pass sends a threshold (Exp-Golomb) and a second set of weights before its weigh
 error exceeds the threshold are predicted with the second set (the encoder tries the median of the pass's mean
 errors, in passes of SPLIT_MIN positions or more). The pattern mode takes the activity measure too, at its
 positions whose near values hold other than 2 distinct values.
+
+Version 3 (HALVES_VERSION, which encoders write for tiles that are not mostly flat; version 2 for the others) is
+version 2 with the last edges pass (step 1: half of the tile's values) coded as two passes: first its values on
+even rows, then those on odd rows, whose ring of far values is their 4 diagonal neighbours (in the first half)
+instead of (0, ±3) and (±3, 0). In a single pass every value of step 1 that is not a centre sees only values of
+the other parity (r + c even); the second half sees 4 values of its own parity at distance 1, which a linear mode
+weighs (least squares) and a wide mode's range includes.
 
 With a max error D > 0 every coded difference is quantized with step 2D + 1 as in edge_runtime.residual
 (q = sign(e) * floor((|e| + D) / (2D + 1)), value = clip(prediction + (2D + 1) * q, 0, top)), the coarsest
@@ -93,9 +100,11 @@ def _mirror(v: np.ndarray, other: np.ndarray, n: int) -> np.ndarray:
 
 
 @shape_cache(maxsize=4)
-def _geometry(shape: tuple) -> tuple:
+def _geometry(shape: tuple, halves: bool = False) -> tuple:
     """(lattice positions, passes): per pass, the flat positions, the 4 near neighbours' and the 12 far values'
-    flat positions (int32 where they fit: 17 index arrays per position weigh 68 bytes, not 136).
+    flat positions (int32 where they fit: 17 index arrays per position weigh 68 bytes, not 136). With `halves`
+    (tiles of HALVES_VERSION) the last edges pass is two: its positions on the lattice's rows, then the others,
+    whose ring is their 4 diagonal neighbours (DIAGONAL_RING), all in the first half.
 
     Every position of a pass lies on a grid (rows r0, r0 + 2s, ...) x (columns c0, c0 + 2s, ...), the edges
     pass on two of them, and each neighbour's row depends on the position's row only and its column on the
@@ -106,10 +115,13 @@ def _geometry(shape: tuple) -> tuple:
     passes = []
     s = STRIDE // 2
     while s >= 1:
-        centres = _interleaved(_grid_pass(rows, cols, s, s, s, True, index))
-        edges = _interleaved(_grid_pass(rows, cols, 0, s, s, False, index),
-                             _grid_pass(rows, cols, s, 0, s, False, index))
-        passes += [centres, edges]
+        passes.append(_interleaved(_grid_pass(rows, cols, s, s, s, True, index)))  # the centres
+        if halves and s == 1:
+            passes += [_interleaved(_grid_pass(rows, cols, 0, s, s, False, index)),
+                       _interleaved(_grid_pass(rows, cols, s, 0, s, False, index, DIAGONAL_RING))]
+        else:
+            passes.append(_interleaved(_grid_pass(rows, cols, 0, s, s, False, index),
+                                       _grid_pass(rows, cols, s, 0, s, False, index)))
         s //= 2
     return lattice, tuple(passes)
 
@@ -119,9 +131,10 @@ def _grid_positions(rows: int, cols: int, r0: int, c0: int, step: int) -> np.nda
     return (np.arange(r0, rows, step)[:, None] * cols + np.arange(c0, cols, step)[None, :]).ravel()
 
 
-def _grid_pass(rows: int, cols: int, r0: int, c0: int, s: int, diagonal: bool, index) -> tuple:
+def _grid_pass(rows: int, cols: int, r0: int, c0: int, s: int, diagonal: bool, index, ring: tuple | None = None) -> tuple:
     """(positions, 4 near, 12 far) of the grid (r0 + 2s k) x (c0 + 2s l) of step s, each a 2-D (grid rows, grid
-    columns) array: the centres (diagonal) or one half of the edges pass (module docstring)."""
+    columns) array: the centres (diagonal) or one half of the edges pass (module docstring); `ring` (edges only)
+    in place of RING_EDGES."""
     rr = np.arange(r0, rows, 2 * s, dtype=index)
     cc = np.arange(c0, cols, 2 * s, dtype=index)
     row = lambda a: _mirror(rr + a * s, rr - a * s, rows)  # a neighbour's row, mirrored; -1 outside on both sides
@@ -136,7 +149,7 @@ def _grid_pass(rows: int, cols: int, r0: int, c0: int, s: int, diagonal: bool, i
         nb = [np.where(vertical, up + here_c, here_r + left), np.where(vertical, down + here_c, here_r + right),
               np.where(horizontal, here_r + left, up + here_c), np.where(horizontal, here_r + right, down + here_c)]
     far = []  # 12 more decoded values around: outside the tile on both sides (a thin tile), a near neighbour
-    for a, b in (FAR_CENTRES + RING_CENTRES if diagonal else FAR_EDGES + RING_EDGES):
+    for a, b in (FAR_CENTRES + RING_CENTRES if diagonal else FAR_EDGES + (ring or RING_EDGES)):
         fr, fc = row(a), col(b)
         inside = (fr >= 0)[:, None] & (fc >= 0)[None, :]
         far.append(np.where(inside, at_row(fr) + fc[None, :], nb[len(far) % 4]))
@@ -155,6 +168,8 @@ FAR_CENTRES = ((-1, -3), (-1, 3), (1, -3), (1, 3), (-3, -1), (-3, 1), (3, -1), (
 FAR_EDGES = ((-1, -2), (-1, 2), (1, -2), (1, 2), (-2, -1), (-2, 1), (2, -1), (2, 1))
 RING_CENTRES = ((-3, -3), (-3, 3), (3, -3), (3, 3))
 RING_EDGES = ((0, -3), (0, 3), (-3, 0), (3, 0))
+DIAGONAL_RING = ((-1, -1), (-1, 1), (1, -1), (1, 1))
+"""The ring of the second half of a split edges pass (HALVES_VERSION): the 4 diagonal neighbours, in the first."""
 WEIGHT_SHIFT = 10
 """Linear predictions are (sum of weight * term + 2**(WEIGHT_SHIFT-1)) >> WEIGHT_SHIFT (see _features)."""
 
@@ -275,6 +290,13 @@ plus twice the mean error, twice the mean error alone. Noise-dominated images (C
 level better from the errors of the passes already coded around a value than from 4 or 16 values."""
 ACTIVITY_VERSION = 2
 """Version of a tile whose passes send their activity measure (ACTIVITIES) and split weights; version 1: neither."""
+HALVES_VERSION = 3
+"""Version of a tile whose last edges pass (step 1, half the tile's values) is coded in two halves: first the values
+on the lattice's rows (even rows, odd columns), then the others, whose ring of far values is then their 4 diagonal
+neighbours (DIAGONAL_RING), decoded in the first half, instead of (0, ±3), (±3, 0). Noise-dominated images (CT, MR)
+are 0.5-4 % smaller; graphics lose a little (another pass's side information), so encoders write it for tiles
+that are not mostly flat (codec.PlaneCoder); version 2 otherwise."""
+VERSIONS = (1, ACTIVITY_VERSION, HALVES_VERSION)
 ENERGY_RADIUS = 3
 """The local mean error averages the errors of the coded values within this many steps (of the pass) each way."""
 
@@ -290,10 +312,10 @@ class _Energy:
     """Each coded value's error |value - prediction| (the coarsest lattice has none), and their local means:
     both sides know the errors of the passes already coded, so a pass may weigh its contexts by them."""
 
-    def __init__(self, rows: int, cols: int, top: int):
+    def __init__(self, rows: int, cols: int, top: int, halves: bool = False):
         self.rows, self.cols = rows, cols
         self.error = np.zeros(rows * cols, np.int32 if top < 1 << 31 else np.int64)  # an error is at most top
-        self.counts = _window_counts((rows, cols))
+        self.counts = _window_counts((rows, cols), halves)
 
     def add(self, at: np.ndarray, values: np.ndarray, pred: np.ndarray) -> None:
         self.error[at] = np.abs(values - pred)
@@ -313,11 +335,11 @@ def _window_sums(v: np.ndarray, shape: tuple, at: np.ndarray, s: int) -> np.ndar
 
 
 @shape_cache(maxsize=4)
-def _window_counts(shape: tuple) -> tuple:
-    """Per pass of _geometry(shape): how many values coded before it (not the coarsest lattice) lie within
+def _window_counts(shape: tuple, halves: bool = False) -> tuple:
+    """Per pass of _geometry(shape, halves): how many values coded before it (not the coarsest lattice) lie within
     ENERGY_RADIUS steps of each of its positions, at least 1."""
     rows, cols = shape
-    _lattice, passes = _geometry(shape)
+    _lattice, passes = _geometry(shape, halves)
     known = np.zeros(rows * cols, np.uint8)
     out = []
     for i, (at, _nb, _far) in enumerate(passes):
@@ -780,19 +802,21 @@ def _decode_pass(dec: Decoder, context: np.ndarray, predicted: tuple | None = No
 
 
 def _pass_step(i: int) -> int:
-    """The step s of the i-th pass of _geometry (two passes per step: STRIDE/2, ..., 2, 1)."""
-    return STRIDE >> (1 + i // 2)
+    """The step s of the i-th pass of _geometry (two passes per step: STRIDE/2, ..., 2, 1; with halves, a third of
+    step 1)."""
+    return max(1, STRIDE >> (1 + i // 2))
 
 
 def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | None = None,
-           version: int = ACTIVITY_VERSION) -> bytes:
+           version: int = HALVES_VERSION) -> bytes:
     """Range-coded words of integer tile u (values in 0..top), every value within `max_error` of u once decoded;
     `tables`: the residual model's. `version` 1 (the tiles written before ACTIVITY_VERSION) codes every context's
-    activity as its range (ACTIVITIES[0]) and splits no pass."""
+    activity as its range (ACTIVITIES[0]) and splits no pass; version 2 (ACTIVITY_VERSION) codes the last edges
+    pass whole (HALVES_VERSION: in two halves)."""
     u = np.asarray(u, np.int64)
     top = int(u.max(initial=0)) if top is None else int(top)
     step = 2 * int(max_error) + 1
-    lattice, passes = _geometry(tuple(u.shape))
+    lattice, passes = _geometry(tuple(u.shape), version >= HALVES_VERSION)
     enc = Encoder(tables)
     lat_shape = (-(-u.shape[0] // STRIDE), -(-u.shape[1] // STRIDE))
     q = (u.ravel()[lattice] + step // 2) // step  # the lattice, quantized; its differences coded exactly
@@ -801,7 +825,7 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
     rec = flat.copy() if step > 1 else flat  # what the decoder rebuilds: the predictions' source
     if step > 1:
         rec[lattice] = np.minimum(q * step, top)
-    errors = _Energy(*u.shape, top) if version >= ACTIVITY_VERSION else None
+    errors = _Energy(*u.shape, top, version >= HALVES_VERSION) if version >= ACTIVITY_VERSION else None
     for i, (at, neighbours, far) in enumerate(passes):
         if at.size:
             energy = errors.mean(i, at) if errors is not None else None  # before the gathers: a lower peak
@@ -835,9 +859,11 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
 
 
 def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, max_error: int = 0,
-           version: int = ACTIVITY_VERSION) -> np.ndarray:
+           version: int = HALVES_VERSION) -> np.ndarray:
     """Inverse of `encode` (of the same `version`): the (rows, cols) tile, every value checked within 0..top."""
-    lattice, passes = _geometry((int(rows), int(cols)))
+    if version not in VERSIONS:
+        raise ValueError(f"direct tile of unknown version {version} (this decoder reads {VERSIONS})")
+    lattice, passes = _geometry((int(rows), int(cols)), version >= HALVES_VERSION)
     step = 2 * int(max_error) + 1
     dec = Decoder(tables, data)
     lat_shape = (-(-rows // STRIDE), -(-cols // STRIDE))
@@ -848,7 +874,7 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
         lat = np.minimum(lat * step, top)
     _check(lat, top)
     u[lattice] = lat
-    errors = _Energy(int(rows), int(cols), top) if version >= ACTIVITY_VERSION else None
+    errors = _Energy(int(rows), int(cols), top, version >= HALVES_VERSION) if version >= ACTIVITY_VERSION else None
     for i, (at, neighbours, far) in enumerate(passes):
         if at.size:
             mode, weights = int(dec.decode_uniform(1, len(MODES))[0]), None

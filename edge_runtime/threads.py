@@ -91,14 +91,14 @@ sit beside the next stage of its own encode."""
 
 
 def shape_cache(maxsize: int):
-    """Cache fn(shape) for the last `maxsize` shapes of at most CACHED_PIXELS pixels; larger ones are computed
-    each time (they are rarely reused, and their index arrays are large)."""
+    """Cache fn(shape, *options) for the last `maxsize` calls on shapes of at most CACHED_PIXELS pixels; larger ones
+    are computed each time (they are rarely reused, and their index arrays are large)."""
     def wrap(fn):
         cached = functools.lru_cache(maxsize=maxsize)(fn)
 
         @functools.wraps(fn)
-        def geometry(shape: tuple):
-            return cached(shape) if shape[0] * shape[1] <= CACHED_PIXELS else fn(shape)
+        def geometry(shape: tuple, *options):
+            return cached(shape, *options) if shape[0] * shape[1] <= CACHED_PIXELS else fn(shape, *options)
 
         geometry.cache_clear = cached.cache_clear
         return geometry

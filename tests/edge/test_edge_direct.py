@@ -17,6 +17,7 @@ from _golden import GOLDEN, digest, shipped_spec
 
 SPEC_PATH = GOLDEN / "direct_streams.json"
 ACTIVITY_SPEC_PATH = GOLDEN / "direct_activity_streams.json"
+HALVES_SPEC_PATH = GOLDEN / "direct_halves_streams.json"
 SPLIT_NAME = "ct693_256_lossless_direct2.kcd"
 NAME = "dfl_crop_lossless_direct.kcd"
 CROP = (100, 60)  # (row, col) of the 96x96 crop of pydicom's image_dfl.dcm
@@ -32,18 +33,30 @@ def _graphics(rows, cols, seed=0):
     return x.astype(np.int64)
 
 
+@pytest.mark.parametrize("halves", [False, True])
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (2, 2), (3, 17), (16, 16), (17, 33), (31, 8), (40, 65), (70, 97)])
-def test_geometry_codes_every_position_once_from_decoded_neighbours(shape):
-    lattice, passes = direct._geometry(shape)
+def test_geometry_codes_every_position_once_from_decoded_neighbours(shape, halves):
+    lattice, passes = direct._geometry(shape, halves)
     known = np.zeros(shape[0] * shape[1], bool)
     known[lattice] = True
-    for at, neighbours, far in passes:
+    assert len(passes) == 10 + halves
+    for i, (at, neighbours, far) in enumerate(passes):
         assert not known[at].any()  # each position in one pass only
         assert len(neighbours) == 4 and len(far) == 12
         for nb in neighbours + far:
             assert nb.min(initial=0) >= 0 and known[nb].all()  # every neighbour decoded before the pass
+        r, c = np.divmod(at, shape[1])
+        s = direct._pass_step(i)
+        assert (r % s == 0).all() and (c % s == 0).all() and ((r // s % 2) | (c // s % 2)).all()
         known[at] = True
     assert known.all()
+    if halves and shape[0] > 1 and shape[1] > 2:  # the halves: even rows, then odd rows seeing their diagonals
+        (first, *_), (second, _near, far) = passes[-2], passes[-1]
+        assert (first // shape[1] % 2 == 0).all() and (second // shape[1] % 2 == 1).all()
+        r, c = np.divmod(second, shape[1])
+        inner = (r < shape[0] - 1) & (c > 0) & (c < shape[1] - 1)
+        want = [(r + dr) * shape[1] + c + dc for dr, dc in direct.DIAGONAL_RING]
+        assert all(np.array_equal(f[inner], w[inner]) for f, w in zip(far[8:], want))
 
 
 def test_every_prediction_mode_round_trips(exact_coder, monkeypatch):
@@ -90,6 +103,36 @@ def test_every_activity_measure_round_trips_and_version_1_streams_still_decode(e
     assert PlaneCoder.DIRECT_ACTIVITY not in BASE_QUALITIES and PlaneCoder.DIRECT_ACTIVITY & 0xE0 == 0
 
 
+def test_halves_round_trip_and_tiles_name_their_version(exact_coder, monkeypatch):
+    _, coder = exact_coder
+    tables = coder.residual.tables
+    rng = np.random.default_rng(8)
+    r, c = np.mgrid[0:53, 0:70]
+    u = np.clip(np.round(300 + 80 * np.sin(r / 6) * np.cos(c / 9) + rng.normal(0, 4, r.shape)), 0, None).astype(np.int64)
+    top = int(u.max())
+    for d in (0, 1, 3):
+        v2, v3 = (direct.encode(u, tables, d, top, version=v) for v in (direct.ACTIVITY_VERSION, direct.HALVES_VERSION))
+        assert v2 != v3
+        for version, data in ((direct.ACTIVITY_VERSION, v2), (direct.HALVES_VERSION, v3)):
+            y = direct.decode(data, *u.shape, top, tables, d, version=version)
+            assert np.abs(y - u).max() <= d and (d or np.array_equal(y, u))
+    with pytest.raises(ValueError, match="unknown version 4"):
+        direct.decode(v3, *u.shape, top, tables, version=4)
+    # in a tile stream: version 3 where few neighbours are equal (HALVES_GATE), its number in the base length field
+    tile = coder.encode_bounded(u, 0, top, 0, quality=0)
+    assert tile[0] & 0x1F == PlaneCoder.DIRECT_ACTIVITY and struct.unpack_from("<I", tile, 5)[0] == direct.HALVES_VERSION
+    assert np.array_equal(coder.decode_bounded(tile, *u.shape, 0, top, 0), u)
+    for n in (1, 2, 4, 1 << 20):  # no other number: a decoder of version 2 refuses version 3 tiles the same way
+        with pytest.raises(ValueError, match="inconsistent"):
+            coder.decode_bounded(tile[:5] + struct.pack("<I", n) + tile[9:], *u.shape, 0, top, 0)
+    with pytest.raises(ValueError, match="inconsistent"):  # version 1 (base quality 0) has no such field
+        coder.decode_bounded(bytes([0]) + tile[1:], *u.shape, 0, top, 0)
+    monkeypatch.setattr(PlaneCoder, "HALVES_GATE", 0.0)  # version 2, as written before version 3: still decodes
+    old = coder.encode_bounded(u, 0, top, 0, quality=0)
+    assert struct.unpack_from("<I", old, 5)[0] == 0 and old != tile
+    assert np.array_equal(coder.decode_bounded(old, *u.shape, 0, top, 0), u)
+
+
 def test_split_passes_round_trip(exact_coder, monkeypatch):
     _, coder = exact_coder
     tables = coder.residual.tables
@@ -129,13 +172,14 @@ def test_weighted_least_squares_weigh_each_value():
     assert fits[2] == direct._fit_all(y[1::2], nb[:, 1::2], fv[:, 1::2]) != plain
 
 
+@pytest.mark.parametrize("halves", [False, True])
 @pytest.mark.parametrize("shape", [(1, 1), (5, 3), (37, 29), (70, 33)])
-def test_local_mean_errors_match_their_definition(shape):
+def test_local_mean_errors_match_their_definition(shape, halves):
     rng = np.random.default_rng(sum(shape))
     rows, cols = shape
-    energy = direct._Energy(rows, cols, 50)
+    energy = direct._Energy(rows, cols, 50, halves)
     known = np.zeros(shape, bool)  # the values coded so far, but the coarsest lattice's (coded without errors)
-    _lattice, passes = direct._geometry(shape)
+    _lattice, passes = direct._geometry(shape, halves)
     for i, (at, _nb, _far) in enumerate(passes):
         s, rad = direct._pass_step(i), direct.ENERGY_RADIUS
         got = energy.mean(i, at)
@@ -280,7 +324,8 @@ def test_fast_encode_codes_every_tile_without_a_base_within_the_bound(exact_code
     monkeypatch.setattr(PlaneCoder, "search_base_quality", lambda *a, **k: pytest.fail("the fast encode searched"))
     for d in (0, 1, 4):
         tile = coder.encode_bounded(x, int(x.min()), int(x.max()), d, quality=0)
-        assert PlaneCoder.without_base(tile) and struct.unpack_from("<I", tile, 5)[0] == 0  # no base
+        # no base; its base length field names direct's version 3: few equal neighbours (PlaneCoder.HALVES_GATE)
+        assert PlaneCoder.without_base(tile) and struct.unpack_from("<I", tile, 5)[0] == direct.HALVES_VERSION
         y = coder.decode_bounded(tile, *x.shape, int(x.min()), int(x.max()), d)
         assert np.abs(y - x).max() <= d
         body = direct.encode(x - x.min(), coder.residual.tables, d, int(x.max() - x.min()))
@@ -329,7 +374,7 @@ def test_tiles_over_the_direct_limit_have_a_base_and_are_refused_without(exact_c
     real = direct.encode
     with monkeypatch.context() as m:  # a version 1 tile, as encoders wrote them before version 2
         m.setattr(PlaneCoder, "DIRECT_ACTIVITY", 0)
-        m.setattr(direct, "encode", lambda *a: real(*a, version=1))
+        m.setattr(direct, "encode", lambda *a, **k: real(*a, **{**k, "version": 1}))
         v1 = coder.encode_bounded(x, 0, 255, 0)
     assert v1[0] & 0x1F == 0
     monkeypatch.setattr(direct, "MAX_PIXELS", x.size - 1)  # the tile is now one pixel over the limit
@@ -376,6 +421,8 @@ ACTIVITY_SOURCES = {"dfl_crop_lossless_direct2.kcd": ("image_dfl.dcm", CROP, 0),
                     "ct693_crop_d2_direct2.kcd": ("693_UNCR.dcm", NEAR_CROP, 2),
                     "ct693_body_lossless_direct2.kcd": ("693_UNCR.dcm", (300, 200), 0),
                     SPLIT_NAME: ("693_UNCR.dcm", (200, 100), 0, 256)}  # 256x256: a pass split in two (SPLIT_MIN)
+HALVES_SOURCES = {"ct693_body_lossless_direct3.kcd": ("693_UNCR.dcm", (300, 200), 0),  # version 3 (HALVES_VERSION)
+                  "ct693_body_d2_direct3.kcd": ("693_UNCR.dcm", (300, 200), 2)}
 
 
 def _source(name: str) -> Image:
@@ -383,7 +430,7 @@ def _source(name: str) -> Image:
 
     from data.readers import read_image
 
-    filename, (r, c), _d, *size = {**SOURCES, **ACTIVITY_SOURCES}[name]
+    filename, (r, c), _d, *size = {**SOURCES, **ACTIVITY_SOURCES, **HALVES_SOURCES}[name]
     side = size[0] if size else 96
     image = read_image(get_testdata_file(filename))
     return Image(pixels=np.ascontiguousarray(image.pixels[:1, r:r + side, c:c + side]), bits_stored=image.bits_stored,
@@ -417,6 +464,12 @@ def test_regenerate_golden_direct_activity_streams():
     _write_golden(ACTIVITY_SOURCES, ACTIVITY_SPEC_PATH)
 
 
+@pytest.mark.skipif(not os.environ.get("KCD_REGENERATE_DIRECT_HALVES_GOLDEN"),
+                    reason="rewrites the golden direct streams of version 3")
+def test_regenerate_golden_direct_halves_streams():
+    _write_golden(HALVES_SOURCES, HALVES_SPEC_PATH)
+
+
 @pytest.fixture(scope="module", params=["xnnpack", "reference"])
 def shipped(request):
     return shipped_spec(SPEC_PATH, request.param, "direct")
@@ -427,7 +480,12 @@ def shipped_activity(request):
     return shipped_spec(ACTIVITY_SPEC_PATH, request.param, "direct (version 2)")
 
 
-def _check_golden(shipped, sources: dict, name: str, quality: int) -> None:
+@pytest.fixture(scope="module", params=["xnnpack", "reference"])
+def shipped_halves(request):
+    return shipped_spec(HALVES_SPEC_PATH, request.param, "direct (version 3)")
+
+
+def _check_golden(shipped, sources: dict, name: str, quality: int, version_field: int = 0) -> None:
     from edge_runtime import bitstream as bs
 
     spec, ids, coder = shipped
@@ -435,6 +493,7 @@ def _check_golden(shipped, sources: dict, name: str, quality: int) -> None:
     data = (GOLDEN / name).read_bytes()
     _, tiles, _ = bs.parse(data)
     assert tiles[0][0] & 0x1F == quality  # the stream exercises a tile without a base of this version
+    assert struct.unpack_from("<I", tiles[0], 5)[0] == version_field
     image, _ = decode_image(data, coder=coder, model_ids=ids)
     assert list(image.pixels.shape) == want["shape"] and image.pixels.dtype.name == want["dtype"]
     assert digest(image.pixels) == want["sha256"]
@@ -454,3 +513,8 @@ def test_golden_direct_activity_stream_decodes_to_the_recorded_pixels(shipped_ac
     monkeypatch.setattr(direct, "_split_prediction", lambda *a: splits.append(a[3]) or real(*a))
     _check_golden(shipped_activity, ACTIVITY_SOURCES, name, PlaneCoder.DIRECT_ACTIVITY)
     assert bool(splits) == (name == SPLIT_NAME)  # the 256x256 crop exercises a split pass
+
+
+@pytest.mark.parametrize("name", sorted(HALVES_SOURCES))
+def test_golden_direct_halves_stream_decodes_to_the_recorded_pixels(shipped_halves, name):
+    _check_golden(shipped_halves, HALVES_SOURCES, name, PlaneCoder.DIRECT_ACTIVITY, direct.HALVES_VERSION)
