@@ -57,7 +57,8 @@ error exceeds the threshold are predicted with the second set (the encoder tries
 errors, in passes of SPLIT_MIN positions or more). The pattern mode takes the activity measure too, at its
 positions whose near values hold other than 2 distinct values.
 
-Version 3 (HALVES_VERSION, which encoders write for tiles that are not mostly flat; version 2 for the others) is
+Version 3 (HALVES_VERSION, which encoders write for tiles that are large enough and not mostly flat, version 2 for
+the others: codec.PlaneCoder.HALVES_GATE) is
 version 2 with the last edges pass (step 1: half of the tile's values) coded as two passes: first its values on
 even rows, then those on odd rows, whose ring of far values is their 4 diagonal neighbours (in the first half)
 instead of (0, ±3) and (±3, 0). In a single pass every value of step 1 that is not a centre sees only values of
@@ -294,8 +295,7 @@ HALVES_VERSION = 3
 """Version of a tile whose last edges pass (step 1, half the tile's values) is coded in two halves: first the values
 on the lattice's rows (even rows, odd columns), then the others, whose ring of far values is then their 4 diagonal
 neighbours (DIAGONAL_RING), decoded in the first half, instead of (0, ±3), (±3, 0). Noise-dominated images (CT, MR)
-are 0.5-4 % smaller; graphics lose a little (another pass's side information), so encoders write it for tiles
-that are not mostly flat (codec.PlaneCoder); version 2 otherwise."""
+are 0.5-4 % smaller; small tiles and graphics lose a little (another pass's side information)."""
 VERSIONS = (1, ACTIVITY_VERSION, HALVES_VERSION)
 ENERGY_RADIUS = 3
 """The local mean error averages the errors of the coded values within this many steps (of the pass) each way."""

@@ -118,7 +118,10 @@ def test_halves_round_trip_and_tiles_name_their_version(exact_coder, monkeypatch
             assert np.abs(y - u).max() <= d and (d or np.array_equal(y, u))
     with pytest.raises(ValueError, match="unknown version 4"):
         direct.decode(v3, *u.shape, top, tables, version=4)
-    # in a tile stream: version 3 where few neighbours are equal (HALVES_GATE), its number in the base length field
+    # in a tile stream: version 3 where few neighbours are equal (HALVES_GATE) in a large enough tile, its number in
+    # the base length field
+    assert struct.unpack_from("<I", coder.encode_bounded(u, 0, top, 0, quality=0), 5)[0] == 0  # 53x70: too small
+    monkeypatch.setattr(PlaneCoder, "HALVES_MIN_PIXELS", u.size)
     tile = coder.encode_bounded(u, 0, top, 0, quality=0)
     assert tile[0] & 0x1F == PlaneCoder.DIRECT_ACTIVITY and struct.unpack_from("<I", tile, 5)[0] == direct.HALVES_VERSION
     assert np.array_equal(coder.decode_bounded(tile, *u.shape, 0, top, 0), u)
@@ -324,11 +327,11 @@ def test_fast_encode_codes_every_tile_without_a_base_within_the_bound(exact_code
     monkeypatch.setattr(PlaneCoder, "search_base_quality", lambda *a, **k: pytest.fail("the fast encode searched"))
     for d in (0, 1, 4):
         tile = coder.encode_bounded(x, int(x.min()), int(x.max()), d, quality=0)
-        # no base; its base length field names direct's version 3: few equal neighbours (PlaneCoder.HALVES_GATE)
-        assert PlaneCoder.without_base(tile) and struct.unpack_from("<I", tile, 5)[0] == direct.HALVES_VERSION
+        # no base; the base length field 0: direct's version 2, the tile is under PlaneCoder.HALVES_MIN_PIXELS
+        assert PlaneCoder.without_base(tile) and struct.unpack_from("<I", tile, 5)[0] == 0
         y = coder.decode_bounded(tile, *x.shape, int(x.min()), int(x.max()), d)
         assert np.abs(y - x).max() <= d
-        body = direct.encode(x - x.min(), coder.residual.tables, d, int(x.max() - x.min()))
+        body = direct.encode(x - x.min(), coder.residual.tables, d, int(x.max() - x.min()), version=2)
         assert tile[9:] == body  # the direct tile the full encode weighs as well
     image = Image(pixels=x.astype(np.uint16)[None, :, :, None], bits_stored=12, signed=False)
     data = encode_image(image, coder=coder, model_id=b.model_id, quality=0, max_error=0)
@@ -421,8 +424,8 @@ ACTIVITY_SOURCES = {"dfl_crop_lossless_direct2.kcd": ("image_dfl.dcm", CROP, 0),
                     "ct693_crop_d2_direct2.kcd": ("693_UNCR.dcm", NEAR_CROP, 2),
                     "ct693_body_lossless_direct2.kcd": ("693_UNCR.dcm", (300, 200), 0),
                     SPLIT_NAME: ("693_UNCR.dcm", (200, 100), 0, 256)}  # 256x256: a pass split in two (SPLIT_MIN)
-HALVES_SOURCES = {"ct693_body_lossless_direct3.kcd": ("693_UNCR.dcm", (300, 200), 0),  # version 3 (HALVES_VERSION)
-                  "ct693_body_d2_direct3.kcd": ("693_UNCR.dcm", (300, 200), 2)}
+HALVES_SOURCES = {"ct693_body_lossless_direct3.kcd": ("693_UNCR.dcm", (300, 200), 0, 128),  # version 3 (HALVES_VERSION)
+                  "ct693_body_d2_direct3.kcd": ("693_UNCR.dcm", (300, 200), 2, 128)}  # 128x128: HALVES_MIN_PIXELS
 
 
 def _source(name: str) -> Image:
