@@ -60,10 +60,11 @@ positions whose near values hold other than 2 distinct values.
 Version 3 (HALVES_VERSION, which encoders write for tiles that are large enough and not mostly flat, version 2 for
 the others: codec.PlaneCoder.HALVES_GATE) is
 version 2 with the last edges pass (step 1: half of the tile's values) coded as two passes: first its values on
-even rows, then those on odd rows, whose ring of far values is their 4 diagonal neighbours (in the first half)
-instead of (0, ±3) and (±3, 0). In a single pass every value of step 1 that is not a centre sees only values of
-the other parity (r + c even); the second half sees 4 values of its own parity at distance 1, which a linear mode
-weighs (least squares) and a wide mode's range includes.
+even rows, then those on odd rows, whose ring of far values may be their 4 diagonal neighbours (in the first half)
+instead of (0, ±3) and (±3, 0): a uniform bit before the second half's mode says which (the encoder takes the
+diagonals losslessly, and weighs both rings with a max error). In a single pass every value of step 1 that is not
+a centre sees only values of the other parity (r + c even); the second half sees 4 values of its own parity at
+distance 1, which a linear mode weighs (least squares) and a wide mode's range includes.
 
 With a max error D > 0 every coded difference is quantized with step 2D + 1 as in edge_runtime.residual
 (q = sign(e) * floor((|e| + D) / (2D + 1)), value = clip(prediction + (2D + 1) * q, 0, top)), the coarsest
@@ -105,7 +106,8 @@ def _geometry(shape: tuple, halves: bool = False) -> tuple:
     """(lattice positions, passes): per pass, the flat positions, the 4 near neighbours' and the 12 far values'
     flat positions (int32 where they fit: 17 index arrays per position weigh 68 bytes, not 136). With `halves`
     (tiles of HALVES_VERSION) the last edges pass is two: its positions on the lattice's rows, then the others,
-    whose ring is their 4 diagonal neighbours (DIAGONAL_RING), all in the first half.
+    which have 16 far values: the 12 of an edges pass, then their 4 diagonal neighbours (DIAGONAL_RING), all in
+    the first half (_ring picks 12).
 
     Every position of a pass lies on a grid (rows r0, r0 + 2s, ...) x (columns c0, c0 + 2s, ...), the edges
     pass on two of them, and each neighbour's row depends on the position's row only and its column on the
@@ -119,7 +121,7 @@ def _geometry(shape: tuple, halves: bool = False) -> tuple:
         passes.append(_interleaved(_grid_pass(rows, cols, s, s, s, True, index)))  # the centres
         if halves and s == 1:
             passes += [_interleaved(_grid_pass(rows, cols, 0, s, s, False, index)),
-                       _interleaved(_grid_pass(rows, cols, s, 0, s, False, index, DIAGONAL_RING))]
+                       _interleaved(_grid_pass(rows, cols, s, 0, s, False, index, RING_EDGES + DIAGONAL_RING))]
         else:
             passes.append(_interleaved(_grid_pass(rows, cols, 0, s, s, False, index),
                                        _grid_pass(rows, cols, s, 0, s, False, index)))
@@ -160,7 +162,7 @@ def _grid_pass(rows: int, cols: int, r0: int, c0: int, s: int, diagonal: bool, i
 def _interleaved(a: tuple, b: tuple | None = None) -> tuple:
     """A pass from its grid `a`, or from its two grids (the edges pass: rows 0, 2s, ... and s, 3s, ...): every
     array flat and contiguous, in row-major order of the positions (ctx.interleave_rows)."""
-    b = b or (None, (None,) * 4, (None,) * 12)
+    b = b or (None, (None,) * 4, (None,) * len(a[2]))
     return (ctx.interleave_rows(a[0], b[0]), tuple(ctx.interleave_rows(x, y) for x, y in zip(a[1], b[1])),
             tuple(ctx.interleave_rows(x, y) for x, y in zip(a[2], b[2])))
 
@@ -170,7 +172,14 @@ FAR_EDGES = ((-1, -2), (-1, 2), (1, -2), (1, 2), (-2, -1), (-2, 1), (2, -1), (2,
 RING_CENTRES = ((-3, -3), (-3, 3), (3, -3), (3, 3))
 RING_EDGES = ((0, -3), (0, 3), (-3, 0), (3, 0))
 DIAGONAL_RING = ((-1, -1), (-1, 1), (1, -1), (1, 1))
-"""The ring of the second half of a split edges pass (HALVES_VERSION): the 4 diagonal neighbours, in the first."""
+"""The other ring of the second half of a split edges pass (HALVES_VERSION): the 4 diagonal neighbours, in the
+first half."""
+
+
+def _ring(far: tuple, diagonals: bool) -> tuple:
+    """The 12 far values of the second half of a split edges pass (16 in its geometry): the 8, then its ring, the
+    usual one or the diagonal neighbours."""
+    return far[:8] + far[12:] if diagonals else far[:12]
 WEIGHT_SHIFT = 10
 """Linear predictions are (sum of weight * term + 2**(WEIGHT_SHIFT-1)) >> WEIGHT_SHIFT (see _features)."""
 
@@ -293,9 +302,10 @@ ACTIVITY_VERSION = 2
 """Version of a tile whose passes send their activity measure (ACTIVITIES) and split weights; version 1: neither."""
 HALVES_VERSION = 3
 """Version of a tile whose last edges pass (step 1, half the tile's values) is coded in two halves: first the values
-on the lattice's rows (even rows, odd columns), then the others, whose ring of far values is then their 4 diagonal
-neighbours (DIAGONAL_RING), decoded in the first half, instead of (0, ±3), (±3, 0). Noise-dominated images (CT, MR)
-are 0.5-4 % smaller; small tiles and graphics lose a little (another pass's side information)."""
+on the lattice's rows (even rows, odd columns), then the others, whose ring of far values may then be their 4
+diagonal neighbours (DIAGONAL_RING), decoded in the first half, instead of (0, ±3), (±3, 0): a uniform bit before
+the pass's mode says which. Noise-dominated images (CT, MR) are 0.5-4 % smaller; small tiles and graphics lose a
+little (another pass's side information)."""
 VERSIONS = (1, ACTIVITY_VERSION, HALVES_VERSION)
 ENERGY_RADIUS = 3
 """The local mean error averages the errors of the coded values within this many steps (of the pass) each way."""
@@ -467,8 +477,23 @@ def _choose_activity(sym: np.ndarray, ranked: np.ndarray, distinct: np.ndarray, 
     return int(np.argmin(costs))
 
 
+def _diagonals_cheaper(y, u_flat, neighbours, far, step: int, top: int, energy) -> bool:
+    """Whether the second half of a split edges pass costs fewer bits (as _choose_mode weighs them) with its diagonal
+    neighbours as its ring than with the usual one. With a max error, the diagonals carry its quantization error:
+    on some CT they then cost bits (the encoder only weighs the two rings then; losslessly the diagonals)."""
+    costs = [_weigh_mode(y, *_gather(u_flat, neighbours, _ring(far, d)), step, top, energy)[0] for d in (True, False)]
+    return costs[0] <= costs[1]
+
+
 def _choose_mode(y, nb, fv, pattern, step: int, top: int, energy: np.ndarray | None = None) -> tuple:
-    """(mode, weights, split) of the pass coding values y in the fewest bits, weighed on a sample of its positions.
+    """(mode, weights, split) of the pass coding values y in the fewest bits, weighed on a sample of its positions
+    (_weigh_mode)."""
+    return _weigh_mode(y, nb, fv, pattern, step, top, energy)[1:]
+
+
+def _weigh_mode(y, nb, fv, pattern, step: int, top: int, energy: np.ndarray | None = None) -> tuple:
+    """(estimated bits, mode, weights, split) of the pass coding values y in the fewest bits, weighed on a sample of
+    its positions.
     With the local mean errors `energy` (_Energy.mean), a linear mode's weights are also fitted (on the sample) by
     least squares weighted by 1 / (1 + energy)^p (FIT_WEIGHTINGS), and the cheapest weights kept: values amid noise,
     whose errors are large whatever the weights, then pull the fit less than those where a good prediction saves
@@ -494,7 +519,7 @@ def _choose_mode(y, nb, fv, pattern, step: int, top: int, energy: np.ndarray | N
             best = (cost, mode, w)
     kind, wide, patterned = MODES[best[1]]
     if energy is None or not kind:
-        return best[1], best[2], None
+        return best[0], best[1], best[2], None
     e = energy[sub]
     weighted = _fits(y, nb, fv, tuple(1.0 / (1.0 + e) ** p for p in FIT_WEIGHTINGS))
     for w in {f[kind] for f in weighted if f[kind] is not None} - {best[2]}:
@@ -516,7 +541,7 @@ def _choose_mode(y, nb, fv, pattern, step: int, top: int, energy: np.ndarray | N
                         + _weight_bits(fits[1]) + float(natural_bits(np.array([threshold])).sum()))
                 if cost < best[0]:
                     best, split = (cost, best[1], fits[0]), trial
-    return best[1], best[2], split
+    return best[0], best[1], best[2], split
 
 
 SPLIT_MIN = 1 << 15
@@ -829,8 +854,12 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
     for i, (at, neighbours, far) in enumerate(passes):
         if at.size:
             energy = errors.mean(i, at) if errors is not None else None  # before the gathers: a lower peak
-            nb, fv, pattern = _gather(rec, neighbours, far)
             y = np.take(flat, at)
+            if len(far) > 12:  # the second half of a split edges pass: its ring
+                diagonals = step == 1 or _diagonals_cheaper(y, rec, neighbours, far, step, top, energy)
+                far = _ring(far, diagonals)
+                enc.encode_uniform([int(diagonals)], 2)
+            nb, fv, pattern = _gather(rec, neighbours, far)
             mode, weights, split = _choose_mode(y, nb, fv, pattern, step, top, energy)
             kind, wide, patterned = MODES[mode]
             enc.encode_uniform([mode], len(MODES))
@@ -877,6 +906,8 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
     errors = _Energy(int(rows), int(cols), top, version >= HALVES_VERSION) if version >= ACTIVITY_VERSION else None
     for i, (at, neighbours, far) in enumerate(passes):
         if at.size:
+            if len(far) > 12:  # the second half of a split edges pass: its ring
+                far = _ring(far, bool(dec.decode_uniform(1, 2)[0]))
             mode, weights = int(dec.decode_uniform(1, len(MODES))[0]), None
             kind, wide, patterned = MODES[mode]
             activity, energy = 0, None

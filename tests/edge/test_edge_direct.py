@@ -42,7 +42,7 @@ def test_geometry_codes_every_position_once_from_decoded_neighbours(shape, halve
     assert len(passes) == 10 + halves
     for i, (at, neighbours, far) in enumerate(passes):
         assert not known[at].any()  # each position in one pass only
-        assert len(neighbours) == 4 and len(far) == 12
+        assert len(neighbours) == 4 and len(far) == (16 if halves and i == len(passes) - 1 else 12)
         for nb in neighbours + far:
             assert nb.min(initial=0) >= 0 and known[nb].all()  # every neighbour decoded before the pass
         r, c = np.divmod(at, shape[1])
@@ -56,7 +56,8 @@ def test_geometry_codes_every_position_once_from_decoded_neighbours(shape, halve
         r, c = np.divmod(second, shape[1])
         inner = (r < shape[0] - 1) & (c > 0) & (c < shape[1] - 1)
         want = [(r + dr) * shape[1] + c + dc for dr, dc in direct.DIAGONAL_RING]
-        assert all(np.array_equal(f[inner], w[inner]) for f, w in zip(far[8:], want))
+        assert all(np.array_equal(f[inner], w[inner]) for f, w in zip(direct._ring(far, True)[8:], want))
+        assert direct._ring(far, False) == far[:12] and len(direct._ring(far, True)) == 12
 
 
 def test_every_prediction_mode_round_trips(exact_coder, monkeypatch):
@@ -118,6 +119,14 @@ def test_halves_round_trip_and_tiles_name_their_version(exact_coder, monkeypatch
             assert np.abs(y - u).max() <= d and (d or np.array_equal(y, u))
     with pytest.raises(ValueError, match="unknown version 4"):
         direct.decode(v3, *u.shape, top, tables, version=4)
+    rings = {}
+    for diagonals in (True, False):  # either ring of the second half, as the bit before its mode says
+        monkeypatch.setattr(direct, "_diagonals_cheaper", lambda *a, k=diagonals: k)
+        rings[diagonals] = direct.encode(u, tables, 2, top)
+        assert np.abs(direct.decode(rings[diagonals], *u.shape, top, tables, 2) - u).max() <= 2
+    assert rings[True] != rings[False]
+    monkeypatch.setattr(direct, "_diagonals_cheaper", lambda *a: pytest.fail("weighed the rings losslessly"))
+    assert direct.encode(u, tables, 0, top) == direct.encode(u, tables, 0, top, version=direct.HALVES_VERSION)
     # in a tile stream: version 3 where few neighbours are equal (HALVES_GATE) in a large enough tile, its number in
     # the base length field
     assert struct.unpack_from("<I", coder.encode_bounded(u, 0, top, 0, quality=0), 5)[0] == 0  # 53x70: too small
