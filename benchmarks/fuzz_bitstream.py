@@ -101,9 +101,20 @@ def _metadata_for(image) -> bytes:
         return dicom_metadata(read_image(path).dataset)
 
 
+def halves_image():
+    """A 128x136 12-bit seed image: large enough, and not flat, for tiles without a base of direct's version 3."""
+    from data.image import Image
+
+    rng = np.random.default_rng(2025)
+    r, c = np.mgrid[0:128, 0:136]
+    u12 = np.clip(1500 + 400 * np.sin(r / 11) * np.cos(c / 17) + rng.normal(0, 10, r.shape), 0, 4095)
+    return Image(pixels=u12.astype(np.uint16)[None, :, :, None], bits_stored=12, signed=False)
+
+
 def make_seeds(codec) -> list:
     """[(name, bytes)] of valid streams made with `codec` = (Bundle, PlaneCoder); when the bundle has a
-    residual model, also error-bounded ones (lossless and max error 2) of the first two images."""
+    residual model, also error-bounded ones (lossless and max error 2) of the first two images, and lossless
+    and max error 1 ones of halves_image (direct's version 3)."""
     from edge_runtime.codec import encode_image
 
     bundle, coder = codec
@@ -116,6 +127,10 @@ def make_seeds(codec) -> list:
             d = 2 * i
             seeds.append((f"{name}, max error {d}", encode_image(image, coder=coder, model_id=bundle.model_id,
                                                                  quality=None, max_error=d, metadata=meta)))
+    if bundle.residual is not None:
+        for d in (0, 1):
+            seeds.append((f"u12_128x136 (direct version 3), max error {d}",
+                          encode_image(halves_image(), coder=coder, model_id=bundle.model_id, quality=None, max_error=d)))
     return seeds
 
 

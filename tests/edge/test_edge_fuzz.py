@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import signal
+import struct
 import time
 from pathlib import Path
 
@@ -56,8 +57,13 @@ def test_seeds_decode_with_their_geometry(fuzz, codec, seeds):
 
 def test_error_bounded_streams_fuzzed(fuzz, bounded, tmp_path):
     """Mutations of lossless / max-error streams (their own tile layout): decoded or InvalidBitstreamError."""
+    from edge_runtime import bitstream as bs
+    from edge_runtime import direct
+
     seeds = [s for s in fuzz.make_seeds(bounded) if "max error" in s[0]]
-    assert len(seeds) == 2
+    assert len(seeds) == 4
+    versions = {struct.unpack_from("<I", bs.parse(data)[1][0], 5)[0] for name, data in seeds if "version 3" in name}
+    assert versions == {direct.HALVES_VERSION}  # tiles without a base of version 3 are fuzzed too
     _fuzz(fuzz, bounded, seeds, tmp_path, N_STREAMS // 3)
 
 
