@@ -666,8 +666,10 @@ def _table_spreads(tables: EntropyTables) -> np.ndarray:
                      for f, t in zip(tables.freqs, tables.tails.tolist())])
 
 
-_TABLE_SEARCH = 2
-"""The encoder weighs the model tables within this many of the one whose mean |symbol| is nearest."""
+_TABLE_SEARCH = (2, 3)
+"""The encoder weighs the model tables within this many of the one whose mean |symbol| is nearest: losslessly (its
+time target: about 4 ms of a 512x512 CT's encode a step), and with a max error (a 1760x1760 CR coded with max error 2
+was 1.5 % larger with 2 than with 3)."""
 
 
 def _key_counts(keys: np.ndarray, size: int) -> tuple:
@@ -692,11 +694,12 @@ def _runs(s: np.ndarray, lengths: np.ndarray) -> tuple:
     return at // span, at % span + lo, counts
 
 
-def _plans(s: np.ndarray, lengths: np.ndarray, tables: EntropyTables) -> list:
+def _plans(s: np.ndarray, lengths: np.ndarray, tables: EntropyTables, search: int = _TABLE_SEARCH[0]) -> list:
     """Per segment of `s` (a context's symbols, consecutive, `lengths` long), the cheaper way to code it:
     (bits, the sent table's (values, counts, frequencies) or None, the residual model's best table). A sent table costs
     its description (module docstring) and the symbols under its frequencies; a model table its number and the
-    symbols under it, searched within _TABLE_SEARCH of the one whose mean |symbol| is nearest the segment's."""
+    symbols under it, searched within `search` (_TABLE_SEARCH) of the one whose mean |symbol| is nearest the
+    segment's."""
     seg, val, cnt = _runs(s, lengths)
     first = np.searchsorted(seg, np.arange(lengths.size))
     m = np.diff(np.append(first, seg.size))  # distinct symbols per segment
@@ -706,7 +709,7 @@ def _plans(s: np.ndarray, lengths: np.ndarray, tables: EntropyTables) -> list:
     k0 = np.argmin(np.abs(spreads[None, :] - spread[:, None]), axis=1)
     model = np.full(lengths.size, np.inf)
     table = np.zeros(lengths.size, np.int64)
-    for j in range(-_TABLE_SEARCH, _TABLE_SEARCH + 1):
+    for j in range(-search, search + 1):
         k = k0 + j
         ok = (k >= 0) & (k < tables.num_tables)
         kr = np.clip(k, 0, tables.num_tables - 1)
@@ -738,7 +741,8 @@ def _plans(s: np.ndarray, lengths: np.ndarray, tables: EntropyTables) -> list:
     return out
 
 
-def _encode_pass(enc: Encoder, sym: np.ndarray, context: np.ndarray, ranked: np.ndarray | None = None):
+def _encode_pass(enc: Encoder, sym: np.ndarray, context: np.ndarray, ranked: np.ndarray | None = None,
+                 search: int = _TABLE_SEARCH[0]):
     """A pass's symbols, context by context; with `ranked` (the neighbour-rank symbols of the same positions), one
     uniform bit per context first says which of the two the context codes (the shorter), and the positions
     coded as ranks are returned (a mask)."""
@@ -746,10 +750,10 @@ def _encode_pass(enc: Encoder, sym: np.ndarray, context: np.ndarray, ranked: np.
     order, spans = group_spans(context)
     lengths = np.array([b - a for _k, a, b in spans], np.int64)
     s = np.take(sym, order)
-    plans = _plans(s, lengths, tables)
+    plans = _plans(s, lengths, tables, search)
     if ranked is not None:
         r = np.take(ranked, order)
-        alternatives = _plans(r, lengths, tables)
+        alternatives = _plans(r, lengths, tables, search)
     as_rank = np.zeros(sym.size, bool)
     for i, (_k, a, b) in enumerate(spans):
         v, plan = s[a:b], plans[i]
@@ -845,7 +849,8 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
     enc = Encoder(tables)
     lat_shape = (-(-u.shape[0] // STRIDE), -(-u.shape[1] // STRIDE))
     q = (u.ravel()[lattice] + step // 2) // step  # the lattice, quantized; its differences coded exactly
-    _encode_pass(enc, _lattice_symbols(q.reshape(lat_shape)).ravel(), np.zeros(q.size, np.int64))
+    search = _TABLE_SEARCH[step > 1]
+    _encode_pass(enc, _lattice_symbols(q.reshape(lat_shape)).ravel(), np.zeros(q.size, np.int64), search=search)
     flat = u.ravel()
     rec = flat.copy() if step > 1 else flat  # what the decoder rebuilds: the predictions' source
     if step > 1:
@@ -879,7 +884,7 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
                     enc.encode_naturals(_zigzag(split[1]))
             if weights is not None:
                 enc.encode_naturals(_zigzag(weights))
-            as_rank = _encode_pass(enc, sym, context, ranked)
+            as_rank = _encode_pass(enc, sym, context, ranked, search)
             if step > 1:
                 rec[at] = np.where(as_rank, ranked_value, plain)
             if errors is not None:

@@ -233,7 +233,7 @@ def test_sorting_networks_sort_every_input(network, n):
         assert np.array_equal(a, want)
 
 
-def _plan_by_definition(v: np.ndarray, tables) -> tuple:
+def _plan_by_definition(v: np.ndarray, tables, search: int) -> tuple:
     """(sent table's bits, best model table, its bits) of one context's symbols, straight from the module docstring."""
     values, counts = np.unique(v, return_counts=True)
     m, n = len(values), int(counts.sum())
@@ -246,22 +246,23 @@ def _plan_by_definition(v: np.ndarray, tables) -> tuple:
         sent += float(-(counts * np.log2(f / float(1 << direct.PRECISION))).sum())
     spread = float(np.abs(values) @ counts) / n
     k0 = int(np.argmin(np.abs(direct._table_spreads(tables) - spread)))
-    ks = range(max(k0 - direct._TABLE_SEARCH, 0), min(k0 + direct._TABLE_SEARCH + 1, tables.num_tables))
+    ks = range(max(k0 - search, 0), min(k0 + search + 1, tables.num_tables))
     bits = {k: float(tables.symbol_bits(values, np.full(m, k)) @ counts) for k in ks}
     best = min(bits, key=bits.get)
     return sent, best, 1 + np.log2(tables.num_tables) + bits[best]
 
 
-def test_table_plans_of_a_pass_match_each_contexts_own(exact_coder):
+@pytest.mark.parametrize("search", direct._TABLE_SEARCH)
+def test_table_plans_of_a_pass_match_each_contexts_own(exact_coder, search):
     tables = exact_coder[1].residual.tables
     rng = np.random.default_rng(3)
     # contexts of one symbol, of few, of wide Laplacian-like ones, of escapes beyond the model's tails
     segments = [np.full(7, -3), np.array([5]), rng.integers(-2, 3, 40), np.round(rng.laplace(0, 4, 900)),
                 np.round(rng.laplace(0, 60, 300)), np.array([0, 0, 0, 1000, -1000]), rng.integers(-9000, 9000, 50)]
     s = np.concatenate(segments).astype(np.int64)
-    plans = direct._plans(s, np.array([len(g) for g in segments]), tables)
+    plans = direct._plans(s, np.array([len(g) for g in segments]), tables, search)
     for g, (bits, sent, table) in zip(segments, plans):
-        sent_bits, best, model_bits = _plan_by_definition(g.astype(np.int64), tables)
+        sent_bits, best, model_bits = _plan_by_definition(g.astype(np.int64), tables, search)
         assert table == best
         assert bits == pytest.approx(min(sent_bits, model_bits), rel=1e-9)
         assert (sent is not None) == (sent_bits <= model_bits)
