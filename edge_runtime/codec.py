@@ -62,8 +62,9 @@ def quantizer_step(quality: int) -> float:
 
 
 def levels_for(rows: int, cols: int, max_levels: int) -> int:
-    """As deep as keeps the coarsest band at least about 8 samples on its short side."""
-    return int(max(1, min(max_levels, np.floor(np.log2(max(min(rows, cols), 2) / 8.0)))))
+    """As deep as keeps the coarsest band at least about 8 samples on its short side: floor(log2(n / 8)) of the short
+    side n, from its bit length (exact: no libm's log2 decides the geometry)."""
+    return int(max(1, min(max_levels, max(int(min(rows, cols)), 2).bit_length() - 4)))
 
 
 def padded_shape(rows: int, cols: int, levels: int) -> tuple[int, int]:

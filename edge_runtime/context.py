@@ -14,8 +14,8 @@ Neighbours across the subband border are mirrored (reflect without repeating the
 sample), which keeps the row/column parity, so a mirrored neighbour is always one that
 is already decoded.
 
-Features are integer magnitude codes g(v) = round(16·log2(1 + |v|)) looked up in a
-table. The table index of a coefficient is
+Features are integer magnitude codes g(v) = round(16·log2(1 + |v|)), from integer thresholds
+(mag_code: no libm decides a code). The table index of a coefficient is
     k = clip((w · f + 2**(SHIFT-1)) >> SHIFT, 0, num_scales - 1)
 with integer weights w per (level, orientation, phase) group and f = (1, parent,
 parent 3×3 mean, sibling 1, sibling 2, spatial sum, spatial max), plus, in a trained model,
@@ -34,30 +34,45 @@ SHIFT = 12
 NUM_FEATURES = 7
 _G_MAX = 1 << 20
 _G_TABLE = 1 << 12
-"""Codes of 0.._G_TABLE-1 come from a table built at import; larger magnitudes (rare) are computed."""
+"""Codes of 0.._G_TABLE-1 come from a table built at import; larger magnitudes (rare) by a search of _G_STEPS."""
 
 
-def _g(v: np.ndarray) -> np.ndarray:
-    """round(16·log2(1 + v)) for int64 v >= 0 (float64, elementwise: the table's own formula)."""
-    return np.round(16.0 * np.log2(1.0 + v.astype(np.float64))).astype(np.int64)
+def _code_steps(top: int) -> np.ndarray:
+    """steps[c - 1]: the least integer v >= 0 with round(16·log2(1 + v)) >= c, for c = 1, 2, ... up to the code of
+    `top`, in exact integer arithmetic (no libm): 16·log2(1 + v) >= c - 1/2 exactly when (1 + v)^32 >= 2^(2c - 1),
+    never with equality (32·log2 of an integer is never odd), so there is no tie to round."""
+    steps = []
+    c = 1
+    while True:
+        v = max(int(2.0 ** ((2 * c - 1) / 32.0)) - 2, 0)  # a float guess, then exact steps to the least v
+        while v > 0 and v ** 32 >= 1 << (2 * c - 1):
+            v -= 1
+        while (1 + v) ** 32 < 1 << (2 * c - 1):
+            v += 1
+        if v > top:
+            return np.array(steps, np.int64)
+        steps.append(v)
+        c += 1
 
 
-_G = _g(np.arange(_G_TABLE, dtype=np.int64))
-FEATURE_MAX = 4 * int(_g(np.array([_G_MAX]))[0])
+_G_STEPS = _code_steps(_G_MAX)
+_G = np.searchsorted(_G_STEPS, np.arange(_G_TABLE), side="right").astype(np.int64)
+FEATURE_MAX = 4 * len(_G_STEPS)
 """No feature exceeds this (a spatial sum of four codes): bounds the context network's dot products."""
 ORIENTATIONS = ("H", "V", "D")
 
 
 def mag_code(v: np.ndarray) -> np.ndarray:
-    """Integer magnitude code g(|v|) = round(16·log2(1+|v|)), clipped at 2**20."""
+    """Integer magnitude code g(|v|) = round(16·log2(1+|v|)), clipped at 2**20: the number of code steps at or
+    below |v| (_code_steps), exact on every CPU."""
     a = np.minimum(np.abs(v), _G_MAX)
     big = a >= _G_TABLE
     if not big.any():
         return _G[a]
     if np.ndim(a) == 0:
-        return _g(np.asarray(a))
+        return np.searchsorted(_G_STEPS, a, side="right").astype(np.int64)
     out = _G[np.where(big, 0, a)]
-    out[big] = _g(a[big])
+    out[big] = np.searchsorted(_G_STEPS, a[big], side="right")
     return out
 
 

@@ -17,6 +17,14 @@ def test_mag_code_matches_the_full_table():
     assert ctx.mag_code(np.array([1 << 30])) == full[-1]  # clipped at 2**20
 
 
+def test_mag_code_steps_are_exact_integer_thresholds():
+    steps = [int(t) for t in ctx._G_STEPS]
+    assert len(steps) == 320 and steps == sorted(steps)
+    for c, t in enumerate(steps, start=1):  # the least v with 16 log2(1 + v) >= c - 1/2, in integers
+        assert (1 + t) ** 32 >= 1 << (2 * c - 1) and (t == 0 or t ** 32 < 1 << (2 * c - 1))
+    assert (1 + ctx._G_MAX) ** 32 < 1 << (2 * 321 - 1)  # 2**20 codes as 320: no step beyond it
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 5), (2, 2), (3, 7), (8, 8), (17, 12), (64, 33)])
 def test_band_context_features_match_detail_features(shape):
     rng = np.random.default_rng(sum(shape))
@@ -300,3 +308,11 @@ def test_lifting_along_rows_is_the_transposed_lifting_bit_for_bit(wavelet, mode)
         along_rows = exact_dwt._synthesis_1d(s, d, lifting, mode, axis=1)
         transposed = exact_dwt._synthesis_1d(s.T.copy(), d.T.copy(), lifting, mode).T
         assert np.array_equal(along_rows.view(np.int64), transposed.view(np.int64))
+
+
+def test_levels_follow_the_short_side_in_integers():
+    from edge_runtime.codec import levels_for
+
+    for n in range(1, 5000):  # the largest k with 8 * 2**k <= n (floor(log2(n / 8))), at least 1, at most the bundle's
+        k = max(k for k in range(-4, 20) if 8 * 2.0 ** k <= max(n, 2))
+        assert levels_for(n, n + 7, 64) == max(1, k) and levels_for(n + 7, n, 5) == max(1, min(5, k))
