@@ -102,11 +102,12 @@ def _metadata_for(image) -> bytes:
 
 
 def halves_image():
-    """A 128x136 12-bit seed image: large enough, and not flat, for tiles without a base of direct's version 3."""
+    """A 256x264 12-bit seed image, for tiles without a base of direct's version 3: larger than
+    PlaneCoder.HALVES_TRIAL_PIXELS (smaller tiles take the shorter version) and not flat."""
     from data.image import Image
 
     rng = np.random.default_rng(2025)
-    r, c = np.mgrid[0:128, 0:136]
+    r, c = np.mgrid[0:256, 0:264]
     u12 = np.clip(1500 + 400 * np.sin(r / 11) * np.cos(c / 17) + rng.normal(0, 10, r.shape), 0, 4095)
     return Image(pixels=u12.astype(np.uint16)[None, :, :, None], bits_stored=12, signed=False)
 
@@ -129,7 +130,7 @@ def make_seeds(codec) -> list:
                                                                  quality=None, max_error=d, metadata=meta)))
     if bundle.residual is not None:
         for d in (0, 1):
-            seeds.append((f"u12_128x136 (direct version 3), max error {d}",
+            seeds.append((f"u12_256x264 (direct version 3), max error {d}",
                           encode_image(halves_image(), coder=coder, model_id=bundle.model_id, quality=None, max_error=d)))
     return seeds
 

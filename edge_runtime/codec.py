@@ -176,7 +176,8 @@ class PlaneCoder:
     quality DIRECT_ACTIVITY likewise, by direct's version 2 (ACTIVITY_VERSION: every pass sends
     its contexts' activity measure) when the base length field is 0, or by its version 3
     (HALVES_VERSION: the last edges pass in two halves) when that field is 3; the encoder writes
-    both (HALVES_GATE). A decoder that predates version 3 refuses its tiles (a base length without a base).
+    both (HALVES_TRIAL_PIXELS, HALVES_GATE). A decoder that predates version 3 refuses its tiles (a base length
+    without a base).
     """
 
     ADAPTIVE = 0x80
@@ -192,13 +193,14 @@ class PlaneCoder:
     """With a max error above 0, tiles with at least this share of equal adjacent pixel pairs (graphics,
     test patterns, flat backgrounds) are also coded losslessly, and the shorter stream kept."""
     HALVES_GATE = 0.5
-    HALVES_MIN_PIXELS = 1 << 14
-    """Tiles without a base are coded by direct's HALVES_VERSION when they have at least HALVES_MIN_PIXELS pixels
-    and less than HALVES_GATE of their adjacent pixel pairs are equal, else by its version 2. A third pass at step 1
-    sends its own tables, which only a large enough, not mostly flat tile repays. On the train split (D = 0, 2, 4):
-    a 1024x1024 MR and a 128x128 CT 1.6-3.1 % smaller in version 3, a 512x512 CT with a flat background (0.35 of
-    its pairs equal) within 0.2 %; larger: 64x64 MR 0.9-1.5 %, ultrasound with its black surround (0.54-0.59)
-    up to 1.6 %, graphics, test patterns and a mostly flat CT (0.73 and more) 0.2-1.3 %."""
+    HALVES_TRIAL_PIXELS = 1 << 16
+    """Tiles without a base of at most HALVES_TRIAL_PIXELS pixels are coded by both direct's HALVES_VERSION and its
+    version 2, and the shorter kept (a second encode of a small tile: a few tens of ms). Larger ones by version 3
+    when less than HALVES_GATE of their adjacent pixel pairs are equal, else by version 2: a third pass at step 1
+    sends its own tables, which a mostly flat tile does not repay. On the train split (D = 0, 2, 4): a 1024x1024 MR
+    and a 128x128 CT 1.6-3.1 % smaller in version 3, a 512x512 CT with a flat background (0.35 of its pairs equal)
+    within 0.2 %; larger: 64x64 MR 0.9-1.5 %, ultrasound with its black surround (0.54-0.59) up to 1.6 %,
+    graphics, test patterns and a mostly flat CT (0.73 and more) 0.2-1.3 %."""
     SEARCH_STEPS = (3,)
     """Refinement steps of search_base_quality after SEARCH_START."""
     BASE_MIN_PIXELS = 1 << 19
@@ -389,14 +391,17 @@ class PlaneCoder:
                 candidates.append((0, index.reshape(x.shape), len(values) - 1, 0, table, lossless))
         best = None
         if x.size and direct_ok:  # without a base: the plane's own bound, and the last lossless candidate
-            halves = flat < self.HALVES_GATE and x.size >= self.HALVES_MIN_PIXELS
-            version = direct.HALVES_VERSION if halves else direct.ACTIVITY_VERSION
+            if x.size <= self.HALVES_TRIAL_PIXELS:  # small: both versions, the shorter kept
+                versions = (direct.HALVES_VERSION, direct.ACTIVITY_VERSION)
+            else:
+                versions = (direct.HALVES_VERSION if flat < self.HALVES_GATE else direct.ACTIVITY_VERSION,)
             for div, v, top, d, table, fl in candidates[:1] + candidates[1:][-1:]:
-                body = direct.encode(v, self._residual_model().tables, d, top, version=version)
-                if best is None or 9 + len(table) + len(body) < len(best[0]):
-                    best = (struct.pack("<BII", self.DIRECT_ACTIVITY | fl & self.LOSSLESS, div,
-                                        version if version >= direct.HALVES_VERSION else 0) + table + body,
-                            {"estimated_bits": 8.0 * len(body)}, len(table))
+                for version in versions:
+                    body = direct.encode(v, self._residual_model().tables, d, top, version=version)
+                    if best is None or 9 + len(table) + len(body) < len(best[0]):
+                        best = (struct.pack("<BII", self.DIRECT_ACTIVITY | fl & self.LOSSLESS, div,
+                                            version if version >= direct.HALVES_VERSION else 0) + table + body,
+                                {"estimated_bits": 8.0 * len(body)}, len(table))
         for div, v, top, d, table, fl in candidates if quality != 0 else ():
             q = self.search_base_quality(v, top, d, transform) if quality is None else quality
             st = {} if stats is not None else None

@@ -127,10 +127,13 @@ def test_halves_round_trip_and_tiles_name_their_version(exact_coder, monkeypatch
     assert rings[True] != rings[False]
     monkeypatch.setattr(direct, "_diagonals_cheaper", lambda *a: pytest.fail("weighed the rings losslessly"))
     assert direct.encode(u, tables, 0, top) == direct.encode(u, tables, 0, top, version=direct.HALVES_VERSION)
-    # in a tile stream: version 3 where few neighbours are equal (HALVES_GATE) in a large enough tile, its number in
-    # the base length field
-    assert struct.unpack_from("<I", coder.encode_bounded(u, 0, top, 0, quality=0), 5)[0] == 0  # 53x70: too small
-    monkeypatch.setattr(PlaneCoder, "HALVES_MIN_PIXELS", u.size)
+    # in a tile stream: a small tile takes the shorter version (PlaneCoder.HALVES_TRIAL_PIXELS), a larger one version
+    # 3 where few neighbours are equal (HALVES_GATE); its number in the base length field
+    small = coder.encode_bounded(u, 0, top, 0, quality=0)
+    bodies = {v: direct.encode(u, tables, 0, top, version=v) for v in (direct.ACTIVITY_VERSION, direct.HALVES_VERSION)}
+    shorter = min(bodies, key=lambda v: len(bodies[v]))
+    assert small[9:] == bodies[shorter] and struct.unpack_from("<I", small, 5)[0] == (shorter if shorter == 3 else 0)
+    monkeypatch.setattr(PlaneCoder, "HALVES_TRIAL_PIXELS", u.size - 1)
     tile = coder.encode_bounded(u, 0, top, 0, quality=0)
     assert tile[0] & 0x1F == PlaneCoder.DIRECT_ACTIVITY and struct.unpack_from("<I", tile, 5)[0] == direct.HALVES_VERSION
     assert np.array_equal(coder.decode_bounded(tile, *u.shape, 0, top, 0), u)
@@ -337,12 +340,12 @@ def test_fast_encode_codes_every_tile_without_a_base_within_the_bound(exact_code
     monkeypatch.setattr(PlaneCoder, "search_base_quality", lambda *a, **k: pytest.fail("the fast encode searched"))
     for d in (0, 1, 4):
         tile = coder.encode_bounded(x, int(x.min()), int(x.max()), d, quality=0)
-        # no base; the base length field 0: direct's version 2, the tile is under PlaneCoder.HALVES_MIN_PIXELS
-        assert PlaneCoder.without_base(tile) and struct.unpack_from("<I", tile, 5)[0] == 0
+        assert PlaneCoder.without_base(tile)  # no base
         y = coder.decode_bounded(tile, *x.shape, int(x.min()), int(x.max()), d)
         assert np.abs(y - x).max() <= d
-        body = direct.encode(x - x.min(), coder.residual.tables, d, int(x.max() - x.min()), version=2)
-        assert tile[9:] == body  # the direct tile the full encode weighs as well
+        bodies = [direct.encode(x - x.min(), coder.residual.tables, d, int(x.max() - x.min()), version=v)
+                  for v in (direct.HALVES_VERSION, direct.ACTIVITY_VERSION)]
+        assert tile[9:] == min(bodies, key=len)  # the direct tile the full encode weighs as well (a small tile: both)
     image = Image(pixels=x.astype(np.uint16)[None, :, :, None], bits_stored=12, signed=False)
     data = encode_image(image, coder=coder, model_id=b.model_id, quality=0, max_error=0)
     out, header = decode_image(data, coder=coder, model_ids=[b.model_id])
@@ -387,6 +390,8 @@ def test_tiles_over_the_direct_limit_have_a_base_and_are_refused_without(exact_c
     real = direct.encode
     with monkeypatch.context() as m:  # a version 1 tile, as encoders wrote them before version 2
         m.setattr(PlaneCoder, "DIRECT_ACTIVITY", 0)
+        m.setattr(PlaneCoder, "HALVES_TRIAL_PIXELS", 0)  # one encode, of the version 2 header
+        m.setattr(PlaneCoder, "HALVES_GATE", 0.0)
         m.setattr(direct, "encode", lambda *a, **k: real(*a, **{**k, "version": 1}))
         v1 = coder.encode_bounded(x, 0, 255, 0)
     assert v1[0] & 0x1F == 0
@@ -434,8 +439,8 @@ ACTIVITY_SOURCES = {"dfl_crop_lossless_direct2.kcd": ("image_dfl.dcm", CROP, 0),
                     "ct693_crop_d2_direct2.kcd": ("693_UNCR.dcm", NEAR_CROP, 2),
                     "ct693_body_lossless_direct2.kcd": ("693_UNCR.dcm", (300, 200), 0),
                     SPLIT_NAME: ("693_UNCR.dcm", (200, 100), 0, 256)}  # 256x256: a pass split in two (SPLIT_MIN)
-HALVES_SOURCES = {"ct693_body_lossless_direct3.kcd": ("693_UNCR.dcm", (300, 200), 0, 128),  # version 3 (HALVES_VERSION)
-                  "ct693_body_d2_direct3.kcd": ("693_UNCR.dcm", (300, 200), 2, 128)}  # 128x128: HALVES_MIN_PIXELS
+HALVES_SOURCES = {"mr_crop_lossless_direct3.kcd": ("MR-SIEMENS-DICOM-WithOverlays.dcm", (180, 180), 0, 128),
+                  "mr_crop_d2_direct3.kcd": ("MR-SIEMENS-DICOM-WithOverlays.dcm", (180, 180), 2, 128)}  # version 3
 
 
 def _source(name: str) -> Image:
