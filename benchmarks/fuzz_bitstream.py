@@ -129,9 +129,10 @@ def make_seeds(codec) -> list:
             seeds.append((f"{name}, max error {d}", encode_image(image, coder=coder, model_id=bundle.model_id,
                                                                  quality=None, max_error=d, metadata=meta)))
     if bundle.residual is not None:
+        image = halves_image()
         for d in (0, 1):
             seeds.append((f"u12_256x264 (direct version 3), max error {d}",
-                          encode_image(halves_image(), coder=coder, model_id=bundle.model_id, quality=None, max_error=d)))
+                          encode_image(image, coder=coder, model_id=bundle.model_id, quality=None, max_error=d)))
     return seeds
 
 

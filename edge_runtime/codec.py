@@ -192,6 +192,8 @@ class PlaneCoder:
     LOSSLESS_GATE = 0.7
     """With a max error above 0, tiles with at least this share of equal adjacent pixel pairs (graphics,
     test patterns, flat backgrounds) are also coded losslessly, and the shorter stream kept."""
+    DIRECT_VERSION_FIELD = {direct.ACTIVITY_VERSION: 0, direct.HALVES_VERSION: direct.HALVES_VERSION}
+    """The base length field of a DIRECT_ACTIVITY tile (it has no base) for each version of edge_runtime.direct."""
     HALVES_GATE = 0.5
     HALVES_TRIAL_PIXELS = 1 << 16
     """Tiles without a base of at most HALVES_TRIAL_PIXELS pixels are coded by both direct's HALVES_VERSION and its
@@ -400,7 +402,7 @@ class PlaneCoder:
                     body = direct.encode(v, self._residual_model().tables, d, top, version=version)
                     if best is None or 9 + len(table) + len(body) < len(best[0]):
                         best = (struct.pack("<BII", self.DIRECT_ACTIVITY | fl & self.LOSSLESS, div,
-                                            version if version >= direct.HALVES_VERSION else 0) + table + body,
+                                            self.DIRECT_VERSION_FIELD[version]) + table + body,
                                 {"estimated_bits": 8.0 * len(body)}, len(table))
         for div, v, top, d, table, fl in candidates if quality != 0 else ():
             q = self.search_base_quality(v, top, d, transform) if quality is None else quality
@@ -503,7 +505,7 @@ class PlaneCoder:
         else:
             raise ValueError(f"error-bounded tile divisor {g} exceeds the plane's range {hi - lo}")
         if q in (0, self.DIRECT_ACTIVITY):  # no base: edge_runtime.direct, version 1, 2 or 3 (the base length field)
-            versions = {0: 1} if q == 0 else {0: direct.ACTIVITY_VERSION, direct.HALVES_VERSION: direct.HALVES_VERSION}
+            versions = {0: 1} if q == 0 else {f: v for v, f in self.DIRECT_VERSION_FIELD.items()}
             if n not in versions:
                 raise ValueError(f"error-bounded tile header (no base, base length {n}) is inconsistent")
             version = versions[n]

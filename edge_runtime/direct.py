@@ -176,10 +176,16 @@ DIAGONAL_RING = ((-1, -1), (-1, 1), (1, -1), (1, 1))
 first half."""
 
 
+FAR_VALUES = len(FAR_EDGES) + len(RING_EDGES)
+"""The far values a pass predicts from (the second half of a split edges pass has DIAGONAL_RING's 4 more)."""
+
+
 def _ring(far: tuple, diagonals: bool) -> tuple:
     """The 12 far values of the second half of a split edges pass (16 in its geometry): the 8, then its ring, the
     usual one or the diagonal neighbours."""
-    return far[:8] + far[12:] if diagonals else far[:12]
+    return far[:len(FAR_EDGES)] + far[FAR_VALUES:] if diagonals else far[:FAR_VALUES]
+
+
 WEIGHT_SHIFT = 10
 """Linear predictions are (sum of weight * term + 2**(WEIGHT_SHIFT-1)) >> WEIGHT_SHIFT (see _features)."""
 
@@ -860,7 +866,7 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
         if at.size:
             energy = errors.mean(i, at) if errors is not None else None  # before the gathers: a lower peak
             y = np.take(flat, at)
-            if len(far) > 12:  # the second half of a split edges pass: its ring
+            if len(far) > FAR_VALUES:  # the second half of a split edges pass: its ring
                 diagonals = step == 1 or _diagonals_cheaper(y, rec, neighbours, far, step, top, energy)
                 far = _ring(far, diagonals)
                 enc.encode_uniform([int(diagonals)], 2)
@@ -911,7 +917,7 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
     errors = _Energy(int(rows), int(cols), top, version >= HALVES_VERSION) if version >= ACTIVITY_VERSION else None
     for i, (at, neighbours, far) in enumerate(passes):
         if at.size:
-            if len(far) > 12:  # the second half of a split edges pass: its ring
+            if len(far) > FAR_VALUES:  # the second half of a split edges pass: its ring
                 far = _ring(far, bool(dec.decode_uniform(1, 2)[0]))
             mode, weights = int(dec.decode_uniform(1, len(MODES))[0]), None
             kind, wide, patterned = MODES[mode]
