@@ -19,6 +19,7 @@ from edge_runtime import bitstream as bs
 from edge_runtime import colour as col
 from edge_runtime import direct
 from edge_runtime import exact_dwt
+from edge_runtime import overlap
 from edge_runtime import padding as pad
 from edge_runtime import refine as exact_refine
 from edge_runtime import residual as res
@@ -331,9 +332,37 @@ class PlaneCoder:
         return bands, step
 
     def decode(self, data: bytes, rows: int, cols: int, quality: int) -> np.ndarray:
+        t = self.transforms[self.names[data[0]]] if len(data) and data[0] < len(self.names) else None
+        if getattr(t, "refine", None) is not None and hasattr(t, "refined_output"):
+            return self._decode_refined(data, rows, cols, quality, t)
         name, levels, bands, step = self._decode_bands(data, rows, cols, quality)
         y = self.transforms[name].synthesis(bands, levels, step=step)
         return y[:rows, :cols]
+
+    def _decode_refined(self, data: bytes, rows: int, cols: int, quality: int, t) -> np.ndarray:
+        """`decode` through the refined inverse, level by level as the bands decode: each level's prediction
+        starts as soon as its low band is complete, on a helper process where there is one (edge_runtime.overlap),
+        while the level's own bands decode. The same floats as _decode_bands then t.synthesis."""
+        levels = self.levels(rows, cols)
+        pr, pc = padded_shape(rows, cols, levels)
+        step = quantizer_step(quality)
+        bias = float(self.p["recon_bias"])
+        steps = [step * m for m in level_step_scales(self.p, levels)]  # as _dequantize
+        state = {}
+
+        def on_level(i: int, bands) -> None:
+            if i == 0:
+                x = np.asarray(bands.astype(np.float32) * steps[0], np.float64)
+            else:
+                trio = tuple((dequantize(b, bias) * steps[i]).astype(np.float32) for b in bands)
+                x = exact_refine.level_synthesis(state["x"], trio, state["pred"].result(), t.wavelet, t.mode)
+            state["x"] = x
+            if i < levels:
+                state["pred"] = predict(x, levels - i)
+
+        with overlap.predictor(t.refine, pr * pc) as predict:
+            decode_subbands(data[1:], _band_shapes(pr, pc, levels), self.coding, on_level)
+        return t.refined_output(state["x"], step)[:rows, :cols]
 
     def decode_exact(self, data: bytes, rows: int, cols: int, quality: int) -> np.ndarray:
         """The plane without the post-filter, through the float64 numpy lifting: bit-reproducible."""

@@ -140,7 +140,13 @@ def synthesis(bands: list, levels: int, refinement: ExactRefinement, wavelet: st
     """Refined inverse transform in float64: at each level, details += P(LL), then one lifting level."""
     x = np.asarray(bands[0], np.float64)
     for k, trio in enumerate(bands[1:levels + 1]):
-        pred = refinement.predict(x, levels - k)
-        trio = tuple(np.asarray(d, np.float64) + p for d, p in zip(trio, pred))
-        x = exact_dwt.synthesis([x, trio], 1, wavelet, mode)
+        x = level_synthesis(x, trio, refinement.predict(x, levels - k), wavelet, mode)
     return x
+
+
+def level_synthesis(x: np.ndarray, trio: tuple, pred: tuple, wavelet: str = "cdf97",
+                    mode: str = "symmetric") -> np.ndarray:
+    """One level of `synthesis`: the low band `x` (float64) and the details `trio` plus the prediction `pred` of
+    x (ExactRefinement.predict) -> the next finer low band."""
+    trio = tuple(np.asarray(d, np.float64) + p for d, p in zip(trio, pred))
+    return exact_dwt.synthesis([x, trio], 1, wavelet, mode)

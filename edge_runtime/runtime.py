@@ -58,10 +58,13 @@ def load_codec(bundle_path=None, kernels: str = "xnnpack", num_threads: int = 2)
 
 def load_worker_codec(bundle_path=None, kernels: str = "xnnpack") -> tuple[Bundle, PlaneCoder]:
     """load_codec for a worker process or thread that shares the CPUs with others (batch, cluster, plane pools):
-    one TFLite thread, and lossless JPEG 2000 sources decoded on one thread (data.j2k_decoder)."""
+    one TFLite thread, lossless JPEG 2000 sources decoded on one thread (data.j2k_decoder), and no refinement helper
+    process (edge_runtime.overlap): the other CPUs are busy with other files or frames."""
     from data import j2k_decoder
+    from edge_runtime import overlap
 
     j2k_decoder.set_threads(1)
+    overlap.disable()
     return load_codec(bundle_path, kernels=kernels, num_threads=1)
 
 

@@ -60,13 +60,14 @@ class CodingModel:
         return self._cost
 
 
-def _walk(subbands, model: CodingModel, visit):
+def _walk(subbands, model: CodingModel, visit, on_level=None):
     """Drive the coding order; `visit(key, indices, pred, at, features, zero)` codes one pass.
 
     `at` are the flat (row-major) positions of the pass in its band, `zero` its zero_context
     flags (computed once per pass, for the context model and the coder). `visit` returns the
     (decoded or given) values of the pass, so the same walk serves the encoder (values known
-    up front) and the decoder (values appear pass by pass).
+    up front) and the decoder (values appear pass by pass). `on_level(i, bands)`, if given, is
+    called as soon as LL (i = 0) and then each level's (H, V, D) (i = 1, coarsest, ...) are complete.
     """
     levels = len(subbands) - 1
     decoded = [np.zeros_like(subbands[0])] + [tuple(np.zeros_like(b) for b in subbands[i])
@@ -80,6 +81,8 @@ def _walk(subbands, model: CodingModel, visit):
         ll[mask] = visit(("LL", phase), idx, pred, ctx.phase_positions(ll.shape)[phase][0], None,
                          zero_context(None, len(idx)))
         known |= mask
+    if on_level is not None:
+        on_level(0, ll)
     codes = {}  # (i, o) -> magnitude codes of a completed band
     for i in range(1, levels + 1):
         level = levels - i + 1
@@ -96,6 +99,8 @@ def _walk(subbands, model: CodingModel, visit):
                 flat_band[at] = vals
                 bc.set(phase, vals)
             codes[(i, o)] = bc.codes
+        if on_level is not None:
+            on_level(i, decoded[i])
     return decoded
 
 
@@ -206,8 +211,10 @@ def _rdo_pass(q: np.ndarray, x: np.ndarray, idx: np.ndarray, tables, lam: float,
     return out
 
 
-def decode_subbands(data: bytes, shapes, model: CodingModel):
-    """Inverse of encode_subbands; `shapes` is [LL shape, (H, V, D shapes), ...]."""
+def decode_subbands(data: bytes, shapes, model: CodingModel, on_level=None):
+    """Inverse of encode_subbands; `shapes` is [LL shape, (H, V, D shapes), ...]. `on_level(i, bands)`, if given,
+    receives LL (i = 0) and then each level's (H, V, D) (i = 1, coarsest, ...) as soon as they are decoded (the
+    synthesis of the coarser levels may then run while the finer ones decode)."""
     if len(data) < 4:
         raise ValueError("subband stream shorter than its 4-byte header")
     (mean,) = struct.unpack_from("<i", data, 0)
@@ -221,7 +228,10 @@ def decode_subbands(data: bytes, shapes, model: CodingModel):
         v = dec.decode(idx)
         return v + (pred if pred is not None else 0)
 
-    out = _walk(template, model, visit)
+    level_done = None
+    if on_level is not None:
+        level_done = lambda i, bands: on_level(i, bands + mean if i == 0 else bands)
+    out = _walk(template, model, visit, level_done)
     out[0] = out[0] + mean
     return out
 

@@ -356,13 +356,19 @@ class TFLiteTransforms:
                 f"expected one LL (1 channel) and {levels} details (3 channels)")
         return [ll[0][0, :, :, 0]] + [tuple(d[0, :, :, i] for i in range(3)) for d in details]
 
+    def refined_output(self, y: np.ndarray, step: float) -> np.ndarray:
+        """The decoded plane from the refined inverse's output `y` (float64, edge_runtime.refine.synthesis): float32,
+        then the post-filter."""
+        y = y.astype(np.float32)
+        return self.postfilter(y, step) if self.postfilter is not None else y
+
     def synthesis(self, bands: list, levels: int, step: float | None = None) -> np.ndarray:
         """[LL, (H, V, D) ...] coarse to fine, dequantized -> 2-D plane. `step` feeds the post-filter."""
         if step is None:
             raise ValueError("the TFLite decoder graph takes the quantizer step: call synthesis(bands, levels, step=step)")
         if self.refine is not None:  # the refined inverse as an integer network in numpy: the same bits everywhere
-            y = exact_refine.synthesis(bands, levels, self.refine, self.wavelet, self.mode).astype(np.float32)
-            return self.postfilter(y, step) if self.postfilter is not None else y
+            return self.refined_output(exact_refine.synthesis(bands, levels, self.refine, self.wavelet, self.mode),
+                                       step)
         sig = self._signature("decoder", levels)
         names = sorted(sig.inputs, key=_natural_key)
         step_names = [n for n in names if len(sig.inputs[n]["shape"]) < 4] or [n for n in names if "step" in n]

@@ -1,0 +1,232 @@
+"""The learned refinement of a lossy decode on a second core, while the entropy decoder goes on.
+
+A lossy plane decodes coarse to fine: LL, then each level's three detail bands. The refined
+inverse (edge_runtime.refine) adds to each level's details a prediction P(LL) of its low band,
+a small integer network, and the low band of a level is complete as soon as the coarser levels
+are decoded and synthesized. So the prediction of a level can run while that level's own bands
+are being decoded: at the finest level of a 512x512 CT slice, about 11 ms of network beside about
+20 ms of entropy decoding. Threads cannot share that work (the decoder's many small numpy calls
+and the network's contend for Python's lock: both slow down), so a helper process computes the
+predictions: the same function on the same integers, hence the same pixels.
+
+When. A process starts its helper (one, a new interpreter: it never inherits the TFLite interpreters' threads)
+at its second decode of a plane large enough (MIN_PIXELS), and uses it once the helper says it is
+ready; decodes before that run in line. A one-shot `edge-codec decode` of one image never starts it;
+a viewer or a service decoding image after image gets it from its second image on. Worker processes
+(batch mode, the plane pool) call `disable`: their cores are busy with other files or frames.
+Only the predictions of low bands of at least MIN_PIXELS go to the helper (the others cost less than
+the round trip). If the helper fails in any way, the prediction is computed in line (a corrupt stream
+then raises the same error as without a helper) and the helper is not used again.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import subprocess
+import sys
+import threading
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.threads import available_cpus
+
+MIN_PIXELS = 1 << 14
+"""The smallest low band (128x128) whose prediction goes to the helper."""
+START_AFTER = 1
+"""Decodes of large planes in line before a process starts its helper (1: a single decode never starts one)."""
+
+_lock = threading.Lock()
+_state = {"enabled": True, "large": 0, "helper": None}
+
+
+def disable() -> None:
+    """No helper in this process (a worker whose cores are busy with other work); stops one already started."""
+    _state["enabled"] = False
+    shutdown()
+
+
+def enable() -> None:
+    """Undo `disable` (tests)."""
+    _state["enabled"] = True
+
+
+def shutdown() -> None:
+    """Stop the helper if one runs (also at exit)."""
+    with _lock:
+        helper, _state["helper"] = _state["helper"], None
+    if helper is not None:
+        helper.close()
+
+
+atexit.register(shutdown)
+
+
+def predictor(refinement, pixels: int) -> "_Session":
+    """For one decode of a plane of `pixels` (padded) pixels: a context manager whose value maps (x, level) to a
+    handle whose `result()` is refinement.predict(x, level), through the helper when this process has a ready one
+    for `refinement` that no other decode holds, else in line. Counts the decodes of large planes (the helper starts
+    after START_AFTER of them)."""
+    helper = None
+    if _state["enabled"] and pixels >= 4 * MIN_PIXELS and available_cpus() >= 2 and os.name == "posix":
+        with _lock:
+            _state["large"] += 1
+            helper = _state["helper"]
+            if helper is not None and (helper.broken or helper.refinement is not refinement) and not helper.busy:
+                helper.close()
+                helper = _state["helper"] = None
+            if helper is None and _state["large"] > START_AFTER and sys.executable:
+                _state["helper"] = _Helper(refinement)  # ready for a later decode
+            if helper is not None and (helper.busy or helper.refinement is not refinement or not helper.ready()):
+                helper = None
+            if helper is not None:
+                helper.busy = True  # one decode at a time: requests and replies alternate on one socket
+    return _Session(refinement, helper)
+
+
+class _Session:
+    def __init__(self, refinement, helper):
+        self.refinement, self.helper, self.pending = refinement, helper, None
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, x: np.ndarray, level: int):
+        if self.helper is not None and x.size >= MIN_PIXELS and not self.helper.broken:
+            if self.pending is not None:
+                self.pending.result()  # (the decoder takes each prediction before asking the next)
+            self.pending = self.helper.submit(x, level)
+            return self.pending
+        return _InLine(self.refinement, x, level)
+
+    def __exit__(self, *exc) -> None:
+        if self.helper is not None:
+            if self.pending is not None:  # a decode that failed mid-way: the reply still comes, read it
+                self.pending.result()
+            self.helper.busy = False
+
+
+class _InLine:
+    def __init__(self, refinement, x, level):
+        self.refinement, self.x, self.level = refinement, x, level
+
+    def result(self) -> tuple:
+        return self.refinement.predict(self.x, self.level)
+
+
+class _Helper:
+    """One helper process computing refinement.predict for its parent; one request at a time.
+
+    A plain child interpreter (`python -c`, this package on its path, one BLAS thread) on one end of a socket pair,
+    not a multiprocessing child: spawning one would run the caller's main module again, which a library must not."""
+
+    def __init__(self, refinement):
+        self.refinement = refinement
+        self.broken = False
+        self.busy = False
+        self._ready = False
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        code = "import sys; from edge_runtime.overlap import _serve; _serve(int(sys.argv[1]))"
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno())], env=env,
+                                          pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self._conn = Connection(ours.detach())
+        try:
+            self._conn.send(refinement)
+        except OSError:
+            self.broken = True
+
+    def ready(self) -> bool:
+        if not self._ready and not self.broken:
+            try:
+                if self._conn.poll():
+                    self._ready = self._conn.recv() == "ready"
+                    self.broken = not self._ready
+            except (EOFError, OSError):
+                self.broken = True
+        return self._ready and not self.broken
+
+    def submit(self, x: np.ndarray, level: int):
+        x = np.ascontiguousarray(x, np.float64)
+        try:
+            self._conn.send((int(level), x.shape))
+            self._conn.send_bytes(x)
+        except (OSError, ValueError):
+            self.broken = True
+            return _InLine(self.refinement, x, level)
+        return _Pending(self, x, level)
+
+    def close(self) -> None:
+        try:
+            self._conn.send(None)
+        except (OSError, ValueError):
+            pass
+        try:
+            self._proc.wait(2)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(2)
+        self._conn.close()
+
+
+class _Pending:
+    def __init__(self, helper: _Helper, x: np.ndarray, level: int):
+        self.helper, self.x, self.level = helper, x, level
+        self._out = None
+
+    def result(self) -> tuple:
+        if self._out is None:
+            self._out = self._receive()
+        return self._out
+
+    def _receive(self) -> tuple:
+        h = self.helper
+        if not h.broken:
+            out = np.empty((3,) + self.x.shape, np.float64)
+            try:
+                if h._conn.recv() == "ok" and h._conn.recv_bytes_into(_bytes(out)) == out.nbytes:
+                    return tuple(out)
+            except (EOFError, OSError, ValueError):
+                pass
+            h.broken = True  # an error in the helper (a corrupt stream's values): the parent computes and raises
+        return h.refinement.predict(self.x, self.level)
+
+
+def _bytes(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous array's bytes, as one flat view (Connection.recv_bytes_into counts a buffer's first axis)."""
+    return a.reshape(-1).view(np.uint8)
+
+
+def _serve(fd: int) -> None:
+    """The helper's loop on the socket `fd`: the refinement first, then requests: (level, shape) and the low band's
+    bytes in, "ok" and the 3 predictions' bytes out; None or the parent's end closed: exit."""
+    conn = Connection(fd)
+    try:
+        refinement = conn.recv()
+    except (EOFError, OSError):
+        return
+    conn.send("ready")
+    while True:
+        try:
+            msg = conn.recv()
+            if msg is None:
+                return
+            level, shape = msg
+            x = np.empty(shape, np.float64)
+            conn.recv_bytes_into(_bytes(x))
+        except (EOFError, OSError):
+            return
+        try:
+            pred = np.stack(refinement.predict(x, level))
+        except Exception:  # noqa: BLE001 - the parent recomputes in line and raises the error itself
+            conn.send("error")
+            return
+        conn.send("ok")
+        conn.send_bytes(pred)

@@ -1,0 +1,195 @@
+"""The refinement on a helper process while the bands decode (edge_runtime.overlap): the same pixels, a clean
+fall-back when the helper fails, no helper in workers or one-shot decodes, and none left behind."""
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from edge_runtime import overlap
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped bundle (it has the learned refinement) and its coder."""
+    from edge_runtime.runtime import load_codec
+
+    return load_codec()
+
+
+@pytest.fixture
+def helper(monkeypatch):
+    """Overlap enabled with a helper from the first large decode; stopped afterwards."""
+    overlap.shutdown()
+    overlap.enable()
+    monkeypatch.setattr(overlap, "START_AFTER", 0)
+    monkeypatch.setitem(overlap._state, "large", 0)
+    yield
+    overlap.shutdown()
+
+
+def _ready(coder, data, rows, cols, quality=12) -> overlap._Helper:
+    coder.decode(data, rows, cols, quality)  # starts the helper
+    h = overlap._state["helper"]
+    assert h is not None
+    deadline = time.monotonic() + 60
+    while not h.ready():
+        assert not h.broken and time.monotonic() < deadline, "the helper did not start"
+        time.sleep(0.02)
+    return h
+
+
+def _plane(rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    r, c = np.mgrid[0:rows, 0:cols]
+    x = 800 + 300 * np.sin(r / 23.0) * np.cos(c / 31.0) + 900 * ((r - rows / 2) ** 2 + (c - cols / 3) ** 2 < 2500)
+    return np.clip(x + rng.normal(0, 9, x.shape), 0, 4095) / 4095.0
+
+
+def _stream(coder, x: np.ndarray, quality: int = 12) -> bytes:
+    return coder.encode(x.astype(np.float32), quality)
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (300, 270), (512, 384)])
+def test_the_helper_decodes_the_same_floats(shipped, helper, shape):
+    """Each level's prediction computed by the helper while the next bands decode: bit-identical planes."""
+    _bundle, coder = shipped
+    data = _stream(coder, _plane(*shape))
+    overlap._state["enabled"] = False
+    alone = coder.decode(data, *shape, 12)
+    overlap._state["enabled"] = True
+    h = _ready(coder, data, *shape)
+    sent = []
+    submit = h.submit
+    h.submit = lambda x, level: sent.append(level) or submit(x, level)
+    assert np.array_equal(coder.decode(data, *shape, 12), alone)
+    assert sent and min(sent) == 1  # the finest level's prediction went to the helper
+    # and the plane as decoded before the decoder went level by level
+    name, levels, bands, step = coder._decode_bands(data, *shape, 12)
+    assert np.array_equal(coder.transforms[name].synthesis(bands, levels, step=step)[:shape[0], :shape[1]], alone)
+
+
+def test_a_dead_helper_falls_back_in_line(shipped, helper):
+    """The helper killed between decodes: the decode computes the predictions itself, same pixels, and the
+    broken helper is replaced at a later decode."""
+    _bundle, coder = shipped
+    data = _stream(coder, _plane(256, 256, 1))
+    expected = coder.decode(data, 256, 256, 12)
+    h = _ready(coder, data, 256, 256)
+    h._proc.kill()
+    h._proc.wait(10)
+    assert np.array_equal(coder.decode(data, 256, 256, 12), expected)
+    assert h.broken
+    coder.decode(data, 256, 256, 12)
+    assert overlap._state["helper"] is not h and overlap._state["helper"] is not None
+
+
+def test_a_corrupt_stream_raises_as_without_a_helper(shipped, helper, monkeypatch):
+    """A stream whose low band drives the refinement out of range (its LL mean field set huge): the helper's
+    prediction fails, the decode computes it itself and raises the same error as without a helper."""
+    _bundle, coder = shipped
+    data = _stream(coder, _plane(256, 256, 2))
+    h = _ready(coder, data, 256, 256)
+    monkeypatch.setattr(overlap, "MIN_PIXELS", 0)  # every level's prediction to the helper
+    bad = data[:1] + struct.pack("<i", 1 << 30) + data[5:]
+    errors = []
+    for enabled in (False, True):
+        overlap._state["enabled"] = enabled
+        with pytest.raises(ValueError, match="out of range") as info:
+            coder.decode(bad, 256, 256, 12)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1] and h.broken
+
+
+def test_small_planes_and_single_decodes_start_no_helper(shipped, monkeypatch):
+    """A plane under 4 x MIN_PIXELS, or the first large decode of a process, starts nothing."""
+    overlap.shutdown()
+    overlap.enable()
+    monkeypatch.setitem(overlap._state, "large", 0)
+    _bundle, coder = shipped
+    small = _stream(coder, _plane(120, 200))
+    for _ in range(3):
+        coder.decode(small, 120, 200, 12)
+    assert overlap._state["helper"] is None and overlap._state["large"] == 0
+    large = _stream(coder, _plane(256, 256))
+    coder.decode(large, 256, 256, 12)
+    assert overlap._state["helper"] is None  # START_AFTER = 1: the second large decode starts it
+    coder.decode(large, 256, 256, 12)
+    assert overlap._state["helper"] is not None
+    overlap.shutdown()
+
+
+def test_workers_start_no_helper(monkeypatch):
+    """load_worker_codec (batch and plane pool workers) disables the helper; shutdown stops a running one."""
+    from edge_runtime import runtime
+
+    overlap.enable()
+    runtime.load_worker_codec()
+    assert overlap._state["enabled"] is False
+    assert overlap.predictor(object(), 1 << 20)(np.zeros((256, 256)), 1).__class__ is overlap._InLine
+    overlap.enable()
+
+
+def test_the_helper_ends_with_its_process(tmp_path):
+    """A process that started a helper and exits (normally, or killed) leaves no helper behind."""
+    script = tmp_path / "two_decodes.py"
+    script.write_text(
+        "import sys, time\n"
+        "import numpy as np\n"
+        "from edge_runtime import overlap\n"
+        "from edge_runtime.runtime import load_codec\n"
+        "_b, coder = load_codec()\n"
+        "x = np.linspace(0, 1, 256 * 256, dtype=np.float32).reshape(256, 256)\n"
+        "data = coder.encode(x, 12)\n"
+        "coder.decode(data, 256, 256, 12); coder.decode(data, 256, 256, 12)\n"
+        "h = overlap._state['helper']\n"
+        "print(h._proc.pid, flush=True)\n"
+        "if sys.argv[1] == 'hang':\n"
+        "    time.sleep(600)\n")
+    for how in ("exit", "hang"):
+        proc = subprocess.Popen([sys.executable, str(script), how], stdout=subprocess.PIPE, text=True)
+        pid = int(proc.stdout.readline())
+        if how == "hang":
+            proc.kill()
+        proc.wait(60)
+        deadline = time.monotonic() + 20
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), f"the helper outlived its process ({how})"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_decode_failing_mid_way_leaves_the_helper_in_step(shipped, helper, monkeypatch):
+    """An error in the finest bands' decoding, after the finest prediction went to the helper: its reply is read
+    and dropped, and the next decode (through the same helper) gets its own predictions."""
+    from edge_runtime import context
+
+    _bundle, coder = shipped
+    data = _stream(coder, _plane(256, 256, 3))
+    expected = coder.decode(data, 256, 256, 12)
+    h = _ready(coder, data, 256, 256)
+    features = context.DetailBandContext.features
+
+    def failing(self, phase):
+        if self.shape == (128, 128):
+            raise ValueError("a corrupt band")
+        return features(self, phase)
+
+    monkeypatch.setattr(context.DetailBandContext, "features", failing)
+    with pytest.raises(ValueError, match="a corrupt band"):
+        coder.decode(data, 256, 256, 12)
+    monkeypatch.setattr(context.DetailBandContext, "features", features)
+    assert not h.broken and not h.busy
+    assert np.array_equal(coder.decode(data, 256, 256, 12), expected)
+    assert overlap._state["helper"] is h and not h.broken
