@@ -10,9 +10,9 @@ and the network's contend for Python's lock: both slow down), so a helper proces
 predictions: the same function on the same integers, hence the same pixels.
 
 When. A process starts its helper (one, a new interpreter: it never inherits the TFLite interpreters' threads)
-at its second decode of a plane large enough (MIN_PIXELS), and uses it once the helper says it is
-ready; decodes before that run in line. A one-shot `edge-codec decode` of one image never starts it;
-a viewer or a service decoding image after image gets it from its second image on. Worker processes
+once it has spent START_AFTER_S decoding planes large enough (4 x MIN_PIXELS), and uses it once the helper says
+it is ready; decodes before that run in line. A one-shot `edge-codec decode` of an image never starts it; a
+viewer or a service decoding image after image gets it within its first second of work. Worker processes
 (batch mode, the plane pool) call `disable`: their cores are busy with other files or frames.
 Only the predictions of low bands of at least MIN_PIXELS go to the helper (the others cost less than
 the round trip). If the helper fails in any way, the prediction is computed in line (a corrupt stream
@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -35,11 +36,13 @@ from edge_runtime.threads import available_cpus
 
 MIN_PIXELS = 1 << 14
 """The smallest low band (128x128) whose prediction goes to the helper."""
-START_AFTER = 1
-"""Decodes of large planes in line before a process starts its helper (1: a single decode never starts one)."""
+START_AFTER_S = 0.5
+"""Seconds a process spends decoding large planes before it starts its helper: about 10 planes of 512x512. A process
+that decodes an image or two never starts one (it would pay the helper's start, about 0.15 s of a core, for a few ms
+a plane); one that decodes on and on (a viewer, a gateway, a series in process) has it from then on."""
 
 _lock = threading.Lock()
-_state = {"enabled": True, "large": 0, "helper": None}
+_state = {"enabled": True, "seconds": 0.0, "helper": None}
 
 
 def disable() -> None:
@@ -67,28 +70,29 @@ atexit.register(shutdown)
 def predictor(refinement, pixels: int) -> "_Session":
     """For one decode of a plane of `pixels` (padded) pixels: a context manager whose value maps (x, level) to a
     handle whose `result()` is refinement.predict(x, level), through the helper when this process has a ready one
-    for `refinement` that no other decode holds, else in line. Counts the decodes of large planes (the helper starts
-    after START_AFTER of them)."""
+    for `refinement` that no other decode holds, else in line. Adds the decode's time to the process's time spent
+    on large planes (the helper starts after START_AFTER_S of it)."""
     helper = None
     if _state["enabled"] and pixels >= 4 * MIN_PIXELS and available_cpus() >= 2 and os.name == "posix":
         with _lock:
-            _state["large"] += 1
             helper = _state["helper"]
             if helper is not None and (helper.broken or helper.refinement is not refinement) and not helper.busy:
                 helper.close()
                 helper = _state["helper"] = None
-            if helper is None and _state["large"] > START_AFTER and sys.executable:
+            if helper is None and _state["seconds"] >= START_AFTER_S and sys.executable:
                 _state["helper"] = _Helper(refinement)  # ready for a later decode
             if helper is not None and (helper.busy or helper.refinement is not refinement or not helper.ready()):
                 helper = None
             if helper is not None:
                 helper.busy = True  # one decode at a time: requests and replies alternate on one socket
-    return _Session(refinement, helper)
+        return _Session(refinement, helper, timed=True)
+    return _Session(refinement, None, timed=False)
 
 
 class _Session:
-    def __init__(self, refinement, helper):
+    def __init__(self, refinement, helper, timed: bool):
         self.refinement, self.helper, self.pending = refinement, helper, None
+        self.started = time.perf_counter() if timed else None
 
     def __enter__(self):
         return self
@@ -106,6 +110,9 @@ class _Session:
             if self.pending is not None:  # a decode that failed mid-way: the reply still comes, read it
                 self.pending.result()
             self.helper.busy = False
+        if self.started is not None:
+            with _lock:
+                _state["seconds"] += time.perf_counter() - self.started
 
 
 class _InLine:
@@ -164,6 +171,8 @@ class _Helper:
         return _Pending(self, x, level)
 
     def close(self) -> None:
+        if not self.ready():  # still starting (or failed): nothing to finish, do not wait for its imports
+            self._proc.kill()
         try:
             self._conn.send(None)
         except (OSError, ValueError):

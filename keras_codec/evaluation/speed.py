@@ -3,7 +3,9 @@
 Two ways to time, both in fresh processes so that peak memory belongs to one measurement:
 
 - :func:`measure`, warm and in-process: a spawned child sets up (imports, model loading: not
-  timed), runs once to warm up, then ``runs`` timed runs; one run is the whole encode or decode of
+  timed), warms up (runs until WARMUP_S have passed, at least once: a process that decodes image after
+  image has our decoder's refinement helper ready by then, edge_runtime.overlap), then ``runs`` timed
+  runs; one run is the whole encode or decode of
   one file including entropy coding and file I/O. ``peak_rss_mib`` is the child's VmHWM from /proc
   (interpreter and imports included; ``ru_maxrss`` is not used because Linux carries it over from
   the parent across fork+exec), ``rss_base_mib`` its RSS after setup, ``cpu_s`` the CPU seconds of
@@ -55,6 +57,8 @@ __all__ = ["COLUMNS", "LIBRARIES", "LOSSY_METHODS", "baseline", "base_decode_fil
 COLUMNS = ("image", "size", "codec", "mode", "bpp", "psnr", "max_abs_err", "encode_ms", "decode_ms",
            "encode_ms_min", "decode_ms_min", "encode_ms_max", "decode_ms_max", "runs", "threads",
            "peak_rss_mib_enc", "peak_rss_mib_dec", "rss_base_mib", "load1_start")
+WARMUP_S = 1.0
+"""The warm-up of an in-process measurement (measure): runs until this many seconds have passed."""
 LIBRARIES = {"jpeg2000": "OpenJPEG", "htj2k": "OpenJPH", "jpegxl": "libjxl", "jpegls": "CharLS"}
 # DICOM's defined terms for Lossy Image Compression Method (0028,2114)
 LOSSY_METHODS = {"jpeg2000": "ISO_15444_1", "htj2k": "ISO_15444_15", "jpegxl": "ISO_18181_1",
@@ -236,7 +240,10 @@ def _child(conn, job: dict):
               "base_encode": _base_encode, "base_decode": _base_decode}[job["kind"]]
         run_once = fn(job)  # setup (imports, model loading) is not timed
         base = _rss_mib()
-        run_once()  # warm-up
+        t0 = time.perf_counter()
+        run_once()  # warm-up: at least one run, and WARMUP_S of them
+        while time.perf_counter() - t0 < WARMUP_S:
+            run_once()
         times = []
         cpu0 = time.process_time()
         for _ in range(job["runs"]):

@@ -23,11 +23,10 @@ def shipped():
 
 @pytest.fixture
 def helper(monkeypatch):
-    """Overlap enabled with a helper from the first large decode; stopped afterwards."""
+    """Overlap enabled, a helper started at the first large decode; stopped afterwards."""
     overlap.shutdown()
     overlap.enable()
-    monkeypatch.setattr(overlap, "START_AFTER", 0)
-    monkeypatch.setitem(overlap._state, "large", 0)
+    monkeypatch.setattr(overlap, "START_AFTER_S", 0.0)
     yield
     overlap.shutdown()
 
@@ -105,19 +104,23 @@ def test_a_corrupt_stream_raises_as_without_a_helper(shipped, helper, monkeypatc
     assert errors[0] == errors[1] and h.broken
 
 
-def test_small_planes_and_single_decodes_start_no_helper(shipped, monkeypatch):
-    """A plane under 4 x MIN_PIXELS, or the first large decode of a process, starts nothing."""
+def test_small_planes_and_a_few_decodes_start_no_helper(shipped, monkeypatch):
+    """Planes under 4 x MIN_PIXELS count for nothing; large ones add their time, and the helper starts at the
+    first large decode after START_AFTER_S of them (that decode still runs in line)."""
     overlap.shutdown()
     overlap.enable()
-    monkeypatch.setitem(overlap._state, "large", 0)
+    monkeypatch.setitem(overlap._state, "seconds", 0.0)
     _bundle, coder = shipped
     small = _stream(coder, _plane(120, 200))
     for _ in range(3):
         coder.decode(small, 120, 200, 12)
-    assert overlap._state["helper"] is None and overlap._state["large"] == 0
+    assert overlap._state["helper"] is None and overlap._state["seconds"] == 0.0
     large = _stream(coder, _plane(256, 256))
-    coder.decode(large, 256, 256, 12)
-    assert overlap._state["helper"] is None  # START_AFTER = 1: the second large decode starts it
+    for _ in range(2):
+        coder.decode(large, 256, 256, 12)
+    spent = overlap._state["seconds"]
+    assert 0.0 < spent < overlap.START_AFTER_S and overlap._state["helper"] is None
+    monkeypatch.setitem(overlap._state, "seconds", overlap.START_AFTER_S)
     coder.decode(large, 256, 256, 12)
     assert overlap._state["helper"] is not None
     overlap.shutdown()
@@ -145,6 +148,7 @@ def test_the_helper_ends_with_its_process(tmp_path):
         "_b, coder = load_codec()\n"
         "x = np.linspace(0, 1, 256 * 256, dtype=np.float32).reshape(256, 256)\n"
         "data = coder.encode(x, 12)\n"
+        "overlap.START_AFTER_S = 0.0\n"
         "coder.decode(data, 256, 256, 12); coder.decode(data, 256, 256, 12)\n"
         "h = overlap._state['helper']\n"
         "print(h._proc.pid, flush=True)\n"
