@@ -525,7 +525,8 @@ class Bench:
             f"{self.load_start[0]:.2f} at start, {max(loads, default=load_end):.2f} at most after a measurement, "
             f"{load_end:.2f} at end; ours at q{self.args.quality}, {self.args.threads} TFLite threads in process; "
             f"classical codecs single-threaded" + (", pinned to 1 CPU" if self.one_cpu else ""),
-            "runs per case (median, min, max after one warm-up): " + ", ".join(f"{c} {n}" for c, n in runs.items())
+            "runs per case (median, min, max after a warm-up: 1 s in process, one run as a whole process): "
+            + ", ".join(f"{c} {n}" for c, n in runs.items())
             + (f"; cine: a first run over {self.args.cine_budget:g} s is the only run" if "cine" in runs else ""),
         ]
         if len(codes) > 1 or len(interpreters) > 1:
@@ -681,7 +682,7 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", default=str(ROOT / "edge_runtime" / "models" / "default"),
                    help="model bundle with TFLite graphs (default: the shipped one)")
     p.add_argument("--quality", type=int, default=17, help="our quality level (default 17, the speed targets')")
-    p.add_argument("--runs", type=int, default=5, help="timed runs after one warm-up, every case (default 5)")
+    p.add_argument("--runs", type=int, default=5, help="timed runs after a warm-up, every case (default 5)")
     p.add_argument("--case-runs", type=_case_runs, action="append", default=[], metavar="CASE=N",
                    help="runs for one case (repeatable), e.g. cine=1 folder=5")
     p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="cases to run (default: all)")
