@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -216,6 +217,7 @@ def _bytes(a: np.ndarray) -> np.ndarray:
 def _serve(fd: int) -> None:
     """The helper's loop on the socket `fd`: the refinement first, then requests: (level, shape) and the low band's
     bytes in, "ok" and the 3 predictions' bytes out; None or the parent's end closed: exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's (it reaches the whole process group)
     conn = Connection(fd)
     try:
         refinement = conn.recv()

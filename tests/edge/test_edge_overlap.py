@@ -197,3 +197,18 @@ def test_a_decode_failing_mid_way_leaves_the_helper_in_step(shipped, helper, mon
     assert not h.broken and not h.busy
     assert np.array_equal(coder.decode(data, 256, 256, 12), expected)
     assert overlap._state["helper"] is h and not h.broken
+
+
+def test_ctrl_c_is_the_parents(shipped, helper):
+    """SIGINT (Ctrl-C reaches the whole process group) leaves the helper serving: the parent decides."""
+    import os
+    import signal
+
+    _bundle, coder = shipped
+    data = _stream(coder, _plane(256, 256, 4))
+    expected = coder.decode(data, 256, 256, 12)
+    h = _ready(coder, data, 256, 256)
+    os.kill(h._proc.pid, signal.SIGINT)
+    time.sleep(0.3)
+    assert h._proc.poll() is None
+    assert np.array_equal(coder.decode(data, 256, 256, 12), expected) and not h.broken
