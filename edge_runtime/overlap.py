@@ -15,8 +15,9 @@ it is ready; decodes before that run in line. A one-shot `edge-codec decode` of 
 viewer or a service decoding image after image gets it within its first second of work. Worker processes
 (batch mode, the plane pool) call `disable`: their cores are busy with other files or frames.
 Only the predictions of low bands of at least MIN_PIXELS go to the helper (the others cost less than
-the round trip). If the helper fails in any way, the prediction is computed in line (a corrupt stream
-then raises the same error as without a helper) and the helper is not used again.
+the round trip). Where the helper's prediction fails (a corrupt stream's values), the decoder computes it
+itself and raises the same error, at the same point, as without a helper; if the helper is gone, the
+decode goes on in line and a later one starts a new helper.
 """
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ class _Session:
     def __call__(self, x: np.ndarray, level: int):
         if self.helper is not None and x.size >= MIN_PIXELS and not self.helper.broken:
             if self.pending is not None:
-                self.pending.result()  # (the decoder takes each prediction before asking the next)
+                self.pending.discard()  # (the decoder takes each prediction before asking the next)
             self.pending = self.helper.submit(x, level)
             return self.pending
         return _InLine(self.refinement, x, level)
@@ -109,7 +110,7 @@ class _Session:
     def __exit__(self, *exc) -> None:
         if self.helper is not None:
             if self.pending is not None:  # a decode that failed mid-way: the reply still comes, read it
-                self.pending.result()
+                self.pending.discard()
             self.helper.busy = False
         if self.started is not None:
             with _lock:
@@ -122,6 +123,9 @@ class _InLine:
 
     def result(self) -> tuple:
         return self.refinement.predict(self.x, self.level)
+
+    def discard(self) -> None:
+        """Nothing to read (_Pending.discard)."""
 
 
 class _Helper:
@@ -189,24 +193,37 @@ class _Helper:
 class _Pending:
     def __init__(self, helper: _Helper, x: np.ndarray, level: int):
         self.helper, self.x, self.level = helper, x, level
-        self._out = None
+        self._out = self._received = None
 
     def result(self) -> tuple:
         if self._out is None:
-            self._out = self._receive()
+            reply = self._receive()
+            self._out = reply if reply is not None else self.helper.refinement.predict(self.x, self.level)
         return self._out
 
-    def _receive(self) -> tuple:
+    def discard(self) -> None:
+        """Read the reply, if not yet read, and drop it (a decode that failed before it needed it)."""
+        if self._out is None and not self._received:
+            self._receive()
+
+    def _receive(self) -> tuple | None:
+        """The helper's predictions, or None: it failed on these values (a corrupt stream's: the caller computes
+        them itself and raises the same error as without a helper) or is gone (then broken)."""
+        self._received = True
         h = self.helper
-        if not h.broken:
-            out = np.empty((3,) + self.x.shape, np.float64)
-            try:
-                if h._conn.recv() == "ok" and h._conn.recv_bytes_into(_bytes(out)) == out.nbytes:
-                    return tuple(out)
-            except (EOFError, OSError, ValueError):
-                pass
-            h.broken = True  # an error in the helper (a corrupt stream's values): the parent computes and raises
-        return h.refinement.predict(self.x, self.level)
+        if h.broken:
+            return None
+        out = np.empty((3,) + self.x.shape, np.float64)
+        try:
+            reply = h._conn.recv()
+            if reply == "ok" and h._conn.recv_bytes_into(_bytes(out)) == out.nbytes:
+                return tuple(out)
+            if reply == "error":
+                return None
+        except (EOFError, OSError, ValueError):
+            pass
+        h.broken = True
+        return None
 
 
 def _bytes(a: np.ndarray) -> np.ndarray:
@@ -238,6 +255,6 @@ def _serve(fd: int) -> None:
             pred = np.stack(refinement.predict(x, level))
         except Exception:  # noqa: BLE001 - the parent recomputes in line and raises the error itself
             conn.send("error")
-            return
+            continue
         conn.send("ok")
         conn.send_bytes(pred)

@@ -89,7 +89,8 @@ def test_a_dead_helper_falls_back_in_line(shipped, helper):
 
 def test_a_corrupt_stream_raises_as_without_a_helper(shipped, helper, monkeypatch):
     """A stream whose low band drives the refinement out of range (its LL mean field set huge): the helper's
-    prediction fails, the decode computes it itself and raises the same error as without a helper."""
+    prediction fails, the decode computes it itself and raises the same error as without a helper; the helper
+    serves the next decode."""
     _bundle, coder = shipped
     data = _stream(coder, _plane(256, 256, 2))
     h = _ready(coder, data, 256, 256)
@@ -101,7 +102,40 @@ def test_a_corrupt_stream_raises_as_without_a_helper(shipped, helper, monkeypatc
         with pytest.raises(ValueError, match="out of range") as info:
             coder.decode(bad, 256, 256, 12)
         errors.append(str(info.value))
-    assert errors[0] == errors[1] and h.broken
+    assert errors[0] == errors[1] and not h.broken  # the helper reported its failure and serves on
+    monkeypatch.setattr(overlap, "MIN_PIXELS", 1 << 14)
+    assert np.array_equal(coder.decode(data, 256, 256, 12), _decoded_in_line(coder, data))
+    assert overlap._state["helper"] is h and not h.broken
+
+
+def test_the_first_error_is_raised_as_without_a_helper(shipped, helper, monkeypatch):
+    """A stream corrupt in two ways, its low band out of the refinement's range and its next band undecodable: the
+    band's error, as in line (where the prediction is computed only after that band), not the helper's."""
+    from edge_runtime import context
+
+    _bundle, coder = shipped
+    data = _stream(coder, _plane(256, 256, 5))
+    h = _ready(coder, data, 256, 256)
+    monkeypatch.setattr(overlap, "MIN_PIXELS", 0)
+    bad = data[:1] + struct.pack("<i", 1 << 30) + data[5:]
+
+    def failing(self, phase):
+        raise ValueError("a corrupt band")
+
+    monkeypatch.setattr(context.DetailBandContext, "features", failing)
+    for enabled in (False, True):
+        overlap._state["enabled"] = enabled
+        with pytest.raises(ValueError, match="a corrupt band"):
+            coder.decode(bad, 256, 256, 12)
+    assert not h.broken and not h.busy
+
+
+def _decoded_in_line(coder, data) -> np.ndarray:
+    overlap._state["enabled"] = False
+    try:
+        return coder.decode(data, 256, 256, 12)
+    finally:
+        overlap._state["enabled"] = True
 
 
 def test_small_planes_and_a_few_decodes_start_no_helper(shipped, monkeypatch):
