@@ -246,3 +246,29 @@ def test_ctrl_c_is_the_parents(shipped, helper):
     time.sleep(0.3)
     assert h._proc.poll() is None
     assert np.array_equal(coder.decode(data, 256, 256, 12), expected) and not h.broken
+
+
+def test_mutated_streams_decode_or_fail_alike(shipped, helper):
+    """Bit flips anywhere in a tile stream: with and without the helper, the same floats or the same error."""
+    _bundle, coder = shipped
+    data = _stream(coder, _plane(256, 320, 6))
+    h = _ready(coder, data, 256, 320)
+    rng = np.random.default_rng(11)
+    decoded = 0
+    for _ in range(40):
+        b = bytearray(data)
+        b[int(rng.integers(1, len(b)))] ^= 1 << int(rng.integers(0, 8))
+        outcomes = []
+        for enabled in (False, True):
+            overlap._state["enabled"] = enabled
+            try:
+                outcomes.append(coder.decode(bytes(b), 256, 320, 12))
+            except Exception as exc:  # noqa: BLE001 - compared, whatever it is
+                outcomes.append(f"{type(exc).__name__}: {exc}")
+        if isinstance(outcomes[0], str):
+            assert outcomes[0] == outcomes[1]
+        else:
+            decoded += 1
+            assert np.array_equal(outcomes[0], outcomes[1], equal_nan=True)
+    assert not h.broken and overlap._state["helper"] is h
+    assert decoded  # some flips leave a decodable stream
