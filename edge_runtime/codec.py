@@ -428,7 +428,7 @@ class PlaneCoder:
                 versions = (direct.HALVES_VERSION if flat < self.HALVES_GATE else direct.ACTIVITY_VERSION,)
             for div, v, top, d, table, fl in candidates[:1] + candidates[1:][-1:]:
                 for version in versions:
-                    body = direct.encode(v, self._residual_model().tables, d, top, version=version)
+                    body = self._direct_body(v, top, d, version)
                     if best is None or 9 + len(table) + len(body) < len(best[0]):
                         best = (struct.pack("<BII", self.DIRECT_ACTIVITY | fl & self.LOSSLESS, div,
                                             self.DIRECT_VERSION_FIELD[version]) + table + body,
@@ -443,6 +443,15 @@ class PlaneCoder:
         if stats is not None:
             stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + 72 + 8 * best[2] + best[1]["estimated_bits"]
         return best[0]
+
+    def _direct_body(self, v: np.ndarray, top: int, d: int, version: int) -> bytes:
+        """direct.encode of tile v; losslessly with its pass choices made on a helper process when the process has
+        one (edge_runtime.overlap): the same bytes."""
+        tables = self._residual_model().tables
+        if d:
+            return direct.encode(v, tables, d, top, version=version)
+        with overlap.lossless_choices(v, top, version) as choices:
+            return direct.encode(v, tables, 0, top, version=version, choices=choices)
 
     def exact_base(self, u: np.ndarray, top: int, quality: int, stats=None, transform: str | None = None,
                    analysed: dict | None = None) -> tuple[bytes, np.ndarray]:

@@ -842,12 +842,35 @@ def _pass_step(i: int) -> int:
     return max(1, STRIDE >> (1 + i // 2))
 
 
+def lossless_choices(u: np.ndarray, top: int, version: int = HALVES_VERSION):
+    """(mode, weights, split) of every non-empty pass of `encode(u, ..., max_error=0, top, version)`, in order, as
+    its encoder chooses them (_choose_mode). Losslessly the values a pass is predicted from are the tile's own, so
+    these choices need nothing of the coding: a second process can make them while the encoder codes (choices)."""
+    u = np.asarray(u, np.int64)
+    flat = u.ravel()
+    _lattice, passes = _geometry(tuple(u.shape), version >= HALVES_VERSION)
+    errors = _Energy(*u.shape, top, version >= HALVES_VERSION) if version >= ACTIVITY_VERSION else None
+    for i, (at, neighbours, far) in enumerate(passes):
+        if at.size:
+            energy = errors.mean(i, at) if errors is not None else None
+            y = np.take(flat, at)
+            if len(far) > FAR_VALUES:
+                far = _ring(far, True)  # losslessly the diagonals (encode)
+            nb, fv, pattern = _gather(flat, neighbours, far)
+            mode, weights, split = _choose_mode(y, nb, fv, pattern, 1, top, energy)
+            yield mode, weights, split
+            if errors is not None:
+                errors.add(at, y, _split_prediction(nb, fv, weights, split, energy, top, MODES[mode][0]))
+
+
 def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | None = None,
-           version: int = HALVES_VERSION) -> bytes:
+           version: int = HALVES_VERSION, choices=None) -> bytes:
     """Range-coded words of integer tile u (values in 0..top), every value within `max_error` of u once decoded;
     `tables`: the residual model's. `version` 1 (the tiles written before ACTIVITY_VERSION) codes every context's
     activity as its range (ACTIVITIES[0]) and splits no pass; version 2 (ACTIVITY_VERSION) codes the last edges
-    pass whole (HALVES_VERSION: in two halves)."""
+    pass whole (HALVES_VERSION: in two halves). `choices` (lossless only): an iterator of lossless_choices(u, top,
+    version), made elsewhere (edge_runtime.overlap), to take each pass's mode from instead of choosing it: the
+    same stream."""
     u = np.asarray(u, np.int64)
     top = int(u.max(initial=0)) if top is None else int(top)
     step = 2 * int(max_error) + 1
@@ -871,7 +894,10 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
                 far = _ring(far, diagonals)
                 enc.encode_uniform([int(diagonals)], 2)
             nb, fv, pattern = _gather(rec, neighbours, far)
-            mode, weights, split = _choose_mode(y, nb, fv, pattern, step, top, energy)
+            if choices is not None and step == 1:
+                mode, weights, split = next(choices)
+            else:
+                mode, weights, split = _choose_mode(y, nb, fv, pattern, step, top, energy)
             kind, wide, patterned = MODES[mode]
             enc.encode_uniform([mode], len(MODES))
             values, distinct = _distinct_values(nb)  # _predict's, with the context built once its measure is known

@@ -1,23 +1,31 @@
-"""The learned refinement of a lossy decode on a second core, while the entropy decoder goes on.
+"""A second core for a decode or a lossless encode: work that needs only what is known early, in a helper process.
 
-A lossy plane decodes coarse to fine: LL, then each level's three detail bands. The refined
+Decode. A lossy plane decodes coarse to fine: LL, then each level's three detail bands. The refined
 inverse (edge_runtime.refine) adds to each level's details a prediction P(LL) of its low band,
 a small integer network, and the low band of a level is complete as soon as the coarser levels
 are decoded and synthesized. So the prediction of a level can run while that level's own bands
 are being decoded: at the finest level of a 512x512 CT slice, about 11 ms of network beside about
-20 ms of entropy decoding. Threads cannot share that work (the decoder's many small numpy calls
-and the network's contend for Python's lock: both slow down), so a helper process computes the
-predictions: the same function on the same integers, hence the same pixels.
+20 ms of entropy decoding (`predictor`). Only the predictions of low bands of at least MIN_PIXELS
+go to the helper (the others cost less than the round trip).
 
-When. A process starts its helper (one, a new interpreter: it never inherits the TFLite interpreters' threads)
-once it has spent START_AFTER_S decoding planes large enough (4 x MIN_PIXELS), and uses it once the helper says
-it is ready; decodes before that run in line. A one-shot `edge-codec decode` of an image never starts it; a
-viewer or a service decoding image after image gets it within its first second of work. Worker processes
-(batch mode, the plane pool) call `disable`: their cores are busy with other files or frames.
-Only the predictions of low bands of at least MIN_PIXELS go to the helper (the others cost less than
-the round trip). Where the helper's prediction fails (a corrupt stream's values), the decoder computes it
-itself and raises the same error, at the same point, as without a helper; if the helper is gone, the
-decode goes on in line and a later one starts a new helper.
+Lossless encode. A tile without a base (edge_runtime.direct) is coded pass by pass, and each pass first
+chooses its prediction mode and weights on a sample of its values, about half of the encode. Losslessly
+those choices depend only on the tile itself, not on the coding: the helper makes them, pass after pass
+(direct.lossless_choices), while the encoder codes the passes already chosen (`lossless_choices`), for
+tiles of at least CHOICE_PIXELS.
+
+Threads cannot share such work (many small numpy calls on both sides contend for Python's lock: both slow
+down), hence a process. It runs the same functions on the same integers: the same pixels and the same
+streams, with or without it. Where the helper fails on a corrupt stream's values, the caller computes the
+prediction itself and raises the same error, at the same point, as without a helper; if the helper is gone,
+the work goes on in line and a later call starts a new helper.
+
+When. A process starts its helper (one, a new interpreter: it never inherits the TFLite interpreters'
+threads) once it has spent START_AFTER_S decoding large planes or encoding large tiles losslessly, and uses it
+once the helper says it is ready; work before that runs in line. A one-shot `edge-codec decode` or `encode`
+of an image never starts it; a viewer, a gateway or an archive service coding image after image gets it
+within its first second of work. Worker processes (batch mode, the plane pool) call `disable`: their cores
+are busy with other files or frames. One decode or encode at a time uses the helper (others run in line).
 """
 from __future__ import annotations
 
@@ -37,11 +45,13 @@ import numpy as np
 from edge_runtime.threads import available_cpus
 
 MIN_PIXELS = 1 << 14
-"""The smallest low band (128x128) whose prediction goes to the helper."""
+"""The smallest low band (128x128) whose prediction goes to the helper; planes of 4 x MIN_PIXELS count as large."""
+CHOICE_PIXELS = 1 << 17
+"""The smallest tile (about 362x362) whose lossless pass choices the helper makes."""
 START_AFTER_S = 0.5
-"""Seconds a process spends decoding large planes before it starts its helper: about 10 planes of 512x512. A process
-that decodes an image or two never starts one (it would pay the helper's start, about 0.15 s of a core, for a few ms
-a plane); one that decodes on and on (a viewer, a gateway, a series in process) has it from then on."""
+"""Seconds a process spends on large planes or tiles before it starts its helper: about 10 decodes or 3 lossless
+encodes of a 512x512 slice. A process that codes an image or two never starts one (it would pay the helper's start,
+about 0.15 s of a core, for a few ms an image); one that codes on and on has it from then on."""
 
 _lock = threading.Lock()
 _state = {"enabled": True, "seconds": 0.0, "helper": None}
@@ -69,52 +79,83 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
-def predictor(refinement, pixels: int) -> "_Session":
-    """For one decode of a plane of `pixels` (padded) pixels: a context manager whose value maps (x, level) to a
-    handle whose `result()` is refinement.predict(x, level), through the helper when this process has a ready one
-    for `refinement` that no other decode holds, else in line. Adds the decode's time to the process's time spent
-    on large planes (the helper starts after START_AFTER_S of it)."""
-    helper = None
-    if _state["enabled"] and pixels >= 4 * MIN_PIXELS and available_cpus() >= 2 and os.name == "posix":
-        with _lock:
-            helper = _state["helper"]
-            if helper is not None and (helper.broken or helper.refinement is not refinement) and not helper.busy:
-                helper.close()
-                helper = _state["helper"] = None
-            if helper is None and _state["seconds"] >= START_AFTER_S and sys.executable:
-                _state["helper"] = _Helper(refinement)  # ready for a later decode
-            if helper is not None and (helper.busy or helper.refinement is not refinement or not helper.ready()):
-                helper = None
-            if helper is not None:
-                helper.busy = True  # one decode at a time: requests and replies alternate on one socket
-        return _Session(refinement, helper, timed=True)
-    return _Session(refinement, None, timed=False)
+def _acquire(large: bool):
+    """(the process's helper, ready and now held by the caller, or None; whether the caller's time counts)."""
+    if not (large and _state["enabled"] and available_cpus() >= 2 and os.name == "posix"):
+        return None, False
+    with _lock:
+        helper = _state["helper"]
+        if helper is not None and helper.broken and not helper.busy:
+            helper.close()
+            helper = _state["helper"] = None
+        if helper is None and _state["seconds"] >= START_AFTER_S and sys.executable:
+            _state["helper"] = _Helper()  # ready for a later call
+        if helper is not None and (helper.busy or not helper.ready()):
+            helper = None
+        if helper is not None:
+            helper.busy = True  # one caller at a time: requests and replies alternate on one socket
+    return helper, True
 
 
 class _Session:
-    def __init__(self, refinement, helper, timed: bool):
-        self.refinement, self.helper, self.pending = refinement, helper, None
+    """The helper held for one decode or encode (or none); the time of a large one counted on exit."""
+
+    def __init__(self, helper, timed: bool):
+        self.helper = helper
         self.started = time.perf_counter() if timed else None
+        self.unread = None  # a reply the caller may not have read (a decode or encode failing half-way)
 
     def __enter__(self):
         return self
 
-    def __call__(self, x: np.ndarray, level: int):
-        if self.helper is not None and x.size >= MIN_PIXELS and not self.helper.broken:
-            if self.pending is not None:
-                self.pending.discard()  # (the decoder takes each prediction before asking the next)
-            self.pending = self.helper.submit(x, level)
-            return self.pending
-        return _InLine(self.refinement, x, level)
-
     def __exit__(self, *exc) -> None:
         if self.helper is not None:
-            if self.pending is not None:  # a decode that failed mid-way: the reply still comes, read it
-                self.pending.discard()
+            if self.unread is not None:
+                self.unread.discard()
             self.helper.busy = False
         if self.started is not None:
             with _lock:
                 _state["seconds"] += time.perf_counter() - self.started
+
+
+def predictor(refinement, pixels: int) -> "_Predictor":
+    """For one decode of a plane of `pixels` (padded) pixels: a context manager whose value maps (x, level) to a
+    handle whose `result()` is refinement.predict(x, level), computed by the helper when the process has one ready
+    and free, else in line."""
+    helper, timed = _acquire(pixels >= 4 * MIN_PIXELS)
+    return _Predictor(refinement, helper, timed)
+
+
+class _Predictor(_Session):
+    def __init__(self, refinement, helper, timed: bool):
+        super().__init__(helper, timed)
+        self.refinement = refinement
+
+    def __call__(self, x: np.ndarray, level: int):
+        if self.helper is not None and x.size >= MIN_PIXELS and not self.helper.broken:
+            if self.unread is not None:
+                self.unread.discard()  # (the decoder takes each prediction before asking the next)
+            self.unread = self.helper.predict(self.refinement, x, level)
+            return self.unread
+        return _InLine(self.refinement, x, level)
+
+
+def lossless_choices(u: np.ndarray, top: int, version: int) -> "_Choices":
+    """For one lossless encode of tile u (edge_runtime.direct.encode): a context manager whose value is an iterator
+    of direct.lossless_choices(u, top, version) made by the helper while the encoder codes, or None (the encoder
+    then chooses in line)."""
+    helper, timed = _acquire(np.size(u) >= CHOICE_PIXELS)
+    return _Choices(helper, timed, u, top, version)
+
+
+class _Choices(_Session):
+    def __init__(self, helper, timed: bool, u, top: int, version: int):
+        super().__init__(helper, timed)
+        if helper is not None:
+            self.unread = helper.choices(u, top, version)
+
+    def __enter__(self):
+        return self.unread
 
 
 class _InLine:
@@ -129,13 +170,13 @@ class _InLine:
 
 
 class _Helper:
-    """One helper process computing refinement.predict for its parent; one request at a time.
+    """One helper process serving its parent; one request at a time.
 
     A plain child interpreter (`python -c`, this package on its path, one BLAS thread) on one end of a socket pair,
     not a multiprocessing child: spawning one would run the caller's main module again, which a library must not."""
 
-    def __init__(self, refinement):
-        self.refinement = refinement
+    def __init__(self):
+        self.refinement = None  # the one the helper holds
         self.broken = False
         self.busy = False
         self._ready = False
@@ -150,10 +191,6 @@ class _Helper:
         finally:
             theirs.close()
         self._conn = Connection(ours.detach())
-        try:
-            self._conn.send(refinement)
-        except OSError:
-            self.broken = True
 
     def ready(self) -> bool:
         if not self._ready and not self.broken:
@@ -165,15 +202,32 @@ class _Helper:
                 self.broken = True
         return self._ready and not self.broken
 
-    def submit(self, x: np.ndarray, level: int):
-        x = np.ascontiguousarray(x, np.float64)
+    def _send(self, message, data: np.ndarray) -> bool:
         try:
-            self._conn.send((int(level), x.shape))
-            self._conn.send_bytes(x)
+            self._conn.send(message)
+            self._conn.send_bytes(data)
+            return True
         except (OSError, ValueError):
             self.broken = True
-            return _InLine(self.refinement, x, level)
-        return _Pending(self, x, level)
+            return False
+
+    def predict(self, refinement, x: np.ndarray, level: int):
+        x = np.ascontiguousarray(x, np.float64)
+        if self.refinement is not refinement:
+            try:
+                self._conn.send(("refinement", refinement))
+                self.refinement = refinement
+            except (OSError, ValueError):
+                self.broken = True
+        if self.broken or not self._send(("predict", int(level), x.shape), x):
+            return _InLine(refinement, x, level)
+        return _Pending(self, refinement, x, level)
+
+    def choices(self, u: np.ndarray, top: int, version: int):
+        u = np.ascontiguousarray(u, np.int64)
+        if not self._send(("choices", u.shape, int(top), int(version)), u):
+            return None
+        return _ChoiceStream(self, u, top, version)
 
     def close(self) -> None:
         if not self.ready():  # still starting (or failed): nothing to finish, do not wait for its imports
@@ -191,14 +245,14 @@ class _Helper:
 
 
 class _Pending:
-    def __init__(self, helper: _Helper, x: np.ndarray, level: int):
-        self.helper, self.x, self.level = helper, x, level
+    def __init__(self, helper: _Helper, refinement, x: np.ndarray, level: int):
+        self.helper, self.refinement, self.x, self.level = helper, refinement, x, level
         self._out = self._received = None
 
     def result(self) -> tuple:
         if self._out is None:
             reply = self._receive()
-            self._out = reply if reply is not None else self.helper.refinement.predict(self.x, self.level)
+            self._out = reply if reply is not None else self.refinement.predict(self.x, self.level)
         return self._out
 
     def discard(self) -> None:
@@ -226,35 +280,94 @@ class _Pending:
         return None
 
 
+class _ChoiceStream:
+    """The helper's lossless pass choices as they come; in line from where the helper fails, if it does."""
+
+    def __init__(self, helper: _Helper, u: np.ndarray, top: int, version: int):
+        self.helper, self.u, self.top, self.version = helper, u, top, version
+        self.taken = 0
+        self.done = False
+        self._inline = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._inline is None and not self.done:
+            try:
+                reply = self.helper._conn.recv()
+            except (EOFError, OSError):
+                reply = None
+                self.helper.broken = True
+            if isinstance(reply, tuple):
+                self.taken += 1
+                return reply
+            self.done = reply == "end"
+            if not self.done:  # the helper is gone or failed: the rest in line, from the same generator
+                from edge_runtime import direct
+
+                self._inline = direct.lossless_choices(self.u, self.top, self.version)
+                for _ in range(self.taken):
+                    next(self._inline)
+        if self._inline is None:
+            raise StopIteration
+        return next(self._inline)
+
+    def discard(self) -> None:
+        """Read what the helper still sends, up to its end (an encode that failed half-way)."""
+        while self._inline is None and not self.done and not self.helper.broken:
+            try:
+                reply = self.helper._conn.recv()
+            except (EOFError, OSError):
+                self.helper.broken = True
+                return
+            self.done = not isinstance(reply, tuple)
+            self.helper.broken = self.done and reply != "end"
+
+
 def _bytes(a: np.ndarray) -> np.ndarray:
     """A C-contiguous array's bytes, as one flat view (Connection.recv_bytes_into counts a buffer's first axis)."""
     return a.reshape(-1).view(np.uint8)
 
 
 def _serve(fd: int) -> None:
-    """The helper's loop on the socket `fd`: the refinement first, then requests: (level, shape) and the low band's
-    bytes in, "ok" and the 3 predictions' bytes out; None or the parent's end closed: exit."""
+    """The helper's loop on the socket `fd`: requests ("refinement", obj), ("predict", level, shape) then the low
+    band's bytes ("ok" and the 3 predictions' bytes out, or "error"), ("choices", shape, top, version) then the
+    tile's bytes (each pass's choice out, then "end", or "error"); None or the parent's end closed: exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's (it reaches the whole process group)
     conn = Connection(fd)
-    try:
-        refinement = conn.recv()
-    except (EOFError, OSError):
-        return
     conn.send("ready")
+    refinement = None
     while True:
         try:
             msg = conn.recv()
             if msg is None:
                 return
-            level, shape = msg
-            x = np.empty(shape, np.float64)
-            conn.recv_bytes_into(_bytes(x))
+            if msg[0] == "refinement":
+                refinement = msg[1]
+                continue
+            data = np.empty(msg[2] if msg[0] == "predict" else msg[1],
+                            np.float64 if msg[0] == "predict" else np.int64)
+            conn.recv_bytes_into(_bytes(data))
         except (EOFError, OSError):
             return
-        try:
-            pred = np.stack(refinement.predict(x, level))
-        except Exception:  # noqa: BLE001 - the parent recomputes in line and raises the error itself
-            conn.send("error")
-            continue
-        conn.send("ok")
-        conn.send_bytes(pred)
+        if msg[0] == "predict":
+            try:
+                pred = np.stack(refinement.predict(data, msg[1]))
+            except Exception:  # noqa: BLE001 - the parent recomputes in line and raises the error itself
+                conn.send("error")
+                continue
+            conn.send("ok")
+            conn.send_bytes(pred)
+        else:
+            from edge_runtime import direct
+
+            try:
+                for choice in direct.lossless_choices(data, msg[2], msg[3]):
+                    conn.send(choice)
+            except (OSError, EOFError):
+                return
+            except Exception:  # noqa: BLE001 - the parent chooses the rest in line
+                conn.send("error")
+                continue
+            conn.send("end")

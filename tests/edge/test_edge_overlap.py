@@ -63,8 +63,8 @@ def test_the_helper_decodes_the_same_floats(shipped, helper, shape):
     overlap._state["enabled"] = True
     h = _ready(coder, data, *shape)
     sent = []
-    submit = h.submit
-    h.submit = lambda x, level: sent.append(level) or submit(x, level)
+    predict = h.predict
+    h.predict = lambda refinement, x, level: sent.append(level) or predict(refinement, x, level)
     assert np.array_equal(coder.decode(data, *shape, 12), alone)
     assert sent and min(sent) == 1  # the finest level's prediction went to the helper
     # and the plane as decoded before the decoder went level by level
@@ -272,3 +272,83 @@ def test_mutated_streams_decode_or_fail_alike(shipped, helper):
             assert np.array_equal(outcomes[0], outcomes[1], equal_nan=True)
     assert not h.broken and overlap._state["helper"] is h
     assert decoded  # some flips leave a decodable stream
+
+
+def _tile(rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """A 12-bit tile of a CT-like texture: smooth structure and noise."""
+    return np.round(_plane(rows, cols, seed) * 4095).astype(np.int64)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_lossless_choices_from_the_helper_give_the_same_stream(shipped, helper, version):
+    """A lossless tile without a base whose pass choices the helper makes: the same bytes as choosing in line."""
+    from edge_runtime import direct
+
+    _bundle, coder = shipped
+    tables = coder._residual_model().tables
+    u = _tile(384, 352, version)
+    top = int(u.max())
+    alone = direct.encode(u, tables, 0, top, version=version)
+    _ready(coder, _stream(coder, _plane(256, 256)), 256, 256)
+    with overlap.lossless_choices(u, top, version) as choices:
+        assert isinstance(choices, overlap._ChoiceStream)
+        assert direct.encode(u, tables, 0, top, version=version, choices=choices) == alone
+    assert choices.done and choices._inline is None  # every choice came from the helper, then its end
+    # and through the codec: a tile stream (its header, then the body) the same bytes with and without it
+    with_helper = coder.encode_bounded(u, 0, top, 0, quality=0)
+    overlap._state["enabled"] = False
+    assert coder.encode_bounded(u, 0, top, 0, quality=0) == with_helper
+
+
+def test_lossless_choices_go_on_in_line_when_the_helper_dies(shipped, helper):
+    """The helper killed after the first pass: the encoder takes the rest of the choices in line, the same bytes."""
+    from edge_runtime import direct
+
+    _bundle, coder = shipped
+    tables = coder._residual_model().tables
+    u = _tile(384, 384, 7)
+    top = int(u.max())
+    alone = direct.encode(u, tables, 0, top)
+    h = _ready(coder, _stream(coder, _plane(256, 256)), 256, 256)
+    with overlap.lossless_choices(u, top, direct.HALVES_VERSION) as choices:
+        nxt = choices.__next__
+
+        def then_kill():
+            out = nxt()
+            if choices.taken == 1:
+                h._proc.kill()
+                h._proc.wait(10)
+            return out
+
+        choices.__next__ = then_kill
+        assert direct.encode(u, tables, 0, top, choices=iter(then_kill, None)) == alone
+    assert choices._inline is not None and h.broken
+
+
+def test_an_encode_failing_mid_way_leaves_the_helper_in_step(shipped, helper, monkeypatch):
+    """An error in the coding of the fifth pass: the helper's remaining choices are read and dropped, and the next
+    encode gets its own."""
+    from edge_runtime import direct
+
+    _bundle, coder = shipped
+    tables = coder._residual_model().tables
+    u = _tile(384, 384, 8)
+    top = int(u.max())
+    alone = direct.encode(u, tables, 0, top)
+    h = _ready(coder, _stream(coder, _plane(256, 256)), 256, 256)
+    encode_pass, calls = direct._encode_pass, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise ValueError("a failing pass")
+        return encode_pass(*args, **kwargs)
+
+    monkeypatch.setattr(direct, "_encode_pass", failing)
+    with pytest.raises(ValueError, match="a failing pass"):
+        coder._direct_body(u, top, 0, direct.HALVES_VERSION)
+    monkeypatch.setattr(direct, "_encode_pass", encode_pass)
+    assert not h.broken and not h.busy
+    with overlap.lossless_choices(u, top, direct.HALVES_VERSION) as choices:
+        assert direct.encode(u, tables, 0, top, choices=choices) == alone
+    assert choices._inline is None and not h.broken
