@@ -12,7 +12,7 @@ Lossless encode. A tile without a base (edge_runtime.direct) is coded pass by pa
 chooses its prediction mode and weights on a sample of its values, about half of the encode. Losslessly
 those choices depend only on the tile itself, not on the coding: the helper makes them, pass after pass
 (direct.lossless_choices), while the encoder codes the passes already chosen (`lossless_choices`), for
-tiles of at least CHOICE_PIXELS.
+tiles of CHOICE_PIXELS.
 
 Threads cannot share such work (many small numpy calls on both sides contend for Python's lock: both slow
 down), hence a process. It runs the same functions on the same integers: the same pixels and the same
@@ -46,8 +46,9 @@ from edge_runtime.threads import available_cpus
 
 MIN_PIXELS = 1 << 14
 """The smallest low band (128x128) whose prediction goes to the helper; planes of 4 x MIN_PIXELS count as large."""
-CHOICE_PIXELS = 1 << 17
-"""The smallest tile (about 362x362) whose lossless pass choices the helper makes."""
+CHOICE_PIXELS = (1 << 17, 1 << 20)
+"""The smallest and largest tiles (about 362x362, 1024x1024) whose lossless pass choices the helper makes: larger
+ones would double the memory of an encode that is already the largest (a 1760x1760 CR peaks near 800 MiB)."""
 START_AFTER_S = 0.5
 """Seconds a process spends on large planes or tiles before it starts its helper: about 10 decodes or 3 lossless
 encodes of a 512x512 slice. A process that codes an image or two never starts one (it would pay the helper's start,
@@ -144,7 +145,7 @@ def lossless_choices(u: np.ndarray, top: int, version: int) -> "_Choices":
     """For one lossless encode of tile u (edge_runtime.direct.encode): a context manager whose value is an iterator
     of direct.lossless_choices(u, top, version) made by the helper while the encoder codes, or None (the encoder
     then chooses in line)."""
-    helper, timed = _acquire(np.size(u) >= CHOICE_PIXELS)
+    helper, timed = _acquire(CHOICE_PIXELS[0] <= np.size(u) <= CHOICE_PIXELS[1])
     return _Choices(helper, timed, u, top, version)
 
 
