@@ -80,6 +80,23 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
+def _forget_after_fork() -> None:
+    """In a forked child: the parent's helper is the parent's (one socket, one caller): close this copy of its
+    socket, without a word to the helper, and start afresh."""
+    global _lock
+    _lock = threading.Lock()
+    helper, _state["helper"], _state["seconds"] = _state["helper"], None, 0.0
+    if helper is not None:
+        try:
+            helper._conn.close()
+        except OSError:
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def _acquire(large: bool):
     """(the process's helper, ready and now held by the caller, or None; whether the caller's time counts)."""
     if not (large and _state["enabled"] and available_cpus() >= 2 and os.name == "posix"):

@@ -2,6 +2,7 @@
 fall-back when the helper fails, no helper in workers or one-shot decodes, and none left behind."""
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -352,3 +353,26 @@ def test_an_encode_failing_mid_way_leaves_the_helper_in_step(shipped, helper, mo
     with overlap.lossless_choices(u, top, direct.HALVES_VERSION) as choices:
         assert direct.encode(u, tables, 0, top, choices=choices) == alone
     assert choices._inline is None and not h.broken
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_leaves_the_parents_helper_alone(shipped, helper):
+    """A child forked after the helper started (a user's fork pool) decodes in line and never talks to the
+    parent's helper, which serves the parent on."""
+    _bundle, coder = shipped
+    data = _stream(coder, _plane(256, 256, 9))
+    expected = coder.decode(data, 256, 256, 12)
+    h = _ready(coder, data, 256, 256)
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 when it forgot the helper and decodes the same floats in line
+        try:
+            ok = False
+            forgot = overlap._state["helper"] is None and overlap._state["seconds"] == 0.0
+            overlap.START_AFTER_S = 1e9  # (no helper of its own either)
+            ok = forgot and np.array_equal(coder.decode(data, 256, 256, 12), expected)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert np.array_equal(coder.decode(data, 256, 256, 12), expected)
+    assert overlap._state["helper"] is h and not h.broken
