@@ -301,16 +301,23 @@ def test_lossless_choices_from_the_helper_give_the_same_stream(shipped, helper, 
     assert coder.encode_bounded(u, 0, top, 0, quality=0) == with_helper
 
 
-def test_lossless_choices_go_on_in_line_when_the_helper_dies(shipped, helper):
-    """The helper killed after the first pass: the encoder takes the rest of the choices in line, the same bytes."""
+def _lossless_case(shipped, seed: int) -> tuple:
+    """(coder, the residual model's tables, a 384x384 tile, its top, its stream coded in line, the ready helper)."""
     from edge_runtime import direct
 
     _bundle, coder = shipped
     tables = coder._residual_model().tables
-    u = _tile(384, 384, 7)
+    u = _tile(384, 384, seed)
     top = int(u.max())
     alone = direct.encode(u, tables, 0, top)
-    h = _ready(coder, _stream(coder, _plane(256, 256)), 256, 256)
+    return coder, tables, u, top, alone, _ready(coder, _stream(coder, _plane(256, 256)), 256, 256)
+
+
+def test_lossless_choices_go_on_in_line_when_the_helper_dies(shipped, helper):
+    """The helper killed after the first pass: the encoder takes the rest of the choices in line, the same bytes."""
+    from edge_runtime import direct
+
+    _coder, tables, u, top, alone, h = _lossless_case(shipped, 7)
     with overlap.lossless_choices(u, top, direct.HALVES_VERSION) as choices:
         nxt = choices.__next__
 
@@ -321,7 +328,6 @@ def test_lossless_choices_go_on_in_line_when_the_helper_dies(shipped, helper):
                 h._proc.wait(10)
             return out
 
-        choices.__next__ = then_kill
         assert direct.encode(u, tables, 0, top, choices=iter(then_kill, None)) == alone
     assert choices._inline is not None and h.broken
 
@@ -331,12 +337,7 @@ def test_an_encode_failing_mid_way_leaves_the_helper_in_step(shipped, helper, mo
     encode gets its own."""
     from edge_runtime import direct
 
-    _bundle, coder = shipped
-    tables = coder._residual_model().tables
-    u = _tile(384, 384, 8)
-    top = int(u.max())
-    alone = direct.encode(u, tables, 0, top)
-    h = _ready(coder, _stream(coder, _plane(256, 256)), 256, 256)
+    coder, tables, u, top, alone, h = _lossless_case(shipped, 8)
     encode_pass, calls = direct._encode_pass, []
 
     def failing(*args, **kwargs):
