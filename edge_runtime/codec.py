@@ -323,13 +323,22 @@ class PlaneCoder:
 
     def _dequantize(self, q: list, levels: int, quality: int) -> tuple[list, float]:
         """(dequantized float32 bands, step) of integer bands q, as every decoder computes them."""
-        step = quantizer_step(quality)
+        level = self._level_dequantizer(levels, quality)
+        return [level(i, b) for i, b in enumerate(q)], quantizer_step(quality)
+
+    def _level_dequantizer(self, levels: int, quality: int):
+        """f(i, bands) -> the float32 dequantized LL (i = 0) or (H, V, D) of level i (1 = coarsest) of integer
+        bands: the one rule of _dequantize, for a decoder that takes the levels as they come."""
         bias = float(self.p["recon_bias"])
         # One band step per band (step · m, an exactly rounded double): the same floats on every CPU.
-        steps = [step * m for m in level_step_scales(self.p, levels)]
-        bands = [q[0].astype(np.float32) * steps[0]] + [tuple((dequantize(b, bias) * st).astype(np.float32)
-                                                              for b in trio) for trio, st in zip(q[1:], steps[1:])]
-        return bands, step
+        steps = [quantizer_step(quality) * m for m in level_step_scales(self.p, levels)]
+
+        def level(i: int, bands):
+            if i == 0:
+                return bands.astype(np.float32) * steps[0]
+            return tuple((dequantize(b, bias) * steps[i]).astype(np.float32) for b in bands)
+
+        return level
 
     def decode(self, data: bytes, rows: int, cols: int, quality: int) -> np.ndarray:
         t = self.transforms[self.names[data[0]]] if len(data) and data[0] < len(self.names) else None
@@ -345,24 +354,22 @@ class PlaneCoder:
         while the level's own bands decode. The same floats as _decode_bands then t.synthesis."""
         levels = self.levels(rows, cols)
         pr, pc = padded_shape(rows, cols, levels)
-        step = quantizer_step(quality)
-        bias = float(self.p["recon_bias"])
-        steps = [step * m for m in level_step_scales(self.p, levels)]  # as _dequantize
+        dequantized = self._level_dequantizer(levels, quality)
         state = {}
 
         def on_level(i: int, bands) -> None:
             if i == 0:
-                x = np.asarray(bands.astype(np.float32) * steps[0], np.float64)
+                x = np.asarray(dequantized(0, bands), np.float64)
             else:
-                trio = tuple((dequantize(b, bias) * steps[i]).astype(np.float32) for b in bands)
-                x = exact_refine.level_synthesis(state["x"], trio, state["pred"].result(), t.wavelet, t.mode)
+                x = exact_refine.level_synthesis(state["x"], dequantized(i, bands), state["pred"].result(),
+                                                 t.wavelet, t.mode)
             state["x"] = x
             if i < levels:
                 state["pred"] = predict(x, levels - i)
 
         with overlap.predictor(t.refine, pr * pc) as predict:
             decode_subbands(data[1:], _band_shapes(pr, pc, levels), self.coding, on_level)
-        return t.refined_output(state["x"], step)[:rows, :cols]
+        return t.refined_output(state["x"], quantizer_step(quality))[:rows, :cols]
 
     def decode_exact(self, data: bytes, rows: int, cols: int, quality: int) -> np.ndarray:
         """The plane without the post-filter, through the float64 numpy lifting: bit-reproducible."""
