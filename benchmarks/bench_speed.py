@@ -24,7 +24,9 @@ on every CPU of this process (TFLite --threads in process, the CLI's own default
 2 threads for one file, --jobs 2 workers of 1 thread each for a folder). "cores" is the CPUs ours
 may use (1 for a classical codec: one thread) and, in brackets, the CPU time the measurement used
 over its wall time. Peak RSS is in MiB (the largest single process; for batches and the cine also
-the sum over the process tree, sampled; a peak target is checked against the larger of the two).
+the sum over the process tree, sampled; for a warm in-process row whose process started our decoder's
+helper, edge_runtime.overlap, the two processes' peaks added, and the helper's CPU time in cpu/wall;
+a peak target is checked against the larger of the two).
 Each row also shows its time as a multiple of OpenJPEG's in the same case, and ours the speed
 target and whether it is met.
 

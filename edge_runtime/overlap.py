@@ -80,6 +80,25 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
+def helper_usage() -> dict | None:
+    """The running helper's CPU seconds so far and peak resident memory (MiB), from /proc (Linux); None when this
+    process has no helper or the figures cannot be read. What a measurement of this process adds for its helper
+    (keras_codec.evaluation.speed): the helper is a process of its own, outside the caller's CPU time and peak."""
+    helper = _state["helper"]
+    if helper is None:
+        return None
+    pid = helper._proc.pid
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        with open(f"/proc/{pid}/status") as fh:
+            peak = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, IndexError, ValueError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return {"pid": pid, "cpu_s": (int(fields[11]) + int(fields[12])) / ticks, "peak_rss_mib": peak / 1024.0}
+
+
 def _forget_after_fork() -> None:
     """In a forked child: the parent's helper is the parent's (one socket, one caller): close this copy of its
     socket, without a word to the helper, and start afresh."""

@@ -9,7 +9,9 @@ Two ways to time, both in fresh processes so that peak memory belongs to one mea
   one file including entropy coding and file I/O. ``peak_rss_mib`` is the child's VmHWM from /proc
   (interpreter and imports included; ``ru_maxrss`` is not used because Linux carries it over from
   the parent across fork+exec), ``rss_base_mib`` its RSS after setup, ``cpu_s`` the CPU seconds of
-  all its threads over the timed runs. Ours reports whether anything imported TensorFlow.
+  all its threads over the timed runs. Ours reports whether anything imported TensorFlow; where our decoder's
+  helper process ran (edge_runtime.overlap), its CPU seconds over the timed runs are in ``cpu_s`` too, its peak
+  is ``helper_peak_mib`` and ``tree_mib`` is the sum of the two peaks (an upper bound of the pair's).
 - :func:`run_process`, whole processes: a command (``edge-codec decode x.kcd x.dcm``, a batch over a
   folder, a baseline's command line) run ``runs`` times after a warm-up by a small stdlib-only
   timer process; the time is the wall time from spawn to exit, the peak is ``ru_maxrss`` of the
@@ -245,6 +247,7 @@ def _child(conn, job: dict):
         while time.perf_counter() - t0 < WARMUP_S:
             run_once()
         times = []
+        helper0 = _helper_usage()
         cpu0 = time.process_time()
         for _ in range(job["runs"]):
             t0 = time.perf_counter()
@@ -254,14 +257,26 @@ def _child(conn, job: dict):
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a spawned child would
         # report the parent's RSS at fork time when that is larger than its own peak.
         peak = _rss_mib("VmHWM")
+        helper = _helper_usage()
+        extra = {}
+        if helper is not None:  # our decoder's helper process (edge_runtime.overlap): its CPU and memory too
+            same = helper0 is not None and helper0["pid"] == helper["pid"]
+            cpu += helper["cpu_s"] - (helper0["cpu_s"] if same else 0.0)
+            extra = {"helper_peak_mib": helper["peak_rss_mib"], "tree_mib": peak + helper["peak_rss_mib"]}
         tf = sorted(m for m in sys.modules if m == "tensorflow" or m.startswith(("tensorflow.", "keras.")))
         conn.send({"times": times, "peak_rss_mib": peak, "rss_base_mib": base, "cpu_s": cpu,
                    "cores": len(os.sched_getaffinity(0)), "threads": job["threads"], "tensorflow": bool(tf),
-                   "runtime": job.get("_runtime", "")})
+                   "runtime": job.get("_runtime", ""), **extra})
     except BaseException as exc:  # noqa: BLE001 - reported by the parent
         import traceback  # on failure only: not in a measured child's memory
 
         conn.send({"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
+
+
+def _helper_usage():
+    """edge_runtime.overlap.helper_usage() when our codec is loaded here (never imported for a classical codec)."""
+    overlap = sys.modules.get("edge_runtime.overlap")
+    return overlap.helper_usage() if overlap is not None else None
 
 
 def _ours_options(job) -> dict:

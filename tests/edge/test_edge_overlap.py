@@ -377,3 +377,23 @@ def test_a_forked_child_leaves_the_parents_helper_alone(shipped, helper):
     assert os.waitstatus_to_exitcode(status) == 0
     assert np.array_equal(coder.decode(data, 256, 256, 12), expected)
     assert overlap._state["helper"] is h and not h.broken
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc")
+def test_helper_usage_counts_the_helpers_cpu_and_memory(shipped, helper):
+    """What a measurement adds for the helper (keras_codec.evaluation.speed): none without one; with one, its
+    peak memory and a CPU time that grows with the predictions it computes."""
+    assert overlap.helper_usage() is None
+    _bundle, coder = shipped
+    data = _stream(coder, _plane(512, 512))
+    h = _ready(coder, data, 512, 512)
+    before = overlap.helper_usage()
+    assert before["pid"] == h._proc.pid and before["peak_rss_mib"] > 10
+    deadline = time.monotonic() + 60
+    while overlap.helper_usage()["cpu_s"] <= before["cpu_s"]:  # clock ticks: at least one of its CPU time
+        assert time.monotonic() < deadline, "the helper's CPU time did not grow"
+        coder.decode(data, 512, 512, 12)
+    after = overlap.helper_usage()
+    assert after["peak_rss_mib"] >= before["peak_rss_mib"]
+    overlap.shutdown()
+    assert overlap.helper_usage() is None
