@@ -65,7 +65,10 @@ ORIENTATIONS = ("H", "V", "D")
 def mag_code(v: np.ndarray) -> np.ndarray:
     """Integer magnitude code g(|v|) = round(16·log2(1+|v|)), clipped at 2**20: the number of code steps at or
     below |v| (_code_steps), exact on every CPU."""
-    a = np.minimum(np.abs(v), _G_MAX)
+    a = np.abs(v)
+    if np.ndim(a) and a.size and int(a.max()) < _G_TABLE:  # the usual case: one table lookup
+        return _G.take(a)
+    a = np.minimum(a, _G_MAX)
     big = a >= _G_TABLE
     if not big.any():
         return _G[a]
@@ -114,8 +117,18 @@ def spatial_features(known_codes: np.ndarray, phase: int) -> tuple[np.ndarray, n
 
 
 def _pad1(a: np.ndarray) -> np.ndarray:
-    """`a` padded by one sample each side, mirrored as `shifted` mirrors (edge-repeated when a side < 2)."""
-    return np.pad(a, 1, mode="edge" if a.shape[0] < 2 or a.shape[1] < 2 else "reflect")
+    """`a` padded by one sample each side, mirrored as `shifted` mirrors (edge-repeated when a side < 2):
+    np.pad's "reflect", by slices (several times faster on the small bands of the coarse levels)."""
+    h, w = a.shape
+    if h < 2 or w < 2:
+        return np.pad(a, 1, mode="edge")
+    out = np.empty((h + 2, w + 2), a.dtype)
+    out[1:-1, 1:-1] = a
+    out[0, 1:-1] = a[1]
+    out[-1, 1:-1] = a[-2]
+    out[:, 0] = out[:, 2]
+    out[:, -1] = out[:, -3]
+    return out
 
 
 def parent_features(parent_codes: np.ndarray | None, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -135,12 +148,17 @@ def parent_means(parent_codes: np.ndarray) -> np.ndarray:
     """The mean code (floor) of each position's 3×3 neighbourhood, mirrored at the borders as `_pad1`."""
     p = _pad1(parent_codes)
     h, w = parent_codes.shape
-    return sum(p[1 + dr:1 + dr + h, 1 + dc:1 + dc + w] for dr in (-1, 0, 1) for dc in (-1, 0, 1)) // 9
+    rows = p[:, :w] + p[:, 1:w + 1]  # the 3x3 sum as a row sum, then a column sum: integers, the same sum
+    rows += p[:, 2:w + 2]
+    total = rows[:h] + rows[1:h + 1]
+    total += rows[2:h + 2]
+    total //= 9
+    return total
 
 
 def gather_sum_max(padded: np.ndarray, positions: tuple, out_sum: np.ndarray, out_max: np.ndarray) -> None:
     """Sum and max of `padded` (a flat array) over the neighbour position arrays `positions`, into the outs."""
-    first, *more = (np.take(padded, at) for at in positions)
+    first, *more = (padded.take(at) for at in positions)
     out_sum[:] = first
     out_max[:] = first
     for nb in more:
@@ -247,10 +265,17 @@ class ContextWeights:
         return self._exact
 
     def _group_index_float(self, features, lv, orientation, phase, num_scales):
-        weights, bias, out = (a[lv, orientation, phase] for a in self._float)
+        group = self._groups.get((lv, orientation, phase)) if hasattr(self, "_groups") else None
+        if group is None:  # the group's weights transposed, its bias as a column: once per group
+            weights, bias, out = (a[lv, orientation, phase] for a in self._float)
+            group = (np.ascontiguousarray(weights.T), np.ascontiguousarray(bias[:, None]), out)
+            if not hasattr(self, "_groups"):
+                self._groups = {}
+            self._groups[lv, orientation, phase] = group
+        weights_t, bias, out = group
         # transposed, (1 + H, n): row 0 the linear part / 2**SHIFT, then the hidden units', each row contiguous
-        y = weights.T @ np.asarray(features, np.float64).T
-        y += bias[:, None]
+        y = weights_t @ np.asarray(features, np.float64).T
+        y += bias
         h = np.floor(y[1:], out=y[1:])
         np.maximum(h, 0.0, out=h)
         lin = y[0]
@@ -276,7 +301,9 @@ def _index_of_scaled(acc: np.ndarray, num_scales: int) -> np.ndarray:
     """clip((acc + 2**(SHIFT-1)) >> SHIFT) of an integer-valued float64 acc already scaled by 2**-SHIFT
     (exact: floor of a value with at most SHIFT fraction bits), in place; int64 table indices."""
     acc += 0.5
-    return np.clip(np.floor(acc, out=acc), 0, num_scales - 1).astype(np.int64)
+    np.floor(acc, out=acc)
+    np.maximum(acc, 0.0, out=acc)
+    return np.minimum(acc, num_scales - 1, out=acc).astype(np.int64)
 
 
 def detail_features(q: np.ndarray, phase: int, known: np.ndarray, parent: np.ndarray | None,
@@ -384,11 +411,11 @@ class DetailBandContext:
             f[:, 1:3] = 0
         else:
             codes, means, at = self._parent
-            np.take(codes, at[phase], out=f[:, 1])
-            np.take(means, at[phase], out=f[:, 2])
+            codes.take(at[phase], out=f[:, 1])
+            means.take(at[phase], out=f[:, 2])
         for j in range(2):
             if j < len(self._siblings):
-                np.take(self._siblings[j], flat, out=f[:, 3 + j])
+                self._siblings[j].take(flat, out=f[:, 3 + j])
             else:
                 f[:, 3 + j] = 0
         if phase == 0:
@@ -408,16 +435,20 @@ class DetailBandContext:
 
 def ll_prediction(q: np.ndarray, phase: int, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Integer prediction and neighbour-spread code for the LL positions of `phase`."""
-    mask = phase_masks(q.shape)[phase]
     if phase == 0:
-        n = int(mask.sum())
+        n = len(phase_positions(tuple(q.shape))[0][0])
         return np.zeros(n, np.int64), np.zeros(n, np.int64)
-    offs = DIAG if phase == 1 else DIRECT
-    vals = np.where(known, q, 0)
-    nb = np.stack([shifted(vals, dr, dc) for dr, dc in offs])
-    pred = np.floor_divide(nb.sum(0) + 2, 4)
-    spread = mag_code(nb.max(0) - nb.min(0))
-    return pred[mask], spread[mask]
+    # the 4 neighbours (diagonal, or direct) of the phase's positions, read in the band padded as `shifted` pads
+    padded = _pad1(np.where(known, q, 0)).ravel()
+    first, *more = (padded.take(at) for at in _neighbour_positions(tuple(q.shape))[phase])
+    total, low, high = first.copy(), first.copy(), first
+    for nb in more:
+        total += nb
+        np.minimum(low, nb, out=low)
+        high = np.maximum(high, nb)
+    total += 2
+    total //= 4
+    return total, mag_code(high - low)
 
 
 def ll_index(spread: np.ndarray, phase: int, w: ContextWeights, num_scales: int) -> np.ndarray:

@@ -39,6 +39,7 @@ class EntropyTables:
             if f.min() < 1 or f.sum() != (1 << PRECISION):
                 raise ValueError(f"table {k}: frequencies must be >= 1 and sum to 2**{PRECISION}")
         self._models = [None] * len(self.freqs)
+        self._all_built = False
         self._log2p = [np.log2(f / float(1 << PRECISION)) for f in self.freqs]
 
     @property
@@ -49,6 +50,14 @@ class EntropyTables:
         if self._models[k] is None:
             self._models[k] = categorical(self.freqs[k])
         return self._models[k]
+
+    def models(self) -> list:
+        """Every table's coder model, built on first use (a decoder indexes the list: no call per group)."""
+        if not self._all_built:
+            for k in range(len(self._models)):
+                self.model(k)
+            self._all_built = True
+        return self._models
 
     # -- serialization (stored inside the model bundle's tables.npz) --
     def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
@@ -298,19 +307,19 @@ class Decoder:
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64).ravel()
-        out = np.zeros(indices.shape, dtype=np.int64)
-        if indices.size == 0:
-            return out
+        n = indices.size
+        if n == 0:
+            return np.zeros(0, np.int64)
         order, spans = group_spans(indices)
-        pos = np.empty(indices.size, np.int64)
-        for kk, a, b in spans:
-            pos[a:b] = self._dec.decode(self.tables.model(kk), b - a)
-        t = _run_values(self.tables.tails, spans)
-        vals = pos - t
-        esc = pos == 2 * t + 1
-        if esc.any():  # escapes follow the groups, in the same order
-            vals[esc] = self._decode_escapes(t[esc] + 1)
-        out[order] = vals
+        decode, models = self._dec.decode, self.tables.models()
+        out = np.empty(n, np.int64)
+        out[order] = np.concatenate([decode(models[k], b - a) for k, a, b in spans])  # to the positions' order
+        t = self.tables.tails[indices]
+        esc = out == 2 * t + 1
+        out -= t
+        if esc.any():  # escapes follow the groups, in their coding order
+            coded = order[esc[order]]
+            out[coded] = self._decode_escapes(t[coded] + 1)
         return out
 
     def decode_table(self, k: int, n: int) -> np.ndarray:

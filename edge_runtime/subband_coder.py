@@ -122,8 +122,12 @@ def zero_context(features: np.ndarray | None, n: int) -> np.ndarray:
 
 
 def adjust_indices(idx, zero_ctx, o_all, o_zero, num_scales):
-    """Table indices after a pass's two offsets (all positions / zero-context positions)."""
-    return np.clip(idx + o_all + np.where(zero_ctx, o_zero, 0), 0, num_scales - 1)
+    """Table indices after a pass's two offsets (all positions / zero-context positions), clipped to the tables."""
+    out = np.add(idx, o_all, dtype=np.int64)
+    if o_zero:
+        out[zero_ctx] += o_zero
+    np.maximum(out, 0, out=out)
+    return np.minimum(out, num_scales - 1, out=out)
 
 
 def coded_indices(symbols, idx, features, model: "CodingModel") -> np.ndarray:

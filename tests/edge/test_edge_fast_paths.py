@@ -316,3 +316,36 @@ def test_levels_follow_the_short_side_in_integers():
     for n in range(1, 5000):  # the largest k with 8 * 2**k <= n (floor(log2(n / 8))), at least 1, at most the bundle's
         k = max(k for k in range(-4, 20) if 8 * 2.0 ** k <= max(n, 2))
         assert levels_for(n, n + 7, 64) == max(1, k) and levels_for(n + 7, n, 5) == max(1, min(5, k))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 6), (5, 1), (2, 2), (2, 7), (9, 4), (33, 17)])
+def test_padding_neighbour_means_and_ll_prediction_match_their_definitions(shape):
+    """The context's one-sample mirror padding, the parent's 3x3 means and the LL prediction by slices and
+    gathers: what np.pad and the stacked shifted planes define, for every phase and odd or thin shapes."""
+    from edge_runtime.subband_coder import adjust_indices
+
+    rng = np.random.default_rng(shape[0] * 100 + shape[1])
+    a = rng.integers(-50, 400, shape)
+    mode = "edge" if min(shape) < 2 else "reflect"
+    assert np.array_equal(ctx._pad1(a), np.pad(a, 1, mode=mode))
+    p = np.pad(a, 1, mode=mode)
+    h, w = shape
+    nine = sum(p[1 + dr:1 + dr + h, 1 + dc:1 + dc + w] for dr in (-1, 0, 1) for dc in (-1, 0, 1))
+    assert np.array_equal(ctx.parent_means(a), nine // 9)
+    known = np.zeros(shape, bool)
+    for phase in range(3):
+        mask = ctx.phase_masks(shape)[phase]
+        pred, spread = ctx.ll_prediction(a, phase, known)
+        if phase == 0:
+            assert not pred.any() and not spread.any() and pred.size == mask.sum()
+        else:
+            vals = np.where(known, a, 0)
+            nb = np.stack([ctx.shifted(vals, dr, dc) for dr, dc in (ctx.DIAG if phase == 1 else ctx.DIRECT)])
+            assert np.array_equal(pred, np.floor_divide(nb.sum(0) + 2, 4)[mask])
+            assert np.array_equal(spread, ctx.mag_code(nb.max(0) - nb.min(0))[mask])
+        known |= mask
+    idx = rng.integers(0, 64, a.size)
+    zero = rng.random(a.size) < 0.4
+    for o_all, o_zero in ((0, 0), (-7, 0), (5, -30), (31, 15), (-32, -48)):
+        assert np.array_equal(adjust_indices(idx, zero, o_all, o_zero, 64),
+                              np.clip(idx + o_all + np.where(zero, o_zero, 0), 0, 63))
