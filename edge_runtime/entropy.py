@@ -136,14 +136,6 @@ def group_spans(indices: np.ndarray) -> tuple[np.ndarray, list]:
     return order, [(int(sorted_idx[a]), a, b) for a, b in zip(starts, ends)]
 
 
-def _run_values(values: np.ndarray, spans: list) -> np.ndarray:
-    """values[k] for every symbol of the runs [(k, start, end), ...], in coding order."""
-    if not spans:
-        return np.zeros(0, values.dtype)
-    ks, starts, ends = (np.array(c) for c in zip(*spans))
-    return np.repeat(values[ks], ends - starts)
-
-
 def natural_bits(excess: np.ndarray) -> np.ndarray:
     """Bits of integers >= 0 as Encoder.encode_naturals codes them (an escape's payload): exponent symbol
     (6 bits uniform) + mantissa bits."""
@@ -225,12 +217,13 @@ class Encoder:
         if symbols.size == 0:
             return
         order, spans = group_spans(indices)
-        s = np.take(symbols, order)  # coding order: tables ascending, stream order within
-        t = _run_values(self.tables.tails, spans)
+        s = symbols.take(order)  # coding order: tables ascending, stream order within
+        t = self.tables.tails.take(indices.take(order))
         esc = np.abs(s) > t
         pos = np.where(esc, 2 * t + 1, s + t).astype(np.int32)
+        encode, models = self._enc.encode, self.tables.models()
         for kk, a, b in spans:
-            self._enc.encode(pos[a:b], self.tables.model(kk))
+            encode(pos[a:b], models[kk])
         if self.track:
             self.estimated_bits += float(self.tables.symbol_bits(s, np.take(indices, order)).sum())
         if esc.any():
