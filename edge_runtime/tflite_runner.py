@@ -210,9 +210,6 @@ class _Signature:
 
 POSTFILTER_STRIP = 256
 """Rows per post-filter run (a 2k x 2k plane in one run needed ~0.5 GB of TFLite scratch)."""
-POSTFILTER_WHOLE_PIXELS = 1 << 18
-"""Planes of at most this many pixels (512x512) run whole: no halo rows computed twice, one run instead of two
-(a 512x512 CT slice: about 7 instead of 8 ms), and less scratch than one strip of a plane 1,000 columns wide."""
 POSTFILTER_HALO = 8
 """Context rows above and below a strip; the graph's 3x3 layers see 3 rows each side."""
 
@@ -258,13 +255,10 @@ class Int8PostFilter:
         interp = _interpreter(str(self.path.resolve()), self.path.stat().st_mtime_ns, self.kernels, self.num_threads)
         return any(op.get("op_name") == "DELEGATE" for op in interp._get_ops_details())
 
-    def __call__(self, plane: np.ndarray, step: float, strip: int | None = None) -> np.ndarray:
+    def __call__(self, plane: np.ndarray, step: float, strip: int = POSTFILTER_STRIP) -> np.ndarray:
         """The filtered plane. Planes taller than `strip` rows run in strips of `strip` rows with
         POSTFILTER_HALO rows of context on each side (more than the graph's receptive field), so
-        TFLite's scratch memory stays bounded; integer arithmetic makes the result the same bits. By default
-        POSTFILTER_STRIP, or the whole plane when it has at most POSTFILTER_WHOLE_PIXELS."""
-        if strip is None:
-            strip = plane.shape[0] if plane.size <= POSTFILTER_WHOLE_PIXELS else POSTFILTER_STRIP
+        TFLite's scratch memory stays bounded; integer arithmetic makes the result the same bits."""
         sig = self._signature()
         (name_in,), (name_out,) = sig.inputs, sig.outputs
         scale, zero_point = sig.outputs[name_out]["quantization"]
