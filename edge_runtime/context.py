@@ -262,16 +262,15 @@ class ContextWeights:
                                np.concatenate([np.zeros(self.hidden_bias.shape[:-1] + (1,)),
                                                self.hidden_bias + (1 << (SHIFT - 1))], axis=-1).astype(np.float64) * inv,
                                self.out.astype(np.float64) * inv)
+                self._groups = {}  # _group_index_float's per-group arrays, made as the groups come
         return self._exact
 
     def _group_index_float(self, features, lv, orientation, phase, num_scales):
-        group = self._groups.get((lv, orientation, phase)) if hasattr(self, "_groups") else None
+        group = self._groups.get((lv, orientation, phase))
         if group is None:  # the group's weights transposed, its bias as a column: once per group
             weights, bias, out = (a[lv, orientation, phase] for a in self._float)
-            group = (np.ascontiguousarray(weights.T), np.ascontiguousarray(bias[:, None]), out)
-            if not hasattr(self, "_groups"):
-                self._groups = {}
-            self._groups[lv, orientation, phase] = group
+            group = self._groups[lv, orientation, phase] = (np.ascontiguousarray(weights.T),
+                                                           np.ascontiguousarray(bias[:, None]), out)
         weights_t, bias, out = group
         # transposed, (1 + H, n): row 0 the linear part / 2**SHIFT, then the hidden units', each row contiguous
         y = weights_t @ np.asarray(features, np.float64).T
