@@ -66,12 +66,10 @@ def mag_code(v: np.ndarray) -> np.ndarray:
     """Integer magnitude code g(|v|) = round(16·log2(1+|v|)), clipped at 2**20: the number of code steps at or
     below |v| (_code_steps), exact on every CPU."""
     a = np.abs(v)
-    if np.ndim(a) and a.size and int(a.max()) < _G_TABLE:  # the usual case: one table lookup
+    if not a.size or int(a.max()) < _G_TABLE:  # the usual case: one table lookup
         return _G.take(a)
     a = np.minimum(a, _G_MAX)
     big = a >= _G_TABLE
-    if not big.any():
-        return _G[a]
     if np.ndim(a) == 0:
         return np.searchsorted(_G_STEPS, a, side="right").astype(np.int64)
     out = _G[np.where(big, 0, a)]

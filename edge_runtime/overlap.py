@@ -383,8 +383,8 @@ def _serve(fd: int) -> None:
             if msg[0] == "refinement":
                 refinement = msg[1]
                 continue
-            data = np.empty(msg[2] if msg[0] == "predict" else msg[1],
-                            np.float64 if msg[0] == "predict" else np.int64)
+            shape, dtype = (msg[2], np.float64) if msg[0] == "predict" else (msg[1], np.int64)  # a band or a tile
+            data = np.empty(shape, dtype)
             conn.recv_bytes_into(_bytes(data))
         except (EOFError, OSError):
             return
