@@ -349,3 +349,41 @@ def test_padding_neighbour_means_and_ll_prediction_match_their_definitions(shape
     for o_all, o_zero in ((0, 0), (-7, 0), (5, -30), (31, 15), (-32, -48)):
         assert np.array_equal(adjust_indices(idx, zero, o_all, o_zero, 64),
                               np.clip(idx + o_all + np.where(zero, o_zero, 0), 0, 63))
+
+
+def _refinement_by_definition(refinement, ll: np.ndarray, level: int) -> np.ndarray:
+    """ExactRefinement.predict as its docstring defines it, in int64: whole-plane layers, zero 'same' padding,
+    round half up and ReLU between layers."""
+    from edge_runtime import refine
+
+    g = 2.0 ** level
+    h = np.round(ll * (refine.INPUT_GAIN / g * 2.0 ** refine.ACT_BITS)).astype(np.int64)[:, :, None]
+    layers = refinement.levels[level - 1]
+    for n, (kernel, bias) in enumerate(layers):
+        p = np.pad(h, ((1, 1), (1, 1), (0, 0)))
+        acc = np.broadcast_to(bias.astype(np.int64), h.shape[:2] + bias.shape).copy()
+        for a in range(3):
+            for b in range(3):
+                acc += np.einsum("rci,io->rco", p[a:a + h.shape[0], b:b + h.shape[1]], kernel[a, b].astype(np.int64))
+        h = acc if n == len(layers) - 1 else np.maximum((acc + (1 << (refine.WEIGHT_BITS - 1))) >> refine.WEIGHT_BITS, 0)
+    return np.moveaxis(h.astype(np.float64) * (g / refine.INPUT_GAIN / 2.0 ** (refine.WEIGHT_BITS + refine.ACT_BITS)), 2, 0)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 6), (5, 1), (3, 3), (9, 14), (40, 23), (70, 130)])
+def test_refinement_by_blocks_of_rows_is_the_whole_plane_network(shape, monkeypatch):
+    from edge_runtime import refine
+
+    rng = np.random.default_rng(sum(shape))
+    channels = [1, 8, 8, 3]
+    levels = [[(rng.normal(0, 0.3, (3, 3, channels[i], channels[i + 1])), rng.normal(0, 0.1, channels[i + 1]))
+               for i in range(3)] for _ in range(2)]
+    net = refine.ExactRefinement(levels)
+    ll = np.round(rng.normal(0, 30, shape) * 4) / 4
+    for level in (1, 2):
+        want = _refinement_by_definition(net, ll, level)
+        assert np.abs(want).max() > 0
+        for rows in (1, 2, 3, 7, 64):  # blocks of `rows` rows: thinner than the network's reach, and the whole plane
+            monkeypatch.setattr(refine, "_MIN_BLOCK_ROWS", rows)
+            monkeypatch.setattr(refine, "_BLOCK_PIXELS", 0)
+            got = net.predict(ll, level)
+            assert len(got) == 3 and all(np.array_equal(g, w) for g, w in zip(got, want)), (level, rows)
