@@ -390,7 +390,7 @@ def _serve(fd: int) -> None:
             return
         if msg[0] == "predict":
             try:
-                pred = np.stack(refinement.predict(data, msg[1]))
+                pred = refinement.predict_stacked(data, msg[1])
             except Exception:  # noqa: BLE001 - the parent recomputes in line and raises the error itself
                 conn.send("error")
                 continue

@@ -79,7 +79,11 @@ class ExactRefinement:
         return cls([[(p[2 * j], p[2 * j + 1]) for j in range(layers)] for p in per], wavelet)
 
     def predict(self, ll: np.ndarray, level: int) -> tuple:
-        """P_level(LL) as three 2-D float64 arrays (H, V, D).
+        """P_level(LL) as three 2-D float64 arrays (H, V, D)."""
+        return tuple(self.predict_stacked(ll, level))
+
+    def predict_stacked(self, ll: np.ndarray, level: int) -> np.ndarray:
+        """`predict` as one C-contiguous (3, rows, cols) array.
 
         The network runs block by block of rows, every layer of a block before the next block (with the rows
         around it that its output rows see: one more on each side per layer still to come), so that a block's
@@ -113,7 +117,7 @@ class ExactRefinement:
                 top += 1
             out[:, r0:r1] = acc.reshape(r1 - r0, wp, -1)[:, :cols].transpose(2, 0, 1)
         out *= g / INPUT_GAIN / 2.0 ** (WEIGHT_BITS + ACT_BITS)
-        return tuple(out)
+        return out
 
 
 def _conv3x3_wide(h: np.ndarray, kernel: np.ndarray, bias: np.ndarray, bound: float) -> np.ndarray:
