@@ -30,6 +30,7 @@ are busy with other files or frames. One decode or encode at a time uses the hel
 from __future__ import annotations
 
 import atexit
+import mmap
 import os
 import signal
 import socket
@@ -101,7 +102,7 @@ def helper_usage() -> dict | None:
 
 def _forget_after_fork() -> None:
     """In a forked child: the parent's helper is the parent's (one socket, one caller): close this copy of its
-    socket, without a word to the helper, and start afresh."""
+    socket and shared buffer, without a word to the helper, and start afresh."""
     global _lock
     _lock = threading.Lock()
     helper, _state["helper"], _state["seconds"] = _state["helper"], None, 0.0
@@ -110,6 +111,8 @@ def _forget_after_fork() -> None:
             helper._conn.close()
         except OSError:
             pass
+        if helper._shared is not None:  # nor write into its shared buffer
+            helper._shared.close()
 
 
 if hasattr(os, "register_at_fork"):
@@ -218,13 +221,20 @@ class _Helper:
         self.busy = False
         self._ready = False
         ours, theirs = socket.socketpair()
+        self._shared = _SharedBuffer.create()  # the low bands and predictions go through it (None: the socket)
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        code = "import sys; from edge_runtime.overlap import _serve; _serve(int(sys.argv[1]))"
+        code = "import sys; from edge_runtime.overlap import _serve; _serve(int(sys.argv[1]), int(sys.argv[2]))"
+        fds = (theirs.fileno(),) + ((self._shared.fd,) if self._shared is not None else ())
         try:
-            self._proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno())], env=env,
-                                          pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(theirs.fileno()), str(fds[1] if len(fds) > 1 else -1)], env=env,
+                pass_fds=fds, stdin=subprocess.DEVNULL)
+        except BaseException:
+            if self._shared is not None:
+                self._shared.close()
+            raise
         finally:
             theirs.close()
         self._conn = Connection(ours.detach())
@@ -256,6 +266,13 @@ class _Helper:
                 self.refinement = refinement
             except (OSError, ValueError):
                 self.broken = True
+        if not self.broken and self._shared is not None:  # the band into the shared buffer, the request alone
+            try:
+                self._shared.put(x, 4 * x.nbytes)  # room for the band and its 3 predictions after it
+                self._conn.send(("predict", int(level), x.shape, self._shared.size))
+                return _Pending(self, refinement, x, level)
+            except (OSError, ValueError):
+                self.broken = True
         if self.broken or not self._send(("predict", int(level), x.shape), x):
             return _InLine(refinement, x, level)
         return _Pending(self, refinement, x, level)
@@ -279,6 +296,8 @@ class _Helper:
             self._proc.kill()
             self._proc.wait(2)
         self._conn.close()
+        if self._shared is not None:
+            self._shared.close()
 
 
 class _Pending:
@@ -307,6 +326,9 @@ class _Pending:
         out = np.empty((3,) + self.x.shape, np.float64)
         try:
             reply = h._conn.recv()
+            if reply == "ok" and h._shared is not None:
+                out[...] = h._shared.view(out.shape, self.x.nbytes)  # copied out: the next request overwrites it
+                return tuple(out)
             if reply == "ok" and h._conn.recv_bytes_into(_bytes(out)) == out.nbytes:
                 return tuple(out)
             if reply == "error":
@@ -362,18 +384,70 @@ class _ChoiceStream:
             self.helper.broken = self.done and reply != "end"
 
 
+class _SharedBuffer:
+    """Memory shared by a process and its helper (an anonymous memfd, Linux): the low bands go in and their
+    predictions come back through it, one copy each way, instead of through the socket (several copies and
+    wake-ups for the 1.5 MB of a 256x256 band's predictions). The parent grows it (the file, then its own map) before
+    a request that needs more; the helper maps it again at the size a request names."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.size = 0
+        self._map = None
+
+    @classmethod
+    def create(cls) -> "_SharedBuffer | None":
+        """A new buffer, or None where there is no memfd (not Linux, or a kernel without it): then the socket."""
+        try:
+            return cls(os.memfd_create("edge-codec-helper", getattr(os, "MFD_CLOEXEC", 0)))
+        except (AttributeError, OSError):
+            return None
+
+    def attach(self, size: int) -> None:
+        """Map the first `size` bytes (again, if the map is smaller)."""
+        if size > self.size:
+            self._map = mmap.mmap(self.fd, size)  # the old map is unmapped once no array views it
+            self.size = size
+
+    def put(self, x: np.ndarray, need: int) -> None:
+        """Copy `x` to the start of the buffer, first growing it to at least `need` bytes."""
+        if need > self.size:
+            size = max(need, 2 * self.size, 1 << 20)
+            size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+            os.ftruncate(self.fd, size)
+            self.attach(size)
+        self.view(x.shape, 0)[...] = x
+
+    def view(self, shape: tuple, offset: int) -> np.ndarray:
+        """A float64 array of `shape` on the buffer at byte `offset` (valid until the next request)."""
+        count = int(np.prod(shape, dtype=np.int64))
+        if offset + 8 * count > self.size:
+            raise ValueError("a request beyond the shared buffer")
+        return np.frombuffer(self._map, np.float64, count, offset).reshape(shape)
+
+    def close(self) -> None:
+        self._map = None
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
 def _bytes(a: np.ndarray) -> np.ndarray:
     """A C-contiguous array's bytes, as one flat view (Connection.recv_bytes_into counts a buffer's first axis)."""
     return a.reshape(-1).view(np.uint8)
 
 
-def _serve(fd: int) -> None:
-    """The helper's loop on the socket `fd`: requests ("refinement", obj), ("predict", level, shape) then the low
-    band's bytes ("ok" and the 3 predictions' bytes out, or "error"), ("choices", shape, top, version) then the
-    tile's bytes (each pass's choice out, then "end", or "error"); None or the parent's end closed: exit."""
+def _serve(fd: int, shared_fd: int = -1) -> None:
+    """The helper's loop on the socket `fd`: requests ("refinement", obj); ("predict", level, shape, size), the low
+    band in the shared buffer `shared_fd` (then `size` bytes long), its 3 predictions written after it ("ok", or
+    "error"); ("predict", level, shape) then the low band's bytes ("ok" and the predictions' bytes out, or "error"),
+    where the parent has no shared buffer; ("choices", shape, top, version) then the tile's bytes (each pass's
+    choice out, then "end", or "error"); None or the parent's end closed: exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's (it reaches the whole process group)
-    keep_freed_memory()  # as its parent: without it every large array is new memory, page-faulted in (2x slower)
+    keep_freed_memory()  # as its parent: without it every large array is new memory, page-faulted in anew
     conn = Connection(fd)
+    shared = _SharedBuffer(shared_fd) if shared_fd >= 0 else None
     conn.send("ready")
     refinement = None
     while True:
@@ -384,10 +458,14 @@ def _serve(fd: int) -> None:
             if msg[0] == "refinement":
                 refinement = msg[1]
                 continue
-            shape, dtype = (msg[2], np.float64) if msg[0] == "predict" else (msg[1], np.int64)  # a band or a tile
-            data = np.empty(shape, dtype)
-            conn.recv_bytes_into(_bytes(data))
-        except (EOFError, OSError):
+            if msg[0] == "predict" and len(msg) == 4:  # the band in the shared buffer
+                shared.attach(msg[3])
+                data = shared.view(msg[2], 0)
+            else:
+                shape, dtype = (msg[2], np.float64) if msg[0] == "predict" else (msg[1], np.int64)  # band or tile
+                data = np.empty(shape, dtype)
+                conn.recv_bytes_into(_bytes(data))
+        except (EOFError, OSError, ValueError):
             return
         if msg[0] == "predict":
             try:
@@ -395,8 +473,13 @@ def _serve(fd: int) -> None:
             except Exception:  # noqa: BLE001 - the parent recomputes in line and raises the error itself
                 conn.send("error")
                 continue
-            conn.send("ok")
-            conn.send_bytes(pred)
+            if len(msg) == 4:
+                shared.view(pred.shape, data.nbytes)[...] = pred
+                del data  # no view of the buffer outlives the request (it may be remapped larger)
+                conn.send("ok")
+            else:
+                conn.send("ok")
+                conn.send_bytes(pred)
         else:
             from edge_runtime import direct
 

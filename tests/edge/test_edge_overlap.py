@@ -73,6 +73,32 @@ def test_the_helper_decodes_the_same_floats(shipped, helper, shape):
     assert np.array_equal(coder.transforms[name].synthesis(bands, levels, step=step)[:shape[0], :shape[1]], alone)
 
 
+def test_one_helper_through_its_shared_buffer_as_it_grows_and_over_the_socket(shipped, helper, monkeypatch):
+    """Planes of growing and shrinking sizes through one helper: its shared buffer grows between requests (in both
+    processes) and every plane decodes to the floats of a decode without the helper; then the same over the socket,
+    as where there is no shared memory."""
+    _bundle, coder = shipped
+    shapes = [(256, 256), (640, 512), (256, 320), (768, 768)]
+    streams = [_stream(coder, _plane(*shape, seed=n)) for n, shape in enumerate(shapes)]
+    overlap._state["enabled"] = False
+    alone = [coder.decode(data, *shape, 12) for data, shape in zip(streams, shapes)]
+    overlap._state["enabled"] = True
+    h = _ready(coder, streams[0], *shapes[0])
+    assert h._shared is not None  # Linux: a memfd
+    sizes = []
+    for data, shape, want in zip(streams, shapes, alone):
+        assert np.array_equal(coder.decode(data, *shape, 12), want)
+        sizes.append(h._shared.size)
+    assert sizes[1] > sizes[0] and sizes[3] > sizes[1] and not h.broken and overlap._state["helper"] is h
+    overlap.shutdown()
+    monkeypatch.setattr(overlap._SharedBuffer, "create", classmethod(lambda cls: None))
+    h = _ready(coder, streams[0], *shapes[0])
+    assert h._shared is None
+    for data, shape, want in zip(streams, shapes, alone):
+        assert np.array_equal(coder.decode(data, *shape, 12), want)
+    assert not h.broken
+
+
 def test_a_dead_helper_falls_back_in_line(shipped, helper):
     """The helper killed between decodes: the decode computes the predictions itself, same pixels, and the
     broken helper is replaced at a later decode."""
