@@ -45,8 +45,12 @@ import numpy as np
 
 from edge_runtime.threads import available_cpus, keep_freed_memory
 
-MIN_PIXELS = 1 << 14
-"""The smallest low band (128x128) whose prediction goes to the helper; planes of 4 x MIN_PIXELS count as large."""
+MIN_PIXELS = 1 << 12
+"""The smallest low band (64x64) whose prediction goes to the helper: through the shared buffer the round trip costs
+the caller about 0.1 ms, the 64x64 band's prediction in line 0.6 ms (smaller ones 0.1-0.2 ms: in line)."""
+LARGE_PIXELS = 1 << 16
+"""Planes (padded) of at least this many pixels (256x256) count as large: they use the helper, and their time
+counts towards starting it."""
 CHOICE_PIXELS = (1 << 17, 1 << 20)
 """The smallest and largest tiles (about 362x362, 1024x1024) whose lossless pass choices the helper makes: larger
 ones would double the memory of an encode that is already the largest (a 1760x1760 CR peaks near 800 MiB)."""
@@ -162,7 +166,7 @@ def predictor(refinement, pixels: int) -> "_Predictor":
     """For one decode of a plane of `pixels` (padded) pixels: a context manager whose value maps (x, level) to a
     handle whose `result()` is refinement.predict(x, level), computed by the helper when the process has one ready
     and free, else in line."""
-    helper, timed = _acquire(pixels >= 4 * MIN_PIXELS)
+    helper, timed = _acquire(pixels >= LARGE_PIXELS)
     return _Predictor(refinement, helper, timed)
 
 

@@ -166,7 +166,7 @@ def _decoded_in_line(coder, data) -> np.ndarray:
 
 
 def test_small_planes_and_a_few_decodes_start_no_helper(shipped, monkeypatch):
-    """Planes under 4 x MIN_PIXELS count for nothing; large ones add their time, and the helper starts at the
+    """Planes under LARGE_PIXELS count for nothing; large ones add their time, and the helper starts at the
     first large decode after START_AFTER_S of them (that decode still runs in line)."""
     overlap.shutdown()
     overlap.enable()
