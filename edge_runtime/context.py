@@ -442,7 +442,7 @@ def ll_prediction(q: np.ndarray, phase: int, known: np.ndarray) -> tuple[np.ndar
     for nb in more:
         total += nb
         np.minimum(low, nb, out=low)
-        high = np.maximum(high, nb)
+        np.maximum(high, nb, out=high)
     total += 2
     total //= 4
     return total, mag_code(high - low)

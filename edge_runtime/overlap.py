@@ -4,8 +4,8 @@ Decode. A lossy plane decodes coarse to fine: LL, then each level's three detail
 inverse (edge_runtime.refine) adds to each level's details a prediction P(LL) of its low band,
 a small integer network, and the low band of a level is complete as soon as the coarser levels
 are decoded and synthesized. So the prediction of a level can run while that level's own bands
-are being decoded: at the finest level of a 512x512 CT slice, about 11 ms of network beside about
-20 ms of entropy decoding (`predictor`). Only the predictions of low bands of at least MIN_PIXELS
+are being decoded: at the finest level of a 512x512 CT slice, about 9-12 ms of network beside about
+16 ms of entropy decoding (`predictor`). Only the predictions of low bands of at least MIN_PIXELS
 go to the helper (the others cost less than the round trip).
 
 Lossless encode. A tile without a base (edge_runtime.direct) is coded pass by pass, and each pass first
@@ -230,11 +230,11 @@ class _Helper:
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         code = "import sys; from edge_runtime.overlap import _serve; _serve(int(sys.argv[1]), int(sys.argv[2]))"
-        fds = (theirs.fileno(),) + ((self._shared.fd,) if self._shared is not None else ())
+        shared_fd = self._shared.fd if self._shared is not None else -1
+        fds = (theirs.fileno(),) + ((shared_fd,) if shared_fd >= 0 else ())
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-c", code, str(theirs.fileno()), str(fds[1] if len(fds) > 1 else -1)], env=env,
-                pass_fds=fds, stdin=subprocess.DEVNULL)
+            self._proc = subprocess.Popen([sys.executable, "-c", code, str(theirs.fileno()), str(shared_fd)], env=env,
+                                          pass_fds=fds, stdin=subprocess.DEVNULL)
         except BaseException:
             if self._shared is not None:
                 self._shared.close()
@@ -479,10 +479,8 @@ def _serve(fd: int, shared_fd: int = -1) -> None:
                 continue
             if len(msg) == 4:
                 shared.view(pred.shape, data.nbytes)[...] = pred
-                del data  # no view of the buffer outlives the request (it may be remapped larger)
-                conn.send("ok")
-            else:
-                conn.send("ok")
+            conn.send("ok")
+            if len(msg) != 4:
                 conn.send_bytes(pred)
         else:
             from edge_runtime import direct
