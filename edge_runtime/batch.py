@@ -29,8 +29,8 @@ complete), except a .kcd that edge_runtime.bitstream.parse refuses, which is enc
 ``force`` re-does everything. Planning reads each existing .kcd output (encode) or each input
 stream (decode, for its format) once, in the calling process.
 
-Work runs in ``jobs`` worker processes ("spawn": each loads the codec once, after it starts, with
-one TFLite thread), or in this process when ``jobs`` is 1 or only one file is left to do. One bad
+Work runs in ``jobs`` worker processes (edge_runtime.pool.worker_context: forked while this process
+runs one thread, spawned otherwise; each loads the codec once, after it starts, with one TFLite thread), or in this process when ``jobs`` is 1 or only one file is left to do. One bad
 file never stops the batch: it is recorded as failed with a one-line reason. A worker that dies
 (a crash, out of memory) costs only its file: the files it may have held are re-run one at a time
 at the end, and the one that kills its worker again is recorded as failed. Ctrl-C lets the files
@@ -55,7 +55,6 @@ worked on), the failures with their reasons and one record per file.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import re
 import signal
@@ -74,6 +73,7 @@ from data.readers import list_images
 from edge_runtime import OUTPUT_FORMATS
 from edge_runtime import bitstream as bs
 from edge_runtime import runtime, series
+from edge_runtime.pool import reset_inherited_signals, worker_context
 from edge_runtime.threads import available_cpus
 
 __all__ = ["FORMATS", "LOCK_NAME", "SUMMARY_NAME", "Terminated", "decode_folder", "default_jobs", "encode_folder"]
@@ -460,6 +460,7 @@ def _run_locked(kind, in_dir, out_dir, plan, options, jobs, bundle, kernels, on_
     folders = {}
     interrupted = None
     workers = min(jobs, len(plan.tasks))
+    start_methods = set()
     previous = _on_sigterm()
     try:
         for record in plan.skipped + plan.failed:
@@ -472,9 +473,9 @@ def _run_locked(kind, in_dir, out_dir, plan, options, jobs, bundle, kernels, on_
         else:
             args = (kind, options)
             biggest_first = sorted(plan.tasks, key=lambda t: -t.record["bytes_in"])  # no big file left for last
-            suspects = _run_pool(_work, args, biggest_first, workers, (bundle, kernels), done, ready)
+            suspects = _run_pool(_work, args, biggest_first, workers, (bundle, kernels), done, ready, start_methods)
             for task in suspects:  # alone, so a crash can only be this file's
-                if _run_pool(_work, args, [task], 1, (bundle, kernels), done, ready):
+                if _run_pool(_work, args, [task], 1, (bundle, kernels), done, ready, start_methods):
                     done(task, {"status": "failed", "reason": "the worker process died while coding it "
                                                               "(a crash, or out of memory)"})
     except KeyboardInterrupt:
@@ -486,7 +487,7 @@ def _run_locked(kind, in_dir, out_dir, plan, options, jobs, bundle, kernels, on_
     finally:
         _restore_sigterm(previous)
     summary = _summary(kind, in_dir, out_dir, tally.total, records, time.monotonic() - t0, started, jobs, workers,
-                       settings, interrupted, stale)
+                       settings, interrupted, stale, start_methods)
     data = (json.dumps(summary, indent=1) + "\n").encode()
     bs.atomic_write_bytes(out_dir / SUMMARY_NAME, data, overwrite=True)
     return summary
@@ -626,6 +627,7 @@ def _init_worker(bundle, kernels: str) -> None:
     """Pool initializer: load the codec once per worker (in the worker: never share TFLite across a fork)."""
     global _worker_codec, _worker_problem
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it lets running files finish
+    reset_inherited_signals()
     _die_with_parent()
     try:
         _worker_codec = runtime.load_worker_codec(bundle, kernels=kernels)
@@ -658,17 +660,21 @@ def _work(kind: str, options: dict, src: Path, dst: Path, overwrite: bool) -> di
     return _code_one(kind, _worker_codec, src, dst, overwrite, options)
 
 
-def _run_pool(work, args: tuple, tasks: list, jobs: int, initargs: tuple, done, ready=lambda task: True) -> list:
-    """Run ``work(*args, src, dst, overwrite)`` for each task in ``jobs`` spawned workers.
+def _run_pool(work, args: tuple, tasks: list, jobs: int, initargs: tuple, done, ready=lambda task: True,
+              start_methods: Optional[set] = None) -> list:
+    """Run ``work(*args, src, dst, overwrite)`` for each task in ``jobs`` worker processes.
 
     ``ready(task)`` is asked just before a task is handed out (False: it was recorded, skip it).
+    ``start_methods`` collects how the workers were started ("fork" or "spawn", one per pool).
     Returns the tasks that were in a worker, or queued for one, when a worker died: each of them
     may be the cause. A worker whose codec failed to load stops the batch (RuntimeError). On
     Terminated (SIGTERM) the workers are stopped at once; on anything else the running files finish.
     """
-    ctx = multiprocessing.get_context("spawn")
     queue, suspects = deque(tasks), []
     while queue:
+        ctx = worker_context()  # asked for each pool: spawn while the threads of the one before still end
+        if start_methods is not None:
+            start_methods.add(ctx.get_start_method())
         with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=initargs) as pool:
             running = {}
             try:
@@ -707,11 +713,14 @@ def _run_pool(work, args: tuple, tasks: list, jobs: int, initargs: tuple, done, 
 
 
 def _summary(kind: str, in_dir: Path, out_dir: Path, total: int, records: list, wall: float, started: str,
-             jobs: int, workers: int, settings: dict, interrupted: Optional[str], stale_tmp: int = 0) -> dict:
+             jobs: int, workers: int, settings: dict, interrupted: Optional[str], stale_tmp: int = 0,
+             start_methods: frozenset = frozenset()) -> dict:
     """The batch in numbers (module docstring); ``ratio`` is uncompressed : compressed file bytes.
 
     ``total`` counts the files found; after an interruption (``interrupted_by`` the signal), ``files``
     holds only those finished. ``stale_tmp_removed``: temporary files of killed runs cleaned up.
+    ``worker_start``: how local worker processes were started ("fork", "spawn", both as "fork+spawn"); None in
+    this process or on a cluster.
     """
     records = sorted(records, key=lambda r: r["input"])
     count = Counter(r["status"] for r in records)
@@ -722,7 +731,8 @@ def _summary(kind: str, in_dir: Path, out_dir: Path, total: int, records: list, 
     wall = max(wall, 1e-9)
     return {
         "command": kind, "input_dir": str(in_dir.resolve()), "output_dir": str(out_dir.resolve()), **settings,
-        "jobs": jobs, "worker_processes": workers if workers > 1 else 0, "started": started,
+        "jobs": jobs, "worker_processes": workers if workers > 1 else 0,
+        "worker_start": "+".join(sorted(start_methods)) or None, "started": started,
         "interrupted": interrupted is not None, "interrupted_by": interrupted, "stale_tmp_removed": stale_tmp,
         "total": total, "ok": count["ok"], "skipped": count["skipped"],
         "failed": count["failed"], "bytes_in": bytes_in, "bytes_out": bytes_out,

@@ -5,6 +5,9 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -97,22 +100,91 @@ def test_encode_decode_tree_resume_and_force(tree, tmp_path, bundle_path, codec,
     assert not [p for p in out.rglob(".*")]  # no temporary files left
 
 
+def _same_outputs(a: Path, b: Path) -> set:
+    """The files of two output folders are the same bytes (but their summaries); their names."""
+    fa, fb = _files(a), _files(b)
+    fa.pop(batch.SUMMARY_NAME), fb.pop(batch.SUMMARY_NAME)
+    assert fa == fb
+    return set(fa)
+
+
 def test_two_jobs_give_the_same_bytes_as_one(tree, tmp_path, bundle_path):
+    """Spawned workers (another thread runs here), then forked ones (`edge-codec` is one thread): the same
+    bytes as one process."""
     (tree / "sub" / "deep" / "bad.dcm").unlink()
     one, two = tmp_path / "one", tmp_path / "two"
     s1 = batch.encode_folder(tree, one, encode_options={"quality": int(Q)}, jobs=1, bundle=bundle_path)
-    s2 = batch.encode_folder(tree, two, encode_options={"quality": int(Q)}, jobs=2, bundle=bundle_path)
-    assert s2["worker_processes"] == 2 and _counts(s1) == _counts(s2) == (3, 0, 0)
-    f1, f2 = _files(one), _files(two)
-    f1.pop(batch.SUMMARY_NAME), f2.pop(batch.SUMMARY_NAME)
-    assert f1 == f2 and set(f1) == EXPECTED_KCD
-    d1, d2 = tmp_path / "d1", tmp_path / "d2"
+    busy = threading.Event()
+    other = threading.Thread(target=busy.wait)
+    other.start()
+    try:
+        s2 = batch.encode_folder(tree, two, encode_options={"quality": int(Q)}, jobs=2, bundle=bundle_path)
+        d2 = tmp_path / "d2"
+        batch.decode_folder(one, d2, fmt="tif", jobs=2, bundle=bundle_path)
+    finally:
+        busy.set()
+        other.join()
+    assert s1["worker_start"] is None and (s2["worker_processes"], s2["worker_start"]) == (2, "spawn")
+    assert _counts(s1) == _counts(s2) == (3, 0, 0) and _same_outputs(one, two) == EXPECTED_KCD
+    d1 = tmp_path / "d1"
     batch.decode_folder(one, d1, fmt="tif", jobs=1, bundle=bundle_path)
-    batch.decode_folder(one, d2, fmt="tif", jobs=2, bundle=bundle_path)
     # --format for all: gray.dcm.kcd and gray.png.kcd would both be gray.tif, so they keep full names.
-    assert set(_files(d1)) == set(_files(d2)) == {"ct.tif", "sub/gray.dcm.tif", "sub/gray.png.tif", batch.SUMMARY_NAME}
-    for rel in ("ct.tif", "sub/gray.dcm.tif", "sub/gray.png.tif"):
-        assert (d1 / rel).read_bytes() == (d2 / rel).read_bytes()
+    assert _same_outputs(d1, d2) == {"ct.tif", "sub/gray.dcm.tif", "sub/gray.png.tif"}
+    if not sys.platform.startswith("linux"):
+        return
+    cli = [sys.executable, "-m", "edge_runtime.cli"]
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    for cmd, src, out, ref in (("encode", tree, tmp_path / "three", one), ("decode", one, tmp_path / "d3", d1)):
+        args = [cmd, str(src), str(out), "--jobs", "2", "--bundle", str(bundle_path)]
+        args += ["--quality", Q] if cmd == "encode" else ["--format", "tif"]
+        subprocess.run(cli + args, env=env, check=True, capture_output=True)
+        assert (_summary(out)["worker_processes"], _summary(out)["worker_start"]) == (2, "fork")
+        assert _same_outputs(ref, out)
+
+
+_PROBE = """
+import signal, sys, types
+from edge_runtime import batch, pool
+
+def state(*args, **kwargs):
+    return {"term": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "int": signal.getsignal(signal.SIGINT)}
+
+signal.signal(signal.SIGTERM, lambda *a: None)  # a parent's own handler, as a batch installs one
+got, methods = [], set()
+task = types.SimpleNamespace(src="a", dst="b", overwrite=False)
+batch._run_pool(state, (), [task], 1, (sys.argv[1], "xnnpack"), lambda t, r: got.append(r), start_methods=methods)
+with pool.PlanePool(sys.argv[1], jobs=1) as p:
+    got += list(p.map(state, [0], {}))
+    methods.add("pool " + p._pool._mp_context.get_start_method())
+print(sorted(methods), got)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
+def test_forked_workers_drop_their_parents_sigterm_handler(bundle_path):
+    """A forked worker (batch, plane pool) ends on SIGTERM as a spawned one does, whatever handler its parent had;
+    a batch worker ignores SIGINT (Ctrl-C is the parent's)."""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", _PROBE, str(bundle_path)], env=env, check=True, capture_output=True,
+                         text=True).stdout.strip()
+    assert out == ("['fork', 'pool fork'] [{'term': True, 'int': <Handlers.SIG_IGN: 1>}, "
+                   "{'term': True, 'int': <built-in function default_int_handler>}]")
+
+
+def test_workers_fork_from_one_thread_and_spawn_beside_others():
+    """pool.worker_context: fork only while the process has one thread (threads that Python did not start count)."""
+    code = ("import threading; from edge_runtime.pool import worker_context as w; a = w().get_start_method(); "
+            "e = threading.Event(); t = threading.Thread(target=e.wait); t.start(); b = w().get_start_method(); "
+            "e.set(); t.join(); print(a, b)")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    methods = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    want = ["fork", "spawn"] if sys.platform.startswith("linux") else ["spawn"] * 2
+    assert methods.stdout.split() == want
+    if sys.platform.startswith("linux"):  # a thread of a library (here BLAS's own) counts too
+        env["OPENBLAS_NUM_THREADS"] = "2"
+        code = "import numpy; from edge_runtime.pool import worker_context as w; print(w().get_start_method())"
+        methods = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+        assert methods.stdout.split() == ["spawn"]
 
 
 def test_output_folder_inside_the_input_folder(tree, tmp_path, bundle_path, capsys):

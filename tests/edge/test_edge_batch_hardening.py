@@ -98,6 +98,7 @@ def test_sigterm_stops_the_workers_and_the_summary_says_interrupted(tmp_path, bu
                 os.kill(k, signal.SIGKILL)
     s = json.loads((out / batch.SUMMARY_NAME).read_text())
     assert s["interrupted"] is True and s["interrupted_by"] == "SIGTERM" and s["ok"] < s["total"] == 160
+    assert s["worker_start"] == "fork"  # the workers had their parent's SIGTERM handler: it was reset
     log = (tmp_path / "log.txt").read_text()
     assert "interrupted by SIGTERM" in log and "Traceback" not in log
     assert not list(out.rglob("*.tmp")) and not (out / batch.LOCK_NAME).exists()
