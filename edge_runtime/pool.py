@@ -1,8 +1,8 @@
 """Worker processes for the planes of one large image (a cine loop, a multi-frame series).
 
 A multi-frame image is coded plane by plane; the planes are independent, so `PlanePool.map`
-runs codec.encode_plane / codec.decode_plane over them in `jobs` worker processes (`worker_context`), each
-of which loads the model bundle once (never shared across a fork: TFLite interpreters hold threads). At
+runs codec.encode_plane / codec.decode_plane over them in `jobs` spawned workers, each of which
+loads the model bundle once (never shared across a fork: TFLite interpreters hold threads). At
 most 2 x jobs planes are in flight, so memory stays bounded however many frames there are, and
 results come back in plane order: the stream (and the decoded image) is the same bytes as with
 no pool. An error in a worker (a corrupt tile) is raised in the caller.
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
-import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 
@@ -31,37 +29,8 @@ def default_jobs(planes: int) -> int:
     return max(1, min(available_cpus(), planes // (MIN_PLANES // 2)))
 
 
-def worker_context():
-    """The multiprocessing context for codec workers: "fork" on Linux while this process runs one thread, "spawn"
-    otherwise.
-
-    A forked worker starts with the modules its parent has imported (about 0.2 s less per worker than a spawned
-    one, which starts a new interpreter and imports numpy and the codec again); it still loads its own models.
-    A fork copies only the thread that calls it, so with other threads running (a TFLite interpreter's thread
-    pool, BLAS threads, a caller's threads) it could copy a lock one of them holds: then workers are spawned.
-    Threads are counted from /proc/self/task, which sees those that Python's threading module does not."""
-    if sys.platform.startswith("linux") and _threads() == 1:
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
-
-
-def _threads() -> int:
-    """The threads of this process (0 when the OS does not say)."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return 0
-
-
-def reset_inherited_signals() -> None:
-    """A forked worker keeps its parent's Python signal handlers (a batch turns SIGTERM into an exception in its
-    main thread): a worker's SIGTERM ends it, as in a spawned one."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def _init(bundle_path: str, kernels: str) -> None:
     global _coder
-    reset_inherited_signals()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from edge_runtime.runtime import load_worker_codec
 
@@ -73,13 +42,13 @@ def _task(fn, item, options: dict, keyword: bool):
 
 
 class PlanePool:
-    """`jobs` worker processes (`worker_context`) holding the codec of `bundle_path`; use as a context manager."""
+    """`jobs` spawned workers holding the codec of `bundle_path`; use as a context manager."""
 
     def __init__(self, bundle_path, kernels: str = "xnnpack", jobs: int = 2):
         if int(jobs) < 1:
             raise ValueError(f"jobs must be at least 1, got {jobs!r}")
         self.jobs = int(jobs)
-        self._pool = ProcessPoolExecutor(self.jobs, mp_context=worker_context(),
+        self._pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"),
                                          initializer=_init, initargs=(str(bundle_path), kernels))
 
     def map(self, fn, items, options: dict, keyword: bool = False):

@@ -144,7 +144,7 @@ def test_two_jobs_give_the_same_bytes_as_one(tree, tmp_path, bundle_path):
 
 _PROBE = """
 import signal, sys, types
-from edge_runtime import batch, pool
+from edge_runtime import batch
 
 def state(*args, **kwargs):
     return {"term": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, "int": signal.getsignal(signal.SIGINT)}
@@ -153,27 +153,23 @@ signal.signal(signal.SIGTERM, lambda *a: None)  # a parent's own handler, as a b
 got, methods = [], set()
 task = types.SimpleNamespace(src="a", dst="b", overwrite=False)
 batch._run_pool(state, (), [task], 1, (sys.argv[1], "xnnpack"), lambda t, r: got.append(r), start_methods=methods)
-with pool.PlanePool(sys.argv[1], jobs=1) as p:
-    got += list(p.map(state, [0], {}))
-    methods.add("pool " + p._pool._mp_context.get_start_method())
 print(sorted(methods), got)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
 def test_forked_workers_drop_their_parents_sigterm_handler(bundle_path):
-    """A forked worker (batch, plane pool) ends on SIGTERM as a spawned one does, whatever handler its parent had;
-    a batch worker ignores SIGINT (Ctrl-C is the parent's)."""
+    """A forked batch worker ends on SIGTERM as a spawned one does, whatever handler its parent had, and ignores
+    SIGINT (Ctrl-C is the parent's)."""
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", _PROBE, str(bundle_path)], env=env, check=True, capture_output=True,
                          text=True).stdout.strip()
-    assert out == ("['fork', 'pool fork'] [{'term': True, 'int': <Handlers.SIG_IGN: 1>}, "
-                   "{'term': True, 'int': <built-in function default_int_handler>}]")
+    assert out == "['fork'] [{'term': True, 'int': <Handlers.SIG_IGN: 1>}]"
 
 
 def test_workers_fork_from_one_thread_and_spawn_beside_others():
-    """pool.worker_context: fork only while the process has one thread (threads that Python did not start count)."""
-    code = ("import threading; from edge_runtime.pool import worker_context as w; a = w().get_start_method(); "
+    """batch.worker_context: fork only while the process has one thread (threads that Python did not start count)."""
+    code = ("import threading; from edge_runtime.batch import worker_context as w; a = w().get_start_method(); "
             "e = threading.Event(); t = threading.Thread(target=e.wait); t.start(); b = w().get_start_method(); "
             "e.set(); t.join(); print(a, b)")
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
@@ -182,7 +178,7 @@ def test_workers_fork_from_one_thread_and_spawn_beside_others():
     assert methods.stdout.split() == want
     if sys.platform.startswith("linux"):  # a thread of a library (here BLAS's own) counts too
         env["OPENBLAS_NUM_THREADS"] = "2"
-        code = "import numpy; from edge_runtime.pool import worker_context as w; print(w().get_start_method())"
+        code = "import numpy; from edge_runtime.batch import worker_context as w; print(w().get_start_method())"
         methods = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
         assert methods.stdout.split() == ["spawn"]
 
