@@ -30,14 +30,15 @@ complete), except a .kcd that edge_runtime.bitstream.parse refuses, which is enc
 stream (decode, for its format) once, in the calling process.
 
 Work runs in ``jobs`` worker processes (`worker_context`: forked while this process runs one thread,
-spawned otherwise; each loads the codec once, after it starts, with one TFLite thread), or in this process when ``jobs`` is 1 or only one file is left to do. One bad
-file never stops the batch: it is recorded as failed with a one-line reason. A worker that dies
-(a crash, out of memory) costs only its file: the files it may have held are re-run one at a time
-at the end, and the one that kills its worker again is recorded as failed. Ctrl-C lets the files
-in progress finish (their outputs are complete), then stops; SIGTERM (a supervisor, ``kill PID``)
-stops the workers at once (a file in progress leaves no output). Either way the summary says
-``interrupted`` (``interrupted_by``: SIGINT or SIGTERM). Workers also end when this process dies
-without a word (SIGKILL): they watch their parent.
+spawned otherwise; each loads the codec once, after it starts, with one TFLite thread), or in this
+process when ``jobs`` is 1 or only one file is left to do. One bad file never stops the batch: it is
+recorded as failed with a one-line reason. A worker that dies (a crash, out of memory) costs only
+its file: the files it may have held are re-run one at a time at the end, and the one that kills its
+worker again is recorded as failed. Ctrl-C lets the files in progress finish (their outputs are
+complete), then stops; SIGTERM (a supervisor, ``kill PID``) stops the workers at once (a file in
+progress leaves no output). Either way the summary says ``interrupted`` (``interrupted_by``: SIGINT
+or SIGTERM). Workers also end when this process dies without a word (SIGKILL): they watch their
+parent.
 
 Files and folders: symbolic links that lead out of DIR are not followed (``follow_symlinks``
 allows it), and nothing is ever written outside OUTDIR: an output folder that is a link out of
