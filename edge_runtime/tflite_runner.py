@@ -210,6 +210,11 @@ class _Signature:
 
 POSTFILTER_STRIP = 256
 """Rows per post-filter run (a 2k x 2k plane in one run needed ~0.5 GB of TFLite scratch)."""
+POSTFILTER_WHOLE_PIXELS = 1 << 18
+"""With one TFLite thread (a batch or plane worker, filtering plane after plane), planes of at most this many pixels
+(512x512) are filtered in one run: strips recompute their halo rows, 6 % more rows for a 512x512 plane, about 1 ms
+of a slice. With more threads (one decode in its own process) they stay in strips: the one run's larger scratch
+(+33 MiB, faulted in on the first run) cost a one-shot decode more than the rows saved."""
 POSTFILTER_HALO = 8
 """Context rows above and below a strip; the graph's 3x3 layers see 3 rows each side."""
 
@@ -255,15 +260,19 @@ class Int8PostFilter:
         interp = _interpreter(str(self.path.resolve()), self.path.stat().st_mtime_ns, self.kernels, self.num_threads)
         return any(op.get("op_name") == "DELEGATE" for op in interp._get_ops_details())
 
-    def __call__(self, plane: np.ndarray, step: float, strip: int = POSTFILTER_STRIP) -> np.ndarray:
+    def __call__(self, plane: np.ndarray, step: float, strip: int | None = None) -> np.ndarray:
         """The filtered plane. Planes taller than `strip` rows run in strips of `strip` rows with
         POSTFILTER_HALO rows of context on each side (more than the graph's receptive field), so
-        TFLite's scratch memory stays bounded; integer arithmetic makes the result the same bits."""
+        TFLite's scratch memory stays bounded; integer arithmetic makes the result the same bits.
+        By default strips of POSTFILTER_STRIP rows; with one thread, a plane of at most POSTFILTER_WHOLE_PIXELS
+        runs whole."""
         sig = self._signature()
         (name_in,), (name_out,) = sig.inputs, sig.outputs
         scale, zero_point = sig.outputs[name_out]["quantization"]
         x = postfilter_input(plane, step, self.spec)
         rows = plane.shape[0]
+        if strip is None:
+            strip = rows if self.num_threads == 1 and plane.size <= POSTFILTER_WHOLE_PIXELS else POSTFILTER_STRIP
         q = np.empty(plane.shape, np.int8)
         window = min(rows, strip + 2 * POSTFILTER_HALO)
         for r0 in range(0, rows, strip):

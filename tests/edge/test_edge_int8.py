@@ -107,3 +107,26 @@ def test_postfilter_in_strips_is_the_same_bits():
         full = pf(plane, step, strip=10 ** 6)
         for strip in (1, 9, 32):
             np.testing.assert_array_equal(pf(plane, step, strip=strip), full)
+
+
+def test_postfilter_runs_whole_planes_on_one_thread(monkeypatch):
+    """By default, one TFLite thread filters a plane of at most POSTFILTER_WHOLE_PIXELS in one run (a worker's
+    512x512 slice), more threads and larger planes in strips of POSTFILTER_STRIP rows; the same bits either way."""
+    from edge_runtime import tflite_runner
+    from edge_runtime.runtime import load_codec
+
+    monkeypatch.setattr(tflite_runner, "POSTFILTER_STRIP", 16)
+    monkeypatch.setattr(tflite_runner, "POSTFILTER_WHOLE_PIXELS", 48 * 40)
+    runs = []
+    call = tflite_runner._Signature.__call__
+    monkeypatch.setattr(tflite_runner._Signature, "__call__", lambda self, feed: runs.append(1) or call(self, feed))
+    rng = np.random.default_rng(1)
+    one = load_codec(None, num_threads=1)[1].transforms["cdf97"].postfilter  # as a worker's
+    two = load_codec(None)[1].transforms["cdf97"].postfilter
+    assert (one.num_threads, two.num_threads) == (1, 2)
+    for rows, cols, whole in ((48, 40, True), (49, 40, False)):
+        plane = rng.uniform(0.2, 0.8, (rows, cols)).astype(np.float32)
+        for pf, n_runs in ((one, 1 if whole else 4), (two, 3 if rows == 48 else 4)):
+            runs.clear()
+            np.testing.assert_array_equal(pf(plane, 0.03), pf(plane, 0.03, strip=10 ** 6))
+            assert len(runs) == n_runs + 1, (rows, pf.num_threads)
