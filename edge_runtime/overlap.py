@@ -274,12 +274,11 @@ class _Helper:
             try:
                 self._shared.put(x, 4 * x.nbytes)  # room for the band and its 3 predictions after it
                 self._conn.send(("predict", int(level), x.shape, self._shared.size))
-                return _Pending(self, refinement, x, level)
             except (OSError, ValueError):
                 self.broken = True
-        if self.broken or not self._send(("predict", int(level), x.shape), x):
-            return _InLine(refinement, x, level)
-        return _Pending(self, refinement, x, level)
+        elif not self.broken:
+            self._send(("predict", int(level), x.shape), x)
+        return _InLine(refinement, x, level) if self.broken else _Pending(self, refinement, x, level)
 
     def choices(self, u: np.ndarray, top: int, version: int):
         u = np.ascontiguousarray(u, np.int64)
@@ -462,7 +461,8 @@ def _serve(fd: int, shared_fd: int = -1) -> None:
             if msg[0] == "refinement":
                 refinement = msg[1]
                 continue
-            if msg[0] == "predict" and len(msg) == 4:  # the band in the shared buffer
+            in_shared = msg[0] == "predict" and len(msg) == 4  # the band in the shared buffer, its predictions too
+            if in_shared:
                 shared.attach(msg[3])
                 data = shared.view(msg[2], 0)
             else:
@@ -477,10 +477,11 @@ def _serve(fd: int, shared_fd: int = -1) -> None:
             except Exception:  # noqa: BLE001 - the parent recomputes in line and raises the error itself
                 conn.send("error")
                 continue
-            if len(msg) == 4:
+            if in_shared:
                 shared.view(pred.shape, data.nbytes)[...] = pred
-            conn.send("ok")
-            if len(msg) != 4:
+                conn.send("ok")
+            else:
+                conn.send("ok")
                 conn.send_bytes(pred)
         else:
             from edge_runtime import direct
