@@ -21,6 +21,7 @@ from edge_runtime import direct
 from edge_runtime import exact_dwt
 from edge_runtime import overlap
 from edge_runtime import padding as pad
+from edge_runtime import raster
 from edge_runtime import refine as exact_refine
 from edge_runtime import residual as res
 from edge_runtime.subband_coder import CodingModel, decode_subbands, encode_subbands
@@ -178,7 +179,9 @@ class PlaneCoder:
     its contexts' activity measure) when the base length field is 0, or by its version 3
     (HALVES_VERSION: the last edges pass in two halves) when that field is 3; the encoder writes
     both (HALVES_TRIAL_PIXELS, HALVES_GATE). A decoder that predates version 3 refuses its tiles (a base length
-    without a base).
+    without a base). With the field RASTER_FIELD the tile is coded losslessly by edge_runtime.raster (its bound
+    is 0: a plane's max error 0, or the LOSSLESS flag): the encoder tries it for tiles with at least RASTER_GATE
+    of their adjacent pairs equal; decoders that predate it refuse the tile likewise.
     """
 
     ADAPTIVE = 0x80
@@ -195,6 +198,11 @@ class PlaneCoder:
     test patterns, flat backgrounds) are also coded losslessly, and the shorter stream kept."""
     DIRECT_VERSION_FIELD = {direct.ACTIVITY_VERSION: 0, direct.HALVES_VERSION: direct.HALVES_VERSION}
     """The base length field of a DIRECT_ACTIVITY tile (it has no base) for each version of edge_runtime.direct."""
+    RASTER_FIELD = 4
+    """The base length field of a DIRECT_ACTIVITY tile coded by edge_runtime.raster (lossless, raster order)."""
+    RASTER_GATE = 0.7
+    """Tiles with at least this share of equal adjacent pixel pairs (graphics, test patterns) are also coded by
+    edge_runtime.raster, and the shorter stream kept (as LOSSLESS_GATE: a CT or MR is far below it)."""
     HALVES_GATE = 0.5
     HALVES_TRIAL_PIXELS = 1 << 16
     """Tiles without a base of at most HALVES_TRIAL_PIXELS pixels are coded by both direct's HALVES_VERSION and its
@@ -440,6 +448,12 @@ class PlaneCoder:
                         best = (struct.pack("<BII", self.DIRECT_ACTIVITY | fl & self.LOSSLESS, div,
                                             self.DIRECT_VERSION_FIELD[version]) + table + body,
                                 {"estimated_bits": 8.0 * len(body)}, len(table))
+            if flat >= self.RASTER_GATE and x.size <= raster.MAX_PIXELS:  # graphics: also in raster order
+                div, v, top, d, table, fl = next(c for c in candidates if c[3] == 0)  # the first lossless one
+                body = raster.encode(v, self._residual_model().tables)
+                if 9 + len(table) + len(body) < len(best[0]):
+                    best = (struct.pack("<BII", self.DIRECT_ACTIVITY | fl & self.LOSSLESS, div, self.RASTER_FIELD)
+                            + table + body, {"estimated_bits": 8.0 * len(body)}, len(table))
         for div, v, top, d, table, fl in candidates if quality != 0 else ():
             q = self.search_base_quality(v, top, d, transform) if quality is None else quality
             st = {} if stats is not None else None
@@ -549,6 +563,13 @@ class PlaneCoder:
             top, d = (hi - lo) // g, int(max_error) // g
         else:
             raise ValueError(f"error-bounded tile divisor {g} exceeds the plane's range {hi - lo}")
+        if q == self.DIRECT_ACTIVITY and n == self.RASTER_FIELD:  # lossless, in raster order
+            if d != 0 or rows * cols > raster.MAX_PIXELS:
+                raise ValueError(f"error-bounded tile header is inconsistent: a {rows}x{cols} raster tile with max "
+                                 f"error {d} (raster tiles are lossless, of at most {raster.MAX_PIXELS} "
+                                 "pixels)")
+            u = raster.decode(data[off:], rows, cols, top, model.tables)
+            return values[u] if values is not None else lo + g * u
         if q in (0, self.DIRECT_ACTIVITY):  # no base: edge_runtime.direct, version 1, 2 or 3 (the base length field)
             versions = {0: 1} if q == 0 else {f: v for v, f in self.DIRECT_VERSION_FIELD.items()}
             if n not in versions:

@@ -276,6 +276,14 @@ class Encoder:
         if self.track:
             self.estimated_bits += float(-np.log2(np.asarray(freqs, np.float64)[positions] / (1 << PRECISION)).sum())
 
+    def encode_categorical_rows(self, positions: np.ndarray, probabilities: np.ndarray) -> None:
+        """Positions, each under its own row of `probabilities` (n x alphabet; integer frequencies / 2**PRECISION,
+        exact in float64; a position's own entry never 0): one call for symbols of many contexts."""
+        self._enc.encode(np.asarray(positions, np.int32), _FAMILY, np.asarray(probabilities, np.float64))
+        if self.track:
+            p = np.take_along_axis(probabilities, np.asarray(positions, np.int64)[:, None], 1)
+            self.estimated_bits += float(-np.log2(p).sum())
+
     def encode_uniform(self, values: np.ndarray, size: int) -> None:
         """Values in 0..size-1, each with probability 1/size (side information)."""
         values = np.asarray(values, np.int32)
@@ -330,6 +338,10 @@ class Decoder:
     def decode_categorical(self, freqs: np.ndarray, n: int) -> np.ndarray:
         return self._dec.decode(categorical(freqs), n).astype(np.int64)
 
+    def decode_categorical_rows(self, probabilities: np.ndarray) -> np.ndarray:
+        """Inverse of Encoder.encode_categorical_rows: one position per row of `probabilities`."""
+        return self._dec.decode(_FAMILY, probabilities).astype(np.int64)
+
     def _decode_escapes(self, base: np.ndarray) -> np.ndarray:
         sign = self._dec.decode(_stream.model.Uniform(2), len(base)).astype(np.int64)
         mag = self.decode_naturals(len(base)) + base
@@ -353,6 +365,10 @@ class Decoder:
             lo = self._dec.decode(_stream.model.Uniform(1 << min(int(b), 20)), len(sel)).astype(np.int64)
             mant[sel] = (hi << 20) | lo
         return (np.int64(1) << e) + mant - 1
+
+
+_FAMILY = _stream.model.Categorical(perfect=False)
+"""constriction's categorical models with their probabilities given per symbol (encode_categorical_rows)."""
 
 
 def categorical(freqs: np.ndarray):

@@ -137,7 +137,7 @@ def test_halves_round_trip_and_tiles_name_their_version(exact_coder, monkeypatch
     tile = coder.encode_bounded(u, 0, top, 0, quality=0)
     assert tile[0] & 0x1F == PlaneCoder.DIRECT_ACTIVITY and struct.unpack_from("<I", tile, 5)[0] == direct.HALVES_VERSION
     assert np.array_equal(coder.decode_bounded(tile, *u.shape, 0, top, 0), u)
-    for n in (1, 2, 4, 1 << 20):  # no other number: a decoder of version 2 refuses version 3 tiles the same way
+    for n in (1, 2, 5, 1 << 20):  # no other number (4: a raster tile): a decoder of version 2 refuses version 3 tiles so
         with pytest.raises(ValueError, match="inconsistent"):
             coder.decode_bounded(tile[:5] + struct.pack("<I", n) + tile[9:], *u.shape, 0, top, 0)
     with pytest.raises(ValueError, match="inconsistent"):  # version 1 (base quality 0) has no such field
@@ -315,8 +315,8 @@ def test_encoder_keeps_the_direct_tile_where_it_is_shorter_and_it_decodes_exactl
     b, coder = exact_coder
     x = _graphics(64, 64)
     tile = coder.encode_bounded(x, 0, 255, 0)
-    assert tile[0] & 0x1F == PlaneCoder.DIRECT_ACTIVITY and struct.unpack_from("<I", tile, 5)[0] == 0  # no base
-    assert PlaneCoder.without_base(tile)
+    assert tile[0] & 0x1F == PlaneCoder.DIRECT_ACTIVITY  # no base: graphics, in raster order (test_edge_raster)
+    assert struct.unpack_from("<I", tile, 5)[0] == PlaneCoder.RASTER_FIELD and PlaneCoder.without_base(tile)
     based = PlaneCoder(coder.p, coder.coding, coder.transforms, coder.residual, direct=False)
     assert len(tile) < len(based.encode_bounded(x, 0, 255, 0))
     assert np.array_equal(coder.decode_bounded(tile, 64, 64, 0, 255, 0), x)
@@ -384,6 +384,7 @@ def test_small_tiles_have_no_base_by_default(exact_coder, monkeypatch):
 
 def test_tiles_over_the_direct_limit_have_a_base_and_are_refused_without(exact_coder, monkeypatch):
     _, coder = exact_coder
+    monkeypatch.setattr(PlaneCoder, "RASTER_GATE", 2.0)  # graphics without raster tiles (test_edge_raster)
     x = _graphics(48, 40, seed=4)
     small = coder.encode_bounded(x, 0, 255, 0)
     assert small[0] & 0x1F == PlaneCoder.DIRECT_ACTIVITY
@@ -405,13 +406,15 @@ def test_tiles_over_the_direct_limit_have_a_base_and_are_refused_without(exact_c
     assert np.array_equal(coder.decode_bounded(v1, 48, 40, 0, 255, 0), x)  # version 1 tiles keep no limit
 
 
-def test_inconsistent_or_corrupt_direct_tiles_are_refused(exact_coder):
+def test_inconsistent_or_corrupt_direct_tiles_are_refused(exact_coder, monkeypatch):
     _, coder = exact_coder
+    monkeypatch.setattr(PlaneCoder, "RASTER_GATE", 2.0)  # graphics without raster tiles (test_edge_raster)
     x = _graphics(48, 40, seed=3)
     tile = coder.encode_bounded(x, 0, 255, 0)
     assert tile[0] & 0x1F == PlaneCoder.DIRECT_ACTIVITY
+    assert struct.unpack_from("<I", tile, 5)[0] in PlaneCoder.DIRECT_VERSION_FIELD.values()
     with pytest.raises(ValueError, match="inconsistent"):  # no base, but a base length
-        coder.decode_bounded(tile[:5] + struct.pack("<I", 4) + tile[9:], 48, 40, 0, 255, 0)
+        coder.decode_bounded(tile[:5] + struct.pack("<I", 5) + tile[9:], 48, 40, 0, 255, 0)
     spread = x * 251 + 7  # six values over 16 bits: coded as indices into a table of the values present
     table_tile = coder.encode_bounded(spread, 0, 65535, 0)
     assert struct.unpack_from("<I", table_tile, 1)[0] == 0

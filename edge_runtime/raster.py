@@ -1,0 +1,335 @@
+"""Lossless tiles of graphics in raster order: each value as which of its causal neighbours holds it.
+
+Test patterns, screen captures, overlays and annotations are rectangles of one value. In raster order
+almost every value of such a tile repeats one of its 6 causal neighbours
+
+    W (r, c-1), N (r-1, c), NW (r-1, c-1), NE (r-1, c+1), WW (r, c-2), NN (r-2, c),
+
+and which one is told by which of them are equal: inside a rectangle all are, at its left edge W differs
+from N, at a checkerboard's corner W and N agree against NW. The interpolation pyramid of
+edge_runtime.direct sees 4 values at distance s around each position and cannot tell on which side of
+them an edge runs; here an edge is told once, where it starts (the 8-bit test pattern: 1.6 KB instead
+of 7 KB).
+
+Each value is coded as a rank: the neighbours' distinct values are numbered in the order above (the
+restricted growth string of their partition), and the rank is that of the first neighbour holding the
+value, or ESCAPE when none does. The context is the partition itself: which of the 15 pairs of
+neighbours are equal (a 15-bit mask; at most 203 of them occur). A neighbour outside the tile is
+replaced: in the first row N, NW, NE and NN by W; in the first column W, NW and WW by N; in the last
+column NE by N; in the second column WW by W; in the second row NN by N. The first value has none
+(all six are a value no tile holds), so it is an escape.
+
+Stream (one range-coded stream, integers as Encoder.encode_naturals codes them unless said):
+  - the number of contexts present, then their masks (the first, then the gaps minus one);
+  - per context, its table: the number of distinct ranks minus one, the smallest rank, the gaps
+    between the next ones minus one, and (more than one rank) the counts minus one of every rank
+    (frequencies as direct's sent tables; a context with a single rank codes nothing more);
+  - the number of escapes; when any, a uniform bit: what an escape codes, its value (0) or its
+    difference to the median edge detector's prediction of it, the median of W, N and W + N - NW (1:
+    JPEG-LS's, 0 for the first value), then the table of those (the same form, the last count
+    implied) and each escape's as an index into it (categorical), in coding order;
+  - every rank, in the order of the wavefronts t = 2 r + c (t = 0, 1, ...; rows ascending within
+    one), each under its context's table.
+Every neighbour of a position (r, c) lies on an earlier wavefront (W and NE on t - 1, N and WW on
+t - 2, NW on t - 3, NN on t - 4), so the decoder decodes a wavefront's ranks in one call and their
+values at once: rows + columns calls for the tile, each vectorized. All integer: the same values
+on every CPU.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edge_runtime import direct
+from edge_runtime.entropy import PRECISION, Decoder, Encoder, EntropyTables, natural_bits
+from edge_runtime.threads import shape_cache
+
+__all__ = ["ESCAPE", "MAX_PIXELS", "decode", "encode", "estimated_bytes"]
+
+NEIGHBOURS = 6
+ESCAPE = NEIGHBOURS
+"""The rank of a value that none of its neighbours holds."""
+MAX_PIXELS = direct.MAX_PIXELS
+"""The largest tile coded in raster order: its geometry holds 7 int32 positions a pixel (117 MB at 2048x2048)."""
+_PAIRS = tuple((i, j) for j in range(NEIGHBOURS) for i in range(j))
+_PAIR_I = np.array([i for i, _j in _PAIRS])
+_PAIR_J = np.array([j for _i, j in _PAIRS])
+_PAIR_BITS = (1 << np.arange(len(_PAIRS))).astype(np.int64)
+MASKS = 1 << len(_PAIRS)
+
+
+def _partitions() -> tuple:
+    """(rank table, classes): for every mask of equal pairs, the neighbour that holds each rank (the first of its
+    class; ESCAPE past the classes) and how many classes there are, or 0 where the mask is not a partition (some
+    equal pairs are not transitive: a corrupt stream's context)."""
+    first = np.full((MASKS, NEIGHBOURS + 1), ESCAPE, np.int8)
+    classes = np.zeros(MASKS, np.int8)
+    bit = {p: b for b, p in enumerate(_PAIRS)}
+
+    def grow(rgs: list) -> None:  # every restricted growth string of NEIGHBOURS elements
+        if len(rgs) == NEIGHBOURS:
+            mask = sum(1 << bit[i, j] for i, j in _PAIRS if rgs[i] == rgs[j])
+            k = max(rgs) + 1
+            classes[mask] = k
+            for rank in range(k):
+                first[mask, rank] = rgs.index(rank)
+            return
+        for g in range(max(rgs, default=-1) + 2):
+            grow(rgs + [g])
+    grow([])
+    return first, classes
+
+
+_FIRST, _CLASSES = _partitions()
+
+
+@shape_cache(maxsize=2)
+def _geometry(shape: tuple) -> tuple:
+    """(positions, neighbours, wavefront starts) of a rows x cols tile: every flat position in coding order
+    (wavefronts t = 2 r + c ascending, rows ascending within one), its 6 neighbours' flat positions (6 x n, with
+    the module docstring's replacements; rows * cols, one past the tile, for the first value's) and where each
+    wavefront starts in that order (rows + ... + 1 entries, the last n)."""
+    rows, cols = shape
+    n = rows * cols
+    r = np.repeat(np.arange(rows, dtype=np.int64), cols)
+    c = np.tile(np.arange(cols, dtype=np.int64), rows)
+    t = 2 * r + c
+    order = np.lexsort((r, t))
+    r, c = r[order], c[order]
+    p = r * cols + c
+    none = np.full(n, n, np.int64)
+    w = np.where(c > 0, p - 1, np.where(r > 0, p - cols, none))
+    north = np.where(r > 0, p - cols, w)
+    nb = np.empty((NEIGHBOURS, n), np.int32)
+    nb[0] = w
+    nb[1] = north
+    nb[2] = np.where((r > 0) & (c > 0), p - cols - 1, north)  # north is W in the first row, N in the first column
+    nb[3] = np.where((r > 0) & (c < cols - 1), p - cols + 1, north)
+    nb[4] = np.where(c > 1, p - 2, w)
+    nb[5] = np.where(r > 1, p - 2 * cols, north)
+    starts = np.searchsorted(t[order], np.arange(2 * (rows - 1) + cols + 1))
+    return p.astype(np.int32), nb, starts
+
+
+def _masks(v: np.ndarray) -> np.ndarray:
+    """The mask of equal pairs of the neighbours' values `v` (6 x n)."""
+    eq = v[_PAIR_I] == v[_PAIR_J]
+    return _PAIR_BITS @ eq
+
+
+def _med(v: np.ndarray) -> np.ndarray:
+    """The median edge detector's prediction from the neighbours' values `v` (6 x n; 0 where W is outside)."""
+    w, n, nw = v[0], v[1], v[2]
+    lo, hi = np.minimum(w, n), np.maximum(w, n)
+    pred = np.where(nw >= hi, lo, np.where(nw <= lo, hi, w + n - nw))
+    return np.where(w < 0, 0, pred)
+
+
+def _symbols(u_flat: np.ndarray, shape: tuple) -> tuple:
+    """(masks, ranks, escaped values, their predictions) of tile u (flat, int64), in coding order."""
+    p, nb, _starts = _geometry(shape)
+    ext = np.append(u_flat, -1)
+    v = ext[nb]
+    mask = _masks(v)
+    y = u_flat[p]
+    hit = v == y
+    found = hit.any(0)
+    rank = np.full(y.size, ESCAPE, np.int64)
+    at = np.flatnonzero(found)
+    first = np.argmax(hit[:, at], axis=0)  # the first neighbour holding the value
+    # its rank: how many distinct values come before it (the classes of the neighbours before it)
+    before = np.zeros(at.size, np.int64)
+    for j in range(1, NEIGHBOURS):
+        new = np.ones(at.size, bool)
+        for i in range(j):
+            new &= v[i, at] != v[j, at]
+        before += new & (j <= first)
+    rank[at] = before
+    missed = np.flatnonzero(~found)
+    return mask, rank, y[missed], _med(v[:, missed])
+
+
+def _table_bits(counts_by_key: tuple) -> float:
+    """Bits of sent tables (direct's form) and of the symbols under them."""
+    keys, values, counts = counts_by_key
+    total = 0.0
+    for k in np.unique(keys):
+        sel = keys == k
+        total += _sent_bits(values[sel], counts[sel], False)
+    return total
+
+
+def _sent_bits(values: np.ndarray, counts: np.ndarray, implied: bool) -> float:
+    """Bits of one sent table of `values` (ascending) with `counts` (_send_table), and of its symbols."""
+    m = values.size
+    desc = natural_bits(np.array([m - 1, int(direct._zigzag(int(values[0])))])).sum()
+    if m == 1:
+        return float(desc)
+    desc += natural_bits(np.diff(values) - 1).sum() + natural_bits((counts[:-1] if implied else counts) - 1).sum()
+    f = direct._frequencies(counts)
+    return float(desc - (counts * np.log2(f / float(1 << PRECISION))).sum())
+
+
+def _counts(mask: np.ndarray, rank: np.ndarray) -> tuple:
+    """(mask, rank, count) of every (context, rank) present, by mask then rank."""
+    key = mask * (ESCAPE + 1) + rank
+    at, cnt = direct._key_counts(key, MASKS * (ESCAPE + 1))
+    return at // (ESCAPE + 1), at % (ESCAPE + 1), cnt
+
+
+def estimated_bytes(u: np.ndarray) -> float:
+    """About the bytes `encode(u)` writes (its tables and symbols), without coding."""
+    u = np.asarray(u, np.int64)
+    mask, rank, esc, pred = _symbols(u.ravel(), tuple(u.shape))
+    counts = _counts(mask, rank)
+    present = np.unique(counts[0])
+    bits = _table_bits(counts) + natural_bits(np.concatenate([[present.size, present[0]], np.diff(present) - 1])).sum()
+    bits += natural_bits(np.array([esc.size]))[0]
+    if esc.size:
+        bits += 1 + _escape_choice(esc, pred)[0]
+    return bits / 8.0
+
+
+def _escape_choice(esc: np.ndarray, pred: np.ndarray) -> tuple:
+    """(bits, whether differences to the prediction, the symbols) of the escapes' cheaper form."""
+    best = None
+    for diff, sym in ((0, esc), (1, esc - pred)):
+        values, cnt = np.unique(sym, return_counts=True)
+        bits = _sent_bits(values, cnt, True)
+        if best is None or bits < best[0]:
+            best = (bits, diff, sym)
+    return best
+
+
+def _send_table(enc: Encoder, values: np.ndarray, counts: np.ndarray, implied: bool) -> np.ndarray | None:
+    """A sent table (direct's form; every count sent unless the last is `implied`): its frequencies, or None for a
+    single value (nothing more coded)."""
+    enc.encode_naturals([len(values) - 1, int(direct._zigzag(int(values[0])))])
+    if len(values) == 1:
+        return None
+    enc.encode_naturals(np.diff(values) - 1)
+    enc.encode_naturals(counts[:-1] - 1 if implied else counts - 1)
+    return direct._frequencies(counts)
+
+
+def _read_table(dec: Decoder, n: int, limit: int, implied: bool, low: int = 0) -> tuple:
+    """(values, frequencies or None) of a sent table of at most n symbols (with `implied`: exactly n, the last count
+    not sent) with values in low..limit."""
+    m1, z = (int(t) for t in dec.decode_naturals(2))
+    if m1 > limit - low or m1 >= n:
+        raise ValueError(f"raster tile: a table of {m1 + 1} symbols for {n} positions")
+    values = int(direct._unzigzag(z)) + np.concatenate([[0], np.cumsum(dec.decode_naturals(m1) + 1)])
+    if values[0] < low or values[-1] > limit:
+        raise ValueError("raster tile: a table's symbols are out of range")
+    if m1 == 0:
+        return values, None
+    counts = dec.decode_naturals(m1 if implied else m1 + 1) + 1
+    if implied:
+        counts = np.append(counts, n - int(counts.sum()))
+    if counts[-1] < 1 or int(counts.sum()) > n:
+        raise ValueError("raster tile: a table's counts exceed its positions")
+    return values, direct._frequencies(counts)
+
+
+def _probabilities(tables: list) -> np.ndarray:
+    """Per context, the probabilities of ranks 0..ESCAPE (0 for a rank absent: never coded), exact in float64."""
+    out = np.zeros((len(tables), ESCAPE + 1))
+    for i, (values, freqs) in enumerate(tables):
+        out[i, values] = 1.0 if freqs is None else freqs / float(1 << PRECISION)
+    return out
+
+
+def encode(u: np.ndarray, tables: EntropyTables) -> bytes:
+    """Range-coded words of integer tile u (values >= 0), coded losslessly in raster order (module docstring);
+    `tables`: the residual model's (the stream uses none of them: the coder's uniform and categorical models)."""
+    u = np.asarray(u, np.int64)
+    if u.size > MAX_PIXELS:
+        raise ValueError(f"a raster tile holds at most {MAX_PIXELS} pixels, not {u.size}")
+    mask, rank, esc, pred = _symbols(u.ravel(), tuple(u.shape))
+    enc = Encoder(tables)
+    keys, ranks, counts = _counts(mask, rank)
+    present = np.unique(keys)
+    enc.encode_naturals([present.size, int(present[0])])
+    enc.encode_naturals(np.diff(present) - 1)
+    sent = []
+    for k in present:
+        sel = keys == k
+        freqs = _send_table(enc, ranks[sel], counts[sel], False)
+        sent.append((ranks[sel], freqs))
+    enc.encode_naturals([esc.size])
+    if esc.size:
+        _bits, diff, sym = _escape_choice(esc, pred)
+        enc.encode_uniform([diff], 2)
+        values, cnt = np.unique(sym, return_counts=True)
+        freqs = _send_table(enc, values, cnt, True)
+        if freqs is not None:
+            enc.encode_categorical(np.searchsorted(values, sym), freqs)
+    coded = np.array([f is not None for _v, f in sent])
+    context = np.searchsorted(present, mask)
+    live = coded[context]  # contexts with a single rank code nothing
+    if live.any():
+        enc.encode_categorical_rows(rank[live], _probabilities(sent)[context[live]])
+    return enc.getvalue()
+
+
+def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables) -> np.ndarray:
+    """Inverse of `encode`: the (rows, cols) tile, every value checked within 0..top."""
+    rows, cols = int(rows), int(cols)
+    n = rows * cols
+    if n > MAX_PIXELS:
+        raise ValueError(f"raster tile of {rows}x{cols} pixels (at most {MAX_PIXELS})")
+    dec = Decoder(tables, data)
+    count, first = (int(t) for t in dec.decode_naturals(2))
+    if not 1 <= count <= MASKS or first >= MASKS:
+        raise ValueError(f"raster tile: {count} contexts is inconsistent")
+    present = first + np.concatenate([[0], np.cumsum(dec.decode_naturals(count - 1) + 1)])
+    if present[-1] >= MASKS or np.any(_CLASSES[present] == 0):
+        raise ValueError("raster tile: a context that is no partition of the neighbours (a corrupt stream?)")
+    sent = [_read_table(dec, n, ESCAPE, False) for _ in range(count)]
+    for mask, (values, _f) in zip(present.tolist(), sent):  # a rank past the context's classes: not the encoder's
+        if np.any((values != ESCAPE) & (values >= _CLASSES[mask])):
+            raise ValueError("raster tile: a context's table holds a rank it cannot have (a corrupt stream?)")
+    escapes = int(dec.decode_naturals(1)[0])
+    if escapes > n:
+        raise ValueError(f"raster tile: {escapes} escapes for {n} positions")
+    esc, diff = np.zeros(0, np.int64), 0
+    if escapes:
+        diff = int(dec.decode_uniform(1, 2)[0])
+        values, freqs = _read_table(dec, escapes, top, True, -top if diff else 0)
+        esc = np.full(escapes, values[0]) if freqs is None else values[dec.decode_categorical(freqs, escapes)]
+    lut = np.full(MASKS, -1, np.int64)
+    lut[present] = np.arange(count)
+    single = np.array([int(v[0]) if f is None else -2 for v, f in sent])  # a context's only rank, or -2: coded
+    probs = _probabilities(sent)
+    p, nb, starts = _geometry((rows, cols))
+    u = np.full(n + 1, -1, np.int64)  # the last: the first value's neighbours
+    used = 0
+    for t in range(starts.size - 1):
+        a, b = int(starts[t]), int(starts[t + 1])
+        if a == b:  # a tile of one column: odd wavefronts are empty
+            continue
+        v = u[nb[:, a:b]]
+        mask = _masks(v)
+        ctx = lut[mask]
+        if ctx.min() < 0:
+            raise ValueError("raster tile: a context the stream did not send (a corrupt stream?)")
+        rank = single[ctx]
+        live = np.flatnonzero(rank == -2)
+        if live.size:
+            rank[live] = dec.decode_categorical_rows(probs[ctx[live]])
+        holder = _FIRST[mask, rank]
+        out = v[np.minimum(holder, NEIGHBOURS - 1), np.arange(b - a)]
+        escaped = np.flatnonzero(holder == ESCAPE)
+        if escaped.size:
+            if used + escaped.size > escapes:
+                raise ValueError("raster tile: more escapes than sent (a corrupt stream?)")
+            out[escaped] = esc[used:used + escaped.size]
+            if diff:
+                out[escaped] += _med(v[:, escaped])
+            used += escaped.size
+        u[p[a:b]] = out
+    if used != escapes:
+        raise ValueError("raster tile: fewer escapes than sent (a corrupt stream?)")
+    u = u[:n]
+    if u.min() < 0 or u.max() > top:
+        raise ValueError(f"raster tile decodes to values outside 0..{top} (a corrupt stream?)")
+    return u.reshape(rows, cols)
