@@ -601,6 +601,15 @@ def _values_present(x: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.nda
     return np.unique(x, return_inverse=True)
 
 
+def _equal_pixel_fraction(image: Image) -> float:
+    """Share of horizontally and vertically adjacent pixel pairs of the first frame equal in every sample."""
+    x = np.asarray(image.pixels[0])
+    h = np.all(x[:, 1:] == x[:, :-1], axis=-1)
+    v = np.all(x[1:, :] == x[:-1, :], axis=-1)
+    n = h.size + v.size
+    return float(h.sum() + v.sum()) / n if n else 0.0
+
+
 def _equal_pair_fraction(x: np.ndarray) -> float:
     """Share of horizontally and vertically adjacent pixel pairs with identical values."""
     h = x[:, 1:] == x[:, :-1]
@@ -657,7 +666,10 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
 
     Unsigned RGB images go through a colour transform (edge_runtime.colour: the RCT when lossy or
     lossless, the green difference with a max error; grey frames as one plane) unless `colour`
-    is False, which codes R, G and B as independent planes (the stream of earlier releases).
+    is False, which codes R, G and B as independent planes (the stream of earlier releases). With a
+    max error, a single colour frame with at least PlaneCoder.LOSSLESS_GATE of its adjacent pixels
+    equal (graphics, a palette ultrasound) is also coded losslessly and the shorter stream kept (the
+    header then says max error 0: the decode is exact).
 
     A multi-frame image is coded in groups of `group` frames (default DEFAULT_GROUP; container
     version 2, edge_runtime.bitstream): each frame after a group's first is coded as the difference
@@ -695,7 +707,15 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
                                                          **item, **opts) for item in items)
     if colour and col.applies(image):
         norm, streams, colour_fields = _encode_colour(image, coder, options, plane_map)
-        return _pack_image(image, coder, options, norm, streams, metadata, model_id=model_id, **colour_fields)
+        data = _pack_image(image, coder, options, norm, streams, metadata, model_id=model_id, **colour_fields)
+        if options["max_error"] and image.frames == 1 and _equal_pixel_fraction(image) >= PlaneCoder.LOSSLESS_GATE:
+            # colour graphics: also losslessly (through the RCT, not the green difference: exact is within any
+            # bound), and the shorter kept
+            exact = dict(options, max_error=0)
+            norm, streams, colour_fields = _encode_colour(image, coder, exact, plane_map)
+            lossless = _pack_image(image, coder, exact, norm, streams, metadata, model_id=model_id, **colour_fields)
+            data = lossless if len(lossless) < len(data) else data
+        return data
     first = list(plane_map(encode_plane, ({"plane": image.pixels[0, :, :, s]} for s in range(image.samples)),
                            options, keyword=True))
     chosen = [[coder.tile_transform(t, bounded) for t in tiles] for _, tiles in first]

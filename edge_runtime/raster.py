@@ -20,16 +20,17 @@ column NE by N; in the second column WW by W; in the second row NN by N. The fir
 (all six are a value no tile holds), so it is an escape.
 
 Stream (one range-coded stream, integers as Encoder.encode_naturals codes them unless said):
-  - the number of contexts present, then their masks (the first, then the gaps minus one);
-  - per context, its table: the number of distinct ranks minus one, the smallest rank, the gaps
-    between the next ones minus one, and (more than one rank) the counts minus one of every rank
-    (frequencies as direct's sent tables; a context with a single rank codes nothing more);
   - the number of escapes; when any, a uniform bit: what an escape codes, its value (0) or its
     difference to the median edge detector's prediction of it, the median of W, N and W + N - NW (1:
-    JPEG-LS's, 0 for the first value), then the table of those (the same form, the last count
-    implied) and each escape's as an index into it (categorical), in coding order;
+    JPEG-LS's, 0 for the first value), then the table of those (the number of distinct ones minus
+    one, the smallest (zigzag), the gaps between the next ones minus one, the counts minus one of all
+    but the last, frequencies as direct's sent tables; a single one codes nothing more) and each
+    escape's as an index into it (categorical), in coding order;
   - every rank, in the order of the wavefronts t = 2 r + c (t = 0, 1, ...; rows ascending within
-    one), each under its context's table.
+    one), under counts learned while coding: each of the 203 partitions starts with a count of 1 for
+    each rank it can have (its classes and ESCAPE), 0 for the others; a wavefront's ranks are coded
+    under their partition's frequencies (_frequencies of its counts), and each then adds COUNT_STEP to
+    its count; the frequencies follow the counts at every REFRESH-th wavefront (t = 0, REFRESH, ...). No table is sent: a partition that occurs a few times costs a few bits.
 Every neighbour of a position (r, c) lies on an earlier wavefront (W and NE on t - 1, N and WW on
 t - 2, NW on t - 3, NN on t - 4), so the decoder decodes a wavefront's ranks in one call and their
 values at once: rows + columns calls for the tile, each vectorized. All integer: the same values
@@ -80,6 +81,18 @@ def _partitions() -> tuple:
 
 
 _FIRST, _CLASSES = _partitions()
+_PART = np.full(MASKS, -1, np.int64)
+_PART[_CLASSES > 0] = np.arange(int((_CLASSES > 0).sum()))
+"""Each partition's number (0..202) from its mask; -1 for a mask that is none."""
+_POSSIBLE = ((np.arange(ESCAPE + 1)[None, :] < _CLASSES[_CLASSES > 0][:, None])
+             | (np.arange(ESCAPE + 1)[None, :] == ESCAPE)).astype(np.int64)
+"""Per partition, the ranks it can have: its classes' and ESCAPE (the learned counts' start)."""
+COUNT_STEP = 8
+"""What a coded rank adds to its partition's count (the start: 1 for every rank it can have)."""
+REFRESH = 4
+"""The frequencies follow the learned counts every REFRESH wavefronts (the first, the REFRESH+1-th, ...)."""
+_ROWS_CHUNK = 1 << 16
+"""The encoder codes the ranks of wavefronts of about this many positions at a time (bounded memory)."""
 
 
 @shape_cache(maxsize=2)
@@ -148,41 +161,58 @@ def _symbols(u_flat: np.ndarray, shape: tuple) -> tuple:
     return mask, rank, y[missed], _med(v[:, missed])
 
 
-def _table_bits(counts_by_key: tuple) -> float:
-    """Bits of sent tables (direct's form) and of the symbols under them."""
-    keys, values, counts = counts_by_key
-    total = 0.0
-    for k in np.unique(keys):
-        sel = keys == k
-        total += _sent_bits(values[sel], counts[sel], False)
-    return total
-
-
-def _sent_bits(values: np.ndarray, counts: np.ndarray, implied: bool) -> float:
-    """Bits of one sent table of `values` (ascending) with `counts` (_send_table), and of its symbols."""
+def _sent_bits(values: np.ndarray, counts: np.ndarray) -> float:
+    """Bits of the escapes' sent table of `values` (ascending) with `counts` (_send_table), and of its symbols."""
     m = values.size
     desc = natural_bits(np.array([m - 1, int(direct._zigzag(int(values[0])))])).sum()
     if m == 1:
         return float(desc)
-    desc += natural_bits(np.diff(values) - 1).sum() + natural_bits((counts[:-1] if implied else counts) - 1).sum()
+    desc += natural_bits(np.diff(values) - 1).sum() + natural_bits(counts[:-1] - 1).sum()
     f = direct._frequencies(counts)
     return float(desc - (counts * np.log2(f / float(1 << PRECISION))).sum())
 
 
-def _counts(mask: np.ndarray, rank: np.ndarray) -> tuple:
-    """(mask, rank, count) of every (context, rank) present, by mask then rank."""
-    key = mask * (ESCAPE + 1) + rank
-    at, cnt = direct._key_counts(key, MASKS * (ESCAPE + 1))
-    return at // (ESCAPE + 1), at % (ESCAPE + 1), cnt
+def _frequencies(counts: np.ndarray) -> np.ndarray:
+    """Integer frequencies (rows summing to 2**PRECISION) of learned counts (rows): 1 for every rank counted at
+    all, the rest in proportion to the counts, the remainder to the first largest; 0 for a rank it cannot have."""
+    some = counts > 0
+    spare = (1 << PRECISION) - some.sum(1)
+    f = some + counts * spare[:, None] // counts.sum(1)[:, None]
+    f[np.arange(len(f)), counts.argmax(1)] += (1 << PRECISION) - f.sum(1)
+    return f
+
+
+def _learned_rows(part: np.ndarray, rank: np.ndarray, starts: np.ndarray):
+    """(first position, frequency rows) of the ranks of successive runs of wavefronts, every rank under its
+    partition's learned counts before its wavefront (module docstring); `part`, `rank` in coding order."""
+    counts = _POSSIBLE.copy()
+    flat = counts.ravel()
+    a0, rows = 0, []
+    for t in range(starts.size - 1):
+        a, b = int(starts[t]), int(starts[t + 1])
+        if t % REFRESH == 0:
+            freqs = _frequencies(counts)
+        if a == b:
+            continue
+        rows.append(freqs[part[a:b]])
+        flat += np.bincount(part[a:b] * (ESCAPE + 1) + rank[a:b], minlength=flat.size) * COUNT_STEP
+        if b - a0 >= _ROWS_CHUNK:
+            yield a0, np.concatenate(rows)
+            a0, rows = b, []
+    if rows:
+        yield a0, np.concatenate(rows)
 
 
 def estimated_bytes(u: np.ndarray) -> float:
-    """About the bytes `encode(u)` writes (its tables and symbols), without coding."""
+    """About the bytes `encode(u)` writes, without coding."""
     u = np.asarray(u, np.int64)
     mask, rank, esc, pred = _symbols(u.ravel(), tuple(u.shape))
-    counts = _counts(mask, rank)
-    present = np.unique(counts[0])
-    bits = _table_bits(counts) + natural_bits(np.concatenate([[present.size, present[0]], np.diff(present) - 1])).sum()
+    _p, _nb, starts = _geometry(tuple(u.shape))
+    part = _PART[mask]
+    bits = 0.0
+    for a, f in _learned_rows(part, rank, starts):
+        r = rank[a:a + len(f)]
+        bits -= float(np.log2(f[np.arange(len(f)), r] / float(1 << PRECISION)).sum())
     bits += natural_bits(np.array([esc.size]))[0]
     if esc.size:
         bits += 1 + _escape_choice(esc, pred)[0]
@@ -194,26 +224,24 @@ def _escape_choice(esc: np.ndarray, pred: np.ndarray) -> tuple:
     best = None
     for diff, sym in ((0, esc), (1, esc - pred)):
         values, cnt = np.unique(sym, return_counts=True)
-        bits = _sent_bits(values, cnt, True)
+        bits = _sent_bits(values, cnt)
         if best is None or bits < best[0]:
             best = (bits, diff, sym)
     return best
 
 
-def _send_table(enc: Encoder, values: np.ndarray, counts: np.ndarray, implied: bool) -> np.ndarray | None:
-    """A sent table (direct's form; every count sent unless the last is `implied`): its frequencies, or None for a
-    single value (nothing more coded)."""
+def _send_table(enc: Encoder, values: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
+    """The escapes' sent table (direct's form): its frequencies, or None for a single value (nothing more coded)."""
     enc.encode_naturals([len(values) - 1, int(direct._zigzag(int(values[0])))])
     if len(values) == 1:
         return None
     enc.encode_naturals(np.diff(values) - 1)
-    enc.encode_naturals(counts[:-1] - 1 if implied else counts - 1)
+    enc.encode_naturals(counts[:-1] - 1)
     return direct._frequencies(counts)
 
 
-def _read_table(dec: Decoder, n: int, limit: int, implied: bool, low: int = 0) -> tuple:
-    """(values, frequencies or None) of a sent table of at most n symbols (with `implied`: exactly n, the last count
-    not sent) with values in low..limit."""
+def _read_table(dec: Decoder, n: int, low: int, limit: int) -> tuple:
+    """(values, frequencies or None) of the escapes' sent table: n symbols with values in low..limit."""
     m1, z = (int(t) for t in dec.decode_naturals(2))
     if m1 > limit - low or m1 >= n:
         raise ValueError(f"raster tile: a table of {m1 + 1} symbols for {n} positions")
@@ -222,20 +250,11 @@ def _read_table(dec: Decoder, n: int, limit: int, implied: bool, low: int = 0) -
         raise ValueError("raster tile: a table's symbols are out of range")
     if m1 == 0:
         return values, None
-    counts = dec.decode_naturals(m1 if implied else m1 + 1) + 1
-    if implied:
-        counts = np.append(counts, n - int(counts.sum()))
-    if counts[-1] < 1 or int(counts.sum()) > n:
+    counts = dec.decode_naturals(m1) + 1
+    counts = np.append(counts, n - int(counts.sum()))
+    if counts[-1] < 1:
         raise ValueError("raster tile: a table's counts exceed its positions")
     return values, direct._frequencies(counts)
-
-
-def _probabilities(tables: list) -> np.ndarray:
-    """Per context, the probabilities of ranks 0..ESCAPE (0 for a rank absent: never coded), exact in float64."""
-    out = np.zeros((len(tables), ESCAPE + 1))
-    for i, (values, freqs) in enumerate(tables):
-        out[i, values] = 1.0 if freqs is None else freqs / float(1 << PRECISION)
-    return out
 
 
 def encode(u: np.ndarray, tables: EntropyTables) -> bytes:
@@ -246,28 +265,17 @@ def encode(u: np.ndarray, tables: EntropyTables) -> bytes:
         raise ValueError(f"a raster tile holds at most {MAX_PIXELS} pixels, not {u.size}")
     mask, rank, esc, pred = _symbols(u.ravel(), tuple(u.shape))
     enc = Encoder(tables)
-    keys, ranks, counts = _counts(mask, rank)
-    present = np.unique(keys)
-    enc.encode_naturals([present.size, int(present[0])])
-    enc.encode_naturals(np.diff(present) - 1)
-    sent = []
-    for k in present:
-        sel = keys == k
-        freqs = _send_table(enc, ranks[sel], counts[sel], False)
-        sent.append((ranks[sel], freqs))
     enc.encode_naturals([esc.size])
     if esc.size:
         _bits, diff, sym = _escape_choice(esc, pred)
         enc.encode_uniform([diff], 2)
         values, cnt = np.unique(sym, return_counts=True)
-        freqs = _send_table(enc, values, cnt, True)
+        freqs = _send_table(enc, values, cnt)
         if freqs is not None:
             enc.encode_categorical(np.searchsorted(values, sym), freqs)
-    coded = np.array([f is not None for _v, f in sent])
-    context = np.searchsorted(present, mask)
-    live = coded[context]  # contexts with a single rank code nothing
-    if live.any():
-        enc.encode_categorical_rows(rank[live], _probabilities(sent)[context[live]])
+    _p, _nb, starts = _geometry(tuple(u.shape))
+    for a, f in _learned_rows(_PART[mask], rank, starts):
+        enc.encode_categorical_rows(rank[a:a + len(f)], f / float(1 << PRECISION))
     return enc.getvalue()
 
 
@@ -278,44 +286,30 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables) -
     if n > MAX_PIXELS:
         raise ValueError(f"raster tile of {rows}x{cols} pixels (at most {MAX_PIXELS})")
     dec = Decoder(tables, data)
-    count, first = (int(t) for t in dec.decode_naturals(2))
-    if not 1 <= count <= MASKS or first >= MASKS:
-        raise ValueError(f"raster tile: {count} contexts is inconsistent")
-    present = first + np.concatenate([[0], np.cumsum(dec.decode_naturals(count - 1) + 1)])
-    if present[-1] >= MASKS or np.any(_CLASSES[present] == 0):
-        raise ValueError("raster tile: a context that is no partition of the neighbours (a corrupt stream?)")
-    sent = [_read_table(dec, n, ESCAPE, False) for _ in range(count)]
-    for mask, (values, _f) in zip(present.tolist(), sent):  # a rank past the context's classes: not the encoder's
-        if np.any((values != ESCAPE) & (values >= _CLASSES[mask])):
-            raise ValueError("raster tile: a context's table holds a rank it cannot have (a corrupt stream?)")
     escapes = int(dec.decode_naturals(1)[0])
     if escapes > n:
         raise ValueError(f"raster tile: {escapes} escapes for {n} positions")
     esc, diff = np.zeros(0, np.int64), 0
     if escapes:
         diff = int(dec.decode_uniform(1, 2)[0])
-        values, freqs = _read_table(dec, escapes, top, True, -top if diff else 0)
+        values, freqs = _read_table(dec, escapes, -top if diff else 0, top)
         esc = np.full(escapes, values[0]) if freqs is None else values[dec.decode_categorical(freqs, escapes)]
-    lut = np.full(MASKS, -1, np.int64)
-    lut[present] = np.arange(count)
-    single = np.array([int(v[0]) if f is None else -2 for v, f in sent])  # a context's only rank, or -2: coded
-    probs = _probabilities(sent)
+    counts = _POSSIBLE.copy()
+    flat = counts.ravel()
     p, nb, starts = _geometry((rows, cols))
     u = np.full(n + 1, -1, np.int64)  # the last: the first value's neighbours
     used = 0
     for t in range(starts.size - 1):
         a, b = int(starts[t]), int(starts[t + 1])
+        if t % REFRESH == 0:
+            probs = _frequencies(counts) / float(1 << PRECISION)
         if a == b:  # a tile of one column: odd wavefronts are empty
             continue
         v = u[nb[:, a:b]]
         mask = _masks(v)
-        ctx = lut[mask]
-        if ctx.min() < 0:
-            raise ValueError("raster tile: a context the stream did not send (a corrupt stream?)")
-        rank = single[ctx]
-        live = np.flatnonzero(rank == -2)
-        if live.size:
-            rank[live] = dec.decode_categorical_rows(probs[ctx[live]])
+        part = _PART[mask]  # every mask of equal values is a partition
+        rank = dec.decode_categorical_rows(probs[part])
+        flat += np.bincount(part * (ESCAPE + 1) + rank, minlength=flat.size) * COUNT_STEP
         holder = _FIRST[mask, rank]
         out = v[np.minimum(holder, NEIGHBOURS - 1), np.arange(b - a)]
         escaped = np.flatnonzero(holder == ESCAPE)
