@@ -448,8 +448,9 @@ class PlaneCoder:
                         best = (struct.pack("<BII", self.DIRECT_ACTIVITY | fl & self.LOSSLESS, div,
                                             self.DIRECT_VERSION_FIELD[version]) + table + body,
                                 {"estimated_bits": 8.0 * len(body)}, len(table))
-            if flat >= self.RASTER_GATE and x.size <= raster.MAX_PIXELS:  # graphics: also in raster order
-                div, v, top, d, table, fl = next(c for c in candidates if c[3] == 0)  # the first lossless one
+            exact = [c for c in candidates if c[3] == 0]  # lossless: a max error of 0, or the LOSSLESS candidate
+            if exact and flat >= self.RASTER_GATE and x.size <= raster.MAX_PIXELS:  # graphics: also in raster order
+                div, v, top, d, table, fl = exact[0]
                 body = raster.encode(v, self._residual_model().tables)
                 if 9 + len(table) + len(body) < len(best[0]):
                     best = (struct.pack("<BII", self.DIRECT_ACTIVITY | fl & self.LOSSLESS, div, self.RASTER_FIELD)

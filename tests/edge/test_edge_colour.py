@@ -131,7 +131,10 @@ def test_every_rgb_sample_within_the_bound(image, d, q):
     data, out, header = _code(image, quality=q, max_error=d)
     assert _err(image, out) <= d
     assert out.pixels.dtype == image.pixels.dtype
-    assert header.colour == bs.COLOUR_GREEN_DIFFERENCE and header.max_error == d and not header.lossless
+    if header.max_error == 0:  # colour graphics coded losslessly, that stream being the shorter
+        assert image.frames == 1 and header.colour == bs.COLOUR_RCT and _err(image, out) == 0
+    else:
+        assert header.colour == bs.COLOUR_GREEN_DIFFERENCE and header.max_error == d and not header.lossless
 
 
 @settings(max_examples=25, deadline=None)
@@ -140,6 +143,40 @@ def test_lossless_property(image):
     data, out, header = _code(image, quality=None, max_error=0)
     np.testing.assert_array_equal(out.pixels, image.pixels)
     assert header.colour == bs.COLOUR_RCT
+
+
+def _colour_graphics(rows=64, cols=96, seed=0) -> Image:
+    """Yellow strokes on black beside a strip of colour bars: colour graphics."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((rows, cols, 3), np.int64)
+    x[(rng.random((rows // 2, cols // 2)) < 0.2).repeat(2, 0).repeat(2, 1)] = [255, 255, 0]
+    x[:, :20] = rng.integers(0, 256, (rows, 1, 3))
+    return Image(pixels=x.astype(np.uint8)[None], bits_stored=8, signed=False, photometric="RGB")
+
+
+def test_colour_graphics_with_a_max_error_keep_the_shorter_of_two_streams(monkeypatch):
+    image = _colour_graphics()
+    exact, _, _ = _code(image, quality=None, max_error=0)
+    real = encode_image.__globals__["_equal_pixel_fraction"]
+    for d in (1, 4):
+        with monkeypatch.context() as m:  # the stream within the bound alone
+            m.setitem(encode_image.__globals__, "_equal_pixel_fraction", lambda image: 0.0)
+            near, _, _ = _code(image, quality=None, max_error=d)
+        assert real(image) >= PlaneCoder.LOSSLESS_GATE and near != exact
+        data, out, header = _code(image, quality=None, max_error=d)
+        assert data == min(near, exact, key=len)  # the lossless one when strictly shorter
+        assert _err(image, out) <= d
+        if data == exact:  # the header says so: the decode is exact
+            assert header.max_error == 0 and header.colour == bs.COLOUR_RCT and _err(image, out) == 0
+    data, _, header = _code(image, quality=None, max_error=1)
+    assert data == exact and header.max_error == 0  # this one (1,180 bytes against 1,192)
+    noisy = _ultrasound(seed=5)  # few equal neighbours: coded within the bound, once
+    calls = []
+    encode_colour = encode_image.__globals__["_encode_colour"]
+    monkeypatch.setitem(encode_image.__globals__, "_encode_colour",
+                        lambda *a: calls.append(a[2]["max_error"]) or encode_colour(*a))
+    _data, _out, header = _code(noisy, quality=None, max_error=2)
+    assert header.max_error == 2 and calls == [2]
 
 
 def test_bound_and_grey_frames_in_a_multi_frame_loop():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data.image import Image
-from edge_runtime import direct
+from edge_runtime import direct, raster
 from edge_runtime.codec import BASE_QUALITIES, PlaneCoder, decode_image, encode_image
 
 from _golden import GOLDEN, digest, shipped_spec
@@ -18,6 +18,7 @@ from _golden import GOLDEN, digest, shipped_spec
 SPEC_PATH = GOLDEN / "direct_streams.json"
 ACTIVITY_SPEC_PATH = GOLDEN / "direct_activity_streams.json"
 HALVES_SPEC_PATH = GOLDEN / "direct_halves_streams.json"
+RASTER_SPEC_PATH = GOLDEN / "raster_streams.json"
 SPLIT_NAME = "ct693_256_lossless_direct2.kcd"
 NAME = "dfl_crop_lossless_direct.kcd"
 CROP = (100, 60)  # (row, col) of the 96x96 crop of pydicom's image_dfl.dcm
@@ -444,6 +445,9 @@ ACTIVITY_SOURCES = {"dfl_crop_lossless_direct2.kcd": ("image_dfl.dcm", CROP, 0),
                     SPLIT_NAME: ("693_UNCR.dcm", (200, 100), 0, 256)}  # 256x256: a pass split in two (SPLIT_MIN)
 HALVES_SOURCES = {"mr_crop_lossless_direct3.kcd": ("MR-SIEMENS-DICOM-WithOverlays.dcm", (180, 180), 0, 128),
                   "mr_crop_d2_direct3.kcd": ("MR-SIEMENS-DICOM-WithOverlays.dcm", (180, 180), 2, 128)}  # version 3
+RASTER_SOURCES = {"dfl_crop_lossless_raster.kcd": ("image_dfl.dcm", (0, 128), 0, 128),  # edge_runtime.raster
+                  "mlut18_crop_d2_raster.kcd": ("mlut_18.dcm", (100, 100), 2, 96),  # a lossless tile (LOSSLESS flag)
+                  "palette_crop_lossless_raster.kcd": ("examples_palette.dcm", (150, 400), 0, 96)}  # escapes: MED
 
 
 def _source(name: str) -> Image:
@@ -451,11 +455,11 @@ def _source(name: str) -> Image:
 
     from data.readers import read_image
 
-    filename, (r, c), _d, *size = {**SOURCES, **ACTIVITY_SOURCES, **HALVES_SOURCES}[name]
+    filename, (r, c), _d, *size = {**SOURCES, **ACTIVITY_SOURCES, **HALVES_SOURCES, **RASTER_SOURCES}[name]
     side = size[0] if size else 96
     image = read_image(get_testdata_file(filename))
     return Image(pixels=np.ascontiguousarray(image.pixels[:1, r:r + side, c:c + side]), bits_stored=image.bits_stored,
-                 signed=image.signed, modality=image.modality)
+                 signed=image.signed, modality=image.modality, photometric=image.photometric)
 
 
 def _write_golden(sources: dict, spec_path) -> None:
@@ -491,6 +495,11 @@ def test_regenerate_golden_direct_halves_streams():
     _write_golden(HALVES_SOURCES, HALVES_SPEC_PATH)
 
 
+@pytest.mark.skipif(not os.environ.get("KCD_REGENERATE_RASTER_GOLDEN"), reason="rewrites the golden raster streams")
+def test_regenerate_golden_raster_streams():
+    _write_golden(RASTER_SOURCES, RASTER_SPEC_PATH)
+
+
 @pytest.fixture(scope="module", params=["xnnpack", "reference"])
 def shipped(request):
     return shipped_spec(SPEC_PATH, request.param, "direct")
@@ -522,6 +531,11 @@ def _check_golden(shipped, sources: dict, name: str, quality: int, version_field
     assert np.abs(image.pixels.astype(np.int64) - _source(name).pixels).max() <= d
 
 
+@pytest.fixture(scope="module", params=["xnnpack", "reference"])
+def shipped_raster(request):
+    return shipped_spec(RASTER_SPEC_PATH, request.param, "raster")
+
+
 @pytest.mark.parametrize("name", sorted(SOURCES))
 def test_golden_direct_stream_decodes_to_the_recorded_pixels(shipped, name):
     _check_golden(shipped, SOURCES, name, 0)
@@ -539,3 +553,16 @@ def test_golden_direct_activity_stream_decodes_to_the_recorded_pixels(shipped_ac
 @pytest.mark.parametrize("name", sorted(HALVES_SOURCES))
 def test_golden_direct_halves_stream_decodes_to_the_recorded_pixels(shipped_halves, name):
     _check_golden(shipped_halves, HALVES_SOURCES, name, PlaneCoder.DIRECT_ACTIVITY, direct.HALVES_VERSION)
+
+
+@pytest.mark.parametrize("name", sorted(RASTER_SOURCES))
+def test_golden_raster_stream_decodes_to_the_recorded_pixels(shipped_raster, name, monkeypatch):
+    from edge_runtime import bitstream as bs
+
+    escapes = []
+    real = raster._med
+    monkeypatch.setattr(raster, "_med", lambda v: escapes.append(v.shape[1]) or real(v))
+    _check_golden(shipped_raster, RASTER_SOURCES, name, PlaneCoder.DIRECT_ACTIVITY, PlaneCoder.RASTER_FIELD)
+    _, tiles, _ = bs.parse((GOLDEN / name).read_bytes())
+    assert bool(tiles[0][0] & PlaneCoder.LOSSLESS) == (RASTER_SOURCES[name][2] > 0)
+    assert bool(escapes) == name.startswith("palette")  # its escapes are differences to the prediction
