@@ -13,11 +13,13 @@ of 7 KB).
 
 Each value is coded as a rank: the neighbours' distinct values are numbered in the order above (the
 restricted growth string of their partition), and the rank is that of the first neighbour holding the
-value, or ESCAPE when none does. The context is the partition itself: which of the 15 pairs of
-neighbours are equal (a 15-bit mask; at most 203 of them occur). A neighbour outside the tile is
-replaced: in the first row N, NW, NE and NN by W; in the first column W, NW and WW by N; in the last
-column NE by N; in the second column WW by W; in the second row NN by N. The first value has none
-(all six are a value no tile holds), so it is an escape.
+value, or ESCAPE when none does. The context is the partition itself (which of the 15 pairs of
+neighbours are equal: a 15-bit mask, of which 203 are partitions) and how W was coded: rank 0,
+another rank, or ESCAPE (_W_KINDS; on the train split's graphics 0.15 % smaller than the partition
+alone, the two SMPTE patterns 1.5 %). A neighbour outside the tile is replaced: in the first row N,
+NW, NE and NN by W; in the first column W, NW and WW by N; in the last column NE by N; in the second
+column WW by W; in the second row NN by N. The first value has none (all six are a value no tile
+holds, its W counts as an escape), so it is an escape.
 
 Stream (one range-coded stream, integers as Encoder.encode_naturals codes them unless said):
   - the number of escapes; when any, a uniform bit: what an escape codes, its value (0) or its
@@ -84,11 +86,15 @@ _FIRST, _CLASSES = _partitions()
 _PART = np.full(MASKS, -1, np.int64)
 _PART[_CLASSES > 0] = np.arange(int((_CLASSES > 0).sum()))
 """Each partition's number (0..202) from its mask; -1 for a mask that is none."""
-_POSSIBLE = ((np.arange(ESCAPE + 1)[None, :] < _CLASSES[_CLASSES > 0][:, None])
-             | (np.arange(ESCAPE + 1)[None, :] == ESCAPE)).astype(np.int64)
-"""Per partition, the ranks it can have: its classes' and ESCAPE (the learned counts' start)."""
+_W_KINDS = np.array([0] + [1] * (NEIGHBOURS - 1) + [2])
+"""The context's second part: how W was coded, by its rank: 0, another rank, or ESCAPE (2; also where W is outside
+the tile)."""
+_POSSIBLE = np.repeat(((np.arange(ESCAPE + 1)[None, :] < _CLASSES[_CLASSES > 0][:, None])
+                       | (np.arange(ESCAPE + 1)[None, :] == ESCAPE)).astype(np.int64), 3, axis=0)
+"""Per context (partition * 3 + how W was coded), the ranks it can have: its partition's classes' and ESCAPE (the
+learned counts' start)."""
 COUNT_STEP = 4
-"""What a coded rank adds to its partition's count (the start: 1 for every rank it can have). Set on the train
+"""What a coded rank adds to its context's count (the start: 1 for every rank it can have). Set on the train
 split's graphics (two SMPTE patterns, an ultrasound's three planes, a CT with a flat surround): 4 and 8 within
 0.3 %, 16 0.5 % larger; the frequencies refreshed every wavefront 0.1 % smaller than every 4th."""
 REFRESH = 4
@@ -184,9 +190,18 @@ def _frequencies(counts: np.ndarray) -> np.ndarray:
     return f
 
 
+def _contexts(mask: np.ndarray, rank: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The context of every position (coding order, _geometry's `p`; `w`: its W's flat position) from its mask and
+    every position's rank."""
+    coded = np.full(p.size + 1, ESCAPE, np.int64)  # by flat position; the last: outside the tile
+    coded[p] = rank
+    return _PART[mask] * 3 + _W_KINDS[coded[w]]
+
+
 def _learned_rows(part: np.ndarray, rank: np.ndarray, starts: np.ndarray):
     """(first position, frequency rows) of the ranks of successive runs of wavefronts, every rank under its
-    partition's learned counts before its wavefront (module docstring); `part`, `rank` in coding order."""
+    context's learned counts before its wavefront (module docstring); `part` (the contexts), `rank` in coding
+    order."""
     counts = _POSSIBLE.copy()
     flat = counts.ravel()
     a0, rows = 0, []
@@ -209,10 +224,9 @@ def estimated_bytes(u: np.ndarray) -> float:
     """About the bytes `encode(u)` writes, without coding."""
     u = np.asarray(u, np.int64)
     mask, rank, esc, pred = _symbols(u.ravel(), tuple(u.shape))
-    _p, _nb, starts = _geometry(tuple(u.shape))
-    part = _PART[mask]
+    p, nb, starts = _geometry(tuple(u.shape))
     bits = 0.0
-    for a, f in _learned_rows(part, rank, starts):
+    for a, f in _learned_rows(_contexts(mask, rank, p, nb[0]), rank, starts):
         r = rank[a:a + len(f)]
         bits -= float(np.log2(f[np.arange(len(f)), r] / float(1 << PRECISION)).sum())
     bits += natural_bits(np.array([esc.size]))[0]
@@ -275,8 +289,8 @@ def encode(u: np.ndarray, tables: EntropyTables) -> bytes:
         freqs = _send_table(enc, values, cnt)
         if freqs is not None:
             enc.encode_categorical(np.searchsorted(values, sym), freqs)
-    _p, _nb, starts = _geometry(tuple(u.shape))
-    for a, f in _learned_rows(_PART[mask], rank, starts):
+    p, nb, starts = _geometry(tuple(u.shape))
+    for a, f in _learned_rows(_contexts(mask, rank, p, nb[0]), rank, starts):
         enc.encode_categorical_rows(rank[a:a + len(f)], f / float(1 << PRECISION))
     return enc.getvalue()
 
@@ -300,6 +314,7 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables) -
     flat = counts.ravel()
     p, nb, starts = _geometry((rows, cols))
     u = np.full(n + 1, -1, np.int64)  # the last: the first value's neighbours
+    coded = np.full(n + 1, ESCAPE, np.int64)  # each position's rank (_contexts)
     used = 0
     for t in range(starts.size - 1):
         a, b = int(starts[t]), int(starts[t + 1])
@@ -309,9 +324,10 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables) -
             continue
         v = u[nb[:, a:b]]
         mask = _masks(v)
-        part = _PART[mask]  # every mask of equal values is a partition
-        rank = dec.decode_categorical_rows(probs[part])
-        flat += np.bincount(part * (ESCAPE + 1) + rank, minlength=flat.size) * COUNT_STEP
+        context = _PART[mask] * 3 + _W_KINDS[coded[nb[0, a:b]]]  # every mask of equal values is a partition
+        rank = dec.decode_categorical_rows(probs[context])
+        flat += np.bincount(context * (ESCAPE + 1) + rank, minlength=flat.size) * COUNT_STEP
+        coded[p[a:b]] = rank
         holder = _FIRST[mask, rank]
         out = v[np.minimum(holder, NEIGHBOURS - 1), np.arange(b - a)]
         escaped = np.flatnonzero(holder == ESCAPE)
