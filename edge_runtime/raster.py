@@ -312,14 +312,18 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables) -
         esc = np.full(escapes, values[0]) if freqs is None else values[dec.decode_categorical(freqs, escapes)]
     counts = _POSSIBLE.copy()
     flat = counts.ravel()
+    probs = _frequencies(counts) / float(1 << PRECISION)
+    touched = np.zeros(len(counts), bool)  # the contexts counted since the last refresh: only their rows change
     p, nb, starts = _geometry((rows, cols))
     u = np.full(n + 1, -1, np.int64)  # the last: the first value's neighbours
     coded = np.full(n + 1, ESCAPE, np.int64)  # each position's rank (_contexts)
     used = 0
     for t in range(starts.size - 1):
         a, b = int(starts[t]), int(starts[t + 1])
-        if t % REFRESH == 0:
-            probs = _frequencies(counts) / float(1 << PRECISION)
+        if t % REFRESH == 0 and t:
+            changed = np.flatnonzero(touched)
+            probs[changed] = _frequencies(counts[changed]) / float(1 << PRECISION)
+            touched[changed] = False
         if a == b:  # a tile of one column: odd wavefronts are empty
             continue
         v = u[nb[:, a:b]]
@@ -327,6 +331,7 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables) -
         context = _PART[mask] * 3 + _W_KINDS[coded[nb[0, a:b]]]  # every mask of equal values is a partition
         rank = dec.decode_categorical_rows(probs[context])
         flat += np.bincount(context * (ESCAPE + 1) + rank, minlength=flat.size) * COUNT_STEP
+        touched[context] = True
         coded[p[a:b]] = rank
         holder = _FIRST[mask, rank]
         out = v[np.minimum(holder, NEIGHBOURS - 1), np.arange(b - a)]
