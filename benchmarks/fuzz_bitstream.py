@@ -112,10 +112,24 @@ def halves_image():
     return Image(pixels=u12.astype(np.uint16)[None, :, :, None], bits_stored=12, signed=False)
 
 
+def raster_image():
+    """An 80x96 8-bit seed image of squares and checkerboards, for tiles coded in raster order (edge_runtime.raster):
+    most of its adjacent pixels equal (PlaneCoder.RASTER_GATE), a few dots the escapes."""
+    from data.image import Image
+
+    rng = np.random.default_rng(2026)
+    r, c = np.mgrid[0:80, 0:96]
+    x = np.where((r // 16 + c // 16) % 2, 40, 200)
+    x = np.where((r % 16 >= 4) & (r % 16 < 12) & (c % 16 >= 4) & (c % 16 < 12) & ((r // 2 + c // 2) % 2 == 0), 7, x)
+    x[rng.random(x.shape) < 0.003] = 99
+    return Image(pixels=x.astype(np.uint8)[None, :, :, None], bits_stored=8, signed=False)
+
+
 def make_seeds(codec) -> list:
     """[(name, bytes)] of valid streams made with `codec` = (Bundle, PlaneCoder); when the bundle has a
-    residual model, also error-bounded ones (lossless and max error 2) of the first two images, and lossless
-    and max error 1 ones of halves_image (direct's version 3)."""
+    residual model, also error-bounded ones (lossless and max error 2) of the first two images, lossless
+    and max error 1 ones of halves_image (direct's version 3) and a lossless one of raster_image (a raster
+    tile)."""
     from edge_runtime.codec import encode_image
 
     bundle, coder = codec
@@ -133,6 +147,8 @@ def make_seeds(codec) -> list:
         for d in (0, 1):
             seeds.append((f"u12_256x264 (direct version 3), max error {d}",
                           encode_image(image, coder=coder, model_id=bundle.model_id, quality=None, max_error=d)))
+        seeds.append(("u8_80x96 (raster), max error 0",
+                      encode_image(raster_image(), coder=coder, model_id=bundle.model_id, quality=None, max_error=0)))
     return seeds
 
 

@@ -60,10 +60,14 @@ def test_error_bounded_streams_fuzzed(fuzz, bounded, tmp_path):
     from edge_runtime import bitstream as bs
     from edge_runtime import direct
 
+    from edge_runtime.codec import PlaneCoder
+
     seeds = [s for s in fuzz.make_seeds(bounded) if "max error" in s[0]]
-    assert len(seeds) == 4
+    assert len(seeds) == 5
     versions = {struct.unpack_from("<I", bs.parse(data)[1][0], 5)[0] for name, data in seeds if "version 3" in name}
     assert versions == {direct.HALVES_VERSION}  # tiles without a base of version 3 are fuzzed too
+    fields = {struct.unpack_from("<I", bs.parse(data)[1][0], 5)[0] for name, data in seeds if "raster" in name}
+    assert fields == {PlaneCoder.RASTER_FIELD}  # and a tile in raster order
     _fuzz(fuzz, bounded, seeds, tmp_path, N_STREAMS // 3)
 
 
