@@ -61,11 +61,12 @@ MASKS = 1 << len(_PAIRS)
 
 
 def _partitions() -> tuple:
-    """(rank table, classes): for every mask of equal pairs, the neighbour that holds each rank (the first of its
-    class; ESCAPE past the classes) and how many classes there are, or 0 where the mask is not a partition (some
-    equal pairs are not transitive: a corrupt stream's context)."""
+    """(rank table, classes, class table): for every mask of equal pairs, the neighbour that holds each rank (the
+    first of its class; ESCAPE past the classes), how many classes there are (0 where the mask is not a partition:
+    some equal pairs not transitive, which no values give) and each neighbour's class (its rank)."""
     first = np.full((MASKS, NEIGHBOURS + 1), ESCAPE, np.int8)
     classes = np.zeros(MASKS, np.int8)
+    class_of = np.zeros((MASKS, NEIGHBOURS), np.int8)
     bit = {p: b for b, p in enumerate(_PAIRS)}
 
     def grow(rgs: list) -> None:  # every restricted growth string of NEIGHBOURS elements
@@ -73,16 +74,17 @@ def _partitions() -> tuple:
             mask = sum(1 << bit[i, j] for i, j in _PAIRS if rgs[i] == rgs[j])
             k = max(rgs) + 1
             classes[mask] = k
+            class_of[mask] = rgs
             for rank in range(k):
                 first[mask, rank] = rgs.index(rank)
             return
         for g in range(max(rgs, default=-1) + 2):
             grow(rgs + [g])
     grow([])
-    return first, classes
+    return first, classes, class_of
 
 
-_FIRST, _CLASSES = _partitions()
+_FIRST, _CLASSES, _CLASS_OF = _partitions()
 _PART = np.full(MASKS, -1, np.int64)
 _PART[_CLASSES > 0] = np.arange(int((_CLASSES > 0).sum()))
 """Each partition's number (0..202) from its mask; -1 for a mask that is none."""
@@ -111,16 +113,17 @@ def _geometry(shape: tuple) -> tuple:
     wavefront starts in that order (rows + ... + 1 entries, the last n)."""
     rows, cols = shape
     n = rows * cols
-    r = np.repeat(np.arange(rows, dtype=np.int64), cols)
-    c = np.tile(np.arange(cols, dtype=np.int64), rows)
+    index = np.int32 if 2 * n < 1 << 31 else np.int64  # MAX_PIXELS: int32
+    r = np.repeat(np.arange(rows, dtype=index), cols)
+    c = np.tile(np.arange(cols, dtype=index), rows)
     t = 2 * r + c
     order = np.lexsort((r, t))
     r, c = r[order], c[order]
     p = r * cols + c
-    none = np.full(n, n, np.int64)
+    none = np.full(n, n, index)
     w = np.where(c > 0, p - 1, np.where(r > 0, p - cols, none))
     north = np.where(r > 0, p - cols, w)
-    nb = np.empty((NEIGHBOURS, n), np.int32)
+    nb = np.empty((NEIGHBOURS, n), index)
     nb[0] = w
     nb[1] = north
     nb[2] = np.where((r > 0) & (c > 0), p - cols - 1, north)  # north is W in the first row, N in the first column
@@ -128,7 +131,7 @@ def _geometry(shape: tuple) -> tuple:
     nb[4] = np.where(c > 1, p - 2, w)
     nb[5] = np.where(r > 1, p - 2 * cols, north)
     starts = np.searchsorted(t[order], np.arange(2 * (rows - 1) + cols + 1))
-    return p.astype(np.int32), nb, starts
+    return p, nb, starts
 
 
 def _masks(v: np.ndarray) -> np.ndarray:
@@ -146,27 +149,27 @@ def _med(v: np.ndarray) -> np.ndarray:
 
 
 def _symbols(u_flat: np.ndarray, shape: tuple) -> tuple:
-    """(masks, ranks, escaped values, their predictions) of tile u (flat, int64), in coding order."""
+    """(masks, ranks, escaped values, their predictions) of tile u (flat, int64), in coding order; in chunks of
+    _SYMBOLS_CHUNK positions (bounded memory)."""
     p, nb, _starts = _geometry(shape)
     ext = np.append(u_flat, -1)
-    v = ext[nb]
-    mask = _masks(v)
-    y = u_flat[p]
-    hit = v == y
-    found = hit.any(0)
-    rank = np.full(y.size, ESCAPE, np.int64)
-    at = np.flatnonzero(found)
-    first = np.argmax(hit[:, at], axis=0)  # the first neighbour holding the value
-    # its rank: how many distinct values come before it (the classes of the neighbours before it)
-    before = np.zeros(at.size, np.int64)
-    for j in range(1, NEIGHBOURS):
-        new = np.ones(at.size, bool)
-        for i in range(j):
-            new &= v[i, at] != v[j, at]
-        before += new & (j <= first)
-    rank[at] = before
-    missed = np.flatnonzero(~found)
-    return mask, rank, y[missed], _med(v[:, missed])
+    mask, rank = np.empty(p.size, np.int64), np.empty(p.size, np.int64)
+    esc, pred = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for a in range(0, p.size, _SYMBOLS_CHUNK):
+        b = min(p.size, a + _SYMBOLS_CHUNK)
+        v, y = ext[nb[:, a:b]], ext[p[a:b]]
+        mask[a:b] = _masks(v)
+        hit = v == y
+        found = hit.any(0)
+        # the rank: the class of the first neighbour holding the value
+        rank[a:b] = np.where(found, _CLASS_OF[mask[a:b], np.argmax(hit, axis=0)], ESCAPE)
+        missed = np.flatnonzero(~found)
+        esc.append(y[missed])
+        pred.append(_med(v[:, missed]))
+    return mask, rank, np.concatenate(esc), np.concatenate(pred)
+
+
+_SYMBOLS_CHUNK = 1 << 18
 
 
 def _sent_bits(values: np.ndarray, counts: np.ndarray) -> float:
