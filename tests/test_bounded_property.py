@@ -27,7 +27,7 @@ def images(draw):
     rows, cols = draw(st.integers(1, 48)), draw(st.integers(1, 48))
     seed = draw(st.integers(0, 2 ** 32 - 1))
     rng = np.random.default_rng(seed)
-    kind = draw(st.sampled_from(["noise", "smooth", "flat", "few"]))
+    kind = draw(st.sampled_from(["noise", "smooth", "flat", "few", "blocks"]))
     if kind == "noise":
         x = rng.integers(lo, hi + 1, (rows, cols))
     elif kind == "smooth":
@@ -35,8 +35,12 @@ def images(draw):
         x = (lo + hi) / 2 + (hi - lo) / 3 * np.sin(r / 5.0 + c / 7.0) + rng.normal(0, 2, (rows, cols))
     elif kind == "flat":
         x = np.full((rows, cols), draw(st.integers(lo, hi)))
-    else:
+    elif kind == "few":
         x = rng.choice(rng.integers(lo, hi + 1, 5), (rows, cols))
+    else:  # graphics: rectangles of a few values and some dots (tiles in raster order, edge_runtime.raster)
+        r, c = np.mgrid[0:rows, 0:cols]
+        x = rng.integers(lo, hi + 1, 4)[(r // int(rng.integers(1, 9)) + c // int(rng.integers(1, 9))) % 4]
+        x[rng.random((rows, cols)) < 0.02] = rng.integers(lo, hi + 1)
     pixels = np.clip(np.round(x), lo, hi).astype(dtype)[None, :, :, None]
     return Image(pixels=pixels, bits_stored=bits, signed=signed)
 
