@@ -602,19 +602,19 @@ def _values_present(x: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.nda
     return np.unique(x, return_inverse=True)
 
 
-def _equal_pixel_fraction(image: Image) -> float:
-    """Share of horizontally and vertically adjacent pixel pairs of the first frame equal in every sample."""
-    x = np.asarray(image.pixels[0])
-    h = np.all(x[:, 1:] == x[:, :-1], axis=-1)
-    v = np.all(x[1:, :] == x[:-1, :], axis=-1)
-    n = h.size + v.size
-    return float(h.sum() + v.sum()) / n if n else 0.0
+def _colour_graphics(image: Image) -> bool:
+    """Whether a colour image coded with a max error is also coded losslessly (encode_image): a single frame with at
+    least PlaneCoder.LOSSLESS_GATE of its adjacent pixels equal."""
+    return image.frames == 1 and _equal_pair_fraction(np.asarray(image.pixels[0])) >= PlaneCoder.LOSSLESS_GATE
 
 
 def _equal_pair_fraction(x: np.ndarray) -> float:
-    """Share of horizontally and vertically adjacent pixel pairs with identical values."""
+    """Share of horizontally and vertically adjacent pixel pairs with identical values (of a (rows, cols, samples)
+    array: identical in every sample)."""
     h = x[:, 1:] == x[:, :-1]
     v = x[1:, :] == x[:-1, :]
+    if x.ndim == 3:
+        h, v = h.all(axis=-1), v.all(axis=-1)
     n = h.size + v.size
     return float(h.sum() + v.sum()) / n if n else 0.0
 
@@ -709,9 +709,9 @@ def encode_image(image: Image, *, coder: PlaneCoder, model_id: bytes, quality: i
     if colour and col.applies(image):
         norm, streams, colour_fields = _encode_colour(image, coder, options, plane_map)
         data = _pack_image(image, coder, options, norm, streams, metadata, model_id=model_id, **colour_fields)
-        if options["max_error"] and image.frames == 1 and _equal_pixel_fraction(image) >= PlaneCoder.LOSSLESS_GATE:
-            # colour graphics: also losslessly (through the RCT, not the green difference: exact is within any
-            # bound), and the shorter kept
+        if options["max_error"] and _colour_graphics(image):
+            # also losslessly (through the RCT, not the green difference: exact is within any bound), the shorter
+            # kept
             exact = dict(options, max_error=0)
             norm, streams, colour_fields = _encode_colour(image, coder, exact, plane_map)
             lossless = _pack_image(image, coder, exact, norm, streams, metadata, model_id=model_id, **colour_fields)
