@@ -88,6 +88,8 @@ _FIRST, _CLASSES, _CLASS_OF = _partitions()
 _PART = np.full(MASKS, -1, np.int64)
 _PART[_CLASSES > 0] = np.arange(int((_CLASSES > 0).sum()))
 """Each partition's number (0..202) from its mask; -1 for a mask that is none."""
+_PART3 = _PART * 3
+"""The first context of each partition (its 3 are partition * 3 + how W was coded)."""
 _W_KINDS = np.array([0] + [1] * (NEIGHBOURS - 1) + [2])
 """The context's second part: how W was coded, by its rank: 0, another rank, or ESCAPE (2; also where W is outside
 the tile)."""
@@ -198,7 +200,7 @@ def _contexts(mask: np.ndarray, rank: np.ndarray, p: np.ndarray, w: np.ndarray) 
     every position's rank."""
     coded = np.full(p.size + 1, ESCAPE, np.int64)  # by flat position; the last: outside the tile
     coded[p] = rank
-    return _PART[mask] * 3 + _W_KINDS[coded[w]]
+    return _PART3[mask] + _W_KINDS[coded[w]]
 
 
 def _learned_rows(part: np.ndarray, rank: np.ndarray, starts: np.ndarray):
@@ -208,13 +210,9 @@ def _learned_rows(part: np.ndarray, rank: np.ndarray, starts: np.ndarray):
     counts = _POSSIBLE.copy()
     flat = counts.ravel()
     a0, rows = 0, []
-    for t in range(starts.size - 1):
-        a, b = int(starts[t]), int(starts[t + 1])
-        if t % REFRESH == 0:
-            freqs = _frequencies(counts)
-        if a == b:
-            continue
-        rows.append(freqs[part[a:b]])
+    for t in range(0, starts.size - 1, REFRESH):  # REFRESH wavefronts at a time, under the same frequencies
+        a, b = int(starts[t]), int(starts[min(t + REFRESH, starts.size - 1)])
+        rows.append(_frequencies(counts)[part[a:b]])
         flat += np.bincount(part[a:b] * (ESCAPE + 1) + rank[a:b], minlength=flat.size) * COUNT_STEP
         if b - a0 >= _ROWS_CHUNK:
             yield a0, np.concatenate(rows)
@@ -331,7 +329,7 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables) -
             continue
         v = u[nb[:, a:b]]
         mask = _masks(v)
-        context = _PART[mask] * 3 + _W_KINDS[coded[nb[0, a:b]]]  # every mask of equal values is a partition
+        context = _PART3[mask] + _W_KINDS[coded[nb[0, a:b]]]  # every mask of equal values is a partition
         rank = dec.decode_categorical_rows(probs[context])
         flat += np.bincount(context * (ESCAPE + 1) + rank, minlength=flat.size) * COUNT_STEP
         touched[context] = True
