@@ -137,9 +137,17 @@ def _geometry(shape: tuple) -> tuple:
 
 
 def _masks(v: np.ndarray) -> np.ndarray:
-    """The mask of equal pairs of the neighbours' values `v` (6 x n)."""
-    eq = v[_PAIR_I] == v[_PAIR_J]
-    return _PAIR_BITS @ eq
+    """The mask of equal pairs of the neighbours' values `v` (6 x n): in one product for a wavefront, pair by pair
+    for a whole tile (the encoder: no 15 x n gathers)."""
+    if v.shape[1] <= _MASKS_GATHERED:
+        return _PAIR_BITS @ (v[_PAIR_I] == v[_PAIR_J])
+    mask = np.zeros(v.shape[1], np.int64)
+    for bit, (i, j) in enumerate(_PAIRS):
+        mask |= np.left_shift(v[i] == v[j], bit, dtype=np.int64)
+    return mask
+
+
+_MASKS_GATHERED = 1 << 12
 
 
 def _med(v: np.ndarray) -> np.ndarray:
@@ -209,11 +217,15 @@ def _learned_rows(part: np.ndarray, rank: np.ndarray, starts: np.ndarray):
     order."""
     counts = _POSSIBLE.copy()
     flat = counts.ravel()
+    freqs = _frequencies(counts)
     a0, rows = 0, []
     for t in range(0, starts.size - 1, REFRESH):  # REFRESH wavefronts at a time, under the same frequencies
         a, b = int(starts[t]), int(starts[min(t + REFRESH, starts.size - 1)])
-        rows.append(_frequencies(counts)[part[a:b]])
-        flat += np.bincount(part[a:b] * (ESCAPE + 1) + rank[a:b], minlength=flat.size) * COUNT_STEP
+        rows.append(freqs[part[a:b]])
+        coded = np.bincount(part[a:b] * (ESCAPE + 1) + rank[a:b], minlength=flat.size)
+        flat += coded * COUNT_STEP
+        changed = np.flatnonzero(coded.reshape(counts.shape).any(axis=1))  # the others' frequencies stay
+        freqs[changed] = _frequencies(counts[changed])
         if b - a0 >= _ROWS_CHUNK:
             yield a0, np.concatenate(rows)
             a0, rows = b, []

@@ -47,7 +47,9 @@ def test_partition_tables_number_every_partition_of_the_neighbours():
     assert int((raster._CLASSES > 0).sum()) == 203  # the Bell number of 6
     rng = np.random.default_rng(1)
     v = rng.integers(0, 3, (raster.NEIGHBOURS, 5000))
-    mask = raster._masks(v)
+    mask = raster._masks(v)  # a whole tile's way (pair by pair) and a wavefront's (one product): the same masks
+    assert v.shape[1] > raster._MASKS_GATHERED
+    assert np.array_equal(mask, np.concatenate([raster._masks(v[:, a:a + 1000]) for a in range(0, v.shape[1], 1000)]))
     k = raster._CLASSES[mask]
     assert np.all(k == np.array([len(set(col)) for col in v.T]))
     for rank in range(raster.NEIGHBOURS):  # the holder of each rank is the first neighbour of a value not seen before
