@@ -121,7 +121,7 @@ def raster_image():
     r, c = np.mgrid[0:80, 0:96]
     x = np.where((r // 16 + c // 16) % 2, 40, 200)
     x = np.where((r % 16 >= 4) & (r % 16 < 12) & (c % 16 >= 4) & (c % 16 < 12) & ((r // 2 + c // 2) % 2 == 0), 7, x)
-    x[rng.random(x.shape) < 0.003] = 99
+    x[rng.random(x.shape) < 0.005] = 99
     return Image(pixels=x.astype(np.uint8)[None, :, :, None], bits_stored=8, signed=False)
 
 

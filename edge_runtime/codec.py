@@ -436,25 +436,26 @@ class PlaneCoder:
                 table = struct.pack("<I", len(values)) + values.astype("<i4").tobytes()
                 candidates.append((0, index.reshape(x.shape), len(values) - 1, 0, table, lossless))
         best = None
+
+        def without_base(candidate, field: int, body: bytes) -> None:  # keep the tile if it is the shortest so far
+            nonlocal best
+            div, _v, _top, _d, table, fl = candidate
+            if best is None or 9 + len(table) + len(body) < len(best[0]):
+                best = (struct.pack("<BII", self.DIRECT_ACTIVITY | fl & self.LOSSLESS, div, field) + table + body,
+                        {"estimated_bits": 8.0 * len(body)}, len(table))
+
         if x.size and direct_ok:  # without a base: the plane's own bound, and the last lossless candidate
             if x.size <= self.HALVES_TRIAL_PIXELS:  # small: both versions, the shorter kept
                 versions = (direct.HALVES_VERSION, direct.ACTIVITY_VERSION)
             else:
                 versions = (direct.HALVES_VERSION if flat < self.HALVES_GATE else direct.ACTIVITY_VERSION,)
-            for div, v, top, d, table, fl in candidates[:1] + candidates[1:][-1:]:
+            for candidate in candidates[:1] + candidates[1:][-1:]:
+                _div, v, top, d, _table, _fl = candidate
                 for version in versions:
-                    body = self._direct_body(v, top, d, version)
-                    if best is None or 9 + len(table) + len(body) < len(best[0]):
-                        best = (struct.pack("<BII", self.DIRECT_ACTIVITY | fl & self.LOSSLESS, div,
-                                            self.DIRECT_VERSION_FIELD[version]) + table + body,
-                                {"estimated_bits": 8.0 * len(body)}, len(table))
+                    without_base(candidate, self.DIRECT_VERSION_FIELD[version], self._direct_body(v, top, d, version))
             exact = [c for c in candidates if c[3] == 0]  # lossless: a max error of 0, or the LOSSLESS candidate
             if exact and flat >= self.RASTER_GATE and x.size <= raster.MAX_PIXELS:  # graphics: also in raster order
-                div, v, top, d, table, fl = exact[0]
-                body = raster.encode(v, self._residual_model().tables)
-                if 9 + len(table) + len(body) < len(best[0]):
-                    best = (struct.pack("<BII", self.DIRECT_ACTIVITY | fl & self.LOSSLESS, div, self.RASTER_FIELD)
-                            + table + body, {"estimated_bits": 8.0 * len(body)}, len(table))
+                without_base(exact[0], self.RASTER_FIELD, raster.encode(exact[0][1], self._residual_model().tables))
         for div, v, top, d, table, fl in candidates if quality != 0 else ():
             q = self.search_base_quality(v, top, d, transform) if quality is None else quality
             st = {} if stats is not None else None

@@ -479,9 +479,8 @@ def _serve(fd: int, shared_fd: int = -1) -> None:
                 continue
             if in_shared:
                 shared.view(pred.shape, data.nbytes)[...] = pred
-                conn.send("ok")
-            else:
-                conn.send("ok")
+            conn.send("ok")
+            if not in_shared:
                 conn.send_bytes(pred)
         else:
             from edge_runtime import direct

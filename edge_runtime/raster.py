@@ -24,15 +24,16 @@ holds, its W counts as an escape), so it is an escape.
 Stream (one range-coded stream, integers as Encoder.encode_naturals codes them unless said):
   - the number of escapes; when any, a uniform bit: what an escape codes, its value (0) or its
     difference to the median edge detector's prediction of it, the median of W, N and W + N - NW (1:
-    JPEG-LS's, 0 for the first value), then the table of those (the number of distinct ones minus
-    one, the smallest (zigzag), the gaps between the next ones minus one, the counts minus one of all
-    but the last, frequencies as direct's sent tables; a single one codes nothing more) and each
-    escape's as an index into it (categorical), in coding order;
+    JPEG-LS's, 0 for the first value), then those, in coding order, as one context of
+    edge_runtime.direct codes its symbols (a sent table or one of the residual model's, then the
+    symbols: direct._encode_pass);
   - every rank, in the order of the wavefronts t = 2 r + c (t = 0, 1, ...; rows ascending within
-    one), under counts learned while coding: each of the 203 partitions starts with a count of 1 for
-    each rank it can have (its classes and ESCAPE), 0 for the others; a wavefront's ranks are coded
-    under their partition's frequencies (_frequencies of its counts), and each then adds COUNT_STEP to
-    its count; the frequencies follow the counts at every REFRESH-th wavefront (t = 0, REFRESH, ...). No table is sent: a partition that occurs a few times costs a few bits.
+    one), under counts learned while coding (_Learned): each of the 609 contexts starts with a count
+    of 1 for each rank its partition can have (its classes and ESCAPE), 0 for the others; a
+    wavefront's ranks are coded under their context's frequencies (_frequencies of its counts), and
+    each then adds COUNT_STEP to its count; the frequencies follow the counts at every REFRESH-th
+    wavefront (t = REFRESH, 2 REFRESH, ...). No table is sent: a context that occurs a few times costs
+    a few bits.
 Every neighbour of a position (r, c) lies on an earlier wavefront (W and NE on t - 1, N and WW on
 t - 2, NW on t - 3, NN on t - 4), so the decoder decodes a wavefront's ranks in one call and their
 values at once: rows + columns calls for the tile, each vectorized. All integer: the same values
@@ -182,17 +183,6 @@ def _symbols(u_flat: np.ndarray, shape: tuple) -> tuple:
 _SYMBOLS_CHUNK = 1 << 18
 
 
-def _sent_bits(values: np.ndarray, counts: np.ndarray) -> float:
-    """Bits of the escapes' sent table of `values` (ascending) with `counts` (_send_table), and of its symbols."""
-    m = values.size
-    desc = natural_bits(np.array([m - 1, int(direct._zigzag(int(values[0])))])).sum()
-    if m == 1:
-        return float(desc)
-    desc += natural_bits(np.diff(values) - 1).sum() + natural_bits(counts[:-1] - 1).sum()
-    f = direct._frequencies(counts)
-    return float(desc - (counts * np.log2(f / float(1 << PRECISION))).sum())
-
-
 def _frequencies(counts: np.ndarray) -> np.ndarray:
     """Integer frequencies (rows summing to 2**PRECISION) of learned counts (rows): 1 for every rank counted at
     all, the rest in proportion to the counts, the remainder to the first largest; 0 for a rank it cannot have."""
@@ -211,21 +201,36 @@ def _contexts(mask: np.ndarray, rank: np.ndarray, p: np.ndarray, w: np.ndarray) 
     return _PART3[mask] + _W_KINDS[coded[w]]
 
 
-def _learned_rows(part: np.ndarray, rank: np.ndarray, starts: np.ndarray):
-    """(first position, frequency rows) of the ranks of successive runs of wavefronts, every rank under its
-    context's learned counts before its wavefront (module docstring); `part` (the contexts), `rank` in coding
-    order."""
-    counts = _POSSIBLE.copy()
-    flat = counts.ravel()
-    freqs = _frequencies(counts)
+class _Learned:
+    """The contexts' learned counts and the probabilities coded under them (module docstring): `add` counts coded
+    ranks, `refresh` makes the probabilities follow the counts (only the rows of contexts counted since the last)."""
+
+    def __init__(self):
+        self.counts = _POSSIBLE.copy()
+        self.probs = _frequencies(self.counts) / float(1 << PRECISION)
+        self.touched = np.zeros(len(self.counts), bool)
+
+    def add(self, context: np.ndarray, rank: np.ndarray) -> None:
+        self.counts.ravel()[:] += np.bincount(context * (ESCAPE + 1) + rank, minlength=self.counts.size) * COUNT_STEP
+        self.touched[context] = True
+
+    def refresh(self) -> None:
+        changed = np.flatnonzero(self.touched)
+        self.probs[changed] = _frequencies(self.counts[changed]) / float(1 << PRECISION)
+        self.touched[changed] = False
+
+
+def _learned_rows(context: np.ndarray, rank: np.ndarray, starts: np.ndarray):
+    """(first position, probability rows) of the ranks of successive runs of wavefronts, every rank under its
+    context's learned counts (`context`, `rank` in coding order): REFRESH wavefronts at a time, as the decoder
+    refreshes them."""
+    learned = _Learned()
     a0, rows = 0, []
-    for t in range(0, starts.size - 1, REFRESH):  # REFRESH wavefronts at a time, under the same frequencies
+    for t in range(0, starts.size - 1, REFRESH):
         a, b = int(starts[t]), int(starts[min(t + REFRESH, starts.size - 1)])
-        rows.append(freqs[part[a:b]])
-        coded = np.bincount(part[a:b] * (ESCAPE + 1) + rank[a:b], minlength=flat.size)
-        flat += coded * COUNT_STEP
-        changed = np.flatnonzero(coded.reshape(counts.shape).any(axis=1))  # the others' frequencies stay
-        freqs[changed] = _frequencies(counts[changed])
+        rows.append(learned.probs[context[a:b]])
+        learned.add(context[a:b], rank[a:b])
+        learned.refresh()
         if b - a0 >= _ROWS_CHUNK:
             yield a0, np.concatenate(rows)
             a0, rows = b, []
@@ -233,62 +238,34 @@ def _learned_rows(part: np.ndarray, rank: np.ndarray, starts: np.ndarray):
         yield a0, np.concatenate(rows)
 
 
-def estimated_bytes(u: np.ndarray) -> float:
-    """About the bytes `encode(u)` writes, without coding."""
+def estimated_bytes(u: np.ndarray, tables: EntropyTables) -> float:
+    """About the bytes `encode(u, tables)` writes, without coding."""
     u = np.asarray(u, np.int64)
     mask, rank, esc, pred = _symbols(u.ravel(), tuple(u.shape))
     p, nb, starts = _geometry(tuple(u.shape))
     bits = 0.0
-    for a, f in _learned_rows(_contexts(mask, rank, p, nb[0]), rank, starts):
-        r = rank[a:a + len(f)]
-        bits -= float(np.log2(f[np.arange(len(f)), r] / float(1 << PRECISION)).sum())
+    for a, probs in _learned_rows(_contexts(mask, rank, p, nb[0]), rank, starts):
+        bits -= float(np.log2(probs[np.arange(len(probs)), rank[a:a + len(probs)]]).sum())
     bits += natural_bits(np.array([esc.size]))[0]
     if esc.size:
-        bits += 1 + _escape_choice(esc, pred)[0]
+        bits += 1 + _escape_choice(esc, pred, tables)[0]
     return bits / 8.0
 
 
-def _escape_choice(esc: np.ndarray, pred: np.ndarray) -> tuple:
-    """(bits, whether differences to the prediction, the symbols) of the escapes' cheaper form."""
+def _escape_choice(esc: np.ndarray, pred: np.ndarray, tables: EntropyTables) -> tuple:
+    """(bits, whether differences to the prediction, the symbols) of the escapes' cheaper form, each coded as one
+    context of edge_runtime.direct (a sent table or one of the residual model's)."""
     best = None
     for diff, sym in ((0, esc), (1, esc - pred)):
-        values, cnt = np.unique(sym, return_counts=True)
-        bits = _sent_bits(values, cnt)
+        bits = direct._plans(sym, np.array([sym.size]), tables)[0][0]
         if best is None or bits < best[0]:
             best = (bits, diff, sym)
     return best
 
 
-def _send_table(enc: Encoder, values: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
-    """The escapes' sent table (direct's form): its frequencies, or None for a single value (nothing more coded)."""
-    enc.encode_naturals([len(values) - 1, int(direct._zigzag(int(values[0])))])
-    if len(values) == 1:
-        return None
-    enc.encode_naturals(np.diff(values) - 1)
-    enc.encode_naturals(counts[:-1] - 1)
-    return direct._frequencies(counts)
-
-
-def _read_table(dec: Decoder, n: int, low: int, limit: int) -> tuple:
-    """(values, frequencies or None) of the escapes' sent table: n symbols with values in low..limit."""
-    m1, z = (int(t) for t in dec.decode_naturals(2))
-    if m1 > limit - low or m1 >= n:
-        raise ValueError(f"raster tile: a table of {m1 + 1} symbols for {n} positions")
-    values = int(direct._unzigzag(z)) + np.concatenate([[0], np.cumsum(dec.decode_naturals(m1) + 1)])
-    if values[0] < low or values[-1] > limit:
-        raise ValueError("raster tile: a table's symbols are out of range")
-    if m1 == 0:
-        return values, None
-    counts = dec.decode_naturals(m1) + 1
-    counts = np.append(counts, n - int(counts.sum()))
-    if counts[-1] < 1:
-        raise ValueError("raster tile: a table's counts exceed its positions")
-    return values, direct._frequencies(counts)
-
-
 def encode(u: np.ndarray, tables: EntropyTables) -> bytes:
     """Range-coded words of integer tile u (values >= 0), coded losslessly in raster order (module docstring);
-    `tables`: the residual model's (the stream uses none of them: the coder's uniform and categorical models)."""
+    `tables`: the residual model's (the escapes may be coded under one of them)."""
     u = np.asarray(u, np.int64)
     if u.size > MAX_PIXELS:
         raise ValueError(f"a raster tile holds at most {MAX_PIXELS} pixels, not {u.size}")
@@ -296,15 +273,12 @@ def encode(u: np.ndarray, tables: EntropyTables) -> bytes:
     enc = Encoder(tables)
     enc.encode_naturals([esc.size])
     if esc.size:
-        _bits, diff, sym = _escape_choice(esc, pred)
+        _bits, diff, sym = _escape_choice(esc, pred, tables)
         enc.encode_uniform([diff], 2)
-        values, cnt = np.unique(sym, return_counts=True)
-        freqs = _send_table(enc, values, cnt)
-        if freqs is not None:
-            enc.encode_categorical(np.searchsorted(values, sym), freqs)
+        direct._encode_pass(enc, sym, np.zeros(sym.size, np.int64))
     p, nb, starts = _geometry(tuple(u.shape))
-    for a, f in _learned_rows(_contexts(mask, rank, p, nb[0]), rank, starts):
-        enc.encode_categorical_rows(rank[a:a + len(f)], f / float(1 << PRECISION))
+    for a, probs in _learned_rows(_contexts(mask, rank, p, nb[0]), rank, starts):
+        enc.encode_categorical_rows(rank[a:a + len(probs)], probs)
     return enc.getvalue()
 
 
@@ -321,12 +295,8 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables) -
     esc, diff = np.zeros(0, np.int64), 0
     if escapes:
         diff = int(dec.decode_uniform(1, 2)[0])
-        values, freqs = _read_table(dec, escapes, -top if diff else 0, top)
-        esc = np.full(escapes, values[0]) if freqs is None else values[dec.decode_categorical(freqs, escapes)]
-    counts = _POSSIBLE.copy()
-    flat = counts.ravel()
-    probs = _frequencies(counts) / float(1 << PRECISION)
-    touched = np.zeros(len(counts), bool)  # the contexts counted since the last refresh: only their rows change
+        esc = direct._decode_symbols(dec, escapes)  # values, or differences: the decoded values are checked at the end
+    learned = _Learned()
     p, nb, starts = _geometry((rows, cols))
     u = np.full(n + 1, -1, np.int64)  # the last: the first value's neighbours
     coded = np.full(n + 1, ESCAPE, np.int64)  # each position's rank (_contexts)
@@ -334,17 +304,14 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables) -
     for t in range(starts.size - 1):
         a, b = int(starts[t]), int(starts[t + 1])
         if t % REFRESH == 0 and t:
-            changed = np.flatnonzero(touched)
-            probs[changed] = _frequencies(counts[changed]) / float(1 << PRECISION)
-            touched[changed] = False
+            learned.refresh()
         if a == b:  # a tile of one column: odd wavefronts are empty
             continue
         v = u[nb[:, a:b]]
         mask = _masks(v)
         context = _PART3[mask] + _W_KINDS[coded[nb[0, a:b]]]  # every mask of equal values is a partition
-        rank = dec.decode_categorical_rows(probs[context])
-        flat += np.bincount(context * (ESCAPE + 1) + rank, minlength=flat.size) * COUNT_STEP
-        touched[context] = True
+        rank = dec.decode_categorical_rows(learned.probs[context])
+        learned.add(context, rank)
         coded[p[a:b]] = rank
         holder = _FIRST[mask, rank]
         out = v[np.minimum(holder, NEIGHBOURS - 1), np.arange(b - a)]
