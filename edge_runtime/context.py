@@ -57,6 +57,7 @@ def _code_steps(top: int) -> np.ndarray:
 
 _G_STEPS = _code_steps(_G_MAX)
 _G = np.searchsorted(_G_STEPS, np.arange(_G_TABLE), side="right").astype(np.int64)
+_G_FLOAT = _G.astype(np.float64)  # the same codes as integer-valued floats (DetailBandContext's features)
 FEATURE_MAX = 4 * len(_G_STEPS)
 """No feature exceeds this (a spatial sum of four codes): bounds the context network's dot products."""
 ORIENTATIONS = ("H", "V", "D")
@@ -150,6 +151,9 @@ def parent_means(parent_codes: np.ndarray) -> np.ndarray:
     rows += p[:, 2:w + 2]
     total = rows[:h] + rows[1:h + 1]
     total += rows[2:h + 2]
+    if total.dtype.kind == "f":  # integers below 2**53: the correctly rounded quotient floors to the same integer
+        total /= 9
+        return np.floor(total, out=total)
     total //= 9
     return total
 
@@ -380,18 +384,21 @@ class DetailBandContext:
     The codes g(|v|) of the band's decoded positions (0 elsewhere) are kept padded by one mirrored
     sample, as `_pad1` pads them, so a pass's neighbours are plain gathers; `codes` is the band
     itself, which, when the band is complete, serves as the parent or sibling codes of the bands
-    after it. Feature matrices are column-major (each feature contiguous).
+    after it. Feature matrices are column-major (each feature contiguous) and integer-valued float64
+    (codes and their sums are far below 2**53: exact), the type the context network's float path
+    multiplies, so no pass converts them.
     """
 
     def __init__(self, shape, parent_codes: np.ndarray | None, sibling_codes: list):
         self.shape = tuple(int(n) for n in shape)
         self._parent = None
         if parent_codes is not None:  # its codes and 3x3 means, read at each position's parent (parent_features)
+            parent_codes = np.asarray(parent_codes, np.float64)
             self._parent = (np.ravel(parent_codes), parent_means(parent_codes).ravel(),
                             _parent_positions(self.shape, parent_codes.shape))
-        self._siblings = [np.ravel(s) for s in sibling_codes]
+        self._siblings = [np.ravel(np.asarray(s, np.float64)) for s in sibling_codes]
         rows, cols = self.shape
-        self._padded = np.zeros((rows + 2, cols + 2), np.int64)
+        self._padded = np.zeros((rows + 2, cols + 2))
         self._reflect = rows >= 2 and cols >= 2  # else edge-repeated, as _pad1
         self.positions = phase_positions(self.shape)
         self._neighbours = _neighbour_positions(self.shape)
@@ -402,7 +409,7 @@ class DetailBandContext:
 
     def features(self, phase: int) -> np.ndarray:
         flat = self.positions[phase][0]
-        f = np.empty((len(flat), NUM_FEATURES), np.int64, order="F")
+        f = np.empty((len(flat), NUM_FEATURES), order="F")
         f[:, 0] = 1
         if self._parent is None:
             f[:, 1:3] = 0
@@ -424,7 +431,9 @@ class DetailBandContext:
     def set(self, phase: int, values: np.ndarray) -> None:
         """Record the decoded values of a pass."""
         p = self._padded
-        p.ravel()[self.positions[phase][1]] = mag_code(values)
+        a = np.abs(values)
+        p.ravel()[self.positions[phase][1]] = (_G_FLOAT.take(a) if not a.size or int(a.max()) < _G_TABLE
+                                               else mag_code(a))
         top, bottom = (2, -3) if self._reflect else (1, -2)  # the border again, mirrored as _pad1 mirrors
         p[0, 1:-1], p[-1, 1:-1] = p[top, 1:-1], p[bottom, 1:-1]
         p[:, 0], p[:, -1] = p[:, top], p[:, bottom]

@@ -112,12 +112,17 @@ def _source_band(src, key):
 
 
 def zero_context(features: np.ndarray | None, n: int) -> np.ndarray:
-    """Positions whose whole context (every feature but the constant) is zero; none in LL (features None)."""
+    """Positions whose whole context (every feature but the constant) is zero; none in LL (features None).
+
+    Features are never negative: their sum is zero exactly where all are (in float64 too: integers)."""
     if features is None:
         return np.zeros(n, bool)
     any_set = features[:, 1].copy()
     for j in range(2, features.shape[1]):  # column by column: several times faster than a reduce along rows
-        any_set |= features[:, j]
+        if any_set.dtype.kind == "f":
+            any_set += features[:, j]
+        else:
+            any_set |= features[:, j]
     return any_set == 0
 
 
