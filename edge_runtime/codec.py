@@ -890,8 +890,11 @@ def decode_plane(streams: list, *, coder: PlaneCoder, rows: int, cols: int, tile
         try:
             if max_error >= 0:
                 v = coder.decode_bounded(streams[i], r1 - r0, c1 - c0, lo_c, hi_c, max_error)
-            else:
-                v = np.round(coder.decode(streams[i], r1 - r0, c1 - c0, quality).astype(np.float64) * scale + lo)
+            else:  # lo + scale x the decoded samples, rounded: in place (the same operations, no temporaries)
+                v = coder.decode(streams[i], r1 - r0, c1 - c0, quality).astype(np.float64)
+                v *= scale
+                v += lo
+                np.round(v, out=v)
         except (ValueError, AssertionError, IndexError, OverflowError) as exc:
             # constriction reports exhausted or inconsistent coded data with AssertionError
             raise bs.InvalidBitstreamError(source, f"tile {first_tile + i} does not decode "

@@ -223,19 +223,20 @@ class ContextWeights:
         return cls(detail=z["detail"], ll=z["ll"], **extra)
 
     def group_index(self, features: np.ndarray, level: int, orientation: int, phase: int,
-                    num_scales: int) -> np.ndarray:
+                    num_scales: int, constant_first: bool = False) -> np.ndarray:
         """Table index of every row of `features` for the group (level, orientation, phase).
 
         Linear part acc = w·f; with a hidden layer, h_j = max(0, (a_j·f + b_j + 2**(SHIFT-1)) >> SHIFT)
         and acc += Σ_j c_j·h_j; then k = clip((acc + 2**(SHIFT-1)) >> SHIFT, 0, num_scales-1).
-        All int64: the same index on every CPU.
+        All int64: the same index on every CPU. `constant_first`: the first feature is 1 on every row (as
+        DetailBandContext's are), so the float path adds the biases through its weights (the same sums).
         """
         lv = min(level, self.levels) - 1
         w = self.detail[lv, orientation, phase]
         if self.hidden is None:
             return table_index(features, w, num_scales)
         if self._float_exact():
-            return self._group_index_float(features, lv, orientation, phase, num_scales)
+            return self._group_index_float(features, lv, orientation, phase, num_scales, constant_first)
         f = features.astype(np.int64)
         acc = f @ w
         pre = f @ self.hidden[lv, orientation, phase].T + self.hidden_bias[lv, orientation, phase]
@@ -267,21 +268,31 @@ class ContextWeights:
                 self._groups = {}  # _group_index_float's per-group arrays, made as the groups come
         return self._exact
 
-    def _group_index_float(self, features, lv, orientation, phase, num_scales):
-        group = self._groups.get((lv, orientation, phase))
+    def _group_index_float(self, features, lv, orientation, phase, num_scales, constant_first=False):
+        key = (lv, orientation, phase, constant_first)
+        group = self._groups.get(key)
         if group is None:  # the group's weights transposed, its bias as a column: once per group
             weights, bias, out = (a[lv, orientation, phase] for a in self._float)
-            group = self._groups[lv, orientation, phase] = (np.ascontiguousarray(weights.T),
-                                                           np.ascontiguousarray(bias[:, None]), out)
+            weights_t, bias = np.array(weights.T), np.ascontiguousarray(bias[:, None])
+            if constant_first:  # the biases (and the final rounding's half) as the constant feature's weights
+                weights_t[:, 0] += bias[:, 0]
+                weights_t[0, 0] += 0.5
+                bias = None
+            group = self._groups[key] = (weights_t, bias, out)
         weights_t, bias, out = group
         # transposed, (1 + H, n): row 0 the linear part / 2**SHIFT, then the hidden units', each row contiguous
         y = weights_t @ np.asarray(features, np.float64).T
-        y += bias
+        if bias is not None:
+            y += bias
         h = np.floor(y[1:], out=y[1:])
         np.maximum(h, 0.0, out=h)
         lin = y[0]
         lin += out @ h
-        return _index_of_scaled(lin, num_scales)
+        if bias is not None:
+            return _index_of_scaled(lin, num_scales)
+        np.floor(lin, out=lin)  # the half is in already
+        np.clip(lin, 0.0, num_scales - 1, out=lin)
+        return lin.astype(np.int64)
 
 
 def table_index(features: np.ndarray, w: np.ndarray, num_scales: int) -> np.ndarray:

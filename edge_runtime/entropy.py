@@ -113,18 +113,28 @@ class EntropyTables:
         return float(self.symbol_bits(np.ravel(symbols), np.ravel(indices)).sum())
 
 
-def group_spans(indices: np.ndarray) -> tuple[np.ndarray, list]:
+def group_spans(indices: np.ndarray, bound: int | None = None) -> tuple[np.ndarray, list]:
     """The coding order of symbols with table `indices`, and its runs [(table k, start, end), ...].
 
     Groups go by table, ascending, each group's symbols in their order (one stable sort): the
-    order the format defines.
+    order the format defines. `bound`, when the caller knows 0 <= indices < bound, saves checking it.
     """
     n = int(indices.size)
-    if n and 0 <= int(indices.min()) and int(indices.max()) < 1 << 16:
+    if n and bound is None:
+        lo, hi = int(indices.min()), int(indices.max())
+        bound = hi + 1 if lo >= 0 else None
+    if n and bound is not None and bound <= 1 << 16:
         # 8- or 16-bit keys: a radix sort; the runs from the count of each table
-        keys = indices.astype(np.uint8 if int(indices.max()) < 256 else np.uint16)
+        keys = indices.astype(np.uint8 if bound <= 1 << 8 else np.uint16)
         order = np.argsort(keys, kind="stable")
         counts = np.bincount(keys)
+        if bound <= 1 << 8:  # a few tables: the runs in Python (fewer numpy calls, most passes are short)
+            spans, start = [], 0
+            for k, c in enumerate(counts.tolist()):
+                if c:
+                    spans.append((k, start, start + c))
+                    start += c
+            return order, spans
         ends = np.cumsum(counts)
         used = np.flatnonzero(counts)
         return order, list(zip(used.tolist(), (ends[used] - counts[used]).tolist(), ends[used].tolist()))
@@ -209,14 +219,15 @@ class Encoder:
         self._enc = _stream.queue.RangeEncoder()
         self._uniform64 = _stream.model.Uniform(64)
 
-    def encode(self, symbols: np.ndarray, indices: np.ndarray) -> None:
+    def encode(self, symbols: np.ndarray, indices: np.ndarray, bound: int | None = None) -> None:
+        """Code `symbols` with the tables `indices` (0 <= indices < `bound` when the caller knows one)."""
         symbols = np.asarray(symbols, dtype=np.int64).ravel()
         indices = np.asarray(indices, dtype=np.int64).ravel()
         if symbols.shape != indices.shape:
             raise ValueError("one table index per symbol is needed")
         if symbols.size == 0:
             return
-        order, spans = group_spans(indices)
+        order, spans = group_spans(indices, bound)
         s = symbols.take(order)  # coding order: tables ascending, stream order within
         t = self.tables.tails.take(indices.take(order))
         esc = np.abs(s) > t
@@ -287,7 +298,7 @@ class Encoder:
     def encode_uniform(self, values: np.ndarray, size: int) -> None:
         """Values in 0..size-1, each with probability 1/size (side information)."""
         values = np.asarray(values, np.int32)
-        self._enc.encode(values, _stream.model.Uniform(size))
+        self._enc.encode(values, self._uniform64 if size == 64 else _stream.model.Uniform(size))
         if self.track:
             self.estimated_bits += values.size * np.log2(size)
 
@@ -306,12 +317,13 @@ class Decoder:
         self._dec = _stream.queue.RangeDecoder(words)
         self._uniform64 = _stream.model.Uniform(64)
 
-    def decode(self, indices: np.ndarray) -> np.ndarray:
+    def decode(self, indices: np.ndarray, bound: int | None = None) -> np.ndarray:
+        """Inverse of Encoder.encode (the same `bound`, or None)."""
         indices = np.asarray(indices, dtype=np.int64).ravel()
         n = indices.size
         if n == 0:
             return np.zeros(0, np.int64)
-        order, spans = group_spans(indices)
+        order, spans = group_spans(indices, bound)
         decode, models = self._dec.decode, self.tables.models()
         out = np.empty(n, np.int64)
         out[order] = np.concatenate([decode(models[k], b - a) for k, a, b in spans])  # to the positions' order
@@ -333,7 +345,7 @@ class Decoder:
         return vals
 
     def decode_uniform(self, n: int, size: int) -> np.ndarray:
-        return self._dec.decode(_stream.model.Uniform(size), n).astype(np.int64)
+        return self._dec.decode(self._uniform64 if size == 64 else _stream.model.Uniform(size), n).astype(np.int64)
 
     def decode_categorical(self, freqs: np.ndarray, n: int) -> np.ndarray:
         return self._dec.decode(categorical(freqs), n).astype(np.int64)

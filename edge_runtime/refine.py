@@ -66,6 +66,11 @@ class ExactRefinement:
                 b = np.round(np.asarray(b, np.float64) * 2.0 ** (WEIGHT_BITS + ACT_BITS))
                 ints.append((k, b))
             self.levels.append(ints)
+        # as run: the rounding's half (round half up, between layers) added through the biases of every layer but
+        # the last, so that _next_input need not add it (integers: the same sums)
+        half = 2.0 ** (WEIGHT_BITS - 1)
+        self._run = [[(k, b + half if n < len(layers) - 1 else b) for n, (k, b) in enumerate(layers)]
+                     for layers in self.levels]
 
     @classmethod
     def load(cls, path, layers: int, max_levels: int, wavelet: str = "cdf97") -> "ExactRefinement":
@@ -93,7 +98,7 @@ class ExactRefinement:
         x = np.round(np.asarray(ll, np.float64) * (INPUT_GAIN / g * 2.0 ** ACT_BITS))
         if not np.all(np.abs(x) < 2.0 ** 30):
             raise ValueError("refinement input out of range (a corrupt stream?)")
-        layers = self.levels[level - 1]
+        layers = self._run[level - 1]
         depth = len(layers)
         rows, cols = x.shape
         wp = cols + 2
@@ -145,14 +150,14 @@ def _conv3x3_wide(h: np.ndarray, kernel: np.ndarray, bias: np.ndarray, bound: fl
 
 
 def _next_input(acc: np.ndarray, wp: int, cols: int, top: int, rows: int) -> np.ndarray:
-    """The next layer's input rows from a layer's flat output `acc` (_conv3x3_wide) whose first row is image row
-    `top`: max(floor((acc + 2^(s-1)) / 2^s), 0), one column to the right so that the two columns beyond the plane
-    land on the padding columns (made zero), rows outside the plane (0 .. rows - 1) zero, one zero row below."""
+    """The next layer's input rows from a layer's flat output `acc` (_conv3x3_wide, its bias holding the rounding's
+    half 2^(s-1)) whose first row is image row `top`: max(floor(acc / 2^s), 0), one column to the right so that the
+    two columns beyond the plane land on the padding columns (made zero), rows outside the plane (0 .. rows - 1)
+    zero, one zero row below."""
     n, cout = acc.shape
     m = n // wp
     h = np.empty((m + 1, wp, cout))
     flat = h.reshape(-1, cout)
-    acc += 2.0 ** (WEIGHT_BITS - 1)
     acc *= 2.0 ** -WEIGHT_BITS  # 2^-s is exact
     np.floor(acc, out=acc)
     np.maximum(acc, 0.0, out=flat[1:n + 1])

@@ -36,12 +36,13 @@ class CodingModel:
 
     def detail_index(self, features: np.ndarray, level: int, orientation: int, phase: int,
                      zero: np.ndarray | None = None) -> np.ndarray:
-        """Table indices of a detail pass (level, orientation, phase) from its feature rows.
+        """Table indices of a detail pass (level, orientation, phase) from its feature rows (the first, 1 on every
+        row, as DetailBandContext and detail_features make them).
 
         `zero` (optional, zero_context of the rows): rows whose context is all zero share one index,
         computed once; the network runs on the other rows only (most rows of smooth or predicted
         content). Rows are independent: the same indices."""
-        index = lambda f: self.weights.group_index(f, level, orientation, phase, self.num_scales)
+        index = lambda f: self.weights.group_index(f, level, orientation, phase, self.num_scales, constant_first=True)
         if zero is None or 2 * int(np.count_nonzero(zero)) <= len(zero):  # worth it when most rows are zero
             return index(features)
         first = int(np.argmax(zero))
@@ -130,7 +131,7 @@ def adjust_indices(idx, zero_ctx, o_all, o_zero, num_scales):
     """Table indices after a pass's two offsets (all positions / zero-context positions), clipped to the tables."""
     out = np.add(idx, o_all, dtype=np.int64)
     if o_zero:
-        out[zero_ctx] += o_zero
+        np.add(out, o_zero, out=out, where=zero_ctx)  # one pass (a boolean index would gather and scatter)
     np.maximum(out, 0, out=out)
     return np.minimum(out, num_scales - 1, out=out)
 
@@ -194,7 +195,7 @@ def encode_subbands(subbands, model: CodingModel, *, coeffs=None, lam: float = 0
             vals = _rdo_pass(vals, np.take(_source_band(coeffs, key), at), idx, model.tables, lam, bias)
             band.reshape(-1)[at] = vals
         enc.encode_uniform([o_all - OFFSET_ALL[0], o_zero - OFFSET_ZERO[0]], 64)
-        enc.encode(vals - p, idx)
+        enc.encode(vals - p, idx, model.num_scales)
         return vals
 
     _walk(src, model, visit)
@@ -234,8 +235,8 @@ def decode_subbands(data: bytes, shapes, model: CodingModel, on_level=None):
         o = dec.decode_uniform(2, 64)
         idx = adjust_indices(idx, zero, int(o[0]) + OFFSET_ALL[0], int(o[1]) + OFFSET_ZERO[0],
                              model.num_scales)
-        v = dec.decode(idx)
-        return v + (pred if pred is not None else 0)
+        v = dec.decode(idx, model.num_scales)  # adjust_indices: 0 <= idx < num_scales
+        return v if pred is None else v + pred
 
     level_done = None
     if on_level is not None:

@@ -71,6 +71,39 @@ def test_context_network_float_path_is_the_integer_one():
         assert fast.dtype == np.int64 and 0 < len(np.unique(fast))
 
 
+def test_context_network_with_its_biases_in_the_constant_feature_is_the_integer_one():
+    rng = np.random.default_rng(4)
+    w = _random_context_weights(rng, 2)
+    f = np.asfortranarray(rng.integers(0, ctx.FEATURE_MAX + 1, (4000, ctx.NUM_FEATURES)).astype(np.float64))
+    f[:, 0] = 1
+    f[::3, 1:] = 0  # zero contexts: the index is the biases' alone
+    for lv, o, phase in ((1, 0, 0), (2, 2, 1), (1, 1, 2)):
+        folded = w.group_index(f, lv, o, phase, 64, constant_first=True)
+        assert np.array_equal(folded, w.group_index(f, lv, o, phase, 64))
+        w._exact = False
+        assert np.array_equal(folded, w.group_index(f.astype(np.int64), lv, o, phase, 64))  # the int64 definition
+        w._exact = None
+
+
+def test_group_spans_with_a_known_bound_is_the_checked_order():
+    from edge_runtime.entropy import group_spans
+
+    rng = np.random.default_rng(5)
+    for n, bound in ((1, 1), (7, 3), (300, 64), (5000, 256), (5000, 300), (20000, 70000)):
+        idx = rng.integers(0, bound, n)
+        order, spans = group_spans(idx, bound)
+        assert np.array_equal(order, np.argsort(idx, kind="stable"))
+        assert (order, spans) == (order, group_spans(idx)[1])
+        assert spans == [(k, int(np.sum(idx < k)), int(np.sum(idx <= k))) for k in np.unique(idx).tolist()]
+    tables = laplace_tables(64, 0.1, 50.0, 0.2)
+    idx = rng.integers(0, 64, 3000)
+    sym = np.round(rng.laplace(0, 1 + idx)).astype(np.int64)
+    enc = Encoder(tables)
+    enc.encode(sym, idx, 64)
+    assert enc.getvalue() == (lambda e: (e.encode(sym, idx), e.getvalue())[1])(Encoder(tables))
+    assert np.array_equal(Decoder(tables, enc.getvalue()).decode(idx, 64), sym)
+
+
 def test_context_network_with_huge_weights_keeps_int64():
     big = ctx.HIDDEN_LIMIT
     w = ctx.ContextWeights(detail=np.zeros((1, 3, 3, ctx.NUM_FEATURES), np.int64), ll=np.zeros((3, 2), np.int64),
