@@ -228,7 +228,8 @@ def decode_subbands(data: bytes, shapes, model: CodingModel, on_level=None):
     if len(data) < 4:
         raise ValueError("subband stream shorter than its 4-byte header")
     (mean,) = struct.unpack_from("<i", data, 0)
-    template = [np.zeros(shapes[0], np.int64)] + [tuple(np.zeros(s, np.int64) for s in lv) for lv in shapes[1:]]
+    # _walk reads only the shapes and type of its `subbands` (it decodes into arrays of its own)
+    template = [np.empty(shapes[0], np.int64)] + [tuple(np.empty(s, np.int64) for s in lv) for lv in shapes[1:]]
     dec = Decoder(model.tables, data[4:])
 
     def visit(_key, idx, pred, _at, _f, zero):
