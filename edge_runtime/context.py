@@ -63,19 +63,20 @@ FEATURE_MAX = 4 * len(_G_STEPS)
 ORIENTATIONS = ("H", "V", "D")
 
 
-def mag_code(v: np.ndarray) -> np.ndarray:
+def mag_code(v: np.ndarray, as_float: bool = False) -> np.ndarray:
     """Integer magnitude code g(|v|) = round(16·log2(1+|v|)), clipped at 2**20: the number of code steps at or
-    below |v| (_code_steps), exact on every CPU."""
+    below |v| (_code_steps), exact on every CPU. `as_float`: the same integers as float64 (DetailBandContext)."""
     a = np.abs(v)
     if not a.size or int(a.max()) < _G_TABLE:  # the usual case: one table lookup
-        return _G.take(a)
+        return (_G_FLOAT if as_float else _G).take(a)
     a = np.minimum(a, _G_MAX)
     big = a >= _G_TABLE
     if np.ndim(a) == 0:
-        return np.searchsorted(_G_STEPS, a, side="right").astype(np.int64)
-    out = _G[np.where(big, 0, a)]
-    out[big] = np.searchsorted(_G_STEPS, a[big], side="right")
-    return out
+        out = np.searchsorted(_G_STEPS, a, side="right").astype(np.int64)
+    else:
+        out = _G[np.where(big, 0, a)]
+        out[big] = np.searchsorted(_G_STEPS, a[big], side="right")
+    return out.astype(np.float64) if as_float else out
 
 
 def phase_masks(shape) -> tuple:
@@ -442,9 +443,7 @@ class DetailBandContext:
     def set(self, phase: int, values: np.ndarray) -> None:
         """Record the decoded values of a pass."""
         p = self._padded
-        a = np.abs(values)
-        p.ravel()[self.positions[phase][1]] = (_G_FLOAT.take(a) if not a.size or int(a.max()) < _G_TABLE
-                                               else mag_code(a))
+        p.ravel()[self.positions[phase][1]] = mag_code(values, as_float=True)  # no cast in the scatter
         top, bottom = (2, -3) if self._reflect else (1, -2)  # the border again, mirrored as _pad1 mirrors
         p[0, 1:-1], p[-1, 1:-1] = p[top, 1:-1], p[bottom, 1:-1]
         p[:, 0], p[:, -1] = p[:, top], p[:, bottom]

@@ -13,6 +13,8 @@ integers; they are never recomputed from floats at decode time.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 try:  # constriction's package layout exposes submodules as attributes only
@@ -209,6 +211,13 @@ def quantize_pmf(p: np.ndarray) -> np.ndarray:
     return f + 1
 
 
+@functools.lru_cache(maxsize=64)
+def _uniform(size: int):
+    """constriction's uniform model over 0..size-1, made once per size (models are immutable; every pass codes its
+    two offsets under the 64-symbol one)."""
+    return _stream.model.Uniform(size)
+
+
 class Encoder:
     """Accumulates groups of symbols into one range-coded stream."""
 
@@ -217,7 +226,6 @@ class Encoder:
         self.track = track
         self.estimated_bits = 0.0  # the tables' code length of what was encoded (when tracking)
         self._enc = _stream.queue.RangeEncoder()
-        self._uniform64 = _stream.model.Uniform(64)
 
     def encode(self, symbols: np.ndarray, indices: np.ndarray, bound: int | None = None) -> None:
         """Code `symbols` with the tables `indices` (0 <= indices < `bound` when the caller knows one)."""
@@ -253,7 +261,7 @@ class Encoder:
             self._encode_escapes(s[esc], np.full(int(esc.sum()), int(self.tables.tails[k]) + 1))
 
     def _encode_escapes(self, v: np.ndarray, base: np.ndarray) -> None:
-        self._enc.encode((v < 0).astype(np.int32), _stream.model.Uniform(2))
+        self._enc.encode((v < 0).astype(np.int32), _uniform(2))
         self._encode_naturals(np.abs(v) - base)  # their bits are already in symbol_bits
 
     def encode_naturals(self, v: np.ndarray) -> None:
@@ -270,15 +278,15 @@ class Encoder:
         e, mant = _split_escape(v)
         if e.max() >= _ESC_EXP_MAX:
             raise ValueError("coefficient too large for the escape code")
-        self._enc.encode(e.astype(np.int32), self._uniform64)
+        self._enc.encode(e.astype(np.int32), _uniform(64))
         for n in np.flatnonzero(np.bincount(e)):  # the exponents present, ascending (np.unique imports numpy.ma)
             if n == 0:
                 continue
             m = mant[e == n]
             # mantissas of up to 40 bits, sent as a high part and a 20-bit low part
             if n > 20:
-                self._enc.encode((m >> 20).astype(np.int32), _stream.model.Uniform(1 << (int(n) - 20)))
-            self._enc.encode((m & ((1 << 20) - 1)).astype(np.int32), _stream.model.Uniform(1 << min(int(n), 20)))
+                self._enc.encode((m >> 20).astype(np.int32), _uniform(1 << (int(n) - 20)))
+            self._enc.encode((m & ((1 << 20) - 1)).astype(np.int32), _uniform(1 << min(int(n), 20)))
 
     def encode_categorical(self, positions: np.ndarray, freqs: np.ndarray) -> None:
         """Positions 0..len(freqs)-1 under one integer frequency table (>= 1 each, summing to 2**PRECISION)."""
@@ -298,7 +306,7 @@ class Encoder:
     def encode_uniform(self, values: np.ndarray, size: int) -> None:
         """Values in 0..size-1, each with probability 1/size (side information)."""
         values = np.asarray(values, np.int32)
-        self._enc.encode(values, self._uniform64 if size == 64 else _stream.model.Uniform(size))
+        self._enc.encode(values, _uniform(size))
         if self.track:
             self.estimated_bits += values.size * np.log2(size)
 
@@ -315,7 +323,6 @@ class Decoder:
             raise ValueError("entropy-coded data must be a whole number of 32-bit words")
         words = np.frombuffer(data, dtype=np.uint32).copy()
         self._dec = _stream.queue.RangeDecoder(words)
-        self._uniform64 = _stream.model.Uniform(64)
 
     def decode(self, indices: np.ndarray, bound: int | None = None) -> np.ndarray:
         """Inverse of Encoder.encode (the same `bound`, or None)."""
@@ -345,7 +352,7 @@ class Decoder:
         return vals
 
     def decode_uniform(self, n: int, size: int) -> np.ndarray:
-        return self._dec.decode(self._uniform64 if size == 64 else _stream.model.Uniform(size), n).astype(np.int64)
+        return self._dec.decode(_uniform(size), n).astype(np.int64)
 
     def decode_categorical(self, freqs: np.ndarray, n: int) -> np.ndarray:
         return self._dec.decode(categorical(freqs), n).astype(np.int64)
@@ -355,7 +362,7 @@ class Decoder:
         return self._dec.decode(_FAMILY, probabilities).astype(np.int64)
 
     def _decode_escapes(self, base: np.ndarray) -> np.ndarray:
-        sign = self._dec.decode(_stream.model.Uniform(2), len(base)).astype(np.int64)
+        sign = self._dec.decode(_uniform(2), len(base)).astype(np.int64)
         mag = self.decode_naturals(len(base)) + base
         return np.where(sign == 1, -mag, mag)
 
@@ -363,7 +370,7 @@ class Decoder:
         """Inverse of Encoder.encode_naturals."""
         if n == 0:
             return np.zeros(0, np.int64)
-        e = self._dec.decode(self._uniform64, n).astype(np.int64)
+        e = self._dec.decode(_uniform(64), n).astype(np.int64)
         if e.max() >= _ESC_EXP_MAX:  # never written by the encoder; Uniform(2**(e-20)) would panic in Rust
             raise ValueError(f"escape exponent {int(e.max())} out of range (the encoder writes < {_ESC_EXP_MAX})")
         mant = np.zeros(n, dtype=np.int64)
@@ -373,8 +380,8 @@ class Decoder:
             sel = np.flatnonzero(e == b)
             hi = 0
             if b > 20:
-                hi = self._dec.decode(_stream.model.Uniform(1 << (int(b) - 20)), len(sel)).astype(np.int64)
-            lo = self._dec.decode(_stream.model.Uniform(1 << min(int(b), 20)), len(sel)).astype(np.int64)
+                hi = self._dec.decode(_uniform(1 << (int(b) - 20)), len(sel)).astype(np.int64)
+            lo = self._dec.decode(_uniform(1 << min(int(b), 20)), len(sel)).astype(np.int64)
             mant[sel] = (hi << 20) | lo
         return (np.int64(1) << e) + mant - 1
 

@@ -119,11 +119,9 @@ def zero_context(features: np.ndarray | None, n: int) -> np.ndarray:
     if features is None:
         return np.zeros(n, bool)
     any_set = features[:, 1].copy()
+    combine = np.add if any_set.dtype.kind == "f" else np.bitwise_or
     for j in range(2, features.shape[1]):  # column by column: several times faster than a reduce along rows
-        if any_set.dtype.kind == "f":
-            any_set += features[:, j]
-        else:
-            any_set |= features[:, j]
+        combine(any_set, features[:, j], out=any_set)
     return any_set == 0
 
 
