@@ -157,6 +157,7 @@ __all__ = [
     "parse",
     "plane_ranges",
     "read_header",
+    "stream_model_id",
     "tile_grid",
 ]
 
@@ -645,6 +646,14 @@ def _stored_range(header: Header) -> tuple:
     """The stored values a header's bits and sign allow."""
     bits = header.bits_stored
     return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if header.signed else (0, (1 << bits) - 1)
+
+
+def stream_model_id(data) -> Optional[bytes]:
+    """The model id in a stream's fixed header, read without checking the rest (parse checks it), or None when
+    `data` does not start like a .kcd stream."""
+    if len(data) < _PRELUDE.size or bytes(data[:len(MAGIC)]) != MAGIC:
+        return None
+    return bytes(data[8:8 + _MODEL_ID_BYTES])  # after the magic, the version and the flags (_PRELUDE)
 
 
 def _check_model_id(model_id: bytes, expected: Iterable, source) -> None:

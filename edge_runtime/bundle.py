@@ -396,6 +396,49 @@ class _Flatbuffer:
         return start, count
 
 
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+"""The bundles shipped inside edge_runtime: DEFAULT_NAME, which encodes, and beside it every earlier default kept so
+that the streams it wrote still decode (a folder of its own holding a manifest.json; shipped_bundle_for)."""
+DEFAULT_NAME = "default"
+
+
 def default_bundle_path() -> Path:
     """The bundle shipped inside edge_runtime, so `edge-codec` works right after install."""
-    return Path(__file__).resolve().parent / "models" / "default"
+    return MODELS_DIR / DEFAULT_NAME
+
+
+def shipped_bundle_paths() -> list:
+    """The shipped bundles: the default first, then the earlier defaults kept beside it (by folder name)."""
+    root = MODELS_DIR
+    earlier = sorted(p for p in root.iterdir() if p.name != DEFAULT_NAME and not p.name.startswith(".")
+                     and (p / "manifest.json").is_file()) if root.is_dir() else []
+    return [root / DEFAULT_NAME] + earlier
+
+
+_SHIPPED_IDS = {}
+"""{folder: the ids its streams carry} of the shipped bundles, hashed once per process (shipped_model_ids)."""
+
+
+def shipped_model_ids(folder) -> list:
+    """The ids a shipped bundle's streams may carry (Bundle.model_ids, without loading the bundle), computed once per
+    process: shipped bundles do not change under a running decoder. InvalidBundleError / OSError as load_bundle."""
+    folder = Path(folder)
+    if folder not in _SHIPPED_IDS:
+        files = bundle_files(folder, _read_manifest(folder))
+        ids = [_model_id(folder, files)]
+        if all(name in _LEGACY_HASHED for name, _ in files.values()):
+            ids.append(legacy_model_id_of(folder))
+        _SHIPPED_IDS[folder] = ids
+    return _SHIPPED_IDS[folder]
+
+
+def shipped_bundle_for(model_id: bytes):
+    """The shipped bundle (default first) that decodes streams carrying `model_id`, or None; a damaged shipped
+    bundle is passed over here (loading it names the damage)."""
+    for folder in shipped_bundle_paths():
+        try:
+            if bytes(model_id) in shipped_model_ids(folder):
+                return folder
+        except (OSError, InvalidBundleError):
+            continue
+    return None

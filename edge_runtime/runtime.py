@@ -26,7 +26,7 @@ from data.image import InvalidImageError
 from data.writers import DEFAULT_LOSSY_METHOD, note_source_compression, write_dicom, write_png, write_tiff
 from edge_runtime import DEFAULT_QUALITY
 from edge_runtime import bitstream as bs
-from edge_runtime.bundle import DECODE_GRAPHS, Bundle, default_bundle_path, load_bundle
+from edge_runtime.bundle import DECODE_GRAPHS, Bundle, default_bundle_path, load_bundle, shipped_bundle_for
 from edge_runtime.codec import QUALITY_LEVELS, PlaneCoder, decode_frames, decode_image, encode_image
 from edge_runtime.threads import keep_freed_memory
 from edge_runtime.tflite_runner import transforms_for_bundle
@@ -52,8 +52,10 @@ def load_codec(bundle_path=None, kernels: str = "xnnpack", num_threads: int = 2)
         bundle = load_bundle(default_bundle_path() if bundle_path is None else bundle_path)
     transforms = transforms_for_bundle(bundle, kernels=kernels, num_threads=num_threads)
     keep_freed_memory()
-    return bundle, PlaneCoder(bundle.manifest["codec"], bundle.coding, transforms, bundle.residual, bundle.refine,
-                              max_tile=int(bundle.manifest.get("tile", 2048)))
+    coder = PlaneCoder(bundle.manifest["codec"], bundle.coding, transforms, bundle.residual, bundle.refine,
+                       max_tile=int(bundle.manifest.get("tile", 2048)))
+    coder.loaded_with = (kernels, int(num_threads))  # how an earlier shipped bundle is loaded beside it (_codec)
+    return bundle, coder
 
 
 def load_worker_codec(bundle_path=None, kernels: str = "xnnpack") -> tuple[Bundle, PlaneCoder]:
@@ -74,8 +76,16 @@ def _codec(bundle, kernels: str, data: bytes | None = None, source=None) -> tupl
     With a stream (`data`), its model id is checked against the bundle before the TFLite graphs
     are loaded, so a stream from another model says so (not that the bundle lacks graphs); the
     bundle is then loaded to decode, its encoder graph unchecked (bundle.DECODE_GRAPHS).
+
+    The default bundle, by None or loaded, also decodes the streams of the earlier defaults shipped beside it
+    (bundle.MODELS_DIR): a stream carrying one of their ids gets that bundle, loaded once per process with the
+    kernels and threads of the default's coder (_earlier_shipped). A bundle given by its path decodes its own
+    streams only.
     """
     if isinstance(bundle, tuple):
+        if data is not None and bs.stream_model_id(data) not in bundle[0].model_ids and _is_default(bundle[0]):
+            kernels_, threads = getattr(bundle[1], "loaded_with", (kernels, 2))
+            return _earlier_shipped(data, kernels_, threads) or bundle  # none: decode_image says whose it is
         return bundle
     path = default_bundle_path() if bundle is None else bundle
     if data is None:
@@ -84,9 +94,37 @@ def _codec(bundle, kernels: str, data: bytes | None = None, source=None) -> tupl
     try:
         bs.parse(data, source=source, expected_model_ids=b.model_ids)
     except bs.InvalidBitstreamError:
+        earlier = _earlier_shipped(data, kernels, 2) if bundle is None else None
+        if earlier is not None:
+            return earlier
         b.check_graphs()  # a damaged graph changes the model id: name that file, as a full load would
         raise
     return load_codec(b, kernels=kernels)
+
+
+_EARLIER = {}
+"""{(bundle folder, kernels, TFLite threads): (Bundle, PlaneCoder)}: the earlier shipped bundles this process decoded
+with (_codec), each loaded once, as a batch worker loads its default once."""
+
+
+def _is_default(bundle: Bundle) -> bool:
+    try:
+        return bundle.path.resolve() == default_bundle_path().resolve()
+    except OSError:
+        return False
+
+
+def _earlier_shipped(data: bytes, kernels: str, num_threads: int):
+    """The (Bundle, PlaneCoder) of the earlier shipped default that made the stream `data`, or None (no stream id,
+    the default's own, or a model not shipped)."""
+    model_id = bs.stream_model_id(data)
+    path = shipped_bundle_for(model_id) if model_id is not None else None
+    if path is None or path == default_bundle_path():
+        return None
+    key = (path, kernels, int(num_threads))
+    if key not in _EARLIER:
+        _EARLIER[key] = load_codec(load_bundle(path, graphs=DECODE_GRAPHS), kernels=kernels, num_threads=num_threads)
+    return _EARLIER[key]
 
 
 @contextlib.contextmanager
@@ -486,6 +524,10 @@ def info(path, bundle_path=None) -> dict:
         known = header.model_id in load_bundle(compared).model_ids
     except (OSError, ValueError):
         pass
+    if bundle_path is None and not known:  # an earlier default shipped beside it decodes the stream
+        earlier = shipped_bundle_for(header.model_id)
+        if earlier is not None:
+            known, compared = True, earlier
     itemsize = 1 if header.dtype in ("uint8", "int8") else 2
     return {
         "file": str(path), "rows": header.rows, "cols": header.cols, "frames": header.frames,

@@ -110,8 +110,11 @@ def _train_recipe(args) -> int:
 def _cmd_install_bundle(args) -> int:
     from keras_codec.training.pipeline import install_bundle
 
-    model_id = install_bundle(args.run, args.to or _default_model(), force=args.force)
+    model_id, kept = install_bundle(args.run, args.to or _default_model(), force=args.force,
+                                    keep_previous=not args.drop_previous)
     print(f"installed {args.run}/bundle into {args.to or _default_model()} (model id {model_id[:16]}...)")
+    if kept is not None:
+        print(f"kept the bundle it replaced in {kept}: the default decoder still decodes its streams")
     return 0
 
 
@@ -221,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("run", help="the run folder of keras-codec train")
     ib.add_argument("--to", default=None, help="model folder (default: edge_runtime/models/default)")
     ib.add_argument("--force", action="store_true", help="replace the bundle already there")
+    ib.add_argument("--drop-previous", action="store_true",
+                    help="with --force: delete the replaced bundle instead of keeping it beside the new one as "
+                         "FOLDER-<its model id> (kept, the default decoder still decodes the streams it wrote)")
     ib.set_defaults(func=_cmd_install_bundle)
 
     e = sub.add_parser("eval", help="rate-distortion of a model bundle against JPEG 2000")

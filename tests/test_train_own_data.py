@@ -252,6 +252,40 @@ def test_install_bundle_copies_a_run_and_keeps_an_existing_one_without_force(run
     assert "--force" in capsys.readouterr().err and (dest / "marker").exists()
     assert main(["install-bundle", str(run), "--to", str(dest), "--force"]) == 0
     assert not (dest / "marker").exists() and model_id_of(dest) == model_id_of(run / "bundle")
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["default"]  # the same model: nothing to keep
+
+
+def test_install_bundle_keeps_the_replaced_model_so_its_streams_decode(run, tmp_path, capsys, monkeypatch):
+    """A new default installed over an older one: the older is kept beside it, and the default decoder still
+    decodes the streams it wrote (edge_runtime.bundle.shipped_bundle_for); --drop-previous deletes it instead."""
+    from edge_runtime import bundle as bundle_mod
+    from edge_runtime import runtime
+    from edge_runtime.bundle import model_id_of
+    from keras_codec.cli import main
+
+    later = tmp_path / "later"
+    shutil.copytree(run / "bundle", later / "bundle")
+    manifest = json.loads((later / "bundle" / "manifest.json").read_text())
+    manifest["release_note"] = "a later model"
+    (later / "bundle" / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    models = tmp_path / "models"
+    dest = models / "default"
+    assert main(["install-bundle", str(run), "--to", str(dest)]) == 0
+    first = model_id_of(dest)
+    monkeypatch.setattr(bundle_mod, "MODELS_DIR", models)
+    stream = tmp_path / "old.kcd"
+    runtime.encode_file(write_png(tmp_path / "a.png", 5), stream, quality=12)
+    capsys.readouterr()
+    assert main(["install-bundle", str(later), "--to", str(dest), "--force"]) == 0
+    kept = models / f"default-{first.hex()[:12]}"
+    assert str(kept) in capsys.readouterr().out
+    assert model_id_of(kept) == first and model_id_of(dest) == model_id_of(later / "bundle") != first
+    runtime.decode_file(stream, tmp_path / "old.png")  # the new default hands it to the kept one
+    with pytest.raises(ValueError, match="made by model"):
+        runtime.decode_file(stream, tmp_path / "x.png", bundle=dest)
+    shutil.rmtree(kept)
+    assert main(["install-bundle", str(run), "--to", str(dest), "--force", "--drop-previous"]) == 0
+    assert sorted(p.name for p in models.iterdir()) == ["default"]
 
 
 # --- training features = edge features -----------------------------------------------------------------

@@ -316,11 +316,13 @@ def write_report(bundle, data: TrainingData, out_dir: Path, qualities, say, mode
     return rep
 
 
-def install_bundle(run_dir, dest, *, force: bool = False) -> str:
+def install_bundle(run_dir, dest, *, force: bool = False, keep_previous: bool = True) -> tuple:
     """Copy RUN/bundle into `dest` (the edge runtime's model folder), replacing it only with `force`.
 
     The copy goes to a temporary sibling first and is swapped in by rename, so `dest` is either the old
-    bundle or the new one. Returns the installed model id.
+    bundle or the new one. A replaced bundle of another model id is kept beside it as ``<dest>-<its id, 12 hex>``
+    (unless `keep_previous` is False): in edge_runtime/models the default decoder then still decodes the streams
+    it wrote (edge_runtime.bundle.shipped_bundle_for). Returns (the installed model id, the kept folder or None).
     """
     src = Path(run_dir) / "bundle"
     if not src.is_dir():
@@ -333,12 +335,21 @@ def install_bundle(run_dir, dest, *, force: bool = False) -> str:
     tmp = dest.with_name(f".{dest.name}.installing")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
+    kept = None
     if dest.exists():  # the old folder goes whole (a RESULTS.md beside the old model describes that model)
-        old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            old_id = model_id_of(dest)
+        except (OSError, ValueError):  # not a readable bundle: nothing decodes with it
+            old_id = None
+        if keep_previous and old_id is not None and old_id != model_id_of(tmp):
+            kept = dest.with_name(f"{dest.name}-{old_id.hex()[:12]}")
+        old = kept if kept is not None and not kept.exists() else dest.with_name(f".{dest.name}.old")
+        if old != kept:
+            shutil.rmtree(old, ignore_errors=True)
         os.replace(dest, old)
         os.replace(tmp, dest)
-        shutil.rmtree(old)
+        if old != kept:  # not kept, or a copy of that model is there already
+            shutil.rmtree(old)
     else:
         os.replace(tmp, dest)
-    return model_id_of(dest).hex()
+    return model_id_of(dest).hex(), kept
