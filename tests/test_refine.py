@@ -47,9 +47,11 @@ def test_refined_pair_is_an_exact_inverse_with_any_weights(levels):
     assert float(tf.reduce_max(tf.abs(y - x))) < 1e-5
 
 
-def test_integer_edge_path_follows_keras(tmp_path):
+@pytest.mark.parametrize("channels", [5, [3, 5, 6]])
+def test_integer_edge_path_follows_keras(tmp_path, channels):
+    """With one width for every level or one per level (finest first), as the edge reads them off the weights."""
     levels = 3
-    r = build_refinement("cdf97", levels, "symmetric", 5, 3)
+    r = build_refinement("cdf97", levels, "symmetric", channels, 3)
     _random_weights(r, seed=2)
     save_refinement(r, tmp_path / "refine.npz")
     ex = exact_refine.ExactRefinement.load(tmp_path / "refine.npz", 3, levels)
@@ -60,6 +62,9 @@ def test_integer_edge_path_follows_keras(tmp_path):
     pred_tf = r.predictors[levels - 1](bands[0]).numpy()[0]
     # The edge's predictor is an integer network (weights and activations at 2^-16): close, not equal.
     np.testing.assert_allclose(pred_np, pred_tf, atol=2e-4 * max(1.0, np.abs(pred_tf).max()))
+    finest = np.asarray(r.dwt1(x)[0])  # level 1's own predictor, whose width may differ from the others'
+    np.testing.assert_allclose(np.stack(ex.predict(finest[0, :, :, 0], 1), -1), r.predictors[0](finest).numpy()[0],
+                               atol=2e-4 * max(1.0, float(np.abs(r.predictors[0](finest).numpy()).max())))
     trios = [tuple(b.numpy()[0, :, :, i].astype(np.float64) for i in range(3)) for b in bands[1:]]
     y_np = exact_refine.synthesis([ll.astype(np.float64)] + trios, levels, ex)
     np.testing.assert_allclose(y_np, x.numpy()[0, :, :, 0], atol=2e-3)
@@ -69,16 +74,18 @@ def test_integer_edge_path_follows_keras(tmp_path):
     np.testing.assert_array_equal(exact_refine.synthesis([ll] + trios, levels, zero), plain)
 
 
-def test_saved_refinement_reloads_identically(tmp_path):
+@pytest.mark.parametrize("channels", [4, [2, 4, 4]])
+def test_saved_refinement_reloads_identically(tmp_path, channels):
     from edge_runtime.bundle import load_bundle
     from keras_codec.models.refine import load_refinement
 
-    r = build_refinement("cdf97", 3, "symmetric", 4, 3)
+    r = build_refinement("cdf97", 3, "symmetric", channels, 3)
     _random_weights(r, seed=3)
     folder = tmp_path / "b"
     folder.mkdir()
     save_refinement(r, folder / "refine.npz")
-    manifest = {"refine": {**refine_arch(4, 3, "cdf97", 3), "file": "refine.npz"}, "codec": {"mode": "symmetric"}}
+    manifest = json.loads(json.dumps({"refine": {**refine_arch(channels, 3, "cdf97", 3), "file": "refine.npz"},
+                                      "codec": {"mode": "symmetric"}}))
     bundle = type("B", (), {"manifest": manifest, "path": folder})()
     r2 = load_refinement(bundle, "cdf97")
     assert load_refinement(bundle, "haar") is None
@@ -91,6 +98,17 @@ def test_saved_refinement_reloads_identically(tmp_path):
 
 def test_macs_budget_is_small():
     assert refine_macs(8, 3) < 400
+    assert refine_macs([8] * 7, 3) == refine_macs(8, 3)  # one width per level: the same sum, level by level
+    assert refine_macs([4] + [8] * 6, 3) == 144  # level 1 (3/4 of the predictors' pixels) at half the width
+
+
+@pytest.mark.parametrize("channels", [[4, 8], [4, 0, 8], 0])
+def test_per_level_widths_are_checked(channels):
+    from keras_codec.models.refine import level_channels
+
+    with pytest.raises(ValueError, match="one per level"):
+        level_channels(channels, 3)
+    assert level_channels([2, 4, 4], 3) == [2, 4, 4] and level_channels(8, 2) == [8, 8]
 
 
 def test_refine_trainer_loss_goes_down(tmp_path):

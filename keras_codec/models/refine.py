@@ -30,11 +30,31 @@ from keras_codec.models.wavelet import ZeroMeanConv2D, load_weights, save_weight
 from edge_runtime.refine import INPUT_GAIN, REFINE_FILE
 
 
-def refine_macs(channels: int, layers: int, kernel: int = 3) -> int:
+def level_channels(channels, max_levels: int) -> list:
+    """The predictors' widths per level, finest first: one int for every level, or a sequence of one per level
+    (a narrower finest level, which runs on three quarters of the predictors' pixels, costs the least rate)."""
+    widths = [int(channels)] * int(max_levels) if isinstance(channels, (int, np.integer)) else [int(c) for c in channels]
+    if len(widths) != int(max_levels) or min(widths, default=0) < 1:
+        raise ValueError(f"refinement channels {channels!r}: give one positive width, or one per level "
+                         f"({max_levels} levels, finest first)")
+    return widths
+
+
+def _plain_channels(channels):
+    """As recorded in a manifest or a config: an int, or a list of ints."""
+    return int(channels) if isinstance(channels, (int, np.integer)) else [int(c) for c in channels]
+
+
+def refine_macs(channels, layers: int, kernel: int = 3, max_levels: int = 7) -> int:
     """Multiply-accumulates per decoded pixel: level i's predictor runs on 4^-i of the pixels."""
     k2 = kernel * kernel
-    per_ll = k2 * channels + (layers - 2) * k2 * channels * channels + k2 * channels * 3
-    return int(np.ceil(per_ll / 3.0))  # sum over levels of 4^-i < 1/3
+
+    def per_ll(c: int) -> int:
+        return k2 * c + (layers - 2) * k2 * c * c + k2 * c * 3
+
+    if isinstance(channels, (int, np.integer)):
+        return int(np.ceil(per_ll(int(channels)) / 3.0))  # sum over levels of 4^-i < 1/3
+    return int(np.ceil(sum(per_ll(c) * 4.0 ** -(i + 1) for i, c in enumerate(level_channels(channels, len(channels))))))
 
 
 @tf.keras.utils.register_keras_serializable(package="keras_codec")
@@ -67,15 +87,16 @@ class DetailPredictor(tf.keras.layers.Layer):
 class LiftingRefinement(tf.keras.layers.Layer):
     """The refined transform pair: `analysis(x, levels)` and `synthesis(bands, levels)`, DWT2D's band layout."""
 
-    def __init__(self, wavelet: str = "cdf97", max_levels: int = 7, mode: str = "symmetric", channels: int = 8,
+    def __init__(self, wavelet: str = "cdf97", max_levels: int = 7, mode: str = "symmetric", channels=8,
                  layers: int = 3, **kwargs):
+        """`channels`: the predictors' width, one for every level or one per level (level_channels)."""
         super().__init__(**kwargs)
         self.wavelet, self.max_levels, self.mode = wavelet, int(max_levels), mode
-        self.channels, self.n_layers = int(channels), int(layers)
+        self.channels, self.n_layers = _plain_channels(channels), int(layers)
         self.dwt1 = DWT2D(wavelet, 1, mode, name="dwt1")
         self.idwt1 = IDWT2D(wavelet, 1, mode, name="idwt1")
-        self.predictors = [DetailPredictor(self.channels, self.n_layers, level=i + 1, name=f"level{i + 1}")
-                           for i in range(self.max_levels)]
+        self.predictors = [DetailPredictor(c, self.n_layers, level=i + 1, name=f"level{i + 1}")
+                           for i, c in enumerate(level_channels(channels, self.max_levels))]
 
     def build(self, input_shape=None):
         for p in self.predictors:
@@ -115,15 +136,16 @@ class LiftingRefinement(tf.keras.layers.Layer):
                 "channels": self.channels, "layers": self.n_layers}
 
 
-def build_refinement(wavelet: str, max_levels: int, mode: str, channels: int, layers: int = 3) -> LiftingRefinement:
+def build_refinement(wavelet: str, max_levels: int, mode: str, channels, layers: int = 3) -> LiftingRefinement:
     r = LiftingRefinement(wavelet, max_levels, mode, channels, layers, name="refine")
     r.build()
     return r
 
 
-def refine_arch(channels: int, layers: int, wavelet: str, max_levels: int) -> dict:
-    """The architecture dict recorded in a bundle manifest (`refine`)."""
-    return {"kind": "ll_detail_predictor", "channels": int(channels), "layers": int(layers), "kernel": 3,
+def refine_arch(channels, layers: int, wavelet: str, max_levels: int) -> dict:
+    """The architecture dict recorded in a bundle manifest (`refine`); `channels` one width or one per level."""
+    level_channels(channels, max_levels)
+    return {"kind": "ll_detail_predictor", "channels": _plain_channels(channels), "layers": int(layers), "kernel": 3,
             "wavelet": wavelet, "max_levels": int(max_levels), "input_gain": INPUT_GAIN,
             "macs_per_pixel": refine_macs(channels, layers)}
 

@@ -282,7 +282,7 @@ def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=N
              "train_qualities": [TRAIN_QUALITIES[0], TRAIN_QUALITIES[-1]], "split": "train",
              "wall_seconds": _run_wall_seconds(out_dir, summary),
              "command": f"python -m keras_codec.training.refine --bundle {bundle_dir} --out {out_dir} --steps {steps} "
-                        f"--seed {seed} --batch-size {batch_size} --channels {channels} --layers {layers} "
+                        f"--seed {seed} --batch-size {batch_size} --channels {_channels_text(channels)} --layers {layers} "
                         f"--lr {learning_rate} --patch-size {patch_size} --context-hidden {context_hidden}",
              "context_hidden": context_hidden}
     (out_dir / "refine_entry.json").write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
@@ -292,6 +292,19 @@ def train_refine(bundle_dir, out_dir, steps: int, seed: int = 0, *, bundle_out=N
     return {"summary": summary, "entry": entry, "weights": str(weights)}
 
 
+def _channels_text(channels) -> str:
+    return str(channels) if isinstance(channels, int) else ",".join(map(str, channels))
+
+
+def _channels_arg(text: str):
+    """--channels: "8" (every level) or "4,8,8,8,8,8,8" (per level, finest first)."""
+    try:
+        widths = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a width (8) or one per level (4,8,8,8,8,8,8)") from None
+    return widths[0] if len(widths) == 1 else widths
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m keras_codec.training.refine", description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", default="edge_runtime/models/default")
@@ -299,7 +312,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bundle-out", default=None, help="copy of the bundle with the refinement (e.g. runs/refined)")
-    ap.add_argument("--channels", type=int, default=Refine.channels)
+    ap.add_argument("--channels", type=_channels_arg, default=Refine.channels,
+                    help="the predictors' width: one for every level, or one per level finest first (4,8,8,8,8,8,8)")
     ap.add_argument("--layers", type=int, default=Refine.layers)
     ap.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     ap.add_argument("--patch-size", type=int, default=Refine.patch_size)
