@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.bundle import default_bundle_path, load_bundle
+from edge_runtime.bundle import load_bundle, shipped_bundle_for
 from edge_runtime.runtime import load_codec
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -20,11 +20,13 @@ def digest(pixels: np.ndarray) -> str:
 
 
 def shipped_spec(spec_path: Path, kernels: str, what: str) -> tuple:
-    """(spec, model ids the shipped bundle answers to, its coder on `kernels`); skips when the streams
-    of `spec_path` were written by an earlier shipped bundle."""
+    """(spec, model ids the shipped bundle that wrote the streams of `spec_path` answers to, its coder on
+    `kernels`): the default, or an earlier default shipped beside it (edge_runtime.bundle.shipped_bundle_for),
+    as the default decoder picks it; skips when no shipped bundle holds their model."""
     spec = json.loads(Path(spec_path).read_text())
-    bundle = load_bundle(default_bundle_path())
-    ids = getattr(bundle, "model_ids", [bundle.model_id])  # the bundle's id and the legacy one streams may carry
-    if spec["model_id"] not in [i.hex() for i in ids]:
-        pytest.skip(f"the golden {what} streams belong to an earlier shipped bundle")
-    return spec, ids, load_codec(bundle, kernels=kernels)[1]
+    folder = shipped_bundle_for(bytes.fromhex(spec["model_id"]))
+    if folder is None:
+        pytest.skip(f"the golden {what} streams belong to a bundle no longer shipped")
+    bundle = load_bundle(folder)
+    assert bytes.fromhex(spec["model_id"]) in bundle.model_ids  # its id and the legacy one streams may carry
+    return spec, bundle.model_ids, load_codec(bundle, kernels=kernels)[1]
