@@ -2,8 +2,8 @@
 default loaded once as batch workers hold it) takes a stream of an earlier default shipped beside it
 (edge_runtime/models/<name>) with that bundle; a bundle given by its path decodes its own streams only.
 
-Here the shipped models folder is a temporary one: 'default' is the shipped bundle with one manifest key added
-(another model id, the same coding), 'earlier' the shipped bundle as it is, which made the golden streams."""
+Here the shipped models folder is a temporary one: 'earlier' is the shipped bundle that wrote the golden stream, as it
+is, and 'default' that bundle with one manifest key added (another model id, the same coding)."""
 from __future__ import annotations
 
 import json
@@ -21,7 +21,8 @@ from edge_runtime.bundle import load_bundle
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 STREAM = GOLDEN / "ct_small_q14.kcd"
-SHIPPED = bundle_mod.default_bundle_path()
+SHIPPED = bundle_mod.shipped_bundle_for(bs.stream_model_id(STREAM.read_bytes()))
+"""The shipped bundle that wrote the golden stream (the default, or an earlier one kept beside it)."""
 
 
 @pytest.fixture()
