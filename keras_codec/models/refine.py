@@ -32,7 +32,7 @@ from edge_runtime.refine import INPUT_GAIN, REFINE_FILE
 
 def level_channels(channels, max_levels: int) -> list:
     """The predictors' widths per level, finest first: one int for every level, or a sequence of one per level
-    (a narrower finest level, which runs on three quarters of the predictors' pixels, costs the least rate)."""
+    (the finest level runs on three quarters of the predictors' pixels: narrowing it saves the most time)."""
     widths = [int(channels)] * int(max_levels) if isinstance(channels, (int, np.integer)) else [int(c) for c in channels]
     if len(widths) != int(max_levels) or min(widths, default=0) < 1:
         raise ValueError(f"refinement channels {channels!r}: give one positive width, or one per level "
@@ -45,8 +45,9 @@ def _plain_channels(channels):
     return int(channels) if isinstance(channels, (int, np.integer)) else [int(c) for c in channels]
 
 
-def refine_macs(channels, layers: int, kernel: int = 3, max_levels: int = 7) -> int:
-    """Multiply-accumulates per decoded pixel: level i's predictor runs on 4^-i of the pixels."""
+def refine_macs(channels, layers: int, kernel: int = 3) -> int:
+    """Multiply-accumulates per decoded pixel: level i's predictor runs on 4^-i of the pixels (`channels`: one width,
+    whatever the levels, or one per level)."""
     k2 = kernel * kernel
 
     def per_ll(c: int) -> int:
@@ -54,7 +55,7 @@ def refine_macs(channels, layers: int, kernel: int = 3, max_levels: int = 7) -> 
 
     if isinstance(channels, (int, np.integer)):
         return int(np.ceil(per_ll(int(channels)) / 3.0))  # sum over levels of 4^-i < 1/3
-    return int(np.ceil(sum(per_ll(c) * 4.0 ** -(i + 1) for i, c in enumerate(level_channels(channels, len(channels))))))
+    return int(np.ceil(sum(per_ll(int(c)) * 4.0 ** -(i + 1) for i, c in enumerate(channels))))
 
 
 @tf.keras.utils.register_keras_serializable(package="keras_codec")
