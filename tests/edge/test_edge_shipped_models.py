@@ -107,3 +107,14 @@ def test_a_model_not_shipped_is_still_refused(models, tmp_path):
     with pytest.raises(bs.InvalidBitstreamError, match="made by model"):
         runtime.decode_file(STREAM, tmp_path / "x.tif")
     assert runtime.info(STREAM)["model_known"] is False
+
+
+def test_plane_workers_take_the_earlier_bundle(models, tmp_path):
+    """A multi-frame stream of an earlier default decoded with plane worker processes: they load that bundle."""
+    stream = GOLDEN / "frames_cine_q14.kcd"
+    assert bundle_mod.shipped_bundle_for(bs.stream_model_id(stream.read_bytes())) == models / "earlier"
+    expected = tmp_path / "expected.tif"
+    runtime.decode_file(stream, expected, bundle=SHIPPED, jobs=1)
+    out = tmp_path / "pool.tif"
+    runtime.decode_file(stream, out, jobs=2)
+    assert np.array_equal(_pixels(out), _pixels(expected))
