@@ -225,11 +225,14 @@ def load_bundle(folder, graphs=GRAPH_ROLES) -> Bundle:
             else:
                 unchecked[role] = (files[role][0], contents[role])
 
-    model_id = _model_id(folder, files, contents)
-    legacy = None
-    if all(name in _LEGACY_HASHED for name, _ in files.values()):
-        legacy = legacy_model_id_of(folder)
+    model_id, legacy = _ids(folder, files, contents)
     return Bundle(folder, manifest, CodingModel(weights, tables), model_id, residual, refine, legacy, unchecked)
+
+
+def _ids(folder: Path, files: dict, contents: dict | None = None) -> tuple:
+    """(model id, the legacy id when it names this bundle alone, else None): what Bundle.model_ids lists."""
+    legacy = legacy_model_id_of(folder) if all(name in _LEGACY_HASHED for name, _ in files.values()) else None
+    return _model_id(folder, files, contents), legacy
 
 
 def _npz_problem(exc: BaseException) -> str:
@@ -424,11 +427,8 @@ def shipped_model_ids(folder) -> list:
     process: shipped bundles do not change under a running decoder. InvalidBundleError / OSError as load_bundle."""
     folder = Path(folder)
     if folder not in _SHIPPED_IDS:
-        files = bundle_files(folder, _read_manifest(folder))
-        ids = [_model_id(folder, files)]
-        if all(name in _LEGACY_HASHED for name, _ in files.values()):
-            ids.append(legacy_model_id_of(folder))
-        _SHIPPED_IDS[folder] = ids
+        model_id, legacy = _ids(folder, bundle_files(folder, _read_manifest(folder)))
+        _SHIPPED_IDS[folder] = [model_id] + ([legacy] if legacy else [])
     return _SHIPPED_IDS[folder]
 
 

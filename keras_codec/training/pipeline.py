@@ -335,21 +335,23 @@ def install_bundle(run_dir, dest, *, force: bool = False, keep_previous: bool = 
     tmp = dest.with_name(f".{dest.name}.installing")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
+    new_id = model_id_of(tmp)
     kept = None
     if dest.exists():  # the old folder goes whole (a RESULTS.md beside the old model describes that model)
         try:
             old_id = model_id_of(dest)
         except (OSError, ValueError):  # not a readable bundle: nothing decodes with it
             old_id = None
-        if keep_previous and old_id is not None and old_id != model_id_of(tmp):
+        if keep_previous and old_id is not None and old_id != new_id:
             kept = dest.with_name(f"{dest.name}-{old_id.hex()[:12]}")
-        old = kept if kept is not None and not kept.exists() else dest.with_name(f".{dest.name}.old")
-        if old != kept:
-            shutil.rmtree(old, ignore_errors=True)
+        move_aside = kept is not None and not kept.exists()  # else dropped (a copy of that model may be there)
+        old = kept if move_aside else dest.with_name(f".{dest.name}.old")
+        if not move_aside:
+            shutil.rmtree(old, ignore_errors=True)  # a run killed mid-swap left it
         os.replace(dest, old)
         os.replace(tmp, dest)
-        if old != kept:  # not kept, or a copy of that model is there already
+        if not move_aside:
             shutil.rmtree(old)
     else:
         os.replace(tmp, dest)
-    return model_id_of(dest).hex(), kept
+    return new_id.hex(), kept

@@ -2,40 +2,33 @@
 reference kernels, on every Python and numpy the edge supports, and in every later release."""
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edge_runtime.bundle import load_bundle, shipped_bundle_for
+from _golden import GOLDEN, digest, shipped_spec
 from edge_runtime.codec import decode_image
 from edge_runtime.runtime import load_codec
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 SPEC = json.loads((GOLDEN / "edge_streams.json").read_text())
 
 
 @pytest.fixture(scope="module", params=["xnnpack", "reference"])
 def shipped(request):
-    folder = shipped_bundle_for(bytes.fromhex(SPEC["model_id"]))  # the default, or an earlier one kept beside it
-    if folder is None:
-        pytest.skip("the golden streams belong to a bundle no longer shipped")
-    bundle = load_bundle(folder)
-    assert bytes.fromhex(SPEC["model_id"]) in bundle.model_ids  # the streams carry the legacy id
-    return load_codec(bundle, kernels=request.param)
+    """(model ids, coder on these kernels) of the shipped bundle that wrote the golden streams."""
+    _spec, ids, coder = shipped_spec(GOLDEN / "edge_streams.json", request.param, "edge")
+    return ids, coder
 
 
 @pytest.mark.parametrize("name", sorted(SPEC["streams"]))
 def test_golden_stream_decodes_to_the_recorded_pixels(shipped, name):
-    bundle, coder = shipped
+    model_ids, coder = shipped
     want = SPEC["streams"][name]
-    image, header = decode_image((GOLDEN / name).read_bytes(), coder=coder, model_ids=bundle.model_ids)
+    image, header = decode_image((GOLDEN / name).read_bytes(), coder=coder, model_ids=model_ids)
     px = image.pixels
     assert list(px.shape) == want["shape"] and px.dtype.name == want["dtype"]
-    digest = hashlib.sha256(np.ascontiguousarray(px).astype(px.dtype.newbyteorder("<")).tobytes()).hexdigest()
-    assert digest == want["sha256"]
+    assert digest(px) == want["sha256"]
 
 
 def test_xnnpack_is_applied_when_asked_and_not_otherwise():
