@@ -67,10 +67,18 @@ class ExactRefinement:
                 ints.append((k, b))
             self.levels.append(ints)
         # as run: the rounding's half (round half up, between layers) added through the biases of every layer but
-        # the last, so that _next_input need not add it (integers: the same sums)
+        # the last, so that _next_input need not add it (integers: the same sums); kernels as (tap, Cout, Cin) for
+        # channels-first products; for the exactness check, the largest sum of |taps| of an output channel and
+        # the largest |bias|
         half = 2.0 ** (WEIGHT_BITS - 1)
-        self._run = [[(k, b + half if n < len(layers) - 1 else b) for n, (k, b) in enumerate(layers)]
-                     for layers in self.levels]
+        self._run = []
+        for layers in self.levels:
+            run = []
+            for n, (k, b) in enumerate(layers):
+                b = b + half if n < len(layers) - 1 else b
+                run.append((np.ascontiguousarray(k.reshape(9, k.shape[2], k.shape[3]).transpose(0, 2, 1)), b[:, None],
+                            float(np.abs(k).sum(axis=(0, 1, 2)).max(initial=0.0)), float(np.abs(b).max(initial=0.0))))
+            self._run.append(run)
 
     @classmethod
     def load(cls, path, layers: int, max_levels: int, wavelet: str = "cdf97") -> "ExactRefinement":
@@ -90,10 +98,11 @@ class ExactRefinement:
     def predict_stacked(self, ll: np.ndarray, level: int) -> np.ndarray:
         """`predict` as one C-contiguous (3, rows, cols) array.
 
-        The network runs block by block of rows, every layer of a block before the next block (with the rows
-        around it that its output rows see: one more on each side per layer still to come), so that a block's
-        activations stay in the CPU's cache instead of going through memory layer after layer. Every value is
-        the one the whole-plane layers give: the same integers, in any summation order."""
+        The network runs channels first (each channel's rows one contiguous run, so that a tap's product is one
+        BLAS call on a slice of them) and block by block of rows, every layer of a block before the next block
+        (with the rows around it that its output rows see: one more on each side per layer still to come), so
+        that a block's activations stay in the CPU's cache instead of going through memory layer after layer.
+        Every value is the one the whole-plane layers give: the same integers, in any summation order."""
         g = 2.0 ** level
         x = np.round(np.asarray(ll, np.float64) * (INPUT_GAIN / g * 2.0 ** ACT_BITS))
         if not np.all(np.abs(x) < 2.0 ** 30):
@@ -104,72 +113,71 @@ class ExactRefinement:
         wp = cols + 2
         # the input with `depth` zero rows above and below (one more below: the last taps stay inside), and the
         # zero columns of the first layer's padding
-        padded = np.zeros((rows + 2 * depth + 1, wp, 1))
-        padded[depth:depth + rows, 1:cols + 1, 0] = x
+        padded = np.zeros((rows + 2 * depth + 1, wp))
+        padded[depth:depth + rows, 1:cols + 1] = x
         bound = float(np.abs(x).max(initial=0.0))
-        out = np.empty((layers[-1][0].shape[3], rows, cols))  # channels first: each prediction one contiguous plane
+        out = np.empty((layers[-1][0].shape[1], rows, cols))
         block = max(_MIN_BLOCK_ROWS, _BLOCK_PIXELS // wp)
         for r0 in range(0, rows, block):
             r1 = min(rows, r0 + block)
-            h = padded[r0:r1 + 2 * depth + 1]  # image rows r0 - depth .. r1 + depth, then the extra row
+            h = padded[r0:r1 + 2 * depth + 1].reshape(1, -1)  # image rows r0 - depth .. r1 + depth, the extra row
             top = r0 - depth + 1  # image row of the first output row of the next layer
-            for n, (kernel, bias) in enumerate(layers):
-                acc = _conv3x3_wide(h, kernel, bias, bound)
+            for n, (kernel, bias, taps_sum, bias_max) in enumerate(layers):
+                acc = _conv3x3_wide(h, wp, kernel, bias, bound * taps_sum + bias_max)
                 if n == depth - 1:
                     break
                 h = _next_input(acc, wp, cols, top, rows)
                 bound = float(h.max(initial=0.0))  # ReLU: no negative values
                 top += 1
-            out[:, r0:r1] = acc.reshape(r1 - r0, wp, -1)[:, :cols].transpose(2, 0, 1)
+            out[:, r0:r1] = acc.reshape(-1, r1 - r0, wp)[:, :, :cols]
         out *= g / INPUT_GAIN / 2.0 ** (WEIGHT_BITS + ACT_BITS)
         return out
 
 
-def _conv3x3_wide(h: np.ndarray, kernel: np.ndarray, bias: np.ndarray, bound: float) -> np.ndarray:
-    """The 'valid' 3x3 convolution of integer-valued float64 rows h (m + 1, cols + 2, Cin), whose columns 0 and
-    cols + 1 are the zero padding and whose last row is only read by the last taps, by an integer kernel: the
-    output rows 1 .. m - 2 of h at every column of the padded width ((m - 2) * (cols + 2), Cout), flat, its last two
-    columns of every row not outputs of the plane. Every tap is a contiguous slice of the flattened rows: no copies.
-    Exact (every partial sum an integer below 2^52; `bound` bounds |h|), checked."""
-    m, wp, cin = h.shape[0] - 1, h.shape[1], h.shape[2]
-    if bound * float(np.abs(kernel).sum(axis=(0, 1, 2)).max(initial=0.0)) + float(np.abs(bias).max(initial=0.0)) \
-            >= _EXACT_LIMIT:
+def _conv3x3_wide(h: np.ndarray, wp: int, kernel: np.ndarray, bias: np.ndarray, reach: float) -> np.ndarray:
+    """The 'valid' 3x3 convolution of integer-valued float64 rows, channels first, h (Cin, (m + 1) * wp) (rows of
+    the padded width wp = cols + 2, whose columns 0 and cols + 1 are the zero padding and whose last row is only
+    read by the last taps), by an integer kernel (9 taps, Cout, Cin) and bias (Cout, 1): the output rows 1 .. m - 2
+    of h at every column of the padded width (Cout, (m - 2) * wp), its last two columns of every row not outputs of
+    the plane. Every tap is a slice of each channel's run (one BLAS product, no copies); the products keep the
+    pixels as the long dimension, so BLAS clears and fills a few long rows rather than many short ones. Exact:
+    `reach` bounds every partial sum (|h| bound times the largest sum of |taps| plus |bias|), checked below 2^52."""
+    if reach >= _EXACT_LIMIT:
         raise ValueError("refinement activations out of the exact range (a corrupt stream?)")
-    flat = h.reshape(-1, cin)
-    n = (m - 2) * wp
+    n = (h.shape[1] // wp - 3) * wp
     taps = [a * wp + b for a in range(3) for b in range(3)]
-    if cin == 1:  # one input channel: one product of the 9 taps side by side
-        acc = np.stack([flat[t:t + n, 0] for t in taps], axis=1) @ kernel.reshape(9, -1)
+    if h.shape[0] == 1:  # one input channel: one product of the 9 taps stacked
+        acc = kernel[:, :, 0].T @ np.stack([h[0, t:t + n] for t in taps])
         acc += bias
         return acc
-    acc = np.empty((n, kernel.shape[3]))
+    acc = np.empty((kernel.shape[1], n))
     acc[:] = bias
-    for t, k in zip(taps, kernel.reshape(9, cin, -1)):
-        acc += flat[t:t + n] @ k
+    for t, k in zip(taps, kernel):
+        acc += k @ h[:, t:t + n]
     return acc
 
 
 def _next_input(acc: np.ndarray, wp: int, cols: int, top: int, rows: int) -> np.ndarray:
-    """The next layer's input rows from a layer's flat output `acc` (_conv3x3_wide, its bias holding the rounding's
-    half 2^(s-1)) whose first row is image row `top`: max(floor(acc / 2^s), 0), one column to the right so that the
-    two columns beyond the plane land on the padding columns (made zero), rows outside the plane (0 .. rows - 1)
-    zero, one zero row below."""
-    n, cout = acc.shape
+    """The next layer's input rows (Cout, (m + 1) * wp) from a layer's output `acc` (Cout, m * wp) (_conv3x3_wide,
+    its bias holding the rounding's half 2^(s-1)) whose first row is image row `top`: max(floor(acc / 2^s), 0), one
+    column to the right so that the two columns beyond the plane land on the padding columns (made zero), rows
+    outside the plane (0 .. rows - 1) zero, one zero row below."""
+    cout, n = acc.shape
     m = n // wp
-    h = np.empty((m + 1, wp, cout))
-    flat = h.reshape(-1, cout)
+    flat = np.empty((cout, n + wp))
+    h = flat.reshape(cout, m + 1, wp)
     acc *= 2.0 ** -WEIGHT_BITS  # 2^-s is exact
     np.floor(acc, out=acc)
-    np.maximum(acc, 0.0, out=flat[1:n + 1])
-    flat[0] = 0.0
-    flat[n + 1:] = 0.0
-    h[:, 0] = 0.0
-    h[:, cols + 1] = 0.0
+    np.maximum(acc, 0.0, out=flat[:, 1:n + 1])
+    flat[:, 0] = 0.0
+    flat[:, n + 1:] = 0.0
+    h[:, :, 0] = 0.0
+    h[:, :, cols + 1] = 0.0
     if top < 0:
-        h[:-top] = 0.0
+        h[:, :-top] = 0.0
     if top + m > rows:
-        h[rows - top:m] = 0.0
-    return h
+        h[:, rows - top:m] = 0.0
+    return flat
 
 
 def synthesis(bands: list, levels: int, refinement: ExactRefinement, wavelet: str = "cdf97",
