@@ -12,8 +12,8 @@ far below the quantizer step.
 Integer network (DESIGN.md, Determinism): weights are rounded to integers at a scale of
 2^WEIGHT_BITS, activations to integers at a scale of 2^ACT_BITS with one rule, round half
 up: a = floor((acc + 2^(s-1)) / 2^s). Convolutions are evaluated with integer-valued float64
-arrays and BLAS: every product and partial sum is an integer below 2^53, so it is exact in
-any summation order. Input: LL_i · INPUT_GAIN / 2^i rounded at 2^ACT_BITS (a power-of-two
+arrays and BLAS: every product and partial sum is an integer below 2^53 (or one times a power
+of two), so it is exact in any summation order. Input: LL_i · INPUT_GAIN / 2^i rounded at 2^ACT_BITS (a power-of-two
 scaling, exact); the first kernel is zero-mean (its rounded taps are made to sum to exactly
 zero), so the network is blind to the local level; ReLU after every layer but the last; the
 output, at scale 2^(ACT_BITS + WEIGHT_BITS), is multiplied by 2^i / INPUT_GAIN.
@@ -66,17 +66,20 @@ class ExactRefinement:
                 b = np.round(np.asarray(b, np.float64) * 2.0 ** (WEIGHT_BITS + ACT_BITS))
                 ints.append((k, b))
             self.levels.append(ints)
-        # as run: the rounding's half (round half up, between layers) added through the biases of every layer but
-        # the last, so that _next_input need not add it (integers: the same sums); kernels as (tap, Cout, Cin) for
-        # channels-first products; for the exactness check, the largest sum of |taps| of an output channel and
-        # the largest |bias|
+        # as run: kernels as (tap, Cout, Cin) for channels-first products; every layer but the last with the
+        # rounding's half (round half up, between layers) in its bias and its weights and bias times 2^-s, so that
+        # _next_input need only floor (a power-of-two scaling: the same sums, exactly); for the exactness check,
+        # the largest sum of |integer taps| of an output channel and the largest |integer bias|
         half = 2.0 ** (WEIGHT_BITS - 1)
         self._run = []
         for layers in self.levels:
             run = []
             for n, (k, b) in enumerate(layers):
-                b = b + half if n < len(layers) - 1 else b
-                run.append((np.ascontiguousarray(k.reshape(9, k.shape[2], k.shape[3]).transpose(0, 2, 1)), b[:, None],
+                last = n == len(layers) - 1
+                b = b if last else b + half
+                scale = 1.0 if last else 2.0 ** -WEIGHT_BITS
+                run.append((np.ascontiguousarray(k.reshape(9, k.shape[2], k.shape[3]).transpose(0, 2, 1)) * scale,
+                            b[:, None] * scale,
                             float(np.abs(k).sum(axis=(0, 1, 2)).max(initial=0.0)), float(np.abs(b).max(initial=0.0))))
             self._run.append(run)
 
@@ -137,11 +140,13 @@ class ExactRefinement:
 def _conv3x3_wide(h: np.ndarray, wp: int, kernel: np.ndarray, bias: np.ndarray, reach: float) -> np.ndarray:
     """The 'valid' 3x3 convolution of integer-valued float64 rows, channels first, h (Cin, (m + 1) * wp) (rows of
     the padded width wp = cols + 2, whose columns 0 and cols + 1 are the zero padding and whose last row is only
-    read by the last taps), by an integer kernel (9 taps, Cout, Cin) and bias (Cout, 1): the output rows 1 .. m - 2
+    read by the last taps), by an integer kernel (9 taps, Cout, Cin) and bias (Cout, 1), both possibly times one power
+    of two: the output rows 1 .. m - 2
     of h at every column of the padded width (Cout, (m - 2) * wp), its last two columns of every row not outputs of
     the plane. Every tap is a slice of each channel's run (one BLAS product, no copies); the products keep the
     pixels as the long dimension, so BLAS clears and fills a few long rows rather than many short ones. Exact:
-    `reach` bounds every partial sum (|h| bound times the largest sum of |taps| plus |bias|), checked below 2^52."""
+    `reach` bounds every partial sum in units of that power of two (|h| bound times the largest sum of |integer
+    taps| plus |integer bias|), checked below 2^52."""
     if reach >= _EXACT_LIMIT:
         raise ValueError("refinement activations out of the exact range (a corrupt stream?)")
     n = (h.shape[1] // wp - 3) * wp
@@ -159,14 +164,13 @@ def _conv3x3_wide(h: np.ndarray, wp: int, kernel: np.ndarray, bias: np.ndarray, 
 
 def _next_input(acc: np.ndarray, wp: int, cols: int, top: int, rows: int) -> np.ndarray:
     """The next layer's input rows (Cout, (m + 1) * wp) from a layer's output `acc` (Cout, m * wp) (_conv3x3_wide,
-    its bias holding the rounding's half 2^(s-1)) whose first row is image row `top`: max(floor(acc / 2^s), 0), one
-    column to the right so that the two columns beyond the plane land on the padding columns (made zero), rows
-    outside the plane (0 .. rows - 1) zero, one zero row below."""
+    at the scale 2^-s, its bias holding the rounding's half 2^(s-1)) whose first row is image row `top`:
+    max(floor(acc), 0), one column to the right so that the two columns beyond the plane land on the padding
+    columns (made zero), rows outside the plane (0 .. rows - 1) zero, one zero row below."""
     cout, n = acc.shape
     m = n // wp
     flat = np.empty((cout, n + wp))
     h = flat.reshape(cout, m + 1, wp)
-    acc *= 2.0 ** -WEIGHT_BITS  # 2^-s is exact
     np.floor(acc, out=acc)
     np.maximum(acc, 0.0, out=flat[:, 1:n + 1])
     flat[:, 0] = 0.0
