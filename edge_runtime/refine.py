@@ -143,8 +143,7 @@ def _conv3x3_wide(h: np.ndarray, wp: int, kernel: np.ndarray, bias: np.ndarray, 
     read by the last taps), by an integer kernel (9 taps, Cout, Cin) and bias (Cout, 1), both possibly times one power
     of two: the output rows 1 .. m - 2
     of h at every column of the padded width (Cout, (m - 2) * wp), its last two columns of every row not outputs of
-    the plane. Every tap is a slice of each channel's run (one BLAS product, no copies); the products keep the
-    pixels as the long dimension, so BLAS clears and fills a few long rows rather than many short ones. Exact:
+    the plane. Every tap is a slice of each channel's run: one BLAS product, no copies. Exact:
     `reach` bounds every partial sum in units of that power of two (|h| bound times the largest sum of |integer
     taps| plus |integer bias|), checked below 2^52."""
     if reach >= _EXACT_LIMIT:
