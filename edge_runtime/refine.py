@@ -140,12 +140,11 @@ class ExactRefinement:
 def _conv3x3_wide(h: np.ndarray, wp: int, kernel: np.ndarray, bias: np.ndarray, reach: float) -> np.ndarray:
     """The 'valid' 3x3 convolution of integer-valued float64 rows, channels first, h (Cin, (m + 1) * wp) (rows of
     the padded width wp = cols + 2, whose columns 0 and cols + 1 are the zero padding and whose last row is only
-    read by the last taps), by an integer kernel (9 taps, Cout, Cin) and bias (Cout, 1), both possibly times one power
-    of two: the output rows 1 .. m - 2
-    of h at every column of the padded width (Cout, (m - 2) * wp), its last two columns of every row not outputs of
-    the plane. Every tap is a slice of each channel's run: one BLAS product, no copies. Exact:
-    `reach` bounds every partial sum in units of that power of two (|h| bound times the largest sum of |integer
-    taps| plus |integer bias|), checked below 2^52."""
+    read by the last taps), by an integer kernel (9 taps, Cout, Cin) and bias (Cout, 1), both possibly times one
+    power of two: the output rows 1 .. m - 2 of h at every column of the padded width (Cout, (m - 2) * wp), its last
+    two columns of every row not outputs of the plane. Every tap is a slice of each channel's run: one BLAS product,
+    no copies. Exact: `reach` bounds every partial sum in units of that power of two (|h| bound times the largest
+    sum of |integer taps| plus |integer bias|), checked below 2^52."""
     if reach >= _EXACT_LIMIT:
         raise ValueError("refinement activations out of the exact range (a corrupt stream?)")
     n = (h.shape[1] // wp - 3) * wp
