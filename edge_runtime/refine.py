@@ -13,10 +13,11 @@ Integer network (DESIGN.md, Determinism): weights are rounded to integers at a s
 2^WEIGHT_BITS, activations to integers at a scale of 2^ACT_BITS with one rule, round half
 up: a = floor((acc + 2^(s-1)) / 2^s). Convolutions are evaluated with integer-valued float64
 arrays and BLAS: every product and partial sum is an integer below 2^53 (or one times a power
-of two), so it is exact in any summation order. Input: LL_i · INPUT_GAIN / 2^i rounded at 2^ACT_BITS (a power-of-two
-scaling, exact); the first kernel is zero-mean (its rounded taps are made to sum to exactly
-zero), so the network is blind to the local level; ReLU after every layer but the last; the
-output, at scale 2^(ACT_BITS + WEIGHT_BITS), is multiplied by 2^i / INPUT_GAIN.
+of two), so it is exact in any summation order. Input: LL_i · INPUT_GAIN / 2^i rounded at
+2^ACT_BITS (a power-of-two scaling, exact); the first kernel is zero-mean (its rounded taps are
+made to sum to exactly zero), so the network is blind to the local level; ReLU after every
+layer but the last; the output, at scale 2^(ACT_BITS + WEIGHT_BITS), is multiplied by
+2^i / INPUT_GAIN.
 
 Weights: `refine.npz` with arrays w0, w1, ... = per level (finest first) kernel (3, 3, Cin,
 Cout) and bias of each conv layer, as the Keras layers hold them.
