@@ -67,7 +67,7 @@ import time
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
@@ -504,6 +504,9 @@ def _run_locked(kind, in_dir, out_dir, plan, options, jobs, bundle, kernels, on_
             biggest_first = sorted(plan.tasks, key=lambda t: -t.record["bytes_in"])  # no big file left for last
             suspects = _run_pool(_work, args, biggest_first, workers, (bundle, kernels), done, ready, start_methods)
             for task in suspects:  # alone, so a crash can only be this file's
+                # its worker may have written the output before the pool broke and lost the result: an
+                # output that was not there when the batch was planned is this batch's own, coded again
+                task = replace(task, overwrite=task.overwrite or os.path.lexists(task.dst))
                 if _run_pool(_work, args, [task], 1, (bundle, kernels), done, ready, start_methods):
                     done(task, {"status": "failed", "reason": "the worker process died while coding it "
                                                               "(a crash, or out of memory)"})

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -261,6 +262,33 @@ def _die_on_crash(kind, options, src, dst, overwrite):
     if Path(src).name.startswith("crash"):
         os._exit(7)
     return batch._work(kind, options, src, dst, overwrite)
+
+
+def _die_after_a_sibling_wrote(kind, options, src, dst, overwrite):
+    """crash*: dies once ct.kcd is written, while the worker that wrote it still holds its result."""
+    marker = Path(dst).with_name("written.marker")
+    if Path(src).name.startswith("crash"):
+        give_up = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < give_up:
+            time.sleep(0.01)
+        os._exit(7)
+    result = batch._work(kind, options, src, dst, overwrite)
+    if Path(src).name == "ct.dcm" and not marker.exists():  # only in the first pool: the retry returns at once
+        marker.touch()
+        time.sleep(3)
+    return result
+
+
+def test_an_output_written_before_a_sibling_died_is_not_a_failure(tree, tmp_path, bundle_path, codec, monkeypatch):
+    # the broken pool loses ct.dcm's result although its worker wrote ct.kcd: run alone again, it is
+    # coded again over its own output, not refused as an output that was there before the batch
+    (tree / "sub" / "deep" / "bad.dcm").unlink()
+    shutil.copy(tree / "ct.dcm", tree / "crash.dcm")
+    monkeypatch.setattr(batch, "_work", _die_after_a_sibling_wrote)
+    s = batch.encode_folder(tree, tmp_path / "out", encode_options={"quality": int(Q)}, jobs=2, bundle=bundle_path)
+    assert _counts(s) == (3, 0, 1) and s["failures"][0]["input"] == "crash.dcm"
+    runtime.encode_file(tree / "ct.dcm", tmp_path / "alone.kcd", quality=int(Q), bundle=codec)
+    assert (tmp_path / "out" / "ct.kcd").read_bytes() == (tmp_path / "alone.kcd").read_bytes()
 
 
 def test_a_dying_worker_costs_only_its_file(tree, tmp_path, bundle_path, monkeypatch):
