@@ -208,15 +208,34 @@ class _Signature:
                              f"a graph exported with static shapes only takes planes of its own size") from None
 
 
-POSTFILTER_STRIP = 256
-"""Rows per post-filter run (a 2k x 2k plane in one run needed ~0.5 GB of TFLite scratch)."""
-POSTFILTER_WHOLE_PIXELS = 1 << 18
-"""With one TFLite thread (a batch or plane worker, filtering plane after plane), planes of at most this many pixels
-(512x512) are filtered in one run: strips recompute their halo rows, 6 % more rows for a 512x512 plane, about 1 ms
-of a slice. With more threads (one decode in its own process) they stay in strips: the one run's larger scratch
-(+33 MiB, faulted in on the first run) cost a one-shot decode more than the rows saved."""
+POSTFILTER_STRIP = 64
+"""Rows per post-filter run. Small runs keep TFLite's scratch small: the first run of a shape faults its memory in
+(about 2.8 us a page here), 8 ms for a 512-wide strip of 64 rows against 45-60 ms for a whole 512x512 plane, and
+the later runs cost the same or less (the activations stay in the CPU's cache; a 2k x 2k plane in one run needed
+~0.5 GB)."""
 POSTFILTER_HALO = 8
-"""Context rows above and below a strip; the graph's 3x3 layers see 3 rows each side."""
+"""Context rows above and below a strip for a graph whose reach is not known (`_reach_rows`): a generous bound."""
+_POINTWISE_OPS = frozenset({"QUANTIZE", "DEQUANTIZE", "ADD", "SUB", "MUL", "RELU", "RELU6", "RELU_N1_TO_1",
+                            "LEAKY_RELU", "PRELU", "TANH", "LOGISTIC", "HARD_SWISH", "CONCATENATION"})
+
+
+def _reach_rows(path: str, mod) -> int:
+    """Rows each output row of an int8 post-filter graph sees beyond its own on each side: the sum of its
+    convolutions' radii ((k - 1) / 2 for k x k kernels, undilated, as the exporter writes them), read from the
+    graph itself; POSTFILTER_HALO if it holds another op that could look further."""
+    try:
+        interp = mod.Interpreter(model_path=path, experimental_op_resolver_type=(
+            mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+        reach = 0
+        for op in interp._get_ops_details():
+            if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+                kernel_rows = int(interp._get_tensor_details(int(op["inputs"][1]), 0)["shape"][1])
+                reach += (kernel_rows - 1) // 2
+            elif op["op_name"] not in _POINTWISE_OPS:
+                return POSTFILTER_HALO
+        return reach
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError, RuntimeError):
+        return POSTFILTER_HALO
 
 
 class Int8PostFilter:
@@ -249,6 +268,7 @@ class Int8PostFilter:
                     f"{self.path}: signature {key} takes {d_in['dtype'].__name__} {list(d_in['shape'])} with scale "
                     f"{scale}, zero point {zero_point}; expected int8 (1, H+2, W+2, 3) with the manifest's "
                     f"diff_scale {self.spec['diff_scale']} and zero point 0")
+            self._halo = _reach_rows(str(self.path.resolve()), interpreter_module())
             self._sig = sig
         return self._sig
 
@@ -261,25 +281,23 @@ class Int8PostFilter:
         return any(op.get("op_name") == "DELEGATE" for op in interp._get_ops_details())
 
     def __call__(self, plane: np.ndarray, step: float, strip: int | None = None) -> np.ndarray:
-        """The filtered plane. Planes taller than `strip` rows run in strips of `strip` rows with
-        POSTFILTER_HALO rows of context on each side (more than the graph's receptive field), so
-        TFLite's scratch memory stays bounded; integer arithmetic makes the result the same bits.
-        By default strips of POSTFILTER_STRIP rows; with one thread, a plane of at most POSTFILTER_WHOLE_PIXELS
-        runs whole."""
+        """The filtered plane. Planes taller than `strip` (default POSTFILTER_STRIP) rows run in strips of `strip`
+        rows with as many rows of context on each side as the graph's convolutions reach (`_reach_rows`), so
+        TFLite's scratch memory stays small; integer arithmetic makes the result the same bits."""
         sig = self._signature()
         (name_in,), (name_out,) = sig.inputs, sig.outputs
         scale, zero_point = sig.outputs[name_out]["quantization"]
         x = postfilter_input(plane, step, self.spec)
         rows = plane.shape[0]
-        if strip is None:
-            strip = rows if self.num_threads == 1 and plane.size <= POSTFILTER_WHOLE_PIXELS else POSTFILTER_STRIP
+        strip = POSTFILTER_STRIP if strip is None else strip
+        halo = self._halo
         q = np.empty(plane.shape, np.int8)
-        window = min(rows, strip + 2 * POSTFILTER_HALO)
+        window = min(rows, strip + 2 * halo)
         for r0 in range(0, rows, strip):
             r1 = min(rows, r0 + strip)
             # every window the same height (the first and last slide inward): TFLite re-plans its
             # tensors whenever the input shape changes; rows beyond the halo change no output row
-            a = max(0, min(r0 - POSTFILTER_HALO, rows - window))
+            a = max(0, min(r0 - halo, rows - window))
             b = a + window
             out = np.asarray(sig({name_in: np.ascontiguousarray(x[:, a:b + 2])})[name_out])
             if out.shape != (1, b - a, plane.shape[1], 1):

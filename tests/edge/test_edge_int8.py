@@ -109,24 +109,48 @@ def test_postfilter_in_strips_is_the_same_bits():
             np.testing.assert_array_equal(pf(plane, step, strip=strip), full)
 
 
-def test_postfilter_runs_whole_planes_on_one_thread(monkeypatch):
-    """By default, one TFLite thread filters a plane of at most POSTFILTER_WHOLE_PIXELS in one run (a worker's
-    512x512 slice), more threads and larger planes in strips of POSTFILTER_STRIP rows; the same bits either way."""
+def test_postfilter_strips_default_and_reach(monkeypatch):
+    """By default, planes taller than POSTFILTER_STRIP rows run in strips of that many rows, each with the rows the
+    graph's convolutions reach on either side (three 3x3 layers: 3); the same bits as one run, on one thread or two."""
     from edge_runtime import tflite_runner
     from edge_runtime.runtime import load_codec
 
     monkeypatch.setattr(tflite_runner, "POSTFILTER_STRIP", 16)
-    monkeypatch.setattr(tflite_runner, "POSTFILTER_WHOLE_PIXELS", 48 * 40)
     runs = []
     call = tflite_runner._Signature.__call__
-    monkeypatch.setattr(tflite_runner._Signature, "__call__", lambda self, feed: runs.append(1) or call(self, feed))
+    monkeypatch.setattr(tflite_runner._Signature, "__call__",
+                        lambda self, feed: runs.append(next(iter(feed.values())).shape[1]) or call(self, feed))
     rng = np.random.default_rng(1)
     one = load_codec(None, num_threads=1)[1].transforms["cdf97"].postfilter  # as a worker's
     two = load_codec(None)[1].transforms["cdf97"].postfilter
     assert (one.num_threads, two.num_threads) == (1, 2)
-    for rows, cols, whole in ((48, 40, True), (49, 40, False)):
-        plane = rng.uniform(0.2, 0.8, (rows, cols)).astype(np.float32)
-        for pf, n_runs in ((one, 1 if whole else 4), (two, 3 if rows == 48 else 4)):
+    for rows, n_runs in ((16, 1), (17, 2), (49, 4)):
+        plane = rng.uniform(0.2, 0.8, (rows, 40)).astype(np.float32)
+        for pf in (one, two):
             runs.clear()
-            np.testing.assert_array_equal(pf(plane, 0.03), pf(plane, 0.03, strip=10 ** 6))
-            assert len(runs) == n_runs + 1, (rows, pf.num_threads)
+            whole = pf(plane, 0.03, strip=10 ** 6)
+            assert runs == [rows + 2]
+            runs.clear()
+            np.testing.assert_array_equal(pf(plane, 0.03), whole)
+            window = min(rows, 16 + 2 * 3)
+            assert runs == [window + 2] * n_runs, (rows, pf.num_threads)
+    assert one._halo == two._halo == 3
+
+
+def test_postfilter_reach_is_read_from_the_graph():
+    """Three 3x3 convolutions reach 3 rows; a graph with an op that may look further gets the generous bound."""
+    import types
+
+    from edge_runtime import tflite_runner
+    from edge_runtime.bundle import default_bundle_path
+
+    path = str(default_bundle_path() / tflite_runner.POSTFILTER_FILE)
+    mod = tflite_runner.interpreter_module()
+    assert tflite_runner._reach_rows(path, mod) == 3
+
+    class WithPooling(mod.Interpreter):
+        def _get_ops_details(self):
+            return super()._get_ops_details() + [{"op_name": "MAX_POOL_2D", "inputs": [0], "outputs": [0]}]
+
+    fake = types.SimpleNamespace(Interpreter=WithPooling, OpResolverType=mod.OpResolverType)
+    assert tflite_runner._reach_rows(path, fake) == tflite_runner.POSTFILTER_HALO > 3
