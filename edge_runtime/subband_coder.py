@@ -29,6 +29,7 @@ class CodingModel:
         self.weights = weights
         self.tables = tables
         self._cost = None
+        self._zero_index = {}  # (level, orientation, phase) -> the index of an all-zero context
 
     @property
     def num_scales(self) -> int:
@@ -39,14 +40,19 @@ class CodingModel:
         """Table indices of a detail pass (level, orientation, phase) from its feature rows (the first, 1 on every
         row, as DetailBandContext and detail_features make them).
 
-        `zero` (optional, zero_context of the rows): rows whose context is all zero share one index,
-        computed once; the network runs on the other rows only (most rows of smooth or predicted
-        content). Rows are independent: the same indices."""
+        `zero` (optional, zero_context of the rows): rows whose context is all zero share one index, that of
+        the constant feature alone, computed once per (level, orientation, phase) and kept; the network runs
+        on the other rows only (most rows of smooth or predicted content). Rows are independent: the same
+        indices."""
         index = lambda f: self.weights.group_index(f, level, orientation, phase, self.num_scales, constant_first=True)
         if zero is None or 2 * int(np.count_nonzero(zero)) <= len(zero):  # worth it when most rows are zero
             return index(features)
-        first = int(np.argmax(zero))
-        out = np.full(len(zero), index(features[first:first + 1])[0], np.int64)
+        key = (level, orientation, phase)
+        if key not in self._zero_index:  # such a row is the constant feature alone: one index per pass group
+            row = np.zeros((1, features.shape[1]), np.asarray(features).dtype)
+            row[0, 0] = 1
+            self._zero_index[key] = int(index(row)[0])
+        out = np.full(len(zero), self._zero_index[key], np.int64)
         rest = np.flatnonzero(~zero)
         if rest.size:  # the rows gathered feature by feature (column-major features: contiguous gathers)
             out[rest] = index(np.take(np.asarray(features).T, rest, axis=1).T)
