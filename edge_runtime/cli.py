@@ -393,5 +393,37 @@ def _silence_stdout() -> None:
         pass
 
 
+def run(argv=None) -> None:
+    """The console script: `main`, then the interpreter's exit without its teardown (`exit_now`)."""
+    exit_now(main(argv))
+
+
+def exit_now(code: int) -> None:
+    """Exit with `code` as the interpreter would, less the teardown of every module it loaded.
+
+    What an exit must do is done first, in the interpreter's own order: threads still running are waited for
+    (with the callbacks registered for then, concurrent.futures' among them), the atexit functions run (helper
+    processes stopped, logging flushed) and stdout and stderr are flushed. What is left, freeing every module
+    and object (pydicom's dictionaries, numpy), takes 40-80 ms here and changes nothing outside the process.
+    Where the interpreter lacks the hooks used (not CPython), it exits the usual way."""
+    import atexit
+    import threading
+
+    code = int(code or 0)
+    shutdown, run_exitfuncs = getattr(threading, "_shutdown", None), getattr(atexit, "_run_exitfuncs", None)
+    if shutdown is None or run_exitfuncs is None:
+        sys.exit(code)
+    shutdown()
+    run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:  # the reader went away after the last write: as main says it
+            code = code or EXIT_BROKEN_PIPE
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

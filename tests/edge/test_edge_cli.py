@@ -146,3 +146,33 @@ def test_console_process_prints_no_traceback(bundle_path, tmp_path):
     assert r.returncode == 1
     _one_error_line(r.stderr, "bad.kcd")
     assert not (tmp_path / "o.png").exists()
+
+
+def test_the_exit_waits_for_threads_runs_atexit_and_flushes(tmp_path):
+    """The console script's exit (cli.exit_now) skips only the interpreter's teardown: a running thread is waited
+    for, atexit functions run, buffered output reaches a pipe, and the status is the one given."""
+    marker = tmp_path / "thread_done"
+    code = (
+        "import atexit, sys, threading, time\n"
+        "from edge_runtime import cli\n"
+        f"t = threading.Thread(target=lambda: (time.sleep(0.3), open({str(marker)!r}, 'w').write('done')))\n"
+        "t.start()\n"
+        "atexit.register(lambda: sys.stdout.write('atexit ran\\n'))\n"
+        "sys.stdout.write('x' * 100000)\n"
+        "cli.exit_now(3)\n"
+        "print('never')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == "x" * 100000 + "atexit ran\n" and marker.read_text() == "done"
+
+
+def test_the_console_script_is_run(good_kcd, bundle_path, tmp_path):
+    """`python -m edge_runtime.cli` goes through cli.run: its status, its message and its output file."""
+    out = tmp_path / "ct.tif"
+    cmd = [sys.executable, "-m", "edge_runtime.cli", "decode"]
+    r = subprocess.run(cmd + [str(good_kcd), str(out), "--bundle", str(bundle_path)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and out.stat().st_size > 0, r.stderr
+    r = subprocess.run(cmd + [str(tmp_path / "missing.kcd"), str(tmp_path / "x.tif"), "--bundle", str(bundle_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "missing.kcd" in r.stderr and not (tmp_path / "x.tif").exists()
