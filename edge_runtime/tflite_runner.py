@@ -216,7 +216,9 @@ the later runs cost the same or less (the activations stay in the CPU's cache; a
 POSTFILTER_HALO = 8
 """Context rows above and below a strip for a graph whose reach is not known (`_reach_rows`): a generous bound."""
 _POINTWISE_OPS = frozenset({"QUANTIZE", "DEQUANTIZE", "ADD", "SUB", "MUL", "RELU", "RELU6", "RELU_N1_TO_1",
-                            "LEAKY_RELU", "PRELU", "TANH", "LOGISTIC", "HARD_SWISH", "CONCATENATION"})
+                            "LEAKY_RELU", "PRELU", "TANH", "LOGISTIC", "HARD_SWISH"})
+"""Ops of an int8 post-filter graph that read only a pixel's own values (any other but a convolution: the generous
+bound)."""
 
 
 def _reach_rows(path: str, mod) -> int:
