@@ -436,13 +436,15 @@ class PlaneCoder:
                 table = struct.pack("<I", len(values)) + values.astype("<i4").tobytes()
                 candidates.append((0, index.reshape(x.shape), len(values) - 1, 0, table, lossless))
         best = None
+        checks, kept_body = [], None  # direct.LosslessCheck of the lossless tiles without a base; the kept one's body
 
         def without_base(candidate, field: int, body: bytes) -> None:  # keep the tile if it is the shortest so far
-            nonlocal best
+            nonlocal best, kept_body
             div, _v, _top, _d, table, fl = candidate
             if best is None or 9 + len(table) + len(body) < len(best[0]):
                 best = (struct.pack("<BII", self.DIRECT_ACTIVITY | fl & self.LOSSLESS, div, field) + table + body,
                         {"estimated_bits": 8.0 * len(body)}, len(table))
+                kept_body = body
 
         if x.size and direct_ok:  # without a base: the plane's own bound, and the last lossless candidate
             if x.size <= self.HALVES_TRIAL_PIXELS:  # small: both versions, the shorter kept
@@ -452,7 +454,8 @@ class PlaneCoder:
             for candidate in candidates[:1] + candidates[1:][-1:]:
                 _div, v, top, d, _table, _fl = candidate
                 for version in versions:
-                    without_base(candidate, self.DIRECT_VERSION_FIELD[version], self._direct_body(v, top, d, version))
+                    without_base(candidate, self.DIRECT_VERSION_FIELD[version],
+                                 self._direct_body(v, top, d, version, checks))
             exact = [c for c in candidates if c[3] == 0]  # lossless: a max error of 0, or the LOSSLESS candidate
             if exact and flat >= self.RASTER_GATE and x.size <= raster.MAX_PIXELS:  # graphics: also in raster order
                 without_base(exact[0], self.RASTER_FIELD, raster.encode(exact[0][1], self._residual_model().tables))
@@ -462,19 +465,22 @@ class PlaneCoder:
             base_stream, body = self._bounded_body(v, top, d, q, st, transform)
             data = struct.pack("<BII", q | fl, div, len(base_stream)) + table + base_stream + body
             if best is None or len(data) < len(best[0]):
-                best = (data, st, len(table))
+                best, kept_body = (data, st, len(table)), None
+        for check in checks:  # the kept lossless body checked now, cheaper than decoding it (a decode then needs not)
+            if check.data is kept_body:
+                check.run()
         if stats is not None:
             stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + 72 + 8 * best[2] + best[1]["estimated_bits"]
         return best[0]
 
-    def _direct_body(self, v: np.ndarray, top: int, d: int, version: int) -> bytes:
+    def _direct_body(self, v: np.ndarray, top: int, d: int, version: int, checks: list | None = None) -> bytes:
         """direct.encode of tile v; losslessly with its pass choices made on a helper process when the process has
-        one (edge_runtime.overlap): the same bytes."""
+        one (edge_runtime.overlap): the same bytes. `checks`: direct.encode's (lossless)."""
         tables = self._residual_model().tables
         if d:
             return direct.encode(v, tables, d, top, version=version)
         with overlap.lossless_choices(v, top, version) as choices:
-            return direct.encode(v, tables, 0, top, version=version, choices=choices)
+            return direct.encode(v, tables, 0, top, version=version, choices=choices, checks=checks)
 
     def exact_base(self, u: np.ndarray, top: int, quality: int, stats=None, transform: str | None = None,
                    analysed: dict | None = None) -> tuple[bytes, np.ndarray]:

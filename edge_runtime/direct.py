@@ -75,6 +75,7 @@ value within D of the tile's.
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 
@@ -864,13 +865,14 @@ def lossless_choices(u: np.ndarray, top: int, version: int = HALVES_VERSION):
 
 
 def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | None = None,
-           version: int = HALVES_VERSION, choices=None) -> bytes:
+           version: int = HALVES_VERSION, choices=None, checks: list | None = None) -> bytes:
     """Range-coded words of integer tile u (values in 0..top), every value within `max_error` of u once decoded;
     `tables`: the residual model's. `version` 1 (the tiles written before ACTIVITY_VERSION) codes every context's
     activity as its range (ACTIVITIES[0]) and splits no pass; version 2 (ACTIVITY_VERSION) codes the last edges
     pass whole (HALVES_VERSION: in two halves). `choices` (lossless only): an iterator of lossless_choices(u, top,
     version), made elsewhere (edge_runtime.overlap), to take each pass's mode from instead of choosing it: the
-    same stream."""
+    same stream. `checks` (lossless tiles of at most CHECK_PIXELS): a list the encoder appends the stream's
+    LosslessCheck to (what it takes to check the stream without computing its contexts again)."""
     u = np.asarray(u, np.int64)
     top = int(u.max(initial=0)) if top is None else int(top)
     step = 2 * int(max_error) + 1
@@ -884,11 +886,16 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
     rec = flat.copy() if step > 1 else flat  # what the decoder rebuilds: the predictions' source
     if step > 1:
         rec[lattice] = np.minimum(q * step, top)
+    kept = [] if checks is not None and step == 1 and u.size <= CHECK_PIXELS else None
+    if kept is not None:  # the predictions' source as the decoder holds it: the values decoded so far, 0 elsewhere
+        rec = np.zeros_like(flat)
+        rec[lattice] = flat[lattice]
     errors = _Energy(*u.shape, top, version >= HALVES_VERSION) if version >= ACTIVITY_VERSION else None
     for i, (at, neighbours, far) in enumerate(passes):
         if at.size:
             energy = errors.mean(i, at) if errors is not None else None  # before the gathers: a lower peak
             y = np.take(flat, at)
+            diagonals = None
             if len(far) > FAR_VALUES:  # the second half of a split edges pass: its ring
                 diagonals = step == 1 or _diagonals_cheaper(y, rec, neighbours, far, step, top, energy)
                 far = _ring(far, diagonals)
@@ -919,9 +926,104 @@ def encode(u: np.ndarray, tables: EntropyTables, max_error: int = 0, top: int | 
             as_rank = _encode_pass(enc, sym, context, ranked, search)
             if step > 1:
                 rec[at] = np.where(as_rank, ranked_value, plain)
+            if kept is not None:
+                rec[at] = y
+                side = (diagonals, mode, weights, activity, split if errors is not None and kind else None)
+                kept.append((side,) + _compact(pred, context, values, distinct, top))
             if errors is not None:
                 errors.add(at, np.take(rec, at), pred)
-    return enc.getvalue()
+    data = enc.getvalue()
+    if kept is not None:
+        checks.append(LosslessCheck(data, u, top, tables, version, kept))
+    return data
+
+
+CHECK_PIXELS = 1 << 20
+"""The largest lossless tile whose encode keeps what LosslessCheck needs (about 26 bytes a pixel until it runs)."""
+
+
+def _compact(pred, context, values, distinct, top: int) -> tuple:
+    """A pass's predictions, contexts, distinct near values and their count, in narrower integers (the same values)."""
+    wide = np.int32 if top < 1 << 31 else np.int64
+    return pred.astype(wide), context.astype(np.int16), values.astype(wide), distinct.astype(np.int16)
+
+
+class LosslessCheck:
+    """Checks that a lossless tile's stream decodes to the tile, for about a third of the cost of decoding it.
+
+    `run` decodes the stream as `decode` does, with one difference: each pass's predictions and contexts are the
+    encoder's, which it computed as the decoder computes them (the same functions: _gather, _distinct_values,
+    _split_prediction, _span, _activity_context, _with_patterns) from the values decoded before the pass (the
+    tile's values there, 0 elsewhere) and the local mean errors of those. So, pass after pass: if every pass before
+    decoded to the tile's values, the decoder holds what the encoder held, computes the same predictions and
+    contexts, and reads the same side information and symbols; `run` reads them with the same decoder calls and
+    checks that the side information is what the encoder wrote and that the values are the tile's. Then `decode` of
+    this stream (with these tables) is the tile: it returns it without decoding it again (`checked`), once."""
+
+    def __init__(self, data: bytes, u: np.ndarray, top: int, tables: EntropyTables, version: int, kept: list):
+        self.data, self.u, self.top, self.tables, self.version = data, u, int(top), tables, int(version)
+        self._kept = kept
+
+    def run(self) -> None:
+        """Raise ValueError unless the stream decodes to the tile; then remember it (`checked`)."""
+        rows, cols = self.u.shape
+        flat = self.u.ravel()
+        lattice, passes = _geometry((rows, cols), self.version >= HALVES_VERSION)
+        dec = Decoder(self.tables, self.data)
+        lat_shape = (-(-rows // STRIDE), -(-cols // STRIDE))
+        lat = _lattice_values(_decode_pass(dec, np.zeros(lattice.size, np.int64)).reshape(lat_shape)).ravel()
+        if not np.array_equal(lat, flat[lattice]):
+            raise ValueError("lossless tile: its coarsest lattice decodes to other values (an encoder fault)")
+        kept = iter(self._kept)
+        for at, _neighbours, far in passes:
+            if at.size:
+                side, pred, context, values, distinct = next(kept)
+                if _read_side(dec, far, self.version >= ACTIVITY_VERSION) != side:
+                    raise ValueError("lossless tile: a pass's side information decodes otherwise (an encoder fault)")
+                if not np.array_equal(_decode_pass(dec, context, (pred, values, distinct, 1, self.top)),
+                                      np.take(flat, at)):
+                    raise ValueError("lossless tile: a pass decodes to other values (an encoder fault)")
+        self._kept = None
+        with _checked_lock:
+            _checked[self._key()] = self
+            while len(_checked) > _CHECKED_KEPT:
+                del _checked[next(iter(_checked))]
+
+    def _key(self) -> tuple:
+        return (len(self.data), self.u.shape, self.top, self.version, id(self.tables))
+
+
+_checked = {}
+_checked_lock = threading.Lock()
+_CHECKED_KEPT = 4
+"""How many checked tiles decode keeps (the latest): a lossless encode's own check reads them, once each."""
+
+
+def checked(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, version: int) -> np.ndarray | None:
+    """The tile a LosslessCheck proved `data` decodes to (with these tables), or None; each at most once."""
+    key = (len(data), (int(rows), int(cols)), int(top), int(version), id(tables))
+    with _checked_lock:
+        check = _checked.get(key)
+        if check is None or check.tables is not tables or bytes(data) != check.data:
+            return None
+        del _checked[key]
+    return check.u.copy()
+
+
+def _read_side(dec: Decoder, far: tuple, activity: bool) -> tuple:
+    """A pass's side information as `encode` writes it: (the second half's ring, diagonal or not, else None; mode;
+    weights or None; activity measure; split or None); `activity`: a tile of ACTIVITY_VERSION or later."""
+    diagonals = bool(dec.decode_uniform(1, 2)[0]) if len(far) > FAR_VALUES else None
+    mode = int(dec.decode_uniform(1, len(MODES))[0])
+    kind = MODES[mode][0]
+    measure, split, weights = 0, None, None
+    if activity:
+        measure = int(dec.decode_uniform(1, len(ACTIVITIES))[0])
+        if kind and dec.decode_uniform(1, 2)[0]:
+            split = (int(dec.decode_naturals(1)[0]), _decode_weights(dec, kind))
+    if kind:
+        weights = _decode_weights(dec, kind)
+    return diagonals, mode, weights, measure, split
 
 
 def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, max_error: int = 0,
@@ -929,6 +1031,10 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
     """Inverse of `encode` (of the same `version`): the (rows, cols) tile, every value checked within 0..top."""
     if version not in VERSIONS:
         raise ValueError(f"direct tile of unknown version {version} (this decoder reads {VERSIONS})")
+    if max_error == 0:
+        known = checked(data, rows, cols, top, tables, version)
+        if known is not None:  # a lossless encode's check decoded this stream already (LosslessCheck)
+            return known
     lattice, passes = _geometry((int(rows), int(cols)), version >= HALVES_VERSION)
     step = 2 * int(max_error) + 1
     dec = Decoder(tables, data)
@@ -943,20 +1049,13 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
     errors = _Energy(int(rows), int(cols), top, version >= HALVES_VERSION) if version >= ACTIVITY_VERSION else None
     for i, (at, neighbours, far) in enumerate(passes):
         if at.size:
-            if len(far) > FAR_VALUES:  # the second half of a split edges pass: its ring
-                far = _ring(far, bool(dec.decode_uniform(1, 2)[0]))
-            mode, weights = int(dec.decode_uniform(1, len(MODES))[0]), None
+            diagonals, mode, weights, activity, split = _read_side(dec, far, errors is not None)
+            if diagonals is not None:  # the second half of a split edges pass: its ring
+                far = _ring(far, diagonals)
             kind, wide, patterned = MODES[mode]
-            activity, energy = 0, None
-            split = None
-            if errors is not None:
-                activity = int(dec.decode_uniform(1, len(ACTIVITIES))[0])
-                if kind and dec.decode_uniform(1, 2)[0]:
-                    split = (int(dec.decode_naturals(1)[0]), _decode_weights(dec, kind))
-                if ACTIVITIES[activity][1] or split is not None:
-                    energy = errors.mean(i, at)
-            if kind:
-                weights = _decode_weights(dec, kind)
+            energy = None
+            if errors is not None and (ACTIVITIES[activity][1] or split is not None):
+                energy = errors.mean(i, at)
             nb, fv, pattern = _gather(u, neighbours, far if kind or wide else None, kind == 2)
             pred, context, values, distinct = _predict_mode(mode, weights, nb, fv, pattern, top, activity, energy,
                                                             split)

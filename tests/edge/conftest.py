@@ -17,6 +17,15 @@ BUNDLE = HERE / "data" / "bundle"
 FORBIDDEN = ("tensorflow", "keras", "keras_codec")
 
 
+@pytest.fixture(autouse=True)
+def full_lossless_decodes(monkeypatch):
+    """Every decode of a lossless tile without a base decodes it, even one that a lossless encode has just checked
+    (edge_runtime.direct.LosslessCheck, whose own tests turn that shortcut back on): round trips test the decoder."""
+    from edge_runtime import direct
+
+    monkeypatch.setattr(direct, "_CHECKED_KEPT", 0)
+
+
 @pytest.fixture(scope="session")
 def bundle_path() -> Path:
     return BUNDLE

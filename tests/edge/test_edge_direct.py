@@ -296,6 +296,82 @@ def test_round_trip_is_exact(exact_coder, shape, kind):
     assert np.array_equal(direct.decode(data, *shape, top, coder.residual.tables), u)
 
 
+def _check_case(coder, shape, kind: str, version: int):
+    """(tile, top, stream, its LosslessCheck) of a lossless direct encode."""
+    rng = np.random.default_rng(sum(shape) + version)
+    r, c = np.mgrid[0:shape[0], 0:shape[1]]
+    if kind == "graphics":
+        u = _graphics(*shape)
+    elif kind == "ct":  # smooth structure and noise: linear, split and wide modes, every activity measure
+        u = np.clip(np.round(900 + 300 * np.sin(r / 9.0) * np.cos(c / 13.0) + rng.normal(0, 12, shape)), 0, 4095)
+    else:  # 16-bit values with large jumps: escapes and sent tables
+        u = rng.integers(0, 1 << 16, shape) * (rng.random(shape) < 0.5)
+    u = u.astype(np.int64)
+    top = int(u.max())
+    checks = []
+    data = direct.encode(u, coder.residual.tables, 0, top, version=version, checks=checks)
+    assert data == direct.encode(u, coder.residual.tables, 0, top, version=version)  # the same stream
+    assert len(checks) == 1 and checks[0].data is data
+    return u, top, data, checks[0]
+
+
+@pytest.mark.parametrize("version", [direct.ACTIVITY_VERSION, direct.HALVES_VERSION])
+@pytest.mark.parametrize("shape, kind", [((1, 1), "ct"), ((3, 17), "graphics"), ((70, 97), "ct"), ((64, 48), "wide"),
+                                         ((160, 144), "ct"), ((96, 80), "graphics")])
+def test_a_lossless_check_proves_the_stream_and_spares_one_decode(exact_coder, monkeypatch, shape, kind, version):
+    """The encoder's check of a lossless tile passes; the next decode of that stream (with those tables) returns the
+    tile, a copy, without decoding it, and only once: the decode after that decodes it, to the same values."""
+    monkeypatch.setattr(direct, "_CHECKED_KEPT", 4)
+    _, coder = exact_coder
+    tables = coder.residual.tables
+    u, top, data, check = _check_case(coder, shape, kind, version)
+    check.run()
+    decode_pass, calls = direct._decode_pass, []
+    monkeypatch.setattr(direct, "_decode_pass", lambda *a, **k: calls.append(1) or decode_pass(*a, **k))
+    other = direct.EntropyTables(tables.freqs, tables.tails)  # the same tables, another model's object: no shortcut
+    assert np.array_equal(direct.decode(data, *shape, top, other, 0, version), u) and calls
+    calls.clear()
+    got = direct.decode(bytes(data), *shape, top, tables, 0, version)
+    assert np.array_equal(got, u) and not calls
+    got[...] = 0  # a copy: the tile is untouched
+    assert np.array_equal(direct.decode(data, *shape, top, tables, 0, version), u) and calls
+
+
+def test_a_lossless_check_refuses_what_would_not_decode_to_the_tile(exact_coder, monkeypatch):
+    """A check whose stream, side information or contexts are not the encoder's raises, and spares no decode."""
+    monkeypatch.setattr(direct, "_CHECKED_KEPT", 4)
+    _, coder = exact_coder
+    u, top, data, check = _check_case(coder, (96, 88), "ct", direct.HALVES_VERSION)
+    kept = list(check._kept)
+    side = kept[3][0]
+    other_mode = side[:1] + ((side[1] + 1) % len(direct.MODES),) + side[2:]
+    cases = {"stream": (data[:200] + bytes([data[200] ^ 0x10]) + data[201:], kept),
+             "mode": (data, kept[:3] + [(other_mode,) + kept[3][1:]] + kept[4:]),
+             "contexts": (data, kept[:-1] + [kept[-1][:2] + ((kept[-1][2] + 1) % 5,) + kept[-1][3:]])}
+    for name, (stream, passes) in cases.items():
+        bad = direct.LosslessCheck(stream, u, top, coder.residual.tables, direct.HALVES_VERSION, passes)
+        with pytest.raises(ValueError):  # the check's own error, or the decoder's on what it cannot read
+            bad.run()
+        assert direct.checked(stream, *u.shape, top, coder.residual.tables, direct.HALVES_VERSION) is None, name
+    check.run()  # the encoder's own passes
+
+
+def test_a_lossless_encode_is_checked_not_decoded_twice(exact_coder, monkeypatch):
+    """encode_image of a lossless image then its pixel-by-pixel comparison (what edge-codec encode --max-error 0
+    does): the comparison decodes the container and maps the values back, and takes the tile from the check."""
+    from edge_runtime.runtime import compare_stream
+
+    monkeypatch.setattr(direct, "_CHECKED_KEPT", 4)
+    b, coder = exact_coder
+    u, _top, _data, _check = _check_case(coder, (120, 100), "ct", direct.HALVES_VERSION)
+    image = Image(pixels=(u + 7).astype(np.uint16)[None, :, :, None], bits_stored=12, signed=False, modality="CT")
+    data = encode_image(image, coder=coder, model_id=b.model_id, quality=None, max_error=0)
+    decode_pass, calls = direct._decode_pass, []
+    monkeypatch.setattr(direct, "_decode_pass", lambda *a, **k: calls.append(1) or decode_pass(*a, **k))
+    assert compare_stream(image, data, coder, model_ids=[b.model_id])[0] == 0 and not calls
+    assert compare_stream(image, data, coder, model_ids=[b.model_id])[0] == 0 and calls  # once: then decoded
+
+
 @pytest.mark.parametrize("d", [1, 2, 5])
 @pytest.mark.parametrize("shape", [(1, 1), (3, 17), (33, 20), (64, 48)])
 def test_bounded_round_trip_holds_the_bound(exact_coder, shape, d):
