@@ -184,7 +184,8 @@ def encode_file(in_path, out_path, quality: int | None = None, bundle=None, forc
     At most one of: `quality` (lossy, default DEFAULT_QUALITY), `max_error` (every pixel within
     D stored units; 0 = lossless), `target_psnr` / `target_bpp` (rate control: see
     choose_operating_point). An error-bounded stream is decoded and checked pixel by pixel
-    before it is written. `bundle`: a bundle folder, a loaded (Bundle, PlaneCoder) pair, or
+    before it is written (a lossless tile without a base is read with the contexts its encoder computed:
+    edge_runtime.direct.LosslessCheck). `bundle`: a bundle folder, a loaded (Bundle, PlaneCoder) pair, or
     None for the default. `jobs`: worker processes for the planes of a multi-frame image
     (edge_runtime.pool; None: one per CPU when the image has pool.MIN_PLANES planes or more).
     A PALETTE COLOR image is coded as its indices when lossless, and whatever was asked when its tables
