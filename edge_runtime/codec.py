@@ -466,9 +466,9 @@ class PlaneCoder:
             data = struct.pack("<BII", q | fl, div, len(base_stream)) + table + base_stream + body
             if best is None or len(data) < len(best[0]):
                 best, kept_body = (data, st, len(table)), None
-        for check in checks:  # the kept lossless body checked now, cheaper than decoding it (a decode then needs not)
+        for check in checks:  # the kept lossless body's check, for its next decode (cheaper than decoding it)
             if check.data is kept_body:
-                check.run()
+                check.register()
         if stats is not None:
             stats["estimated_bits"] = stats.get("estimated_bits", 0.0) + 72 + 8 * best[2] + best[1]["estimated_bits"]
         return best[0]

@@ -951,21 +951,28 @@ def _compact(pred, context, values, distinct, top: int) -> tuple:
 class LosslessCheck:
     """Checks that a lossless tile's stream decodes to the tile, for about a third of the cost of decoding it.
 
-    `run` decodes the stream as `decode` does, with one difference: each pass's predictions and contexts are the
+    It decodes the stream as `decode` does, with one difference: each pass's predictions and contexts are the
     encoder's, which it computed as the decoder computes them (the same functions: _gather, _distinct_values,
     _split_prediction, _span, _activity_context, _with_patterns) from the values decoded before the pass (the
     tile's values there, 0 elsewhere) and the local mean errors of those. So, pass after pass: if every pass before
     decoded to the tile's values, the decoder holds what the encoder held, computes the same predictions and
-    contexts, and reads the same side information and symbols; `run` reads them with the same decoder calls and
+    contexts, and reads the same side information and symbols; the check reads them with the same decoder calls and
     checks that the side information is what the encoder wrote and that the values are the tile's. Then `decode` of
-    this stream (with these tables) is the tile: it returns it without decoding it again (`checked`), once."""
+    this stream (with these tables) is the tile.
+
+    An encoder `register`s the check of the stream it keeps; the next `decode` of that stream with those tables runs
+    it instead of decoding (`checked`), once, and decodes in full if it fails."""
 
     def __init__(self, data: bytes, u: np.ndarray, top: int, tables: EntropyTables, version: int, kept: list):
         self.data, self.u, self.top, self.tables, self.version = data, u, int(top), tables, int(version)
         self._kept = kept
 
     def run(self) -> None:
-        """Raise ValueError unless the stream decodes to the tile; then remember it (`checked`)."""
+        """Raise ValueError unless the stream decodes to the tile (the check's own error, or the decoder's on what it
+        cannot read)."""
+        kept, self._kept = self._kept, None
+        if kept is None:
+            raise ValueError("lossless tile: its check has run already")
         rows, cols = self.u.shape
         flat = self.u.ravel()
         lattice, passes = _geometry((rows, cols), self.version >= HALVES_VERSION)
@@ -974,7 +981,7 @@ class LosslessCheck:
         lat = _lattice_values(_decode_pass(dec, np.zeros(lattice.size, np.int64)).reshape(lat_shape)).ravel()
         if not np.array_equal(lat, flat[lattice]):
             raise ValueError("lossless tile: its coarsest lattice decodes to other values (an encoder fault)")
-        kept = iter(self._kept)
+        kept = iter(kept)
         for at, _neighbours, far in passes:
             if at.size:
                 side, pred, context, values, distinct = next(kept)
@@ -983,7 +990,9 @@ class LosslessCheck:
                 if not np.array_equal(_decode_pass(dec, context, (pred, values, distinct, 1, self.top)),
                                       np.take(flat, at)):
                     raise ValueError("lossless tile: a pass decodes to other values (an encoder fault)")
-        self._kept = None
+
+    def register(self) -> None:
+        """Leave the check for the next decode of this stream (the latest _CHECKED_KEPT are kept)."""
         with _checked_lock:
             _checked[self._key()] = self
             while len(_checked) > _CHECKED_KEPT:
@@ -995,18 +1004,24 @@ class LosslessCheck:
 
 _checked = {}
 _checked_lock = threading.Lock()
-_CHECKED_KEPT = 4
-"""How many checked tiles decode keeps (the latest): a lossless encode's own check reads them, once each."""
+_CHECKED_KEPT = 3
+"""How many registered checks decode keeps (the latest; a colour image's three planes): a lossless encode's
+comparison reads them, once each. Each holds about 26 bytes a pixel of its tile until then."""
 
 
 def checked(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, version: int) -> np.ndarray | None:
-    """The tile a LosslessCheck proved `data` decodes to (with these tables), or None; each at most once."""
+    """The tile `data` decodes to (with these tables) when an encoder registered its LosslessCheck and the check
+    holds, else None (then decode it); a registered check is taken by the first decode that asks."""
     key = (len(data), (int(rows), int(cols)), int(top), int(version), id(tables))
     with _checked_lock:
         check = _checked.get(key)
         if check is None or check.tables is not tables or bytes(data) != check.data:
             return None
         del _checked[key]
+    try:
+        check.run()
+    except ValueError:
+        return None
     return check.u.copy()
 
 
@@ -1033,7 +1048,7 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
         raise ValueError(f"direct tile of unknown version {version} (this decoder reads {VERSIONS})")
     if max_error == 0:
         known = checked(data, rows, cols, top, tables, version)
-        if known is not None:  # a lossless encode's check decoded this stream already (LosslessCheck)
+        if known is not None:  # the stream's encoder left its check, and it holds (LosslessCheck)
             return known
     lattice, passes = _geometry((int(rows), int(cols)), version >= HALVES_VERSION)
     step = 2 * int(max_error) + 1

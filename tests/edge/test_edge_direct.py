@@ -315,32 +315,41 @@ def _check_case(coder, shape, kind: str, version: int):
     return u, top, data, checks[0]
 
 
+def _counting_gathers(monkeypatch) -> list:
+    """A call per full decode's pass (a check gathers nothing: the encoder's contexts)."""
+    gather, calls = direct._gather, []
+    monkeypatch.setattr(direct, "_gather", lambda *a, **k: calls.append(1) or gather(*a, **k))
+    return calls
+
+
 @pytest.mark.parametrize("version", [direct.ACTIVITY_VERSION, direct.HALVES_VERSION])
 @pytest.mark.parametrize("shape, kind", [((1, 1), "ct"), ((3, 17), "graphics"), ((70, 97), "ct"), ((64, 48), "wide"),
                                          ((160, 144), "ct"), ((96, 80), "graphics")])
-def test_a_lossless_check_proves_the_stream_and_spares_one_decode(exact_coder, monkeypatch, shape, kind, version):
-    """The encoder's check of a lossless tile passes; the next decode of that stream (with those tables) returns the
-    tile, a copy, without decoding it, and only once: the decode after that decodes it, to the same values."""
-    monkeypatch.setattr(direct, "_CHECKED_KEPT", 4)
+def test_a_lossless_check_stands_for_one_decode_of_its_stream(exact_coder, monkeypatch, shape, kind, version):
+    """A registered check stands for the next decode of its stream with its tables (a copy of the tile, nothing
+    gathered), once: the decode after that decodes the stream, to the same values; another tables object never
+    takes it."""
+    monkeypatch.setattr(direct, "_CHECKED_KEPT", 3)
     _, coder = exact_coder
     tables = coder.residual.tables
     u, top, data, check = _check_case(coder, shape, kind, version)
-    check.run()
-    decode_pass, calls = direct._decode_pass, []
-    monkeypatch.setattr(direct, "_decode_pass", lambda *a, **k: calls.append(1) or decode_pass(*a, **k))
-    other = direct.EntropyTables(tables.freqs, tables.tails)  # the same tables, another model's object: no shortcut
-    assert np.array_equal(direct.decode(data, *shape, top, other, 0, version), u) and calls
-    calls.clear()
+    check.register()
+    gathers = _counting_gathers(monkeypatch)
+    other = direct.EntropyTables(tables.freqs, tables.tails)  # the same tables, another model's object
+    assert np.array_equal(direct.decode(data, *shape, top, other, 0, version), u) and (gathers or u.size == 1)
+    gathers.clear()
     got = direct.decode(bytes(data), *shape, top, tables, 0, version)
-    assert np.array_equal(got, u) and not calls
+    assert np.array_equal(got, u) and not gathers
     got[...] = 0  # a copy: the tile is untouched
-    assert np.array_equal(direct.decode(data, *shape, top, tables, 0, version), u) and calls
+    assert np.array_equal(direct.decode(data, *shape, top, tables, 0, version), u) and (gathers or u.size == 1)
 
 
 def test_a_lossless_check_refuses_what_would_not_decode_to_the_tile(exact_coder, monkeypatch):
-    """A check whose stream, side information or contexts are not the encoder's raises, and spares no decode."""
-    monkeypatch.setattr(direct, "_CHECKED_KEPT", 4)
+    """A check whose stream, side information or contexts are not the encoder's raises; registered, it stands for
+    no decode: the decode decodes the stream in full (the tile again where only the check was wrong)."""
+    monkeypatch.setattr(direct, "_CHECKED_KEPT", 3)
     _, coder = exact_coder
+    tables = coder.residual.tables
     u, top, data, check = _check_case(coder, (96, 88), "ct", direct.HALVES_VERSION)
     kept = list(check._kept)
     side = kept[3][0]
@@ -348,12 +357,21 @@ def test_a_lossless_check_refuses_what_would_not_decode_to_the_tile(exact_coder,
     cases = {"stream": (data[:200] + bytes([data[200] ^ 0x10]) + data[201:], kept),
              "mode": (data, kept[:3] + [(other_mode,) + kept[3][1:]] + kept[4:]),
              "contexts": (data, kept[:-1] + [kept[-1][:2] + ((kept[-1][2] + 1) % 5,) + kept[-1][3:]])}
+    gathers = _counting_gathers(monkeypatch)
     for name, (stream, passes) in cases.items():
-        bad = direct.LosslessCheck(stream, u, top, coder.residual.tables, direct.HALVES_VERSION, passes)
-        with pytest.raises(ValueError):  # the check's own error, or the decoder's on what it cannot read
-            bad.run()
-        assert direct.checked(stream, *u.shape, top, coder.residual.tables, direct.HALVES_VERSION) is None, name
-    check.run()  # the encoder's own passes
+        with pytest.raises(ValueError):
+            direct.LosslessCheck(stream, u, top, tables, direct.HALVES_VERSION, list(passes)).run()
+        direct.LosslessCheck(stream, u, top, tables, direct.HALVES_VERSION, list(passes)).register()
+        gathers.clear()
+        try:
+            decoded = direct.decode(stream, *u.shape, top, tables, 0, direct.HALVES_VERSION)
+        except ValueError:  # the flipped byte: the decoder's own refusal
+            decoded = None
+        assert gathers, name
+        assert (decoded is not None and np.array_equal(decoded, u)) == (name != "stream"), name
+    check.run()  # the encoder's own passes hold
+    with pytest.raises(ValueError, match="run already"):
+        check.run()
 
 
 def test_a_lossless_encode_is_checked_not_decoded_twice(exact_coder, monkeypatch):
@@ -361,15 +379,14 @@ def test_a_lossless_encode_is_checked_not_decoded_twice(exact_coder, monkeypatch
     does): the comparison decodes the container and maps the values back, and takes the tile from the check."""
     from edge_runtime.runtime import compare_stream
 
-    monkeypatch.setattr(direct, "_CHECKED_KEPT", 4)
+    monkeypatch.setattr(direct, "_CHECKED_KEPT", 3)
     b, coder = exact_coder
     u, _top, _data, _check = _check_case(coder, (120, 100), "ct", direct.HALVES_VERSION)
     image = Image(pixels=(u + 7).astype(np.uint16)[None, :, :, None], bits_stored=12, signed=False, modality="CT")
     data = encode_image(image, coder=coder, model_id=b.model_id, quality=None, max_error=0)
-    decode_pass, calls = direct._decode_pass, []
-    monkeypatch.setattr(direct, "_decode_pass", lambda *a, **k: calls.append(1) or decode_pass(*a, **k))
-    assert compare_stream(image, data, coder, model_ids=[b.model_id])[0] == 0 and not calls
-    assert compare_stream(image, data, coder, model_ids=[b.model_id])[0] == 0 and calls  # once: then decoded
+    gathers = _counting_gathers(monkeypatch)
+    assert compare_stream(image, data, coder, model_ids=[b.model_id])[0] == 0 and not gathers
+    assert compare_stream(image, data, coder, model_ids=[b.model_id])[0] == 0 and gathers  # once: then decoded
 
 
 @pytest.mark.parametrize("d", [1, 2, 5])
