@@ -977,9 +977,7 @@ class LosslessCheck:
         flat = self.u.ravel()
         lattice, passes = _geometry((rows, cols), self.version >= HALVES_VERSION)
         dec = Decoder(self.tables, self.data)
-        lat_shape = (-(-rows // STRIDE), -(-cols // STRIDE))
-        lat = _lattice_values(_decode_pass(dec, np.zeros(lattice.size, np.int64)).reshape(lat_shape)).ravel()
-        if not np.array_equal(lat, flat[lattice]):
+        if not np.array_equal(_decode_lattice(dec, rows, cols, lattice.size), flat[lattice]):
             raise ValueError("lossless tile: its coarsest lattice decodes to other values (an encoder fault)")
         kept = iter(kept)
         for at, _neighbours, far in passes:
@@ -994,12 +992,15 @@ class LosslessCheck:
     def register(self) -> None:
         """Leave the check for the next decode of this stream (the latest _CHECKED_KEPT are kept)."""
         with _checked_lock:
-            _checked[self._key()] = self
+            _checked[_check_key(self.data, *self.u.shape, self.top, self.tables, self.version)] = self
             while len(_checked) > _CHECKED_KEPT:
                 del _checked[next(iter(_checked))]
 
-    def _key(self) -> tuple:
-        return (len(self.data), self.u.shape, self.top, self.version, id(self.tables))
+
+def _check_key(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, version: int) -> tuple:
+    """A registered check's key: its stream's length, the tile, its tables (a check keeps them alive: their id is
+    theirs alone) and version; the stream's bytes are compared on a match."""
+    return len(data), int(rows), int(cols), int(top), id(tables), int(version)
 
 
 _checked = {}
@@ -1012,10 +1013,10 @@ comparison reads them, once each. Each holds about 26 bytes a pixel of its tile 
 def checked(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, version: int) -> np.ndarray | None:
     """The tile `data` decodes to (with these tables) when an encoder registered its LosslessCheck and the check
     holds, else None (then decode it); a registered check is taken by the first decode that asks."""
-    key = (len(data), (int(rows), int(cols)), int(top), int(version), id(tables))
+    key = _check_key(data, rows, cols, top, tables, version)
     with _checked_lock:
         check = _checked.get(key)
-        if check is None or check.tables is not tables or bytes(data) != check.data:
+        if check is None or bytes(data) != check.data:
             return None
         del _checked[key]
     try:
@@ -1023,6 +1024,12 @@ def checked(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, 
     except ValueError:
         return None
     return check.u.copy()
+
+
+def _decode_lattice(dec: Decoder, rows: int, cols: int, size: int) -> np.ndarray:
+    """The coarsest lattice's `size` symbols, as `encode` codes them first, back to (quantized) values, flat."""
+    lat_shape = (-(-rows // STRIDE), -(-cols // STRIDE))
+    return _lattice_values(_decode_pass(dec, np.zeros(size, np.int64)).reshape(lat_shape)).ravel()
 
 
 def _read_side(dec: Decoder, far: tuple, activity: bool) -> tuple:
@@ -1053,9 +1060,8 @@ def decode(data: bytes, rows: int, cols: int, top: int, tables: EntropyTables, m
     lattice, passes = _geometry((int(rows), int(cols)), version >= HALVES_VERSION)
     step = 2 * int(max_error) + 1
     dec = Decoder(tables, data)
-    lat_shape = (-(-rows // STRIDE), -(-cols // STRIDE))
     u = np.zeros(rows * cols, np.int64)
-    lat = _lattice_values(_decode_pass(dec, np.zeros(lattice.size, np.int64)).reshape(lat_shape)).ravel()
+    lat = _decode_lattice(dec, rows, cols, lattice.size)
     if step > 1:
         _check(lat, (top + step // 2) // step)
         lat = np.minimum(lat * step, top)
